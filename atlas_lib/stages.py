@@ -1,0 +1,106 @@
+"""Pieces every stage shares: seeding, loading the model pair, the bound evaluator, baselines."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import torch
+
+from atlas_lib import evaluate as ev
+from atlas_lib import models
+from atlas_lib.config import Params
+from atlas_lib.paths import runs_root
+from atlas_lib.rundir import atomic_write_json, provenance
+
+log = logging.getLogger(__name__)
+
+
+class TokenizerMismatchError(ValueError):
+    """Same-tokenizer GKD was asked for a pair whose tokenizers differ."""
+
+
+def seed_everything(params: Params) -> None:
+    random.seed(params.run.seed)
+    np.random.seed(params.run.seed)
+    torch.manual_seed(params.run.seed)
+    if params.run.num_threads:
+        torch.set_num_threads(params.run.num_threads)
+
+
+def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: str | None = None,
+              teacher: str | None = None):
+    """Student (fp32 master weights, trainable) and teacher (compute dtype, eval, no grad)."""
+    device = models.resolve_device(params.run.device)
+    dtype = models.resolve_dtype(params.run.dtype, device)
+    s_name, t_name = student or params.models.student, teacher or params.models.teacher
+    trc = params.models.trust_remote_code
+    if require_same_tokenizer:
+        s_tok, t_tok = models.load_tokenizer(s_name, trc), models.load_tokenizer(t_name, trc)
+        if not ev.same_tokenizer(s_tok, t_tok):
+            raise TokenizerMismatchError(
+                f"student {s_name!r} and teacher {t_name!r} use different tokenizers: same-tokenizer GKD "
+                "cannot compare their distributions. Use notebooks/04_cross_tokenizer.ipynb "
+                "(cross_tokenizer section) for this pair.")
+    s_model, s_tok = models.load_model(s_name, dtype=torch.float32, device=device, trust_remote_code=trc,
+                                       for_training=True)
+    teacher_device = device if params.models.teacher_device == "same" else torch.device(params.models.teacher_device)
+    t_model, t_tok = models.load_model(t_name, dtype=dtype, device=teacher_device, trust_remote_code=trc)
+    return device, s_model, s_tok, t_model, t_tok
+
+
+def eval_examples(params: Params, prepared, during_training: bool = True) -> list[dict]:
+    limit = params.evaluation.during_training_limit if during_training else params.evaluation.limit
+    return list(prepared.eval)[:limit]
+
+
+def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_tok=None, divergence_fn=None,
+                  during_training: bool = True):
+    """The shared evaluator bound to the held-out subset: ``eval_fn(model) -> EvalResult``."""
+    examples = eval_examples(params, prepared, during_training)
+    e = params.evaluation
+
+    def eval_fn(model):
+        return ev.evaluate(model, tokenizer, examples, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
+                           batch_size=e.batch_size, teacher=teacher if e.reverse_kl else None,
+                           teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
+
+    return eval_fn
+
+
+def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "teacher")) -> dict:
+    """Evaluate the untrained student and the teacher on the held-out set (notebook 01's rows)."""
+    from atlas_lib import data as data_mod
+
+    seed_everything(params)
+    prepared = data_mod.load_prepared(params)
+    device = models.resolve_device(params.run.device)
+    dtype = models.resolve_dtype(params.run.dtype, device)
+    out_dir = runs_root() / params.name / "baseline"
+    examples = eval_examples(params, prepared, during_training=False)
+    e = params.evaluation
+    teacher, t_tok = models.load_model(params.models.teacher, dtype=dtype, device=device,
+                                       trust_remote_code=params.models.trust_remote_code)
+    results = {}
+    for role in which:
+        if role == "teacher":
+            model, tok = teacher, t_tok
+        else:
+            model, tok = models.load_model(params.models.student, dtype=dtype, device=device,
+                                           trust_remote_code=params.models.trust_remote_code)
+        res = ev.evaluate(model, tok, examples, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
+                          batch_size=e.batch_size, teacher=teacher if (e.reverse_kl and role == "student") else None,
+                          teacher_tokenizer=t_tok, desc=f"eval {role}")
+        if role == "teacher":
+            res.metrics["mean_reverse_kl"] = 0.0  # the teacher against itself, by definition
+        ev.save_eval(res, out_dir, role)
+        results[role] = res.metrics
+        log.info("%s: accuracy %.3f [%.3f, %.3f] on %d problems", role, res.metrics["accuracy"],
+                 res.metrics["ci_low"], res.metrics["ci_high"], res.metrics["n"])
+    summary = {"student": results.get("student"), "teacher": results.get("teacher"),
+               "models": {"student": params.models.student, "teacher": params.models.teacher},
+               "dataset": {"eval": len(examples)}, "provenance": provenance(params),
+               "stage_hash": params.stage_hash("data")}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary

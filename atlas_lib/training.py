@@ -1,0 +1,135 @@
+"""One run loop for every method: run directory, resume, evaluation points, summary.
+
+GKD, GRPO and cross-tokenizer distillation each build their own TRL trainer; everything around
+``trainer.train()`` (refusing to overwrite, resuming from the last complete checkpoint without
+duplicate metrics, the evaluation callback, device hours, the summary contract read by notebook 05)
+lives here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from atlas_lib import evaluate as ev
+from atlas_lib.config import Params
+from atlas_lib.paths import runs_root
+from atlas_lib.rundir import RunDir, load_summary, provenance
+from atlas_lib.tracking import AtlasCallback, DeviceClock, NonFiniteError, wandb_report_to
+
+log = logging.getLogger(__name__)
+
+
+def autocast_bf16(params: Params, device: torch.device) -> bool:
+    """Mixed precision (fp32 master weights, bf16 compute) where the device supports it."""
+    from atlas_lib.models import resolve_dtype
+
+    return resolve_dtype(params.run.dtype, device) == torch.bfloat16
+
+
+def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], device: torch.device) -> dict:
+    """TrainingArguments fields common to every method (the method adds its own)."""
+    section = getattr(params, stage)
+    return dict(
+        output_dir=str(rd.checkpoints), run_name=params.run_name(stage), seed=params.run.seed,
+        max_steps=section.max_steps, per_device_train_batch_size=section.per_device_train_batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=section.learning_rate, logging_steps=section.logging_steps,
+        save_strategy="steps", save_steps=section.save_steps, save_total_limit=2,
+        eval_strategy="no",  # the kit's callback evaluates with the shared evaluator instead
+        report_to=report_to, bf16=autocast_bf16(params, device), use_cpu=device.type == "cpu",
+        logging_nan_inf_filter=False,  # a NaN must reach the callback, not be filtered out
+        gradient_checkpointing=getattr(section, "gradient_checkpointing", False),
+        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
+    )
+
+
+def baseline_metrics(params: Params) -> dict:
+    """The pre-training student and teacher rows written by notebook 01 (empty if not run)."""
+    s = load_summary(runs_root() / params.name / "baseline") or {}
+    return {"baseline": s.get("student"), "teacher": s.get("teacher")}
+
+
+def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
+        device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None) -> dict:
+    """Train one stage end to end and return its summary (also written to ``summary.json``).
+
+    ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
+    shared evaluator on the held-out subset.
+    """
+    section = getattr(params, stage)
+    rd = RunDir.open(params, stage, resume=section.resume)
+    try:
+        last = rd.last_checkpoint() if section.resume else None
+        offset = 0.0
+        if last is not None:
+            ckpt, state = last
+            dropped = rd.truncate_after(state["step"])
+            offset = float(state.get("seconds", 0.0))
+            log.info("resuming %s from %s (dropped %d metric points past it)", rd.path.name, ckpt.name, dropped)
+        elif section.resume and rd.metrics():
+            rd.truncate_after(-1)  # nothing to resume from: start clean, without stale points
+        clock = DeviceClock(offset)
+        report_to = wandb_report_to(params.tracking, rd.path, params.run_name(stage))
+        cb = AtlasCallback(rd, clock, eval_fn, section.eval_steps, ev.save_eval, wandb_on="wandb" in report_to)
+        trainer = make_trainer(trainer_args(params, stage, rd, report_to, device), [cb])
+        t0 = time.monotonic()
+        try:
+            out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+        except NonFiniteError as e:
+            rd.write_summary({"status": "failed", "error": str(e), "method": stage,
+                              "provenance": provenance(params)})
+            raise
+        finally:
+            if "wandb" in report_to:
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish()
+        rd.save_model(trainer.model, trainer.processing_class)
+        summary = summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
+        summary.update(extra_summary or {})
+        rd.write_summary(summary)
+        return summary
+    finally:
+        rd.release()
+
+
+def peak(evals: list[dict]) -> dict:
+    """The eval point of highest accuracy (earliest on ties) and its device hours."""
+    if not evals:
+        return {}
+    best = max(evals, key=lambda r: (r.get("accuracy", -1), -r["step"]))
+    return {"peak_step": best["step"], "peak_accuracy": best.get("accuracy"),
+            "device_hours_to_peak": best.get("device_hours"), "seconds_to_peak": best.get("seconds")}
+
+
+def summarize(rd: RunDir, params: Params, stage: str, clock: DeviceClock, out, train_seconds: float,
+              dataset_sizes: dict) -> dict:
+    evals = sorted(rd.metrics("eval"), key=lambda r: r["step"])
+    trains = rd.metrics("train")
+    final = dict(evals[-1]) if evals else {}
+    section = getattr(params, stage)
+    samples = out.global_step * section.per_device_train_batch_size * section.gradient_accumulation_steps
+    losses = [r["loss"] for r in trains if isinstance(r.get("loss"), (int, float))]
+    return {
+        "status": "complete", "method": stage, "dataset": dataset_sizes, "config": params.to_dict(),
+        **baseline_metrics(params),
+        "initial": {k: v for k, v in (evals[0] if evals else {}).items() if k != "kind"},
+        "distilled": {k: v for k, v in final.items() if k != "kind"},
+        "training": {
+            "duration_seconds": round(clock.seconds, 2), "session_seconds": round(train_seconds, 2),
+            "global_step": out.global_step, "train_loss": losses[-1] if losses else None,
+            "mean_train_loss": out.training_loss,
+            "train_samples_per_second": samples / clock.seconds if clock.seconds > 0 else None,
+            "device_kind": clock.kind, "devices": clock.devices,
+            "device_hours": clock.device_hours,
+            "device_hours_label": "GPU-hours" if clock.kind == "GPU" else "CPU-hours (2-core machine = 1 device)",
+            **peak(evals),
+        },
+        "provenance": provenance(params),
+    }

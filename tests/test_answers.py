@@ -1,0 +1,151 @@
+"""The shared answer checker: one case per supported format, both directions, plus a property test."""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atlas_lib.answers import extract_answer, final_marker_text, is_correct, normalize_reference
+
+CASES = [  # (completion, reference, expected)
+    ("Step 1: 3 + 4 = 7.\nFinal Answer: 7", "7", True),
+    ("Step 1: 3 + 4 = 7.\nFinal Answer: 7", "8", False),
+    ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72", True),
+    ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "48", False),
+    ("So she pays 9 / 3 = 3 per pack.\nThe answer is: 3", "3", True),
+    ("So she pays 9 / 3 = 3 per pack.\nThe answer is: 3", "9", False),
+    ("Adding up gives \\boxed{15} marbles.", "15", True),
+    ("Adding up gives \\boxed{15} marbles.", "1", False),
+    ("Final Answer: 1,000", "1000", True),
+    ("Final Answer: 1,000", "1", False),
+    ("Final Answer: 1,234,567", "1234567", True),
+    ("Final Answer: $12.50", "12.5", True),
+    ("Final Answer: $12.50", "1250", False),
+    ("Final Answer: 12 apples", "12", True),
+    ("Final Answer: 12 apples", "13", False),
+    ("The answer is: 5 dollars", "5", True),
+    ("The answer is: 5 dollars", "50", False),
+    ("Final Answer: -5", "-5", True),
+    ("Final Answer: -5", "5", False),
+    ("Final Answer: 5", "-5", False),
+    ("Final Answer: -$1,234", "-1234", True),
+    ("Final Answer: 0.5", "1/2", True),
+    ("Final Answer: 1/2", "0.5", True),
+    ("Final Answer: \\frac{1}{2}", "0.5", True),
+    ("Final Answer: 0.33", "1/3", False),
+    ("Final Answer: 0.5", "0.05", False),
+    ("Final Answer: 42.", "42", True),
+    ("Final Answer: 42.", "4", False),
+    ("Final Answer: 3.75.", "3.75", True),
+    ("She had 5, then 7, so 12 in total. Final Answer: 12. That is 3 more than 9.", "12", True),
+    ("She had 5, then 7, so 12 in total. Final Answer: 12. That is 3 more than 9.", "9", False),
+    ("She had 5, then 7, so 12 in total.\nFinal Answer: 12\nDouble-check: 5 + 7 = 12, 2 pens left.", "12", True),
+    ("She had 5 pens and bought 7, so she has 12.", "12", True),
+    ("She had 5 pens and bought 7, so she has 12.", "5", False),
+    ("Final Answer: 3 + 4 = 7", "7", True),
+    ("**Final Answer:** 42", "42", True),
+    ("Final Answer:\n\n17", "17", True),
+    ("Final Answer: 12\nQuestion: Sam has 4 cats. Answer: 99", "12", True),
+    ("Final Answer: 12\nQuestion: Sam has 4 cats. Answer: 99", "99", False),
+    ("The final answer is $\\boxed{\\frac{3}{4}}$", "0.75", True),
+]
+
+
+@pytest.mark.parametrize(("completion", "reference", "expected"), CASES)
+def test_is_correct_cases(completion, reference, expected):
+    assert is_correct(completion, reference) is expected
+
+
+@pytest.mark.parametrize("completion", ["", "I do not know.", "Final Answer: none", "Final Answer:", None, 42,
+                                        "\\boxed{}", "Final Answer: \\frac{", "#### x + y"])
+def test_no_answer_is_wrong_never_an_exception(completion):
+    assert extract_answer(completion) is None
+    assert is_correct(completion, "3") is False
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Final Answer: 1,000", "1000"), ("#### $12.50.", "12.5"), ("The answer is: -7 apples", "-7"),
+    ("\\boxed{\\frac{6}{8}}", "3/4"), ("so 3 + 5 = 8", "8"), ("Final Answer: 50%", "50"),
+    ("Final Answer: 7.0", "7"),
+])
+def test_extract_answer_canonical_text(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(("ref", "expected"), [
+    ("72", "72"), ("1,000", "1000"), ("$12.50", "12.5"), ("-3", "-3"), ("6/8", "3/4"), ("4/2", "2"),
+    ("\\frac{1}{2}", "1/2"), ("$\\dfrac{2}{3}$", "2/3"), ("0.50", "0.5"), ("-0", "0"), ("12.", "12"), (7, "7"),
+])
+def test_normalize_reference(ref, expected):
+    assert normalize_reference(ref) == expected
+
+
+@pytest.mark.parametrize("ref", ["", "  ", "abc", "12 apples", "1/0", "1.2.3", "x+1", "\\sqrt{2}", "3, 4", None])
+def test_normalize_reference_rejects_malformed(ref):
+    with pytest.raises(ValueError, match="reference answer"):
+        normalize_reference(ref)
+
+
+def test_final_marker_text_reads_worked_solutions():
+    assert final_marker_text("48 / 2 = 24\n#### 1,234") == "1,234"
+    assert final_marker_text("So 2 + 3 = 5.\nThe answer is: 5") == "5"
+    assert final_marker_text("no marker 42") is None
+
+
+def test_power_tower_is_rejected_fast_off_the_main_thread():
+    """math_verify's signal timeout is off in worker threads; the size guard must keep this instant."""
+    results = {}
+
+    def work():
+        t0 = time.perf_counter()
+        results["tower"] = is_correct("Final Answer: 9^9^9^9", "70")
+        results["ok"] = is_correct("Final Answer: 2^10", "1024")
+        results["s"] = time.perf_counter() - t0
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert results["tower"] is False and results["ok"] is True
+    assert results["s"] < 5  # sympy evaluating 9^9^9^9 would take forever; a guard takes milliseconds
+
+
+# -- property: every rendering of a number is recognised -------------------------------------------
+ints = st.integers(min_value=-10**7, max_value=10**7)
+decimals = st.builds(lambda n, k: Decimal(n).scaleb(-k), st.integers(-10**6, 10**6), st.integers(1, 3))
+fractions = st.builds(Fraction, st.integers(-50, 50), st.integers(2, 12))
+numbers = st.one_of(ints, decimals, fractions)
+
+
+def _number_text(x, commas: bool) -> str:
+    if isinstance(x, Fraction):
+        return str(x)
+    return f"{x:,}" if commas else str(x)
+
+
+def render(x, fmt: str, dollar: bool, commas: bool, period: bool, distractor: int | None) -> str:
+    text = _number_text(x, commas)
+    if dollar:
+        text = "-$" + text[1:] if text.startswith("-") else "$" + text
+    body = {"final": f"Final Answer: {text}", "hash": f"#### {text}", "answer_is": f"The answer is: {text}",
+            "boxed": f"So the result is \\boxed{{{text}}}"}[fmt]
+    if period:
+        body += "."
+    if distractor is not None:
+        body = f"First count {distractor} apples, then {distractor + 3} pears.\n{body}"
+    return body
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=numbers, fmt=st.sampled_from(["final", "hash", "answer_is", "boxed"]), dollar=st.booleans(),
+       commas=st.booleans(), period=st.booleans(), distractor=st.one_of(st.none(), st.integers(-999, 10**6)))
+def test_property_rendered_number_is_correct(x, fmt, dollar, commas, period, distractor):
+    completion = render(x, fmt, dollar, commas, period, distractor)
+    assert is_correct(completion, str(x)), completion
+    assert Fraction(extract_answer(completion)) == Fraction(normalize_reference(str(x))), completion

@@ -1,0 +1,116 @@
+"""Parameters: YAML -> typed sections, overrides, and one clear error per bad value."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from atlas_lib import config
+from atlas_lib.config import ParamsError
+
+
+@pytest.mark.parametrize("profile", ["embedded", "smoke", "paper"])
+def test_shipped_profiles_load(profile):
+    p = config.load(f"params/{profile}.yaml")
+    assert p.name == profile
+    assert 0 <= p.gkd.lmbda <= 1
+
+
+def test_paper_profile_matches_the_seed():
+    p = config.load("params/paper.yaml")
+    assert (p.models.student, p.models.teacher) == ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct")
+    g = p.gkd
+    assert (g.max_steps, g.per_device_train_batch_size, g.gradient_accumulation_steps) == (500, 2, 4)
+    assert (g.learning_rate, g.lmbda, g.beta, g.temperature, g.max_new_tokens) == (2e-5, 1.0, 0.5, 0.9, 256)
+    r = p.grpo
+    assert (r.max_steps, r.per_device_train_batch_size, r.gradient_accumulation_steps, r.learning_rate) == (
+        300, 2, 32, 1e-6)
+    assert r.reward_funcs == ["exact_match"]
+    assert p.data.source == "metamathqa" and p.data.eval_limit == 1000 and p.data.train_limit == 2048
+    assert p.cross_tokenizer.student == "meta-llama/Llama-3.2-1B-Instruct"
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"gkd.lmbda": 1.5}, "gkd.lmbda"),
+    ({"gkd.max_steps": 0}, "gkd.max_steps"),
+    ({"gkd.beta": -0.1}, "gkd.beta"),
+    ({"gkd.temperature": 0}, "gkd.temperature"),
+    ({"grpo.num_generations": 1}, "grpo.num_generations"),
+    ({"gkd.max_steps": "many"}, "gkd.max_steps"),
+    ({"gkd.seq_kd": "yes"}, "gkd.seq_kd"),
+    ({"run.device": "tpu"}, "run.device"),
+    ({"data.source": "web"}, "data.source"),
+    ({"grpo.loss_type": "ppo"}, "grpo.loss_type"),
+    ({"evaluation.max_new_tokens": 0}, "evaluation.max_new_tokens"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ParamsError, match=field.replace(".", r"\.")):
+        config.load("params/smoke.yaml", overrides=override)
+
+
+def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path):
+    with pytest.raises(ParamsError, match="did you mean 'max_steps'"):
+        config.load("params/smoke.yaml", overrides={"gkd.max_step": 3})
+    with pytest.raises(ParamsError, match="unknown parameter 'gdk'"):
+        config.from_dict({"gdk": {}})
+    with pytest.raises(ParamsError, match="max_stepz"):
+        config.load("params/smoke.yaml", stage="gkd", max_stepz=3)
+
+
+def test_flat_overrides_resolve_to_the_stage_first():
+    p = config.load("params/smoke.yaml", stage="gkd", max_steps=3, temperature=0.5, max_new_tokens=None)
+    assert p.gkd.max_steps == 3 and p.gkd.temperature == 0.5
+    assert p.grpo.max_steps == 2  # untouched
+    q = config.load("params/smoke.yaml", stage="grpo", max_steps=5)
+    assert q.grpo.max_steps == 5 and q.gkd.max_steps == 2
+    r = config.load("params/smoke.yaml", stage="gkd", eval_limit=10)  # shared section
+    assert r.data.eval_limit == 10
+
+
+def test_papermill_f_sections_replace_the_file(tmp_path):
+    raw = yaml.safe_load(open("params/smoke.yaml"))
+    raw["gkd"]["max_steps"] = 9
+    p = config.load("params/embedded.yaml", stage="gkd", sections=raw, max_steps=None)
+    assert p.name == "smoke" and p.gkd.max_steps == 9
+    partial = config.load("params/smoke.yaml", sections={"gkd": {"beta": 1.0}})
+    assert partial.gkd.beta == 1.0 and partial.gkd.max_steps == 2
+
+
+def test_injected_sections_pick_only_params_names():
+    ns = {"gkd": {"beta": 0.1}, "np": object(), "max_steps": 3, "name": "x"}
+    assert config.injected_sections(ns) == {"gkd": {"beta": 0.1}, "name": "x"}
+
+
+def test_missing_file_and_local_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="available: .*embedded.yaml"):
+        config.load("params/nope.yaml")
+    with pytest.raises(ParamsError, match="data.path"):
+        config.load("params/smoke.yaml", overrides={"data.source": "local"})
+    with pytest.raises(ParamsError, match="does not exist"):
+        config.load("params/smoke.yaml", overrides={"data.source": "local", "data.path": str(tmp_path / "x.jsonl")})
+
+
+def test_eval_limit_consistency():
+    with pytest.raises(ParamsError, match="evaluation.limit"):
+        config.load("params/smoke.yaml", overrides={"evaluation.limit": 999})
+
+
+def test_sweeps_validate_and_expand():
+    p = config.load("params/smoke.yaml")
+    (name, v), = config.sweep_variants(p)
+    assert name == "t0.6" and v.gkd.temperature == 0.6 and v.gkd.run_name == "smoke/sweep-t0.6"
+    assert v.gkd.max_steps == p.gkd.max_steps
+    with pytest.raises(ParamsError, match="gkd.temperature"):
+        config.from_dict({"sweeps": [{"name": "bad", "gkd": {"temperature": -1}}]})
+
+
+def test_hashes_are_stable_and_stage_scoped():
+    a, b = config.load("params/smoke.yaml"), config.load("params/smoke.yaml", overrides={"grpo.max_steps": 3})
+    assert a.params_hash() == config.load("params/smoke.yaml").params_hash()
+    assert a.stage_hash("gkd") == b.stage_hash("gkd") and a.stage_hash("grpo") != b.stage_hash("grpo")
+
+
+def test_describe_documents_every_field():
+    table = config.describe("gkd")
+    for name in ("lmbda", "beta", "temperature", "max_new_tokens", "seq_kd", "max_steps"):
+        assert f"`{name}`" in table

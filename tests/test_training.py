@@ -1,0 +1,106 @@
+"""The shared run loop on tiny models: contract, refusal, resume after SIGKILL, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from atlas_lib import config
+from atlas_lib.rundir import RunDirError
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return tmp_path
+
+
+def _params(**over):
+    base = {"tracking.wandb": "disabled", "gkd.max_steps": 2, "gkd.eval_steps": 1, "gkd.save_steps": 1}
+    return config.load("params/smoke.yaml", overrides={**base, **over})
+
+
+def _prepare(params):
+    from atlas_lib import data
+
+    return data.prepare(params)
+
+
+def test_gkd_run_writes_the_contract(env):
+    from atlas_lib.gkd import run_gkd
+
+    p = _params()
+    _prepare(p)
+    s = run_gkd(p)
+    run = Path(env / "runs" / "smoke" / "gkd")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in rows if r["kind"] == "eval"]
+    trains = [r["step"] for r in rows if r["kind"] == "train"]
+    assert evals == [0, 1, 2] and trains == [1, 2]
+    for key in ("dataset", "config", "baseline", "teacher", "distilled", "training", "provenance"):
+        assert key in s
+    t = s["training"]
+    assert t["global_step"] == 2 and t["duration_seconds"] > 0 and t["train_samples_per_second"] > 0
+    assert t["device_kind"] == "CPU" and t["device_hours"] > 0 and t["peak_step"] in (0, 1, 2)
+    assert s["distilled"]["mean_reverse_kl"] is not None and s["distilled"]["mean_reverse_kl"] >= 0
+    assert (run / "final" / "model.safetensors").exists()
+    assert not list(run.rglob("*.bin")) and not list((run / "final").glob("*.pt"))
+    with pytest.raises(RunDirError, match="already exists"):
+        run_gkd(p)
+
+
+def test_grpo_run_logs_rewards(env):
+    from atlas_lib.grpo import run_grpo
+
+    p = _params(**{"grpo.max_steps": 2, "grpo.eval_steps": 2, "evaluation.reverse_kl": False})
+    _prepare(p)
+    s = run_grpo(p)
+    rows = [json.loads(x) for x in (env / "runs/smoke/grpo/metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(0.0 <= r["reward_mean"] <= 1.0 and 0.0 <= r["frac_zero_std"] <= 1.0 for r in train)
+    assert s["trl_settings"]["loss_type"] == p.grpo.loss_type and s["status"] == "complete"
+
+
+def _train_cmd(*sets):
+    return [sys.executable, "-m", "atlas_lib.cli", "train", "gkd", "--params", "params/smoke.yaml",
+            "--set", "tracking.wandb=disabled", "--set", "gkd.max_steps=4", "--set", "gkd.eval_steps=2",
+            "--set", "gkd.save_steps=1", *[x for s in sets for x in ("--set", s)]]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(env):
+    cwd = Path(__file__).resolve().parent.parent
+    e = dict(os.environ)
+    subprocess.run([sys.executable, "-m", "atlas_lib.cli", "data", "--params", "params/smoke.yaml"], cwd=cwd,
+                   env=e, check=True, capture_output=True)
+    ref = subprocess.run(_train_cmd("gkd.run_name=smoke/ref"), cwd=cwd, env=e, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    proc = subprocess.Popen(_train_cmd(), cwd=cwd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = env / "runs/smoke/gkd/checkpoints/checkpoint-2/.complete"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run, no cleanup
+    proc.wait()
+    res = subprocess.run(_train_cmd("gkd.resume=true"), cwd=cwd, env=e, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(x) for x in (env / "runs/smoke/gkd/metrics.jsonl").read_text().splitlines()]
+    keys = [(r["kind"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicate points after resume"
+    assert sorted(s for k, s in keys if k == "train") == [1, 2, 3, 4]
+    assert sorted(s for k, s in keys if k == "eval") == [0, 2, 4]
+    a = json.loads((env / "runs/smoke/ref/summary.json").read_text())
+    b = json.loads((env / "runs/smoke/gkd/summary.json").read_text())
+    assert a["training"]["train_loss"] == pytest.approx(b["training"]["train_loss"], rel=1e-3, abs=1e-5)
+    assert a["distilled"]["accuracy"] == b["distilled"]["accuracy"]
