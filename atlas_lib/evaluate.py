@@ -2,16 +2,20 @@
 
 Used for the baseline rows, every evaluation point during training, and the final rows, so all
 numbers in the report come from the same code. Correctness is only ever decided by
-``atlas_lib.answers`` (the GRPO reward calls the same function).
+``atlas_lib.answers`` (the GRPO reward calls the same functions).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from atlas_lib.rundir import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 KL_UNDEFINED = "reverse KL undefined: student and teacher tokenizers differ (see aligned divergence)"
+PREFIX_MIN_TOKENS = 16  # shorter shared prefixes are not worth a cache copy per batch
+KL_MAX_BATCH = 8  # full-vocabulary logits (150k wide for Qwen) of two models: keep the batch small
 
 
 @dataclass
@@ -34,9 +40,14 @@ class EvalResult:
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for k successes in n trials (well-behaved at 0 and n)."""
+    """Wilson score interval (95% for z=1.96) for k successes in n trials; sane at k=0 and k=n.
+
+    ``n == 0`` carries no information and gives the whole range ``(0.0, 1.0)``.
+    """
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
-        return (float("nan"), float("nan"))
+        return (0.0, 1.0)
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -44,139 +55,254 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+@contextmanager
+def _eval_mode(*models) -> Iterator[None]:
+    """Eval mode inside, each model's own train/eval mode restored after (we run mid-training)."""
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The generation config's EOS ids (an int or a list) plus the tokenizer's EOS."""
     ids = model.generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("no EOS token: set tokenizer.eos_token or model.generation_config.eos_token_id")
     return ids
+
+
+def greedy_kwargs(model, tokenizer, max_new_tokens: int) -> dict:
+    """``model.generate`` arguments for plain greedy decoding with the KV cache.
+
+    Values left unset are filled from ``model.generation_config``; an instruct model's shipped
+    ``repetition_penalty`` or ``no_repeat_ngram_size`` would silently change "greedy", so they are
+    pinned to neutral values here (the bench's one-at-a-time loop uses the same arguments).
+    """
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, eos_token_id=eos,
+                pad_token_id=pad, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+                temperature=1.0, top_p=1.0, top_k=50)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of rendered prompts. Chat-template output already carries its special tokens;
+    plain-text prompts (base models) get the tokenizer's own (e.g. BOS)."""
+    ids = tokenizer(list(prompts), add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+    empty = [i for i, x in enumerate(ids) if not x]
+    if empty:
+        raise ValueError(f"prompts {empty[:5]} encode to zero tokens; every prompt needs at least one token")
+    return ids
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids_B_T = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn_B_T = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids_B_T[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        attn_B_T[r, width - len(s):] = 1
+    return ids_B_T, attn_B_T
+
+
+def _prefix_cache(model, encoded: list[list[int]], min_len: int):
+    """``(prefix_ids, cache)`` for the token prefix all prompts share (system turn + few-shot
+    examples: over half of each prompt here), computed once instead of once per prompt; ``None``
+    when too short or unsafe. Causal attention makes the prefix's keys/values independent of what
+    follows, so reusing them is exact. Sliding-window layers are left out: padding placed after the
+    prefix would count towards their window."""
+    layer_types = getattr(model.config, "layer_types", None) or ()
+    if len(encoded) < 2 or any(t != "full_attention" for t in layer_types) or (
+            not layer_types and getattr(model.config, "sliding_window", None)):
+        return None
+    prefix = os.path.commonprefix(encoded)[:min(map(len, encoded)) - 1]  # every prompt keeps >= 1 token to feed
+    if len(prefix) < min_len:
+        return None
+    out = model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True)
+    return prefix, getattr(out, "cache", None) or out.past_key_values
 
 
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                    desc: str = "eval") -> list[dict]:
+                    desc: str = "eval", prefix_cache: bool = True) -> list[dict]:
     """Greedy completions: left padding, length-sorted batches, KV cache, stop at EOS.
 
-    Returns, in the input order, dicts with ``prompt_ids``, ``completion_ids`` (up to and including
-    EOS), ``text``, ``n_tokens``, ``truncated`` and ``prompt_tokens``.
+    Returns, in the input order, dicts with ``prompt_ids`` and ``completion_ids`` (unpadded; the
+    completion up to and including EOS when one was produced), ``text`` (decoded without special
+    tokens), ``n_tokens`` (generated, EOS included), ``truncated`` (hit ``max_new_tokens`` with no
+    EOS) and ``prompt_tokens``. With ``prefix_cache`` the prompts' shared token prefix is encoded once
+    and each batch is ``[prefix][left padding][rest]``; positions come from the attention mask, so
+    the padding shifts nothing and the tokens equal those of unpadded one-at-a-time decoding.
     """
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    special = not has_chat_template(tokenizer)  # chat templates already carry their special tokens
-    encoded = [tokenizer(p, add_special_tokens=special)["input_ids"] for p in prompts]
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"generate_greedy: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) "
+                         "must be >= 1")
+    encoded = encode_prompts(tokenizer, prompts) if prompts else []
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths -> little padding
-    eos = _eos_ids(model, tokenizer)
-    device = next(model.parameters()).device
-    out: list[dict | None] = [None] * len(prompts)
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+    kwargs = greedy_kwargs(model, tokenizer, max_new_tokens)
+    eos, device = set(kwargs["eos_token_id"]), _device(model)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out: list[dict] = [{}] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=desc, unit="ex", leave=False)
+    with _eval_mode(model):
+        shared = _prefix_cache(model, encoded, PREFIX_MIN_TOKENS) if prefix_cache else None
+        n_pre = len(shared[0]) if shared else 0
+        for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
-            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=tokenizer.pad_token_id, use_cache=True, temperature=None,
-                                 top_p=None, top_k=None)
-            width = batch["input_ids"].shape[1]
+            ids_B_T, attn_B_T = _left_pad([encoded[i][n_pre:] for i in idx], kwargs["pad_token_id"])
+            extra = {}
+            if shared:
+                ids_B_T = torch.cat([torch.tensor([shared[0]] * len(idx)), ids_B_T], 1)
+                attn_B_T = torch.cat([torch.ones(len(idx), n_pre, dtype=torch.long), attn_B_T], 1)
+                extra[cache_arg] = copy.deepcopy(shared[1])  # generate() appends to the cache it is given
+                extra[cache_arg].batch_repeat_interleave(len(idx))
+            gen_B_T = model.generate(input_ids=ids_B_T.to(device), attention_mask=attn_B_T.to(device),
+                                     **kwargs, **extra)
             for row, i in enumerate(idx):
-                comp = gen[row, width:].tolist()
+                comp = gen_B_T[row, ids_B_T.shape[1]:].tolist()
                 stop = next((j for j, t in enumerate(comp) if t in eos), None)
-                comp = comp[:stop + 1] if stop is not None else comp
+                comp = comp[:stop + 1] if stop is not None else comp  # rows that ended early are padded
                 out[i] = {"prompt_ids": encoded[i], "completion_ids": comp, "prompt_tokens": len(encoded[i]),
                           "text": tokenizer.decode(comp, skip_special_tokens=True), "n_tokens": len(comp),
-                          "truncated": stop is None and len(comp) >= max_new_tokens}
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out  # type: ignore[return-value]
+                          "truncated": stop is None}
+            bar.update(len(idx))
+    bar.close()
+    return out
 
 
 def reverse_kl_per_token(student_logits_B_T_V: torch.Tensor, teacher_logits_B_T_V: torch.Tensor,
-                         mask_B_T: torch.Tensor) -> torch.Tensor:
-    """KL(student || teacher) over the full vocabulary at each position, float32, 0 where masked."""
-    s = F.log_softmax(student_logits_B_T_V.float(), dim=-1)
-    t = F.log_softmax(teacher_logits_B_T_V.float(), dim=-1)
-    kl_B_T = (s.exp() * (s - t)).sum(-1)
-    return kl_B_T * mask_B_T.to(kl_B_T.dtype)
+                         mask_B_T: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """``kl_B_T`` = KL(student || teacher) = sum_v p_s (log p_s - log p_t), float32, 0 where masked.
+
+    ``vocab_size`` (pass ``len(tokenizer)``) cuts both to the tokenizer's real tokens. Checkpoints of
+    one family pad their embedding matrices to different sizes (Qwen2.5: 151936 rows for 151665
+    tokens); the padding rows are no token of the tokenizer, never appear in text and hold
+    untrained logits, so they are left out of both distributions and the same index means the same
+    token in both. Without it the two vocabulary sizes must be equal.
+    """
+    vs, vt = student_logits_B_T_V.shape[-1], teacher_logits_B_T_V.shape[-1]
+    v = vocab_size if vocab_size is not None else vs
+    if v > min(vs, vt) or (vocab_size is None and vs != vt):
+        raise ValueError(f"reverse KL: student logits have {vs} entries, teacher {vt}, vocab_size={vocab_size}; "
+                         "pass vocab_size=len(tokenizer) when the matrices differ only by padding rows")
+    log_s = F.log_softmax(student_logits_B_T_V[..., :v].float(), dim=-1)
+    log_t = F.log_softmax(teacher_logits_B_T_V[..., :v].float().to(log_s.device), dim=-1)
+    kl_B_T = (log_s.exp() * (log_s - log_t)).sum(-1)
+    return torch.where(mask_B_T.to(kl_B_T.device).bool(), kl_B_T, torch.zeros_like(kl_B_T))  # masked NaN stays out
+
+
+def _last_logits(model, ids_B_T: torch.Tensor, attn_B_T: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions of a left-padded batch (``logits_to_keep`` when the
+    model takes it, so prompt positions never materialise a vocabulary-wide row)."""
+    dev = _device(model)
+    pos_B_T = (attn_B_T.cumsum(-1) - 1).clamp_min(0)  # as generate() does: padding does not shift positions
+    kwargs = dict(input_ids=ids_B_T.to(dev), attention_mask=attn_B_T.to(dev), position_ids=pos_B_T.to(dev),
+                  use_cache=False)
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = keep
+    return model(**kwargs).logits[:, -keep:]
 
 
 @torch.inference_mode()
-def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: int, vocab: int | None = None) -> list[float]:
-    """Per example: mean reverse KL at every position predicting a generated token (the last included).
+def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: int,
+                    vocab_size: int | None = None) -> list[float | None]:
+    """Per example: mean reverse KL over every position that predicts a generated token (the last
+    included), with the teacher scoring exactly the student's ids (``prompt_ids + completion_ids``).
 
-    The teacher scores exactly the student's ids (prompt + completion). Embedding matrices padded
-    to different sizes share the tokenizer's first ``vocab`` rows; the padding rows are never
-    produced, so both distributions are taken over those ``vocab`` entries.
+    Batches are left-padded with explicit position ids, so all completions end in the same column
+    and only the last ``max completion + 1`` logits are computed. ``None`` for an empty completion.
     """
-    s_dev, t_dev = next(student.parameters()).device, next(teacher.parameters()).device
-    out = []
-    for start in range(0, len(generations), batch_size):
-        chunk = generations[start:start + batch_size]
-        seqs = [g["prompt_ids"] + g["completion_ids"] for g in chunk]
-        width = max(len(s) for s in seqs)
-        ids_B_T = torch.zeros(len(seqs), width, dtype=torch.long)
-        attn_B_T = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask_B_T = torch.zeros(len(seqs), width - 1)
-        for r, (g, s) in enumerate(zip(chunk, seqs, strict=True)):
-            ids_B_T[r, :len(s)], attn_B_T[r, :len(s)] = torch.tensor(s), 1
-            p = len(g["prompt_ids"])
-            mask_B_T[r, p - 1:p - 1 + len(g["completion_ids"])] = 1  # logits at i predict token i+1
-        s_logits = student(input_ids=ids_B_T.to(s_dev), attention_mask=attn_B_T.to(s_dev)).logits[:, :-1]
-        t_logits = teacher(input_ids=ids_B_T.to(t_dev), attention_mask=attn_B_T.to(t_dev)).logits[:, :-1]
-        v = vocab or min(s_logits.shape[-1], t_logits.shape[-1])
-        kl = reverse_kl_per_token(s_logits[..., :v], t_logits[..., :v].to(s_logits.device), mask_B_T.to(s_dev))
-        n = mask_B_T.sum(-1).to(s_dev)
-        out += [float(x) if c > 0 else float("nan") for x, c in zip((kl.sum(-1) / n.clamp_min(1)).tolist(),
-                                                                     n.tolist(), strict=True)]
+    out: list[float | None] = []
+    with _eval_mode(student, teacher):
+        for start in range(0, len(generations), max(1, batch_size)):
+            chunk = generations[start:start + max(1, batch_size)]
+            seqs = [list(g["prompt_ids"]) + list(g["completion_ids"]) for g in chunk]
+            n_comp = [len(g["completion_ids"]) for g in chunk]
+            c_max = max(n_comp)
+            ids_B_T, attn_B_T = _left_pad(seqs, pad_id=0)
+            s_B_C_V = _last_logits(student, ids_B_T, attn_B_T, c_max + 1)[:, :-1]  # column j predicts token j+1
+            t_B_C_V = _last_logits(teacher, ids_B_T, attn_B_T, c_max + 1)[:, :-1]
+            for r, c in enumerate(n_comp):  # one row at a time: float32 copies of 150k-wide rows add up
+                if c == 0:
+                    out.append(None)
+                    continue
+                sl = slice(c_max - c, c_max)
+                kl_1_C = reverse_kl_per_token(s_B_C_V[r:r + 1, sl], t_B_C_V[r:r + 1, sl], torch.ones(1, c),
+                                              vocab_size)
+                out.append(float(kl_1_C.mean()))
     return out
 
 
 def same_tokenizer(tok_a, tok_b) -> bool:
-    """Same vocabulary mapping and special tokens (so distributions are comparable index by index)."""
+    """Same token -> id mapping and the same EOS/BOS, so distributions compare index by index."""
     if tok_a is tok_b:
         return True
-    return (len(tok_a) == len(tok_b) and tok_a.eos_token == tok_b.eos_token
+    return (len(tok_a) == len(tok_b) and tok_a.eos_token == tok_b.eos_token and tok_a.bos_token == tok_b.bos_token
             and tok_a.get_vocab() == tok_b.get_vocab())
 
 
+def _mean(xs: list) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _finite(records: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+
+
 def aggregate(records: list[dict]) -> dict:
-    """Aggregate metrics from per-example records (so any reader can recompute them)."""
+    """The record-level metrics, recomputable by any reader of ``<stem>.records.jsonl``."""
     n = len(records)
     k = sum(bool(r["correct"]) for r in records)
     lo, hi = wilson_interval(k, n)
-    kls = [r["reverse_kl"] for r in records if isinstance(r.get("reverse_kl"), float) and math.isfinite(r["reverse_kl"])]
-    divs = [r["aligned_divergence"] for r in records if isinstance(r.get("aligned_divergence"), float)]
-
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else None
-
-    return {"n": n, "n_correct": k, "accuracy": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
-            "avg_generated_tokens": mean([r["generated_tokens"] for r in records]),
-            "avg_prompt_tokens": mean([r["prompt_tokens"] for r in records]),
-            "truncation_rate": mean([float(r["truncated"]) for r in records]),
-            "format_rate": mean([float(r["extracted"] is not None) for r in records]),
-            "mean_reverse_kl": mean(kls), "aligned_divergence": mean(divs)}
+    return {"n": n, "n_correct": k, "accuracy": k / n if n else None, "ci_low": lo, "ci_high": hi,
+            "avg_generated_tokens": _mean([r["generated_tokens"] for r in records]),
+            "avg_prompt_tokens": _mean([r["prompt_tokens"] for r in records]),
+            "truncation_rate": _mean([float(bool(r["truncated"])) for r in records]),
+            "format_rate": _mean([float(r["extracted"] is not None) for r in records]),
+            "mean_reverse_kl": _mean(_finite(records, "reverse_kl")),
+            "aligned_divergence": _mean(_finite(records, "aligned_divergence"))}
 
 
 def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_tokens: int, batch_size: int,
-             shots=None, teacher=None, teacher_tokenizer=None, divergence_fn: Callable | None = None,
-             desc: str = "eval") -> EvalResult:
-    """Greedy-evaluate ``model`` on ``examples`` (records with ``id``, ``question``, ``answer``)."""
+             shots=None, teacher=None, teacher_tokenizer=None,
+             divergence_fn: Callable[[list[dict]], list[float]] | None = None, desc: str = "eval") -> EvalResult:
+    """Greedy-evaluate ``model`` on ``examples`` (records with ``id``, ``question``, ``answer``).
+
+    ``teacher`` adds the per-example reverse KL when it shares the student's tokenizer
+    (``teacher_tokenizer`` defaults to the student's); otherwise ``kl_note`` says why there is none.
+    ``divergence_fn(records) -> list[float]`` adds ``aligned_divergence`` (cross-tokenizer stage).
+    """
+    if not examples:
+        raise ValueError("evaluate: no examples; check evaluation.limit and the prepared eval split")
     t0 = time.monotonic()
     messages = [build_messages(ex["question"], prompt_cfg, shots or ()) for ex in examples]
     prompts = [render_prompt(tokenizer, m) for m in messages]
     gens = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc)
+    gen_seconds = time.monotonic() - t0
     records = []
     for ex, prompt, msgs, g in zip(examples, prompts, messages, gens, strict=True):
+        ref = str(ex["answer"])
         records.append({"id": ex["id"], "prompt": prompt, "messages": msgs, "completion": g["text"],
-                        "extracted": answers.extract_answer(g["text"]), "reference": ex["answer"],
-                        "correct": answers.is_correct(g["text"], ex["answer"]),
-                        "generated_tokens": g["n_tokens"], "prompt_tokens": g["prompt_tokens"],
-                        "truncated": g["truncated"], "reverse_kl": None})
+                        "extracted": answers.extract_answer(g["text"]), "reference": ref,
+                        "correct": answers.is_correct(g["text"], ref), "generated_tokens": g["n_tokens"],
+                        "prompt_tokens": g["prompt_tokens"], "truncated": g["truncated"], "reverse_kl": None})
     kl_note = None
     if teacher is not None:
-        if same_tokenizer(tokenizer, teacher_tokenizer or tokenizer):
-            kls = mean_reverse_kl(model, teacher, gens, batch_size=max(1, batch_size // 2), vocab=len(tokenizer))
+        if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
+            kls = mean_reverse_kl(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
+                                  vocab_size=len(tokenizer))
             for r, kl in zip(records, kls, strict=True):
                 r["reverse_kl"] = kl
         else:
@@ -185,15 +311,30 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
         for r, d in zip(records, divergence_fn(records), strict=True):
             r["aligned_divergence"] = float(d)
     metrics = aggregate(records)
-    wall = time.monotonic() - t0
-    metrics.update(kl_note=kl_note, wall_seconds=round(wall, 2),
-                   generated_tokens_per_second=sum(g["n_tokens"] for g in gens) / wall if wall > 0 else None)
+    n_gen = sum(g["n_tokens"] for g in gens)
+    metrics.update(kl_note=kl_note, wall_seconds=round(time.monotonic() - t0, 3),
+                   generation_seconds=round(gen_seconds, 3),
+                   generated_tokens_per_second=n_gen / gen_seconds if gen_seconds > 0 else None)
     return EvalResult(metrics, records)
 
 
+def _json_value(v):
+    """NaN/inf are not JSON: stored as strings, as the run directory does."""
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def save_eval(result: EvalResult, directory: Path, stem: str) -> None:
-    """``<stem>.json`` (metrics) and ``<stem>.records.jsonl`` (per example), each written atomically."""
+    """``<stem>.json`` (metrics) and ``<stem>.records.jsonl`` (per example; the chat messages are
+    left out, ``prompt`` holds the rendered text), each written atomically."""
     directory = Path(directory)
     atomic_write_json(directory / f"{stem}.json", result.metrics)
-    slim = [{k: v for k, v in r.items() if k != "messages"} for r in result.records]
+    slim = [{k: _json_value(v) for k, v in r.items() if k != "messages"} for r in result.records]
     atomic_write_text(directory / f"{stem}.records.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in slim))
+
+
+def load_eval(directory: Path, stem: str) -> EvalResult:
+    """Read back what :func:`save_eval` wrote."""
+    directory = Path(directory)
+    metrics = json.loads((directory / f"{stem}.json").read_text())
+    lines = (directory / f"{stem}.records.jsonl").read_text().splitlines()
+    return EvalResult(metrics, [json.loads(x) for x in lines if x.strip()])

@@ -132,6 +132,7 @@ def run_gkd(params: Params) -> dict:
                                train_dataset=train_ds, processing_class=tok, callbacks=callbacks,
                                loss_chunk_size=params.gkd.loss_chunk_size)
 
-    return training.run(params, "gkd", make, eval_fn=eval_fn, device=device,
+    final_fn = build_eval_fn(params, prepared, tok, teacher=teacher, teacher_tok=teacher_tok, during_training=False)
+    return training.run(params, "gkd", make, eval_fn=eval_fn, device=device, final_eval_fn=final_fn,
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                         extra_summary={"divergence_label": "mean reverse KL to the teacher (same tokenizer)"})

@@ -105,7 +105,8 @@ def run_grpo(params: Params) -> dict:
                            train_dataset=train_ds, processing_class=tok, callbacks=callbacks)
 
     pinned = {k: getattr(g, k) for k in ("loss_type", "beta", "scale_rewards", "num_generations", "learning_rate")}
-    return training.run(params, "grpo", make, eval_fn=eval_fn, device=device,
+    final_fn = build_eval_fn(params, prepared, tok, teacher=teacher, teacher_tok=t_tok, during_training=False)
+    return training.run(params, "grpo", make, eval_fn=eval_fn, device=device, final_eval_fn=final_fn,
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                         extra_summary={"trl_settings": pinned,
                                        "divergence_label": "mean reverse KL to the teacher (same tokenizer)"})

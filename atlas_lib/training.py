@@ -55,13 +55,19 @@ def baseline_metrics(params: Params) -> dict:
 
 
 def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
-        device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None) -> dict:
+        device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
+        final_eval_fn: Callable | None = None, initial_full_eval: bool = False) -> dict:
     """Train one stage end to end and return its summary (also written to ``summary.json``).
 
     ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
-    shared evaluator on the held-out subset.
+    shared evaluator on the held-out subset used during training (``during_training_limit``);
+    ``final_eval_fn(model)`` evaluates on ``evaluation.limit`` problems after training (and before
+    it when ``initial_full_eval``), so the final rows are measured on the same problems as the
+    baselines.
     """
     section = getattr(params, stage)
+    if params.evaluation.during_training_limit >= params.evaluation.limit:
+        final_eval_fn = None  # the eval points already use every held-out problem: no second pass
     rd = RunDir.open(params, stage, resume=section.resume)
     try:
         last = rd.last_checkpoint() if section.resume else None
@@ -77,6 +83,9 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         report_to = wandb_report_to(params.tracking, rd.path, params.run_name(stage))
         cb = AtlasCallback(rd, clock, eval_fn, section.eval_steps, ev.save_eval, wandb_on="wandb" in report_to)
         trainer = make_trainer(trainer_args(params, stage, rd, report_to, device), [cb])
+        full = {}
+        if final_eval_fn is not None and initial_full_eval:
+            full["initial"] = _full_eval(rd, "initial_full", final_eval_fn, trainer.model)
         t0 = time.monotonic()
         try:
             out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
@@ -92,11 +101,27 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
                     wandb.finish()
         rd.save_model(trainer.model, trainer.processing_class)
         summary = summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
+        if final_eval_fn is not None:
+            full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
+            summary["distilled_subset"] = summary["distilled"]
+            summary.update({k: {**v, "step": out.global_step if k == "distilled" else 0} for k, v in full.items()})
         summary.update(extra_summary or {})
         rd.write_summary(summary)
         return summary
     finally:
         rd.release()
+
+
+def _full_eval(rd: RunDir, stem: str, fn: Callable, model) -> dict:
+    """Evaluate on ``evaluation.limit`` problems; reuse a result already on disk (resumed runs)."""
+    import json
+
+    path = rd.path / "eval" / f"{stem}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    res = fn(model)
+    ev.save_eval(res, rd.path / "eval", stem)
+    return {k: v for k, v in res.metrics.items() if not isinstance(v, (list, dict))}
 
 
 def peak(evals: list[dict]) -> dict:

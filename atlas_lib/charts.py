@@ -1,0 +1,243 @@
+"""Matplotlib charts of the comparison (each function returns one Figure).
+
+Charts read :class:`atlas_lib.report.Collected` (``.runs``: key -> RunInfo with ``train``/``evals``
+DataFrames; ``.baseline``). A run or a series that is absent is drawn as a labelled empty panel
+("not run"), never as zeros. Figures are closed before they are returned so a notebook shows each
+one exactly once (as the cell's value); ``stage_figure(..., keep_open=True)`` leaves its figure to
+the inline backend instead, for notebooks that do not return it.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+NAMES = {"gkd": "GKD", "grpo": "GRPO", "cross_tokenizer": "Cross-tokenizer"}
+COLORS = {"gkd": "C0", "grpo": "C1", "cross_tokenizer": "C2"}
+SAME_TOK = ("gkd", "grpo")
+
+
+def _name(key: str) -> str:
+    return NAMES.get(key) or f"GKD sweep {key.removeprefix('sweep-')}"
+
+
+def _color(runs: dict, key: str) -> str:
+    if key in COLORS:
+        return COLORS[key]
+    sweeps = [k for k in runs if k.startswith("sweep-")]
+    return f"C{3 + sweeps.index(key) % 7}" if key in sweeps else "C9"
+
+
+def _figure(ncols: int, title: str, width: float = 5.4) -> tuple[Figure, list]:
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 3.9), squeeze=False)
+    fig.suptitle(title)
+    return fig, list(axes[0])
+
+
+def _done(fig: Figure, keep_open: bool = False) -> Figure:
+    fig.tight_layout()
+    if not keep_open:
+        plt.close(fig)
+    return fig
+
+
+def _absent(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
+
+
+def _series(df, *cols):
+    """The rows of ``df`` where every column in ``cols`` (and step) is present, or None."""
+    if df is None or len(df) == 0 or any(c not in df for c in ("step", *cols)):
+        return None
+    d = df.dropna(subset=["step", *cols])
+    return d if len(d) else None
+
+
+def _legend(ax, missing: list[str]) -> None:
+    if missing:
+        ax.plot([], [], " ", label="not run / no data: " + ", ".join(missing))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _hours_unit(runs: dict) -> str:
+    kinds = set()
+    for info in runs.values():
+        if info.evals is not None and "device_kind" in info.evals:
+            kinds |= set(info.evals["device_kind"].dropna())
+    if kinds == {"CPU"}:
+        return "CPU-hours (whole machine = 1 device)"
+    return "GPU-hours" if kinds == {"GPU"} else "device-hours"
+
+
+def _acc_errorbar(ax, d, x: str, **kw) -> None:
+    acc = 100 * d["accuracy"]
+    if "ci_low" in d and "ci_high" in d and d[["ci_low", "ci_high"]].notna().all().all():
+        yerr = [acc - 100 * d["ci_low"], 100 * d["ci_high"] - acc]
+    else:
+        yerr = None
+    ax.errorbar(d[x], acc, yerr=yerr, marker="o", capsize=3, **kw)
+
+
+def accuracy_chart(col) -> Figure:
+    """Held-out accuracy vs optimizer step and vs device hours (GKD, sweeps, GRPO), 95% CI bars."""
+    fig, (a_step, a_hours) = _figure(2, "Held-out accuracy during training (error bars: 95% Wilson CI)")
+    missing = []
+    for key, info in col.runs.items():
+        if key == "cross_tokenizer":
+            continue
+        d = _series(info.evals, "accuracy")
+        if d is None:
+            missing.append(_name(key))
+            continue
+        kw = {"color": _color(col.runs, key), "label": f"{_name(key)} (n={d['n'].iloc[-1]:.0f})"
+              if "n" in d else _name(key)}
+        _acc_errorbar(a_step, d, "step", **kw)
+        if "device_hours" in d:
+            _acc_errorbar(a_hours, d.dropna(subset=["device_hours"]), "device_hours", **kw)
+    for role, style in (("student", ":"), ("teacher", "--")):
+        m = (col.baseline or {}).get(role) or {}
+        if isinstance(m.get("accuracy"), (int, float)):
+            for ax in (a_step, a_hours):
+                ax.axhline(100 * m["accuracy"], color="0.3", ls=style, lw=1,
+                           label=f"{role} before training (n={m.get('n')})")
+    a_step.set(xlabel="optimizer step", ylabel="accuracy (%)", title="vs step")
+    a_hours.set(xlabel=_hours_unit(col.runs), ylabel="accuracy (%)", title="vs device time")
+    _legend(a_step, missing)
+    _legend(a_hours, [])
+    return _done(fig)
+
+
+def loss_chart(col) -> Figure:
+    """Training loss per method; each method optimises a different objective, so one panel each."""
+    titles = {"gkd": "GKD: generalized JSD", "grpo": "GRPO: policy loss",
+              "cross_tokenizer": "Cross-tokenizer: aligned-span loss"}
+    fig, axes = _figure(3, "Training loss (each method's own objective; not comparable across panels)", 4.6)
+    for ax, stage in zip(axes, titles, strict=True):
+        keys = [k for k in col.runs if k == stage or (stage == "gkd" and k.startswith("sweep-"))]
+        drawn = False
+        for key in keys:
+            d = _series(col.runs[key].train, "loss")
+            if d is not None:
+                ax.plot(d["step"], d["loss"], color=_color(col.runs, key), label=_name(key))
+                drawn = True
+        if not drawn:
+            _absent(ax, f"{NAMES[stage]}: not run or no loss logged")
+        ax.set(xlabel="optimizer step", ylabel="loss", title=titles[stage])
+        _legend(ax, [])
+    return _done(fig)
+
+
+def reward_chart(col) -> Figure:
+    """GRPO reward (group mean ± std) and the fraction of groups whose rewards were all equal."""
+    fig, (a_r, a_z) = _figure(2, "GRPO reward during training")
+    info = col.runs.get("grpo")
+    d = _series(info.train if info else None, "reward_mean")
+    if d is None:
+        _absent(a_r, "GRPO: not run or no reward logged")
+    else:
+        a_r.plot(d["step"], d["reward_mean"], color=COLORS["grpo"], label="mean reward")
+        if "reward_std" in d and d["reward_std"].notna().all():
+            a_r.fill_between(d["step"], d["reward_mean"] - d["reward_std"], d["reward_mean"] + d["reward_std"],
+                             color=COLORS["grpo"], alpha=0.2, label="± std")
+    a_r.set(xlabel="optimizer step", ylabel="reward (1 = correct answer)", title="reward mean ± std")
+    z = _series(info.train if info else None, "frac_zero_std")
+    if z is None:
+        _absent(a_z, "GRPO: not run or frac_zero_std not logged")
+    else:
+        a_z.plot(z["step"], 100 * z["frac_zero_std"], color=COLORS["grpo"], label="groups with zero reward std")
+    a_z.set(xlabel="optimizer step", ylabel="groups (%)", title="groups with no learning signal (all rewards equal)")
+    _legend(a_r, [])
+    _legend(a_z, [])
+    return _done(fig)
+
+
+def tokens_chart(col) -> Figure:
+    """Mean generated tokens on the held-out set (greedy) and of training samples, per step."""
+    fig, (ax,) = _figure(1, "Generated tokens over training", 8.0)
+    missing = []
+    for key, info in col.runs.items():
+        d = _series(info.evals, "avg_generated_tokens")
+        if d is None:
+            missing.append(_name(key))
+            continue
+        color = _color(col.runs, key)
+        ax.plot(d["step"], d["avg_generated_tokens"], marker="o", color=color, label=f"{_name(key)} held-out (greedy)")
+        t = _series(info.train, "completion_length")
+        if t is not None:
+            ax.plot(t["step"], t["completion_length"], ls=":", color=color, label=f"{_name(key)} training samples")
+    ax.set(xlabel="optimizer step", ylabel="tokens per completion")
+    _legend(ax, missing)
+    return _done(fig)
+
+
+def divergence_chart(col) -> Figure:
+    """Mean reverse KL to the teacher (same tokenizer) and, on its own panel, the aligned divergence."""
+    fig, (a_kl, a_al) = _figure(2, "Divergence from the teacher on held-out completions")
+    missing = []
+    for key, info in col.runs.items():
+        if key == "cross_tokenizer":
+            continue
+        d = _series(info.evals, "mean_reverse_kl")
+        if d is None:
+            missing.append(_name(key))
+            continue
+        a_kl.plot(d["step"], d["mean_reverse_kl"], marker="o", color=_color(col.runs, key), label=_name(key))
+    a_kl.set(xlabel="optimizer step", ylabel="mean reverse KL (nats/token)",
+             title="same tokenizer: reverse KL(student || teacher)")
+    _legend(a_kl, missing)
+    info = col.runs.get("cross_tokenizer")
+    d = _series(info.evals if info else None, "aligned_divergence")
+    if d is None:
+        _absent(a_al, "Cross-tokenizer: not run or no aligned divergence recorded")
+    else:
+        a_al.plot(d["step"], d["aligned_divergence"], marker="o", color=COLORS["cross_tokenizer"],
+                  label="cross-tokenizer student")
+    a_al.set(xlabel="optimizer step", ylabel="aligned span divergence",
+             title="cross-tokenizer (not comparable with reverse KL)")
+    _legend(a_al, [])
+    return _done(fig)
+
+
+def stage_figure(info, keep_open: bool = False) -> Figure:
+    """One run: held-out accuracy, training loss and divergence per step (notebooks 02-04)."""
+    name = _name(info.key)
+    fig, (a_acc, a_loss, a_div) = _figure(3, f"{name} run ({info.status})", 4.6)
+    d = _series(info.evals, "accuracy")
+    if d is None:
+        _absent(a_acc, f"{name}: no eval points")
+    else:
+        _acc_errorbar(a_acc, d, "step", color=COLORS.get(info.key, "C0"))
+    a_acc.set(xlabel="optimizer step", ylabel="held-out accuracy (%)", title="accuracy (95% CI)")
+    t = _series(info.train, "loss")
+    if t is None:
+        _absent(a_loss, f"{name}: no loss logged")
+    else:
+        a_loss.plot(t["step"], t["loss"], color=COLORS.get(info.key, "C0"))
+    a_loss.set(xlabel="optimizer step", ylabel="loss", title="training loss")
+    div = "aligned_divergence" if info.key == "cross_tokenizer" else "mean_reverse_kl"
+    k = _series(info.evals, div)
+    if k is None:
+        _absent(a_div, f"no {div} recorded")
+    else:
+        a_div.plot(k["step"], k[div], marker="o", color=COLORS.get(info.key, "C0"))
+    a_div.set(xlabel="optimizer step", ylabel="aligned span divergence" if div == "aligned_divergence"
+              else "mean reverse KL (nats/token)", title=div.replace("_", " "))
+    return _done(fig, keep_open)
+
+
+def data_charts(prepared) -> Figure:
+    """Question length and answer magnitude, train vs held-out (notebook 01)."""
+    from atlas_lib.data import length_stats
+
+    stats = length_stats(prepared)
+    fig, (a_len, a_mag) = _figure(2, "Problems: train vs held-out")
+    for split, color in (("train", "C0"), ("eval", "C1")):
+        s = stats[stats["split"] == split]
+        a_len.hist(s["question_words"], bins=30, alpha=0.6, color=color, density=True, label=f"{split} (n={len(s)})")
+        a_mag.hist(s["answer_log10_abs"], bins=30, alpha=0.6, color=color, density=True, label=split)
+    a_len.set(xlabel="question length (words)", ylabel="density", title="question length")
+    a_mag.set(xlabel="log10 |answer| (0 for answer 0)", ylabel="density", title="answer magnitude")
+    a_len.legend(fontsize=8)
+    a_mag.legend(fontsize=8)
+    return _done(fig)

@@ -1,0 +1,91 @@
+"""Executed notebook -> one self-contained HTML file, with paths and secrets scrubbed.
+
+Images are inline base64 PNGs (nbconvert's default), so the file can be mailed or committed. The
+scrub pass is defence in depth: the kit never writes a secret or an absolute path on purpose, but
+a traceback or a library's log line might, and a committed report must not carry them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from atlas_lib.paths import cache_root, project_root, runs_root
+from atlas_lib.rundir import atomic_write_text
+
+log = logging.getLogger(__name__)
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # as atlas_lib.tracking.SECRET_ENV
+HIDDEN_INPUT_TAGS = {"parameters", "injected-parameters"}
+_MIN_SECRET_LEN = 6  # a shorter "secret" (e.g. "1") would shred the page and is no real token
+
+
+def _path_forms() -> list[tuple[str, str]]:
+    """(absolute path as it may appear, replacement), most specific first."""
+    pairs = []
+    for base, label in ((runs_root(), "runs"), (cache_root(), "$ATLAS_CACHE"), (project_root(), "."),
+                        (Path.home(), "~")):
+        for form in {str(base), str(Path(base).resolve())}:
+            if len(form) > 1:  # never replace "/" itself
+                pairs.append((form.rstrip("/"), label))
+    return sorted(set(pairs), key=lambda p: -len(p[0]))
+
+
+def scrub_text(text: str) -> tuple[str, dict[str, int]]:
+    """Replace absolute project/home/runs/cache paths with relative forms and secret env values with
+    ``[redacted]``; returns the text and how many of each were replaced (values never logged)."""
+    counts = {"paths": 0, "secrets": 0}
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= _MIN_SECRET_LEN and value in text:
+            counts["secrets"] += text.count(value)
+            text = text.replace(value, "[redacted]")
+    for form, label in _path_forms():
+        # only whole path components: /work/main must not eat /work/mainline
+        text, n = re.subn(re.escape(form) + r"(?![\w.-])", lambda _m, lb=label: lb, text)
+        counts["paths"] += n
+    return text, counts
+
+
+def _strip_stderr(nb) -> None:
+    """The reader's version drops log lines (stderr); warnings worth reading are in the findings."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+
+
+def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> Path:
+    """Render an executed notebook to ``out_html`` (atomically); ``with_code=False`` shows outputs
+    only. Parameter cells never show their source: it is the run's plumbing, not its content."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+
+    executed_notebook, out_html = Path(executed_notebook), Path(out_html)
+    if not executed_notebook.exists():
+        raise FileNotFoundError(f"executed notebook {executed_notebook.name} not found; run the pipeline "
+                                "(`atlas report`) or papermill first")
+    nb = nbformat.read(executed_notebook, as_version=4)
+    if not with_code:
+        _strip_stderr(nb)
+    c = Config()
+    c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_input_tags = HIDDEN_INPUT_TAGS
+    exporter = HTMLExporter(config=c)
+    exporter.exclude_input = not with_code
+    exporter.exclude_input_prompt = not with_code
+    exporter.exclude_output_prompt = not with_code
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed_notebook.stem}})
+    body, counts = scrub_text(body)
+    if counts["paths"] or counts["secrets"]:
+        log.info("scrubbed %s: %d absolute path(s) made relative, %d secret value(s) redacted",
+                 out_html.name, counts["paths"], counts["secrets"])
+    else:
+        log.info("scrubbed %s: no absolute paths or secret values found", out_html.name)
+    atomic_write_text(out_html, body)
+    umask = os.umask(0)
+    os.umask(umask)
+    out_html.chmod(0o666 & ~umask)  # a report is for sharing: not the temp file's private 0600
+    return out_html

@@ -1,0 +1,263 @@
+"""The shared evaluator on tiny random models: batched greedy == one-at-a-time, EOS handling,
+reverse KL against an independent float64 formula, Wilson intervals, records on disk."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from atlas_lib import answers
+from atlas_lib import evaluate as ev
+from atlas_lib.config import PromptConfig
+
+PROMPTS = ["Tom has 3 apples.", "What is 7 times 6? Answer with one number please, step by step.",
+           "0 1 2", "A shop sells 12 pens at $2 each. How much do 5 pens cost in total?", "Anna reads"]
+EXAMPLES = [{"id": f"ex{i}", "question": q, "answer": a} for i, (q, a) in
+            enumerate([("Tom has 3 apples and buys 5 more. How many?", "8"), ("What is 7 times 6?", "42"),
+                       ("Anna reads 15 pages a day for 4 days. How many pages?", "60")])]
+
+
+def _load(path):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def pair(tiny):
+    (s, tok), (t, t_tok) = _load(tiny["student"]), _load(tiny["teacher"])
+    return s, tok, t, t_tok
+
+
+def _reference_greedy(model, ids: list[int], n: int) -> list[int]:
+    """Independent greedy: full forward on the unpadded sequence each step, no cache, no EOS."""
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(ids):]
+
+
+def _kl64(s_T_V: torch.Tensor, t_T_V: torch.Tensor) -> torch.Tensor:
+    ps, pt = torch.softmax(s_T_V.double(), -1), torch.softmax(t_T_V.double(), -1)
+    return (ps * (ps.log() - pt.log())).sum(-1)
+
+
+def test_batched_left_padded_greedy_equals_one_at_a_time(pair):
+    s, tok, _, _ = pair
+    n = 12
+    out = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=n, batch_size=3)
+    assert len({len(o["prompt_ids"]) for o in out}) > 2  # batches really needed padding
+    for p, o in zip(PROMPTS, out, strict=True):
+        assert o["prompt_ids"] == tok(p, add_special_tokens=False)["input_ids"]  # order kept, unpadded
+        assert o["prompt_tokens"] == len(o["prompt_ids"])
+        ref = _reference_greedy(s, o["prompt_ids"], n)
+        eos = set(ev.eos_token_ids(s, tok))
+        stop = next((j for j, t in enumerate(ref) if t in eos), None)
+        assert o["completion_ids"] == (ref if stop is None else ref[:stop + 1])
+        assert o["n_tokens"] == len(o["completion_ids"])
+        assert o["text"] == tok.decode(o["completion_ids"], skip_special_tokens=True)
+    single = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=n, batch_size=1)
+    assert [o["completion_ids"] for o in single] == [o["completion_ids"] for o in out]
+
+
+def test_shared_prefix_is_encoded_once_and_changes_no_token(pair):
+    s, tok, _, _ = pair
+    head = "You are a careful math tutor. Solve the problem step by step, briefly. Tom has 3 apples. 7 * 6 = 42. "
+    prompts = [head + p for p in PROMPTS]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    n_pre = len(os.path.commonprefix(ids))
+    assert n_pre >= ev.PREFIX_MIN_TOKENS
+    widths = []
+    hook = s.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        out = ev.generate_greedy(s, tok, prompts, max_new_tokens=8, batch_size=2)
+    finally:
+        hook.remove()
+    assert widths[0] == (1, n_pre)  # the prefix once; each batch's prefill then feeds only the rest
+    assert widths[1][1] == max(len(x) for x in sorted(ids, key=len)[:2]) - n_pre
+    plain = ev.generate_greedy(s, tok, prompts, max_new_tokens=8, batch_size=2, prefix_cache=False)
+    for o, p, x in zip(out, plain, ids, strict=True):
+        assert o["prompt_ids"] == x == p["prompt_ids"]
+        assert o["completion_ids"] == p["completion_ids"] == _reference_greedy(s, x, 8)[:len(o["completion_ids"])]
+
+
+def test_output_order_follows_input_not_length(pair):
+    s, tok, _, _ = pair
+    out = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=4, batch_size=2)
+    rev = ev.generate_greedy(s, tok, PROMPTS[::-1], max_new_tokens=4, batch_size=2)
+    assert [o["completion_ids"] for o in rev] == [o["completion_ids"] for o in out][::-1]
+    assert ev.generate_greedy(s, tok, [], max_new_tokens=4, batch_size=2) == []
+
+
+def test_eos_from_generation_config_list_stops_and_is_included(pair):
+    s, tok, _, _ = pair
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    free = [_reference_greedy(s, x, 10) for x in ids]  # what greedy would say with no EOS at all
+    stop_tok = free[0][2]  # make prompt 0's third token an extra EOS id, next to the tokenizer's
+    old = s.generation_config.eos_token_id
+    s.generation_config.eos_token_id = [stop_tok]
+    try:
+        out = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=10, batch_size=5)
+    finally:
+        s.generation_config.eos_token_id = old
+    eos = {stop_tok, tok.eos_token_id}
+    assert not out[0]["truncated"] and out[0]["n_tokens"] <= 3 and out[0]["completion_ids"][-1] in eos
+    for o, full in zip(out, free, strict=True):  # each row stops at its own first EOS (kept), or runs on
+        cut = next((j + 1 for j, t in enumerate(full) if t in eos), None)
+        assert o["completion_ids"] == full[:cut] and o["truncated"] == (cut is None)
+        assert o["n_tokens"] == (10 if cut is None else cut)
+    short = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=1, batch_size=5)  # config restored
+    for o, full in zip(short, free, strict=True):
+        assert o["n_tokens"] == 1 and o["truncated"] == (full[0] != tok.eos_token_id)
+
+
+def test_train_mode_restored_and_backward_still_works(pair):
+    s, tok, _, _ = pair
+    s.train()
+    try:
+        ev.generate_greedy(s, tok, PROMPTS[:2], max_new_tokens=3, batch_size=2)
+        assert s.training
+        ids = torch.tensor([tok("Tom has 3 apples")["input_ids"]])
+        s(ids, labels=ids).loss.backward()  # nothing created under inference_mode leaks into autograd
+        assert s.model.embed_tokens.weight.grad is not None
+    finally:
+        s.zero_grad(set_to_none=True)
+        s.eval()
+    ev.generate_greedy(s, tok, PROMPTS[:1], max_new_tokens=2, batch_size=1)
+    assert not s.training
+
+
+def test_reverse_kl_matches_float64_formula_and_masks():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 5, 11, generator=g) * 3, torch.randn(3, 5, 11, generator=g) * 3
+    mask = torch.ones(3, 5)
+    mask[1, 3:] = 0
+    mask[2, :] = 0
+    s[2] = float("nan")  # garbage under the mask must not leak
+    kl = ev.reverse_kl_per_token(s, t, mask)
+    assert kl.dtype == torch.float32 and kl.shape == (3, 5)
+    assert torch.all(kl[mask == 0] == 0)
+    ref = _kl64(s, t)
+    assert torch.allclose(kl[mask == 1].double(), ref[mask == 1], atol=1e-5)
+    assert torch.all(kl[mask == 1] > 0)
+    assert torch.allclose(ev.reverse_kl_per_token(t, t, torch.ones(3, 5)), torch.zeros(3, 5), atol=1e-6)
+    assert torch.allclose(ev.reverse_kl_per_token(s.bfloat16()[:2], t.bfloat16()[:2], torch.ones(2, 5)),
+                          _kl64(s.bfloat16()[:2], t.bfloat16()[:2]).float(), atol=1e-4)
+
+
+def test_reverse_kl_cuts_padding_rows_to_tokenizer_length():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 4, 12, generator=g), torch.randn(2, 4, 16, generator=g)
+    kl = ev.reverse_kl_per_token(s, t, torch.ones(2, 4), vocab_size=10)
+    assert torch.allclose(kl.double(), _kl64(s[..., :10], t[..., :10]), atol=1e-5)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ev.reverse_kl_per_token(s, t, torch.ones(2, 4))
+    with pytest.raises(ValueError, match="vocab_size"):
+        ev.reverse_kl_per_token(s, t, torch.ones(2, 4), vocab_size=13)
+
+
+def test_mean_reverse_kl_against_unpadded_float64_and_teacher_sees_student_ids(pair):
+    s, tok, t, _ = pair
+    gens = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=6, batch_size=5)
+    gens[1] = {**gens[1], "completion_ids": gens[1]["completion_ids"][:2]}  # ragged completions too
+    seen = []
+    hook = t.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone())),
+        with_kwargs=True)
+    try:
+        kls = ev.mean_reverse_kl(s, t, gens, batch_size=3, vocab_size=len(tok))
+    finally:
+        hook.remove()
+    fed = [row[m.bool()].tolist() for ids, mask in seen for row, m in zip(ids, mask, strict=True)]
+    assert fed == [g["prompt_ids"] + g["completion_ids"] for g in gens]
+    for g, kl in zip(gens, kls, strict=True):
+        seq = torch.tensor([g["prompt_ids"] + g["completion_ids"]])
+        p, c = len(g["prompt_ids"]), len(g["completion_ids"])
+        with torch.no_grad():  # positions p-1 .. p+c-2 predict the c generated tokens (the last included)
+            ref = _kl64(s(seq).logits[0, p - 1:p + c - 1], t(seq).logits[0, p - 1:p + c - 1]).mean()
+        assert kl > 0 and math.isclose(kl, float(ref), rel_tol=1e-4, abs_tol=1e-6)
+    assert ev.mean_reverse_kl(s, t, gens, batch_size=1, vocab_size=len(tok)) == pytest.approx(kls, rel=1e-4)
+    assert ev.mean_reverse_kl(s, s, gens, batch_size=5) == pytest.approx([0.0] * len(gens), abs=1e-5)
+    empty = [{**gens[0], "completion_ids": []}]
+    assert ev.mean_reverse_kl(s, t, empty, batch_size=2) == [None]
+
+
+def test_same_tokenizer(pair, tiny):
+    _, tok, _, t_tok = pair
+    assert ev.same_tokenizer(tok, t_tok)
+    assert not ev.same_tokenizer(tok, AutoTokenizer.from_pretrained(tiny["cross_student"]))
+
+
+@pytest.mark.parametrize(("k", "n", "lo", "hi"), [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634),
+                                                  (10, 10, 0.7225, 1.0), (1, 20, 0.0089, 0.2361)])
+def test_wilson_interval_known_values(k, n, lo, hi):
+    got = ev.wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+    mirror = ev.wilson_interval(n - k, n)
+    assert got == pytest.approx((1 - mirror[1], 1 - mirror[0]), abs=1e-12)
+
+
+def test_wilson_interval_edges():
+    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+    a, b = ev.wilson_interval(30, 100), ev.wilson_interval(300, 1000)
+    assert a[0] < b[0] < 0.3 < b[1] < a[1]  # more data, narrower interval around the same rate
+    with pytest.raises(ValueError, match="k <= n"):
+        ev.wilson_interval(11, 10)
+
+
+def test_evaluate_same_tokenizer_records_and_round_trip(pair, tmp_path):
+    s, tok, t, t_tok = pair
+    cfg = PromptConfig(few_shot=1)
+    res = ev.evaluate(s, tok, EXAMPLES, prompt_cfg=cfg, max_new_tokens=8, batch_size=2, teacher=t,
+                      teacher_tokenizer=t_tok, divergence_fn=lambda recs: [float(i) for i in range(len(recs))])
+    m = res.metrics
+    keys = {"accuracy", "ci_low", "ci_high", "n", "n_correct", "avg_generated_tokens", "avg_prompt_tokens",
+            "truncation_rate", "format_rate", "mean_reverse_kl", "kl_note", "aligned_divergence",
+            "wall_seconds", "generated_tokens_per_second"}
+    assert keys <= set(m)
+    assert [r["id"] for r in res.records] == [e["id"] for e in EXAMPLES]
+    for r, e in zip(res.records, EXAMPLES, strict=True):
+        assert r["correct"] == answers.is_correct(r["completion"], e["answer"])  # the one grader decides
+        assert r["extracted"] == answers.extract_answer(r["completion"])
+        assert r["reference"] == e["answer"] and r["reverse_kl"] > 0 and e["question"] in r["prompt"]
+    assert m["n"] == 3 and m["n_correct"] == sum(r["correct"] for r in res.records)
+    assert m["kl_note"] is None
+    assert m["mean_reverse_kl"] == pytest.approx(sum(r["reverse_kl"] for r in res.records) / 3)
+    assert m["aligned_divergence"] == pytest.approx(1.0)
+    assert m["avg_generated_tokens"] == pytest.approx(sum(r["generated_tokens"] for r in res.records) / 3)
+    assert (m["ci_low"], m["ci_high"]) == ev.wilson_interval(m["n_correct"], 3)
+    assert m["generated_tokens_per_second"] > 0 and m["wall_seconds"] > 0
+
+    ev.save_eval(res, tmp_path / "eval", "step_0")
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step_0.json", "step_0.records.jsonl"]
+    back = ev.load_eval(tmp_path / "eval", "step_0")
+    assert back.metrics == m
+    assert [{k: v for k, v in r.items() if k != "messages"} for r in res.records] == back.records
+    assert ev.aggregate(back.records) == {k: m[k] for k in ev.aggregate(back.records)}
+
+
+def test_evaluate_cross_tokenizer_has_no_kl_but_a_note(pair, tiny):
+    _, _, t, t_tok = pair
+    cross, c_tok = _load(tiny["cross_student"])
+    res = ev.evaluate(cross, c_tok, EXAMPLES[:2], prompt_cfg=PromptConfig(few_shot=0), max_new_tokens=4,
+                      batch_size=2, teacher=t, teacher_tokenizer=t_tok)
+    assert res.metrics["mean_reverse_kl"] is None and res.metrics["kl_note"] == ev.KL_UNDEFINED
+    assert all(r["reverse_kl"] is None for r in res.records)
+
+
+def test_evaluate_plain_text_prompt_gets_bos(tiny):
+    from tokenizers.processors import TemplateProcessing
+
+    sp, sp_tok = _load(tiny["sp_student"])  # a base model's tokenizer adds BOS; give the tiny one that habit
+    sp_tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", sp_tok.bos_token_id)])
+    res = ev.evaluate(sp, sp_tok, EXAMPLES[:2], prompt_cfg=PromptConfig(few_shot=1), max_new_tokens=3,
+                      batch_size=2)
+    assert res.records[0]["prompt"].rstrip().endswith("Answer:")
+    gens = ev.generate_greedy(sp, sp_tok, [res.records[0]["prompt"]], max_new_tokens=1, batch_size=1)
+    assert gens[0]["prompt_ids"][0] == sp_tok.bos_token_id
+    with pytest.raises(ValueError, match="no examples"):
+        ev.evaluate(sp, sp_tok, [], prompt_cfg=PromptConfig(), max_new_tokens=3, batch_size=2)

@@ -1,0 +1,321 @@
+"""Notebook 05's data layer on synthetic run directories written through the real contracts
+(``RunDir``, ``training.summarize``, the evaluator's ``aggregate``): complete, partial and old runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import re
+from types import SimpleNamespace
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from atlas_lib import config, report, training
+from atlas_lib import evaluate as ev
+from atlas_lib.findings import overlap
+from atlas_lib.paths import project_root
+from atlas_lib.rundir import RunDir, atomic_write_json, provenance
+from atlas_lib.tracking import DeviceClock
+
+N = 24  # held-out problems per training eval point
+CANARY = "wandb-canary-7f3a9c1e55d2"
+IMG = re.compile(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/]{100}')
+
+
+def _raw(name: str = "synth") -> dict:
+    raw = config.read_yaml("params/embedded.yaml")
+    raw["name"] = name
+    raw["sweeps"] = [{"name": "t06", "gkd": {"temperature": 0.6}}]
+    return raw
+
+
+def _metrics(k: int, n: int, tokens: float, *, kl: float | None = None, div: float | None = None) -> dict:
+    """Evaluator metrics for ``k`` correct of ``n``, through the evaluator's own aggregation."""
+    recs = [{"correct": i < k, "generated_tokens": tokens + (i % 3), "prompt_tokens": 60, "truncated": i == 0,
+             "extracted": "1", "reverse_kl": kl, **({"aligned_divergence": div} if div is not None else {})}
+            for i in range(n)]
+    m = ev.aggregate(recs)
+    m.update(kl_note=None if kl is not None or div is not None else "undefined", wall_seconds=2.0,
+             generated_tokens_per_second=50.0)
+    return m
+
+
+def _write_run(params, stage: str, ks: list[int], *, seconds_per_step: float, extra: dict | None = None,
+               cross: bool = False, grpo: bool = False) -> dict:
+    rd = RunDir.open(params, stage)
+    step_every = 4
+    for i, k in enumerate(ks):
+        step = i * step_every
+        stamp = {"seconds": step * seconds_per_step, "device_hours": step * seconds_per_step / 3600,
+                 "device_kind": "CPU", "devices": 1}
+        if step:
+            train = {"kind": "train", "step": step, **stamp, "loss": 1.0 / (1 + i), "learning_rate": 1e-5,
+                     "grad_norm": 0.5, "completion_length": 90.0 - i}
+            if grpo:
+                train.update(reward_mean=k / N, reward_std=0.2, frac_zero_std=0.5 / (1 + i))
+            rd.append(train)
+        m = _metrics(k, N, 100.0 - 5 * i, kl=None if cross else 0.4 - 0.05 * i,
+                     div=0.9 - 0.1 * i if cross else None)
+        rd.append({"kind": "eval", "step": step, **stamp, "train_loss": 1.0 / (1 + i), **m})
+    last = (len(ks) - 1) * step_every
+    clock = DeviceClock(offset_seconds=last * seconds_per_step)
+    summary = training.summarize(rd, params, stage, clock, SimpleNamespace(global_step=last, training_loss=0.6),
+                                 30.0, {"train": 256, "eval": 200})
+    summary.update(extra or {})
+    rd.write_summary(summary)
+    rd.release()
+    return summary
+
+
+def build_runs(tmp_path, monkeypatch, *, gkd=(6, 9, 12), grpo=(6, 7, 8), with_grpo=True, old_gkd=False,
+               baseline=True, name="synth"):
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
+    params = config.load(_raw(name))
+    prof = tmp_path / "runs" / name
+    atomic_write_json(prof / "data" / "manifest.json", {
+        "source": "reasoning_gym", "task": "gsm_symbolic", "seed": params.run.seed,
+        "counts": {"train": 256, "eval": 200}, "sha256": {"eval.jsonl": "ab" * 32, "train.jsonl": "cd" * 32}})
+    if baseline:
+        atomic_write_json(prof / "baseline" / "summary.json", {
+            "student": _metrics(10, 48, 120.0, kl=0.45), "teacher": {**_metrics(30, 48, 110.0, kl=0.0)},
+            "models": {"student": params.models.student, "teacher": params.models.teacher},
+            "provenance": provenance(params)})
+    div = {"divergence_label": "mean reverse KL to the teacher (same tokenizer)"}
+    gkd_summary = _write_run(params, "gkd", list(gkd), seconds_per_step=9.0, extra=div)
+    if old_gkd:  # an older schema: no status, no device_hours fields, no reverse KL in the final block
+        gkd_summary.pop("status")
+        gkd_summary["training"] = {k: v for k, v in gkd_summary["training"].items()
+                                   if k not in ("device_hours", "device_hours_to_peak")}
+        gkd_summary["distilled"].pop("mean_reverse_kl")
+        atomic_write_json(tmp_path / "runs" / name / "gkd" / "summary.json", gkd_summary)
+    for _, variant in config.sweep_variants(params):
+        _write_run(variant, "gkd", [6, 8, 10], seconds_per_step=9.0, extra=div)
+    if with_grpo:
+        _write_run(params, "grpo", list(grpo), seconds_per_step=20.0, extra=div, grpo=True)
+    _write_run(params, "cross_tokenizer", [1, 2, 4], seconds_per_step=5.0, cross=True, extra={
+        "student_model": "smollm2-135m-instruct", "teacher_model": params.models.teacher,
+        "divergence_label": "aligned span divergence (cross-tokenizer)"})
+    return params
+
+
+@pytest.fixture
+def complete(tmp_path, monkeypatch):
+    return build_runs(tmp_path, monkeypatch)
+
+
+ROWS = ["student", "teacher", "gkd", "sweep-t06", "grpo", "cross_pre", "cross_post"]
+SEED_COLS = ["Model / Method", "Accuracy", "Avg Generated Tokens", "Mean Reverse KL", "Device hours",
+             "CI low", "CI high", "Truncation", "Device hours to peak", "Steps", "Divergence kind",
+             report.ALIGNED_COL]
+
+
+def test_complete_table_has_every_row_and_finite_numbers(complete):
+    col = report.collect(complete)
+    t = report.results_table(col)
+    assert list(t.index) == ROWS
+    assert set(SEED_COLS) <= set(t.columns)
+    assert (t["Status"] == "complete").all()
+    for c in ("Accuracy", "CI low", "CI high", "Avg Generated Tokens", "Truncation", "n"):
+        assert t[c].map(math.isfinite).all(), c
+    same, cross, trained = ROWS[:5], ROWS[5:], ["gkd", "sweep-t06", "grpo", "cross_post"]
+    assert t.loc[same, "Mean Reverse KL"].map(math.isfinite).all()
+    assert t.loc[cross, "Mean Reverse KL"].isna().all()  # never mixed with the aligned divergence
+    assert t.loc[cross, report.ALIGNED_COL].map(math.isfinite).all()
+    assert t.loc[same, report.ALIGNED_COL].isna().all()
+    for c in ("Device hours", "Device hours to peak", "Steps"):
+        assert t.loc[trained, c].map(math.isfinite).all(), c
+        assert t.loc[["student", "teacher", "cross_pre"], c].isna().all(), c
+    # values are the ones written, not re-derived differently
+    assert t.loc["gkd", "Accuracy"] == pytest.approx(12 / N)
+    assert t.loc["cross_pre", "Accuracy"] == pytest.approx(1 / N)
+    assert t.loc["grpo", "Steps"] == 8
+    assert t.loc["grpo", "Device hours"] == pytest.approx(8 * 20.0 / 3600, rel=1e-3)
+    assert t.loc["gkd", "Device hours to peak"] == pytest.approx(8 * 9.0 / 3600)
+    s = report.styled_table(col)
+    assert s.loc["gkd", "Accuracy"] == f"{100 * 12 / N:.1f}%"
+    assert s.loc["teacher", "Device time"] == "—" and s.loc["cross_post", "Mean Reverse KL"] == "—"
+    assert s.loc["grpo", "Device time"].startswith(f"{8 * 20 / 3600:.3g} CPU-h")
+    assert not s.isin(["missing", "not run"]).any().any()
+
+
+def test_charts_render_with_labels(complete):
+    col = report.collect(complete)
+    for fn in (report.accuracy_chart, report.loss_chart, report.reward_chart, report.tokens_chart,
+               report.divergence_chart):
+        fig = fn(col)
+        assert fig._suptitle is not None and fig._suptitle.get_text()
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel()
+        assert any(ax.lines or ax.collections for ax in fig.axes), fn.__name__
+    points, fig = report.stage_view(complete, "grpo")
+    assert list(points["step"]) == [0, 4, 8] and fig.axes
+
+
+def test_missing_stage_and_old_schema_still_render(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch, with_grpo=False, old_gkd=True, baseline=False)
+    col = report.collect(params)
+    t = report.results_table(col)
+    assert list(t.index) == ROWS
+    grpo = t.loc["grpo"]
+    assert grpo["Status"] == "not run" and "not run" in grpo["Note"]
+    for c in ("Accuracy", "Avg Generated Tokens", "Mean Reverse KL", "Device hours", "Steps"):
+        assert pd.isna(grpo[c]) and grpo[c] != 0, c
+    assert t.loc["student", "Status"] == "not run"  # no baseline dir, and training summaries carry none
+    gkd = t.loc["gkd"]
+    assert gkd["Status"] == "complete" and "older schema" in gkd["Note"]
+    assert pd.isna(gkd["Mean Reverse KL"]) and "mean_reverse_kl" in gkd["Note"]
+    assert gkd["Device hours"] == pytest.approx(8 * 9.0 / 3600, rel=1e-3)  # derived from duration_seconds
+    assert pd.isna(gkd["Device hours to peak"])
+    s = report.styled_table(col)
+    assert s.loc["grpo", "Accuracy"] == "not run" and s.loc["grpo", "Device time"] == "not run"
+    assert s.loc["gkd", "Mean Reverse KL"] == "missing" and s.loc["gkd", "Device hours to peak"] == "missing"
+    assert s.loc["teacher", "Accuracy"] == "not run"
+    text = report.findings(col)
+    assert "GRPO was not run" in text and "baselines were not run" in text
+    assert any("grpo" in n for n in col.notes)
+    for fn in (report.accuracy_chart, report.reward_chart, report.divergence_chart):
+        assert fn(col).axes
+    points, _ = report.stage_view(params, "grpo")
+    assert points.empty
+
+
+def test_interrupted_run_shows_its_last_eval_point(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch)
+    (tmp_path / "runs" / params.name / "cross_tokenizer" / "summary.json").unlink()
+    rd = RunDir(tmp_path / "runs" / params.name / "cross_tokenizer")
+    rd.append({"kind": "train", "step": 9, "loss": float("nan"), "grad_norm": float("inf")})  # stored as strings
+    col = report.collect(params)
+    t = report.results_table(col)
+    assert t.loc["cross_post", "Status"] == "incomplete" and "last eval point" in t.loc["cross_post", "Note"]
+    assert t.loc["cross_post", "Accuracy"] == pytest.approx(4 / N)
+    assert t.loc["cross_pre", "Accuracy"] == pytest.approx(1 / N)
+    assert t.loc["cross_post", "Steps"] == 8 and math.isfinite(t.loc["cross_post", "Device hours"])
+    assert "Cross-tokenizer distillation is incomplete" in report.findings(col)
+    train = col.runs["cross_tokenizer"].train
+    assert train["loss"].dtype == float and train["loss"].isna().sum() == 1 and train["grad_norm"].isna().sum() == 1
+    assert report.loss_chart(col).axes
+
+
+@pytest.mark.parametrize("gkd_k, grpo_k", [(12, 10), (22, 3), (3, 22), (9, 9)])
+def test_findings_states_higher_method_and_interval_overlap(tmp_path, monkeypatch, gkd_k, grpo_k):
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, gkd_k), grpo=(6, grpo_k))
+    text = report.findings(report.collect(params))
+    lo_g, hi_g = ev.wilson_interval(gkd_k, N)
+    lo_r, hi_r = ev.wilson_interval(grpo_k, N)
+    if gkd_k == grpo_k:
+        assert "The two are equal" in text
+    else:
+        hi, lo = ("GKD", "GRPO") if gkd_k > grpo_k else ("GRPO", "GKD")
+        assert f"{hi} is higher than {lo} by {100 * abs(gkd_k - grpo_k) / N:.1f} percentage points" in text
+        overlapping = max(lo_g, lo_r) <= min(hi_g, hi_r)
+        assert overlap(lo_g, hi_g, lo_r, hi_r) == overlapping
+        phrase = "overlap, so the difference is within noise" if overlapping else "intervals do not overlap"
+        assert phrase in text
+    assert f"{100 * gkd_k / N:.1f}%" in text and f"{100 * grpo_k / N:.1f}%" in text
+    assert "CPU-hours" in text  # the cost is stated in its unit
+
+
+def test_provenance_has_params_and_no_absolute_paths(complete, tmp_path):
+    col = report.collect(complete)
+    text = report.provenance(col, complete)
+    assert "synth" in text and f"seed {complete.run.seed}" in text and "```yaml" in text
+    assert "transformers" in text and "git commit" in text
+    assert str(tmp_path) not in text and str(project_root()) not in text
+    dumped = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert dumped["gkd"]["max_steps"] == complete.gkd.max_steps
+
+
+def test_notebook_01_helpers(complete, tmp_path):
+    import json
+
+    baselines = json.loads((tmp_path / "runs" / "synth" / "baseline" / "summary.json").read_text())
+    b = report.baseline_frame(baselines)
+    assert list(b.index) == ["student", "teacher"] and b.loc["teacher", "Accuracy"] == f"{100 * 30 / 48:.1f}%"
+    recs = [{"id": f"q{i}", "question": "one two three " * (i + 1), "answer": str(i - 2), "solution": None,
+             "group": i} for i in range(6)]
+    prepared = SimpleNamespace(train=recs[:4], eval=recs[4:])
+    assert list(report.examples_frame(prepared, n=3).index) == ["q4", "q5"]
+    fig = report.data_charts(prepared)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["question length (words)", "log10 |answer| (0 for answer 0)"]
+
+
+def test_notebook_05_is_committed_clean():
+    nb = nbformat.read(project_root() / "notebooks" / "05_comparison.ipynb", as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert code[0].source.strip().startswith("params_file = ")
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert not any(re.search(r"^\s*(def|class) ", c.source, re.M) for c in code)
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def _png_b64() -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_render_html_embeds_images_and_scrubs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("WANDB_API_KEY", CANARY)
+    root = str(project_root())
+    leak = f"{root}/atlas_lib/report.py and {tmp_path}/runs/x/gkd and key {CANARY} and {root}line"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("params_file = 'SECRET_PARAM_CELL'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("draw_the_chart_xyz()", outputs=[
+            nbformat.v4.new_output("display_data", data={"image/png": _png_b64(), "text/plain": "<Figure>"}),
+            nbformat.v4.new_output("stream", name="stdout", text=leak)])])
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    for with_code in (True, False):
+        out = report.render_html(src, tmp_path / "out" / f"{with_code}.html", with_code=with_code)
+        html = out.read_text()
+        assert IMG.search(html)
+        assert CANARY not in html and "[redacted]" in html
+        assert f"{root}/" not in html and str(tmp_path) not in html
+        assert "atlas_lib/report.py" in html and "runs/x/gkd" in html
+        assert f"{root}line" in html  # only whole path components are replaced
+        assert "SECRET_PARAM_CELL" not in html
+        assert ("draw_the_chart_xyz" in html) == with_code
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's private 0600
+
+
+def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
+    """End to end: papermill runs notebook 05 on the synthetic runs; both HTML renders are clean (~8 s)."""
+    import papermill as pm
+
+    params = build_runs(tmp_path, monkeypatch, with_grpo=False)
+    monkeypatch.setenv("WANDB_API_KEY", CANARY)
+    pfile = tmp_path / "synth.yaml"
+    pfile.write_text(yaml.safe_dump(_raw()))
+    out_nb = tmp_path / "runs" / params.name / "notebooks" / "05_comparison.ipynb"
+    out_nb.parent.mkdir(parents=True)
+    pm.execute_notebook(str(project_root() / "notebooks" / "05_comparison.ipynb"), str(out_nb),
+                        parameters={"params_file": str(pfile)}, kernel_name="python3", cwd=str(project_root()),
+                        progress_bar=False)
+    executed = nbformat.read(out_nb, as_version=4)
+    pngs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 5  # each chart exactly once
+    report_html = report.render_html(out_nb, tmp_path / "report" / "index.html", with_code=False).read_text()
+    code_html = report.render_html(out_nb, tmp_path / "report" / "05.html", with_code=True).read_text()
+    for html in (report_html, code_html):
+        assert len(IMG.findall(html)) == 5
+        assert str(project_root()) not in html and str(tmp_path) not in html and CANARY not in html
+        assert "GRPO was not run" in html
+        assert "embedded.yaml" not in html  # the parameters cell's source is hidden
+    assert "injected_sections" in code_html and "injected_sections" not in report_html
+    assert re.search(r"GKD distilled student", report_html)
