@@ -157,8 +157,9 @@ class CrossTokenizerConfig:
 
     teacher: str = fld("qwen2.5-coder-1.5b-instruct", "Teacher (hub id, local dir or embedded name).")
     student: str = fld("smollm2-135m-instruct", "Student with a different tokenizer.")
-    method: str = fld("aligned", "aligned: the kit's text-offset alignment (any tokenizer pair); "
-                      "gold: TRL's GOLD trainer (ByteLevel pairs only).", choices=("aligned", "gold"))
+    method: str = fld("aligned", "aligned: the kit's text-offset alignment, for any tokenizer pair (TRL's GOLD "
+                      "refuses non-ByteLevel tokenizers; the run records whether GOLD would accept the pair).",
+                      choices=("aligned",))
     lmbda: float = fld(1.0, "Fraction of on-policy student samples.", ge=0.0, le=1.0)
     beta: float = fld(0.5, "Generalized JSD interpolation on aligned spans.", ge=0.0, le=1.0)
     temperature: float = fld(0.9, "Sampling temperature.", gt=0.0, le=10.0)

@@ -1,9 +1,9 @@
-"""Cross-tokenizer distillation run: the kit's aligned-span loss, or TRL's GOLD where it applies.
+"""Cross-tokenizer distillation run: the kit's aligned-span loss for any tokenizer pair.
 
-``method: aligned`` (default) works for any tokenizer pair (the math is in
-``atlas_lib.cross_tokenizer``). ``method: gold`` hands ByteLevel pairs to TRL's GOLD trainer and
-refuses the pairs GOLD refuses, pointing back to ``aligned``. Both go through the same run loop,
-evaluator and run directory as GKD and GRPO (``atlas_lib.training``).
+The math is in ``atlas_lib.cross_tokenizer`` (its tests check that the kit's loss and TRL GOLD's
+ULD loss move in the same direction on a ByteLevel pair). TRL's GOLD trainer refuses
+SentencePiece tokenizers; the summary records whether GOLD would have accepted the pair and why.
+The run goes through the same run loop, evaluator and run directory as GKD and GRPO.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from atlas_lib import cross_tokenizer as xt
-from atlas_lib.config import CrossTokenizerConfig, Params, ParamsError
+from atlas_lib.config import CrossTokenizerConfig, Params
 
 log = logging.getLogger(__name__)
 DIVERGENCE_LABEL = ("aligned span divergence to the teacher (cross-tokenizer; not comparable with "
@@ -70,14 +70,7 @@ def run_cross_tokenizer(params: Params) -> dict:
     student, s_tok = models.load_model(c.student, dtype=torch.float32, device=device, trust_remote_code=trc,
                                        for_training=True)
     teacher, t_tok = models.load_model(c.teacher, dtype=dtype, device=device, trust_remote_code=trc)
-    ok, reason = xt.gold_supported(s_tok, t_tok)
-    if c.method == "gold" and not ok:
-        raise ParamsError(f"cross_tokenizer.method = 'gold': TRL's GOLD refuses this pair ({reason}); "
-                          "use method: aligned, which handles any tokenizer pair")
-    if c.method == "gold":
-        raise ParamsError("cross_tokenizer.method = 'gold' runs through TRL's GOLDTrainer, which needs a "
-                          "hub-style dataset of messages; this kit version supports it only for ByteLevel "
-                          "pairs via `trl` directly — use method: aligned here")
+    ok, reason = xt.gold_supported(s_tok, t_tok)  # recorded: would TRL's GOLD accept this pair?
     shots = None
     rows = []
     for r in prepared.train:

@@ -117,21 +117,45 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids_B_T, attn_B_T
 
 
-def _prefix_cache(model, encoded: list[list[int]], min_len: int):
-    """``(prefix_ids, cache)`` for the token prefix all prompts share (system turn + few-shot
-    examples: over half of each prompt here), computed once instead of once per prompt; ``None``
-    when too short or unsafe. Causal attention makes the prefix's keys/values independent of what
-    follows, so reusing them is exact. Sliding-window layers are left out: padding placed after the
-    prefix would count towards their window."""
-    layer_types = getattr(model.config, "layer_types", None) or ()
-    if len(encoded) < 2 or any(t != "full_attention" for t in layer_types) or (
-            not layer_types and getattr(model.config, "sliding_window", None)):
-        return None
-    prefix = os.path.commonprefix(encoded)[:min(map(len, encoded)) - 1]  # every prompt keeps >= 1 token to feed
-    if len(prefix) < min_len:
+def shared_prefix(models: Sequence, encoded: list[list[int]]) -> list[int]:
+    """The token prefix all prompts share (system turn + few-shot examples: over half of each
+    prompt here), so its keys/values are computed once, not once per prompt; ``[]`` when shorter
+    than ``PREFIX_MIN_TOKENS`` or unsafe. Causal attention makes the prefix's keys/values
+    independent of what follows, so reusing them is exact. Sliding-window layers are left out:
+    padding placed after the prefix would count towards their window."""
+    for model in models:
+        layer_types = getattr(model.config, "layer_types", None) or ()
+        if any(t != "full_attention" for t in layer_types) or (
+                not layer_types and getattr(model.config, "sliding_window", None)):
+            return []
+    if len(encoded) < 2:
+        return []
+    prefix = os.path.commonprefix(encoded)[:min(map(len, encoded)) - 1]  # every prompt keeps >= 1 token
+    return prefix if len(prefix) >= PREFIX_MIN_TOKENS else []
+
+
+def _prefill(model, prefix: list[int]):
+    if not prefix:
         return None
     out = model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True)
-    return prefix, getattr(out, "cache", None) or out.past_key_values
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+def _batch_inputs(model, seqs: list[list[int]], pad_id: int, prefix: list[int], cache) -> dict:
+    """``[prefix][left padding][rest]`` ids and mask (full width) plus a copy of the prefix cache
+    repeated over the batch. Positions are taken from the mask (as ``generate`` does), so the
+    padding shifts nothing and results equal unpadded one-at-a-time runs."""
+    ids_B_T, attn_B_T = _left_pad([s[len(prefix):] for s in seqs], pad_id)
+    extra = {}
+    if prefix:
+        b = len(seqs)
+        ids_B_T = torch.cat([torch.tensor([prefix] * b), ids_B_T], 1)
+        attn_B_T = torch.cat([torch.ones(b, len(prefix), dtype=torch.long), attn_B_T], 1)
+        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        extra[arg] = copy.deepcopy(cache)  # the model appends to the cache it is given
+        extra[arg].batch_repeat_interleave(b)
+    dev = _device(model)
+    return {"input_ids": ids_B_T.to(dev), "attention_mask": attn_B_T.to(dev), **extra}
 
 
 @torch.inference_mode()
@@ -142,9 +166,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     Returns, in the input order, dicts with ``prompt_ids`` and ``completion_ids`` (unpadded; the
     completion up to and including EOS when one was produced), ``text`` (decoded without special
     tokens), ``n_tokens`` (generated, EOS included), ``truncated`` (hit ``max_new_tokens`` with no
-    EOS) and ``prompt_tokens``. With ``prefix_cache`` the prompts' shared token prefix is encoded once
-    and each batch is ``[prefix][left padding][rest]``; positions come from the attention mask, so
-    the padding shifts nothing and the tokens equal those of unpadded one-at-a-time decoding.
+    EOS) and ``prompt_tokens``. ``prefix_cache``: encode the prompts' :func:`shared_prefix` once.
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"generate_greedy: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) "
@@ -152,26 +174,18 @@ def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     encoded = encode_prompts(tokenizer, prompts) if prompts else []
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths -> little padding
     kwargs = greedy_kwargs(model, tokenizer, max_new_tokens)
-    eos, device = set(kwargs["eos_token_id"]), _device(model)
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    eos = set(kwargs["eos_token_id"])
     out: list[dict] = [{}] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", leave=False)
     with _eval_mode(model):
-        shared = _prefix_cache(model, encoded, PREFIX_MIN_TOKENS) if prefix_cache else None
-        n_pre = len(shared[0]) if shared else 0
+        prefix = shared_prefix([model], encoded) if prefix_cache else []
+        cache = _prefill(model, prefix)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids_B_T, attn_B_T = _left_pad([encoded[i][n_pre:] for i in idx], kwargs["pad_token_id"])
-            extra = {}
-            if shared:
-                ids_B_T = torch.cat([torch.tensor([shared[0]] * len(idx)), ids_B_T], 1)
-                attn_B_T = torch.cat([torch.ones(len(idx), n_pre, dtype=torch.long), attn_B_T], 1)
-                extra[cache_arg] = copy.deepcopy(shared[1])  # generate() appends to the cache it is given
-                extra[cache_arg].batch_repeat_interleave(len(idx))
-            gen_B_T = model.generate(input_ids=ids_B_T.to(device), attention_mask=attn_B_T.to(device),
-                                     **kwargs, **extra)
+            inputs = _batch_inputs(model, [encoded[i] for i in idx], kwargs["pad_token_id"], prefix, cache)
+            gen_B_T = model.generate(**inputs, **kwargs)
             for row, i in enumerate(idx):
-                comp = gen_B_T[row, ids_B_T.shape[1]:].tolist()
+                comp = gen_B_T[row, inputs["input_ids"].shape[1]:].tolist()
                 stop = next((j for j, t in enumerate(comp) if t in eos), None)
                 comp = comp[:stop + 1] if stop is not None else comp  # rows that ended early are padded
                 out[i] = {"prompt_ids": encoded[i], "completion_ids": comp, "prompt_tokens": len(encoded[i]),
@@ -203,13 +217,12 @@ def reverse_kl_per_token(student_logits_B_T_V: torch.Tensor, teacher_logits_B_T_
     return torch.where(mask_B_T.to(kl_B_T.device).bool(), kl_B_T, torch.zeros_like(kl_B_T))  # masked NaN stays out
 
 
-def _last_logits(model, ids_B_T: torch.Tensor, attn_B_T: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits of the last ``keep`` positions of a left-padded batch (``logits_to_keep`` when the
-    model takes it, so prompt positions never materialise a vocabulary-wide row)."""
-    dev = _device(model)
-    pos_B_T = (attn_B_T.cumsum(-1) - 1).clamp_min(0)  # as generate() does: padding does not shift positions
-    kwargs = dict(input_ids=ids_B_T.to(dev), attention_mask=attn_B_T.to(dev), position_ids=pos_B_T.to(dev),
-                  use_cache=False)
+def _last_logits(model, inputs: dict, n_prefix: int, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions of a :func:`_batch_inputs` batch (``logits_to_keep``
+    when the model takes it, so prompt positions never materialise a vocabulary-wide row)."""
+    pos_B_T = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    kwargs = {**inputs, "input_ids": inputs["input_ids"][:, n_prefix:], "position_ids": pos_B_T[:, n_prefix:],
+              "use_cache": n_prefix > 0}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = keep
     return model(**kwargs).logits[:, -keep:]
@@ -221,19 +234,23 @@ def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: in
     """Per example: mean reverse KL over every position that predicts a generated token (the last
     included), with the teacher scoring exactly the student's ids (``prompt_ids + completion_ids``).
 
-    Batches are left-padded with explicit position ids, so all completions end in the same column
-    and only the last ``max completion + 1`` logits are computed. ``None`` for an empty completion.
+    Batches are laid out as in generation (shared prefix cached, left padding, positions from the
+    mask), so all completions end in the same column and only the last ``max completion + 1``
+    logits are computed. ``None`` for an empty completion.
     """
     out: list[float | None] = []
+    bs = max(1, batch_size)
     with _eval_mode(student, teacher):
-        for start in range(0, len(generations), max(1, batch_size)):
-            chunk = generations[start:start + max(1, batch_size)]
+        prefix = shared_prefix([student, teacher], [list(g["prompt_ids"]) for g in generations])
+        caches = {id(m): _prefill(m, prefix) for m in (student, teacher)}
+        for start in range(0, len(generations), bs):
+            chunk = generations[start:start + bs]
             seqs = [list(g["prompt_ids"]) + list(g["completion_ids"]) for g in chunk]
             n_comp = [len(g["completion_ids"]) for g in chunk]
             c_max = max(n_comp)
-            ids_B_T, attn_B_T = _left_pad(seqs, pad_id=0)
-            s_B_C_V = _last_logits(student, ids_B_T, attn_B_T, c_max + 1)[:, :-1]  # column j predicts token j+1
-            t_B_C_V = _last_logits(teacher, ids_B_T, attn_B_T, c_max + 1)[:, :-1]
+            s_B_C_V, t_B_C_V = (  # column j predicts token j+1
+                _last_logits(m, _batch_inputs(m, seqs, 0, prefix, caches[id(m)]), len(prefix), c_max + 1)[:, :-1]
+                for m in (student, teacher))
             for r, c in enumerate(n_comp):  # one row at a time: float32 copies of 150k-wide rows add up
                 if c == 0:
                     out.append(None)
@@ -298,7 +315,7 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
                         "extracted": answers.extract_answer(g["text"]), "reference": ref,
                         "correct": answers.is_correct(g["text"], ref), "generated_tokens": g["n_tokens"],
                         "prompt_tokens": g["prompt_tokens"], "truncated": g["truncated"], "reverse_kl": None})
-    kl_note = None
+    kl_note, t_kl = None, time.monotonic()
     if teacher is not None:
         if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
             kls = mean_reverse_kl(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
@@ -307,13 +324,14 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
                 r["reverse_kl"] = kl
         else:
             kl_note = KL_UNDEFINED
+    kl_seconds = time.monotonic() - t_kl
     if divergence_fn is not None:
         for r, d in zip(records, divergence_fn(records), strict=True):
             r["aligned_divergence"] = float(d)
     metrics = aggregate(records)
     n_gen = sum(g["n_tokens"] for g in gens)
     metrics.update(kl_note=kl_note, wall_seconds=round(time.monotonic() - t0, 3),
-                   generation_seconds=round(gen_seconds, 3),
+                   generation_seconds=round(gen_seconds, 3), kl_seconds=round(kl_seconds, 3),
                    generated_tokens_per_second=n_gen / gen_seconds if gen_seconds > 0 else None)
     return EvalResult(metrics, records)
 

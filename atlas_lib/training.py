@@ -9,6 +9,7 @@ lives here once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,9 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     section = getattr(params, stage)
     if params.evaluation.during_training_limit >= params.evaluation.limit:
         final_eval_fn = None  # the eval points already use every held-out problem: no second pass
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank != 0:  # under accelerate launch only rank 0 owns the run directory
+        return _follower(params, stage, make_trainer, device, rank)
     rd = RunDir.open(params, stage, resume=section.resume)
     try:
         last = rd.last_checkpoint() if section.resume else None
@@ -99,6 +103,8 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
 
                 if wandb.run is not None:
                     wandb.finish()
+        if world > 1:
+            _write_rank(rd, trainer, rank)
         rd.save_model(trainer.model, trainer.processing_class)
         summary = summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
         if final_eval_fn is not None:
@@ -110,6 +116,30 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         return summary
     finally:
         rd.release()
+
+
+def _write_rank(rd: RunDir, trainer, rank: int) -> None:
+    """Per-rank record (logged losses, parameter checksum) so a test can check the ranks agree."""
+    from atlas_lib.rundir import atomic_write_json
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
+    atomic_write_json(rd.path / "ranks" / f"rank{rank}.json", {"rank": rank, "losses": losses,
+                                                               "param_checksum": checksum})
+
+
+def _follower(params: Params, stage: str, make_trainer: Callable, device: torch.device, rank: int) -> dict:
+    """A non-zero rank: trains in lockstep, writes nothing but its rank record."""
+    rd = RunDir(runs_root() / params.run_name(stage))
+    deadline = time.monotonic() + 300
+    while not (rd.path / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # rank 0 creates (or refuses) the directory first
+    common = trainer_args(params, stage, rd, ["none"], device)
+    last = rd.last_checkpoint() if getattr(params, stage).resume else None
+    trainer = make_trainer(common, [])
+    trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+    _write_rank(rd, trainer, rank)
+    return {"status": "follower", "rank": rank}
 
 
 def _full_eval(rd: RunDir, stem: str, fn: Callable, model) -> dict:

@@ -16,6 +16,7 @@ from atlas_lib.config import PromptConfig
 
 PROMPTS = ["Tom has 3 apples.", "What is 7 times 6? Answer with one number please, step by step.",
            "0 1 2", "A shop sells 12 pens at $2 each. How much do 5 pens cost in total?", "Anna reads"]
+HEAD = "You are a careful math tutor. Solve the problem step by step, briefly. Tom has 3 apples. 7 * 6 = 42. "
 EXAMPLES = [{"id": f"ex{i}", "question": q, "answer": a} for i, (q, a) in
             enumerate([("Tom has 3 apples and buys 5 more. How many?", "8"), ("What is 7 times 6?", "42"),
                        ("Anna reads 15 pages a day for 4 days. How many pages?", "60")])]
@@ -66,8 +67,7 @@ def test_batched_left_padded_greedy_equals_one_at_a_time(pair):
 
 def test_shared_prefix_is_encoded_once_and_changes_no_token(pair):
     s, tok, _, _ = pair
-    head = "You are a careful math tutor. Solve the problem step by step, briefly. Tom has 3 apples. 7 * 6 = 42. "
-    prompts = [head + p for p in PROMPTS]
+    prompts = [HEAD + p for p in PROMPTS]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n_pre = len(os.path.commonprefix(ids))
     assert n_pre >= ev.PREFIX_MIN_TOKENS
@@ -160,19 +160,27 @@ def test_reverse_kl_cuts_padding_rows_to_tokenizer_length():
         ev.reverse_kl_per_token(s, t, torch.ones(2, 4), vocab_size=13)
 
 
-def test_mean_reverse_kl_against_unpadded_float64_and_teacher_sees_student_ids(pair):
+@pytest.mark.parametrize("head", ["", HEAD])
+def test_mean_reverse_kl_against_unpadded_float64_and_teacher_sees_student_ids(pair, head):
     s, tok, t, _ = pair
-    gens = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=6, batch_size=5)
+    gens = ev.generate_greedy(s, tok, [head + p for p in PROMPTS], max_new_tokens=6, batch_size=5)
     gens[1] = {**gens[1], "completion_ids": gens[1]["completion_ids"][:2]}  # ragged completions too
     seen = []
     hook = t.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone())),
+        lambda mod, args, kwargs: seen.append((kwargs["input_ids"].clone(), kwargs.get("attention_mask"))),
         with_kwargs=True)
     try:
         kls = ev.mean_reverse_kl(s, t, gens, batch_size=3, vocab_size=len(tok))
     finally:
         hook.remove()
-    fed = [row[m.bool()].tolist() for ids, mask in seen for row, m in zip(ids, mask, strict=True)]
+    prefix, fed = [], []
+    for ids, mask in seen:  # a maskless call is the shared prefix, encoded once; batches continue it
+        if mask is None:
+            prefix = ids[0].tolist()
+            continue
+        full = torch.cat([torch.tensor([prefix] * len(ids), dtype=torch.long), ids], 1)
+        fed += [row[m.bool()].tolist() for row, m in zip(full, mask, strict=True)]
+    assert len(prefix) == (len(os.path.commonprefix([g["prompt_ids"] for g in gens])) if head else 0)
     assert fed == [g["prompt_ids"] + g["completion_ids"] for g in gens]
     for g, kl in zip(gens, kls, strict=True):
         seq = torch.tensor([g["prompt_ids"] + g["completion_ids"]])

@@ -1,0 +1,195 @@
+"""Seconds per optimizer step and peak RSS: the kit's GKD/GRPO vs stock TRL, in one run.
+
+    python bench/train_step.py --method gkd  [--steps 6] [--new-tokens 64] [--student ...] [--teacher ...]
+    python bench/train_step.py --method grpo [--steps 6]
+
+Each variant runs in its own subprocess (so peak RSS is its own), on the same models, prompts,
+batch, lengths, lmbda/beta and seed. Printed: median seconds/step after one warm-up step, peak
+RSS, the mean loss over the timed steps (faster-but-different is not faster), where the time goes
+(generation, teacher forward, student forward, loss, backward+optimizer), and the FLOP floor:
+FLOPs the step must do divided by this machine's measured matmul rate ("% of limit").
+
+Stock = what a new user writes: TRL's trainer, models as loaded (fp32), default config.
+Kit = atlas_lib's runner settings: student fp32 master weights with bf16 autocast where the CPU
+has bf16, teacher in bf16 without grads, completion-only logits (GKD), same TRL trainers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def matmul_gflops(dtype_name: str, m: int, k: int, n: int) -> float:
+    import torch
+
+    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 5, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+
+class Timer:
+    def __init__(self):
+        self.t: dict[str, float] = {}
+
+    def add(self, key: str, dt: float) -> None:
+        self.t[key] = self.t.get(key, 0.0) + dt
+
+
+def _wrap(obj, name: str, timer: Timer, key: str) -> None:
+    fn = getattr(obj, name)
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        out = fn(*a, **k)
+        timer.add(key, time.perf_counter() - t0)
+        return out
+
+    setattr(obj, name, timed)
+
+
+def worker(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from atlas_lib import config, data, models
+    from atlas_lib.prompts import build_messages
+
+    torch.manual_seed(0)
+    p = config.load("params/embedded.yaml")
+    kit = args.variant == "kit"
+    device = torch.device("cpu")
+    bf16 = kit and models.resolve_dtype("auto", device) == torch.bfloat16
+    student, tok = models.load_model(args.student, dtype=torch.float32, device=device, for_training=True)
+    rows = data.load_prepared(p).train[: 4 * args.batch] if (ROOT / "runs/embedded/data/manifest.json").exists() \
+        else [{"question": f"Tom has {i} apples and buys {i + 3} more. How many apples?", "answer": str(2 * i + 3),
+               "solution": None} for i in range(4 * args.batch)]
+    timer = Timer()
+    step_times: list[float] = []
+    losses: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            step_times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    common = dict(output_dir=str(ROOT / "runs/bench/tmp"), max_steps=args.steps, per_device_train_batch_size=args.batch,
+                  gradient_accumulation_steps=1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
+                  report_to="none", use_cpu=True, bf16=bf16, seed=0, disable_tqdm=True)
+    if args.method == "gkd":
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        from atlas_lib.gkd import AtlasGKDTrainer
+
+        teacher, _ = models.load_model(args.teacher, dtype=torch.bfloat16 if kit else torch.float32, device=device)
+        ds = Dataset.from_list(data.distill_view(rows, p.prompt, None))
+        cfg = GKDConfig(**common, lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=args.new_tokens)
+        cls = AtlasGKDTrainer if kit else GKDTrainer
+        trainer = cls(model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok,
+                      callbacks=[Clock()])
+        _wrap(trainer, "generate_on_policy_outputs", timer, "generation")
+        _wrap(trainer.teacher_model, "forward", timer, "teacher forward")
+        _wrap(trainer.model, "forward", timer, "student forward")
+        flops_tokens = None
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        from atlas_lib.grpo import exact_match_reward
+
+        ds = Dataset.from_list([{"prompt": build_messages(r["question"], p.prompt, ()), "answer": r["answer"]}
+                                for r in rows])
+        cfg = GRPOConfig(**common, num_generations=args.batch, max_completion_length=args.new_tokens,
+                         temperature=0.9, beta=0.0, loss_type="dapo")
+        tok.padding_side = "left"
+        trainer = GRPOTrainer(model=student, reward_funcs=[exact_match_reward], args=cfg, train_dataset=ds,
+                              processing_class=tok, callbacks=[Clock()])
+        _wrap(trainer.model, "generate", timer, "generation")
+        flops_tokens = None
+    t0 = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t0
+    n_s = sum(p.numel() for p in student.parameters())
+    return {"variant": args.variant, "method": args.method, "step_seconds": step_times, "losses": losses,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "total_seconds": total,
+            "breakdown": timer.t, "bf16": bf16, "student_params": n_s, "flops_tokens": flops_tokens}
+
+
+def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
+    """FLOPs per step (2*P per generated/forward token, 6*P per trained token) and the matmul rate."""
+    from atlas_lib.memory import arch, n_params
+
+    s = n_params(arch(args.student))
+    seq = prompt_tokens + args.new_tokens
+    flops = 2 * s * args.new_tokens * args.batch + 6 * s * seq * args.batch
+    if args.method == "gkd":
+        flops += 2 * n_params(arch(args.teacher)) * seq * args.batch
+    rate = matmul_gflops("bf16" if res["bf16"] else "fp32", args.batch * seq, 896, 4864)
+    return flops / 1e9, rate
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", choices=["gkd", "grpo"], default="gkd")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--student", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--teacher", default="qwen2.5-coder-1.5b-instruct")
+    ap.add_argument("--variant", choices=["kit", "stock"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        print("RESULT " + json.dumps(worker(args)))
+        return 0
+    results = {}
+    for variant in ("stock", "kit"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(out.stderr[-3000:])
+            return 1
+        results[variant] = json.loads(line[7:])
+    print(f"{args.method.upper()} step, batch {args.batch}, {args.new_tokens} new tokens, {args.steps} steps "
+          f"(first is warm-up), student {args.student}" + (f", teacher {args.teacher}" if args.method == "gkd" else ""))
+    print("| variant | median s/step | peak RSS GB | mean loss (timed steps) | generation s | teacher fwd s | "
+          "student fwd s | FLOP floor s | % of limit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    med = {}
+    for v, r in results.items():
+        timed = r["step_seconds"][1:] or r["step_seconds"]
+        med[v] = statistics.median(timed)
+        loss = statistics.mean(r["losses"][1:] or r["losses"]) if r["losses"] else float("nan")
+        gflop, rate = flop_floor(r, args, prompt_tokens=180)
+        floor = gflop / rate
+        b = r["breakdown"]
+        print(f"| {v} | {med[v]:.1f} | {r['peak_rss_gb']:.1f} | {loss:.4f} | {b.get('generation', 0) / args.steps:.1f} | "
+              f"{b.get('teacher forward', 0) / args.steps:.1f} | {b.get('student forward', 0) / args.steps:.1f} | "
+              f"{floor:.1f} | {100 * floor / med[v]:.0f}% |")
+    print(f"speed-up kit vs stock: {med['stock'] / med['kit']:.2f}x; peak RSS ratio kit/stock: "
+          f"{results['kit']['peak_rss_gb'] / results['stock']['peak_rss_gb']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The smoke tier: every notebook through papermill on params/smoke.yaml, into a temp dir.
+
+Also the security check of issue 10: with canary secrets in the environment, none may appear
+anywhere under runs/ or reports/ (executed notebooks, HTML, JSON, logs, W&B offline files).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CANARIES = {"WANDB_API_KEY": "canary0wandb0key0" + "x" * 23, "HF_TOKEN": "hf_canaryTOKEN0123456789abcdef"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "ATLAS_RUNS": str(tmp / "runs"), "ATLAS_REPORTS": str(tmp / "reports"),
+           "ATLAS_CACHE": str(tmp / "cache"), "WANDB_MODE": "offline", **CANARIES}
+    proc = subprocess.run([sys.executable, "-m", "atlas_lib.cli", "report", "--params", "params/smoke.yaml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc
+
+
+def test_pipeline_writes_every_row_and_the_charts(smoke, monkeypatch):
+    tmp, _ = smoke
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp / "runs"))
+    from atlas_lib import config, report
+
+    table = report.results_table(report.collect(config.load("params/smoke.yaml")))
+    assert {"student", "teacher", "gkd", "sweep-t0.6", "grpo", "cross_pre", "cross_post"} <= set(table.index)
+    for row in table.index:
+        assert math.isfinite(table.loc[row, "Accuracy"]) and math.isfinite(table.loc[row, "Avg Generated Tokens"])
+    for row in ("student", "gkd", "grpo"):
+        assert math.isfinite(table.loc[row, "Mean Reverse KL"])
+    for row in ("cross_pre", "cross_post"):
+        assert math.isfinite(table.loc[row, "Aligned divergence (cross-tokenizer)"])
+    html = (tmp / "reports/smoke/index.html").read_text()
+    assert len(re.findall(r"<img[^>]+src=\"data:image/png;base64,", html)) >= 5
+    for nb in ("01_data", "02_gkd", "03_grpo", "04_cross_tokenizer"):
+        assert (tmp / "reports/smoke/notebooks" / f"{nb}.html").exists()
+
+
+def test_no_secret_or_absolute_path_in_outputs(smoke):
+    tmp, _ = smoke
+    checked = 0
+    for base in (tmp / "runs", tmp / "reports"):
+        for f in base.rglob("*"):
+            if not f.is_file() or f.suffix in (".safetensors", ".pt", ".bin", ".pth"):
+                continue
+            data = f.read_bytes()
+            checked += 1
+            for name, value in CANARIES.items():
+                assert value.encode() not in data, f"{name} leaked into {f.relative_to(tmp)}"
+    assert checked > 20
+    for f in (tmp / "reports").rglob("*.html"):
+        text = f.read_text()
+        assert str(ROOT) not in text and str(tmp) not in text, f"absolute path in {f.name}"
+
+
+def test_second_run_reuses_finished_stages(smoke):
+    tmp, _ = smoke
+    env = {**os.environ, "ATLAS_RUNS": str(tmp / "runs"), "ATLAS_REPORTS": str(tmp / "reports"),
+           "ATLAS_CACHE": str(tmp / "cache"), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "atlas_lib.cli", "report", "--params", "params/smoke.yaml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for nb in ("01_data", "02_gkd", "03_grpo", "04_cross_tokenizer"):
+        assert f"[{nb}] reusing" in proc.stderr
