@@ -20,14 +20,14 @@ GiB = 1024 ** 3
 
 # Published configs of the models the params name (offline: no hub request needed).
 KNOWN = {
-    "Qwen/Qwen2.5-7B-Instruct": dict(hidden=3584, layers=28, vocab=152064, inter=18944, heads=28, kv=4, tied=False),
-    "Qwen/Qwen2.5-14B-Instruct": dict(hidden=5120, layers=48, vocab=152064, inter=13824, heads=40, kv=8, tied=False),
-    "Qwen/Qwen2.5-1.5B-Instruct": dict(hidden=1536, layers=28, vocab=151936, inter=8960, heads=12, kv=2, tied=True),
-    "Qwen/Qwen2.5-0.5B-Instruct": dict(hidden=896, layers=24, vocab=151936, inter=4864, heads=14, kv=2, tied=True),
+    "Qwen/Qwen2.5-7B-Instruct": dict(hidden=3584, layers=28, vocab=152064, inter=18944, heads=28, kv=4, tied=False, qkv_bias=True),
+    "Qwen/Qwen2.5-14B-Instruct": dict(hidden=5120, layers=48, vocab=152064, inter=13824, heads=40, kv=8, tied=False, qkv_bias=True),
+    "Qwen/Qwen2.5-1.5B-Instruct": dict(hidden=1536, layers=28, vocab=151936, inter=8960, heads=12, kv=2, tied=True, qkv_bias=True),
+    "Qwen/Qwen2.5-0.5B-Instruct": dict(hidden=896, layers=24, vocab=151936, inter=4864, heads=14, kv=2, tied=True, qkv_bias=True),
     "meta-llama/Llama-3.2-1B-Instruct": dict(hidden=2048, layers=16, vocab=128256, inter=8192, heads=32, kv=8, tied=True),
     # The embedded GGUFs carry an untied output matrix (630M / 1.78B parameters).
-    "qwen2.5-coder-0.5b-instruct": dict(hidden=896, layers=24, vocab=151936, inter=4864, heads=14, kv=2, tied=False),
-    "qwen2.5-coder-1.5b-instruct": dict(hidden=1536, layers=28, vocab=151936, inter=8960, heads=12, kv=2, tied=False),
+    "qwen2.5-coder-0.5b-instruct": dict(hidden=896, layers=24, vocab=151936, inter=4864, heads=14, kv=2, tied=False, qkv_bias=True),
+    "qwen2.5-coder-1.5b-instruct": dict(hidden=1536, layers=28, vocab=151936, inter=8960, heads=12, kv=2, tied=False, qkv_bias=True),
     "smollm2-135m-instruct": dict(hidden=576, layers=30, vocab=49152, inter=1536, heads=9, kv=3, tied=True),
 }
 
@@ -46,16 +46,19 @@ def arch(name: str) -> dict:
             return dict(hidden=c["hidden_size"], layers=c["num_hidden_layers"], vocab=c["vocab_size"],
                         inter=c["intermediate_size"], heads=c["num_attention_heads"],
                         kv=c.get("num_key_value_heads", c["num_attention_heads"]),
-                        tied=bool(c.get("tie_word_embeddings", False)))
+                        tied=bool(c.get("tie_word_embeddings", False)),
+                        qkv_bias=c.get("model_type") == "qwen2" or bool(c.get("attention_bias", False)))
     raise KeyError(f"no shape known for {name!r}: add it to atlas_lib.memory.KNOWN or pass a local model dir")
 
 
 def n_params(a: dict) -> int:
     head_dim = a["hidden"] // a["heads"]
     attn = 2 * a["hidden"] * a["hidden"] + 2 * a["hidden"] * a["kv"] * head_dim
+    if a.get("qkv_bias"):  # Qwen2 has q/k/v biases
+        attn += a["hidden"] + 2 * a["kv"] * head_dim
     mlp = 3 * a["hidden"] * a["inter"]
     emb = a["vocab"] * a["hidden"] * (1 if a["tied"] else 2)
-    return a["layers"] * (attn + mlp + 2 * a["hidden"]) + emb
+    return a["layers"] * (attn + mlp + 2 * a["hidden"]) + a["hidden"] + emb  # + final norm
 
 
 @dataclass

@@ -73,7 +73,7 @@ def worker(args) -> dict:
     torch.manual_seed(0)
     p = config.load("params/embedded.yaml")
     kit = args.variant == "kit"
-    device = torch.device("cpu")
+    device = models.resolve_device("auto")
     bf16 = kit and models.resolve_dtype("auto", device) == torch.bfloat16
     student, tok = models.load_model(args.student, dtype=torch.float32, device=device, for_training=True)
     rows = data.load_prepared(p).train[: 4 * args.batch] if (ROOT / "runs/embedded/data/manifest.json").exists() \
@@ -96,7 +96,7 @@ def worker(args) -> dict:
 
     common = dict(output_dir=str(ROOT / "runs/bench/tmp"), max_steps=args.steps, per_device_train_batch_size=args.batch,
                   gradient_accumulation_steps=1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
-                  report_to="none", use_cpu=True, bf16=bf16, seed=0, disable_tqdm=True)
+                  report_to="none", use_cpu=device.type == "cpu", bf16=bf16, seed=0, disable_tqdm=True)
     if args.method == "gkd":
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 

@@ -1,0 +1,42 @@
+"""Memory plan: parameter counts against published sizes and real models; the fit verdict."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from atlas_lib import config, memory
+
+
+@pytest.mark.parametrize("name, published", [
+    ("Qwen/Qwen2.5-7B-Instruct", 7.62e9), ("Qwen/Qwen2.5-14B-Instruct", 14.77e9),
+    ("Qwen/Qwen2.5-0.5B-Instruct", 0.494e9), ("Qwen/Qwen2.5-1.5B-Instruct", 1.54e9),
+    ("meta-llama/Llama-3.2-1B-Instruct", 1.24e9), ("qwen2.5-coder-0.5b-instruct", 0.630e9),
+    ("qwen2.5-coder-1.5b-instruct", 1.777e9),
+])
+def test_parameter_counts_match_published_sizes(name, published):
+    assert memory.n_params(memory.arch(name)) == pytest.approx(published, rel=0.01)
+
+
+def test_parameter_count_matches_a_real_model(tiny):
+    model = AutoModelForCausalLM.from_pretrained(tiny["student"])
+    assert memory.n_params(memory.arch(tiny["student"])) == sum(p.numel() for p in model.parameters())
+
+
+def test_paper_profile_needs_more_than_one_80gb_gpu_and_says_how():
+    plan = memory.estimate(config.load("params/paper.yaml"), gpu_gb=80)
+    assert not plan.fits and plan.total_gib > 100
+    assert any("ZeRO-3" in a for a in plan.advice) and any("LoRA" in a for a in plan.advice)
+    text = memory.format_plan(plan)
+    assert "does NOT fit" in text and "logits" in text
+
+
+def test_embedded_profile_fits_a_small_device():
+    plan = memory.estimate(config.load("params/embedded.yaml"), gpu_gb=24)
+    assert plan.fits and plan.total_gib < 24
+
+
+def test_chunking_and_checkpointing_reduce_the_estimate():
+    p = config.load("params/paper.yaml", overrides={"gkd.loss_chunk_size": 0, "gkd.gradient_checkpointing": False})
+    q = config.load("params/paper.yaml")
+    assert memory.estimate(q).total_gib < memory.estimate(p).total_gib
