@@ -135,10 +135,12 @@ def shared_prefix(models: Sequence, encoded: list[list[int]]) -> list[int]:
 
 
 def _prefill(model, prefix: list[int]):
+    """The prefix's cache, or None (no prefix, or a cache type that cannot be repeated over a batch)."""
     if not prefix:
         return None
     out = model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True)
-    return getattr(out, "cache", None) or out.past_key_values
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return cache if hasattr(cache, "batch_repeat_interleave") else None
 
 
 def _batch_inputs(model, seqs: list[list[int]], pad_id: int, prefix: list[int], cache) -> dict:
@@ -180,6 +182,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     with _eval_mode(model):
         prefix = shared_prefix([model], encoded) if prefix_cache else []
         cache = _prefill(model, prefix)
+        prefix = prefix if cache is not None else []
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             inputs = _batch_inputs(model, [encoded[i] for i in idx], kwargs["pad_token_id"], prefix, cache)
@@ -243,6 +246,7 @@ def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: in
     with _eval_mode(student, teacher):
         prefix = shared_prefix([student, teacher], [list(g["prompt_ids"]) for g in generations])
         caches = {id(m): _prefill(m, prefix) for m in (student, teacher)}
+        prefix = prefix if None not in caches.values() else []
         for start in range(0, len(generations), bs):
             chunk = generations[start:start + bs]
             seqs = [list(g["prompt_ids"]) + list(g["completion_ids"]) for g in chunk]
@@ -336,23 +340,17 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     return EvalResult(metrics, records)
 
 
-def _json_value(v):
-    """NaN/inf are not JSON: stored as strings, as the run directory does."""
-    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
-
-
 def save_eval(result: EvalResult, directory: Path, stem: str) -> None:
     """``<stem>.json`` (metrics) and ``<stem>.records.jsonl`` (per example; the chat messages are
     left out, ``prompt`` holds the rendered text), each written atomically."""
     directory = Path(directory)
     atomic_write_json(directory / f"{stem}.json", result.metrics)
-    slim = [{k: _json_value(v) for k, v in r.items() if k != "messages"} for r in result.records]
+    slim = [{k: str(v) if isinstance(v, float) and not math.isfinite(v) else v  # NaN is not JSON (as rundir)
+             for k, v in r.items() if k != "messages"} for r in result.records]
     atomic_write_text(directory / f"{stem}.records.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in slim))
 
 
 def load_eval(directory: Path, stem: str) -> EvalResult:
     """Read back what :func:`save_eval` wrote."""
-    directory = Path(directory)
-    metrics = json.loads((directory / f"{stem}.json").read_text())
-    lines = (directory / f"{stem}.records.jsonl").read_text().splitlines()
-    return EvalResult(metrics, [json.loads(x) for x in lines if x.strip()])
+    lines = (Path(directory) / f"{stem}.records.jsonl").read_text().splitlines()
+    return EvalResult(json.loads((Path(directory) / f"{stem}.json").read_text()), [json.loads(x) for x in lines if x])

@@ -61,10 +61,21 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
     examples = eval_examples(params, prepared, during_training)
     e = params.evaluation
 
-    def eval_fn(model):
-        return ev.evaluate(model, tokenizer, examples, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
-                           batch_size=e.batch_size, teacher=teacher if e.reverse_kl else None,
-                           teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
+    def eval_fn(model, reuse: list[dict] | None = None):
+        todo = examples
+        if reuse:  # records of a prefix of these examples, from the same model (deterministic greedy)
+            ids = [r["id"] for r in reuse]
+            if ids != [ex["id"] for ex in examples[:len(ids)]]:
+                reuse = None
+            else:
+                todo = examples[len(ids):]
+        res = ev.evaluate(model, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
+                          batch_size=e.batch_size, teacher=teacher if e.reverse_kl else None,
+                          teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
+        if reuse:
+            records = list(reuse) + res.records
+            res = ev.EvalResult({**res.metrics, **ev.aggregate(records), "reused_records": len(reuse)}, records)
+        return res
 
     return eval_fn
 

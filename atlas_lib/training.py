@@ -108,7 +108,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         rd.save_model(trainer.model, trainer.processing_class)
         summary = summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
         if final_eval_fn is not None:
-            full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
+            full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model, step=out.global_step)
             summary["distilled_subset"] = summary["distilled"]
             summary.update({k: {**v, "step": out.global_step if k == "distilled" else 0} for k, v in full.items()})
         summary.update(extra_summary or {})
@@ -142,14 +142,22 @@ def _follower(params: Params, stage: str, make_trainer: Callable, device: torch.
     return {"status": "follower", "rank": rank}
 
 
-def _full_eval(rd: RunDir, stem: str, fn: Callable, model) -> dict:
-    """Evaluate on ``evaluation.limit`` problems; reuse a result already on disk (resumed runs)."""
+def _full_eval(rd: RunDir, stem: str, fn: Callable, model, step: int | None = None) -> dict:
+    """Evaluate on ``evaluation.limit`` problems; reuse a result already on disk (resumed runs).
+
+    The eval subset used during training is the first ``during_training_limit`` of these problems
+    and greedy decoding is deterministic, so when the last eval point was taken on this very model
+    (``step``), its records are reused and only the remaining problems are generated.
+    """
     import json
 
     path = rd.path / "eval" / f"{stem}.json"
     if path.exists():
         return json.loads(path.read_text())
-    res = fn(model)
+    prior = None
+    if step is not None and (rd.path / "eval" / f"step_{step}.records.jsonl").exists():
+        prior = ev.load_eval(rd.path / "eval", f"step_{step}").records
+    res = fn(model, reuse=prior)
     ev.save_eval(res, rd.path / "eval", stem)
     return {k: v for k, v in res.metrics.items() if not isinstance(v, (list, dict))}
 

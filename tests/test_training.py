@@ -53,6 +53,9 @@ def test_gkd_run_writes_the_contract(env):
     assert t["device_kind"] == "CPU" and t["device_hours"] > 0 and t["peak_step"] in (0, 1, 2)
     assert s["distilled"]["mean_reverse_kl"] is not None and s["distilled"]["mean_reverse_kl"] >= 0
     assert (run / "final" / "model.safetensors").exists()
+    full = json.loads((run / "eval" / "final_full.json").read_text())  # the final row: evaluation.limit problems
+    assert full["n"] == p.evaluation.limit and full["reused_records"] == p.evaluation.during_training_limit
+    assert s["distilled"]["n"] == p.evaluation.limit
     # weights only as safetensors (optimizer/RNG state files are read back with weights_only=True)
     assert not list(run.rglob("pytorch_model*.bin")) and list(run.glob("checkpoints/*/model.safetensors"))
     with pytest.raises(RunDirError, match="already exists"):
