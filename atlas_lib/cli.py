@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     r = add("report", "run notebooks 01-05 with papermill and render the HTML report")
     r.add_argument("--force", action="store_true", help="re-run stages even if unchanged")
-    r.add_argument("--only", nargs="*", choices=[s for s in config.STAGES if s != "report"])
+    r.add_argument("--only", nargs="*", choices=[s for s in config.STAGES if s != "report"],
+                   help="run only these stages (finished ones are still reused); no names: only re-render")
     add("data", "prepare the data directory (notebook 01's first half)")
     add("baseline", "evaluate the untrained student and the teacher")
     t = add("train", "train one stage (works under accelerate launch)")

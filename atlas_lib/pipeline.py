@@ -93,7 +93,7 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
     for step in STEPS:
         fp = fingerprint(params, step, upstream)
         upstream += fp
-        if only and step.stage not in only and step.stage != "report":
+        if only is not None and step.stage not in only and step.stage != "report":
             log.info("[%s] skipped (--only)", step.notebook)
             continue
         marker = nb_dir / f"{step.notebook}.done.json"
