@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from atlas_lib.cross_train import run_cross_tokenizer as fn
             s = fn(params)
-            print(json.dumps(s["training"], indent=2, default=str))
+            print(json.dumps(s.get("training", s), indent=2, default=str))
         elif args.cmd == "memory":
             from atlas_lib.memory import estimate, format_plan
 
