@@ -111,7 +111,6 @@ def worker(args) -> dict:
         _wrap(trainer, "generate_on_policy_outputs", timer, "generation")
         _wrap(trainer.teacher_model, "forward", timer, "teacher forward")
         _wrap(trainer.model, "forward", timer, "student forward")
-        flops_tokens = None
     else:
         from trl import GRPOConfig, GRPOTrainer
 
@@ -125,14 +124,13 @@ def worker(args) -> dict:
         trainer = GRPOTrainer(model=student, reward_funcs=[exact_match_reward], args=cfg, train_dataset=ds,
                               processing_class=tok, callbacks=[Clock()])
         _wrap(trainer.model, "generate", timer, "generation")
-        flops_tokens = None
     t0 = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t0
     n_s = sum(p.numel() for p in student.parameters())
     return {"variant": args.variant, "method": args.method, "step_seconds": step_times, "losses": losses,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "total_seconds": total,
-            "breakdown": timer.t, "bf16": bf16, "student_params": n_s, "flops_tokens": flops_tokens}
+            "breakdown": timer.t, "bf16": bf16, "student_params": n_s}
 
 
 def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
