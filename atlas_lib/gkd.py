@@ -116,7 +116,7 @@ def run_gkd(params: Params) -> dict:
     """Train the student by GKD from the teacher on the prepared data; returns the run summary."""
     from atlas_lib import data as data_mod
     from atlas_lib import training
-    from atlas_lib.stages import build_eval_fn, load_pair, seed_everything
+    from atlas_lib.stages import baseline_records, build_eval_fn, load_pair, seed_everything
 
     seed_everything(params)
     prepared = data_mod.load_prepared(params)
@@ -134,5 +134,6 @@ def run_gkd(params: Params) -> dict:
 
     final_fn = build_eval_fn(params, prepared, tok, teacher=teacher, teacher_tok=teacher_tok, during_training=False)
     return training.run(params, "gkd", make, eval_fn=eval_fn, device=device, final_eval_fn=final_fn,
+                        initial_records=baseline_records(params),
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                         extra_summary={"divergence_label": "mean reverse KL to the teacher (same tokenizer)"})

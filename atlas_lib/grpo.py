@@ -78,7 +78,7 @@ def run_grpo(params: Params) -> dict:
 
     from atlas_lib import data as data_mod
     from atlas_lib import models, training
-    from atlas_lib.stages import build_eval_fn, seed_everything
+    from atlas_lib.stages import baseline_records, build_eval_fn, seed_everything
 
     g = params.grpo
     if (g.per_device_train_batch_size * g.gradient_accumulation_steps) % g.num_generations:
@@ -107,6 +107,7 @@ def run_grpo(params: Params) -> dict:
     pinned = {k: getattr(g, k) for k in ("loss_type", "beta", "scale_rewards", "num_generations", "learning_rate")}
     final_fn = build_eval_fn(params, prepared, tok, teacher=teacher, teacher_tok=t_tok, during_training=False)
     return training.run(params, "grpo", make, eval_fn=eval_fn, device=device, final_eval_fn=final_fn,
+                        initial_records=baseline_records(params),
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                         extra_summary={"trl_settings": pinned,
                                        "divergence_label": "mean reverse KL to the teacher (same tokenizer)"})

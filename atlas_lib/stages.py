@@ -64,11 +64,14 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
     def eval_fn(model, reuse: list[dict] | None = None):
         todo = examples
         if reuse:  # records of a prefix of these examples, from the same model (deterministic greedy)
+            reuse = list(reuse)[:len(examples)]
             ids = [r["id"] for r in reuse]
             if ids != [ex["id"] for ex in examples[:len(ids)]]:
                 reuse = None
             else:
                 todo = examples[len(ids):]
+        if reuse and not todo:  # every problem already evaluated on this model
+            return ev.EvalResult({**ev.aggregate(reuse), "reused_records": len(reuse)}, reuse)
         res = ev.evaluate(model, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
                           batch_size=e.batch_size, teacher=teacher if e.reverse_kl else None,
                           teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
@@ -78,6 +81,24 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
         return res
 
     return eval_fn
+
+
+def baseline_records(params: Params) -> list[dict] | None:
+    """Records of notebook 01's untrained-student evaluation, when they are valid for these params.
+
+    Step 0 of GKD and GRPO evaluates the same untrained student, with the same prompt, decoding and
+    problems (greedy is deterministic), so it reuses these instead of generating them again. Valid
+    only when every section both depend on (run, models, data, prompt, evaluation, tracking) is
+    unchanged, which the baseline's ``stage_hash`` records.
+    """
+    from atlas_lib.rundir import load_summary
+
+    out_dir = runs_root() / params.name / "baseline"
+    summary = load_summary(out_dir) or {}
+    if summary.get("stage_hash") != params.stage_hash("data") or not (out_dir / "student.records.jsonl").exists():
+        return None
+    log.info("step 0 reuses the untrained student's baseline evaluation in %s (same params)", out_dir.name)
+    return ev.load_eval(out_dir, "student").records
 
 
 def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "teacher")) -> dict:

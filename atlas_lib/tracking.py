@@ -82,6 +82,7 @@ class AtlasCallback(TrainerCallback):
         done = self.rd.metrics("eval")
         self.evaluated = {r["step"] for r in done}
         self.model = None
+        self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
 
     def _log_wandb(self, record: dict) -> None:
         if not self.wandb_on:
@@ -95,7 +96,9 @@ class AtlasCallback(TrainerCallback):
         if step in self.evaluated:
             return {}
         t0 = time.monotonic()
-        result = self.eval_fn(model)
+        # step 0 is the untrained model: a pre-training evaluation of it, when one exists, is reused
+        reuse = self.initial_records if step == 0 and self.initial_records else None
+        result = self.eval_fn(model, reuse=reuse) if reuse else self.eval_fn(model)
         self.save_eval(result, self.rd.path / "eval", f"step_{step}")
         record = {"kind": "eval", "step": step, **self.clock.stamp(), "train_loss": self.last_loss,
                   **{k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict))},

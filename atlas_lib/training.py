@@ -57,14 +57,16 @@ def baseline_metrics(params: Params) -> dict:
 
 def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
         device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
-        final_eval_fn: Callable | None = None, initial_full_eval: bool = False) -> dict:
+        final_eval_fn: Callable | None = None, initial_full_eval: bool = False,
+        initial_records: list[dict] | None = None) -> dict:
     """Train one stage end to end and return its summary (also written to ``summary.json``).
 
     ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
     shared evaluator on the held-out subset used during training (``during_training_limit``);
     ``final_eval_fn(model)`` evaluates on ``evaluation.limit`` problems after training (and before
     it when ``initial_full_eval``), so the final rows are measured on the same problems as the
-    baselines.
+    baselines. ``initial_records``: an evaluation of the untrained student on these problems (the
+    baseline), reused for the step-0 point; the initial full evaluation is reused the same way.
     """
     section = getattr(params, stage)
     if params.evaluation.during_training_limit >= params.evaluation.limit:
@@ -88,8 +90,10 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         cb = AtlasCallback(rd, clock, eval_fn, section.eval_steps, ev.save_eval, wandb_on="wandb" in report_to)
         trainer = make_trainer(trainer_args(params, stage, rd, report_to, device), [cb])
         full = {}
+        cb.initial_records = initial_records
         if final_eval_fn is not None and initial_full_eval:
             full["initial"] = _full_eval(rd, "initial_full", final_eval_fn, trainer.model)
+            cb.initial_records = ev.load_eval(rd.path / "eval", "initial_full").records
         t0 = time.monotonic()
         try:
             out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)

@@ -62,6 +62,24 @@ def test_gkd_run_writes_the_contract(env):
         run_gkd(p)
 
 
+def test_step0_reuses_the_baseline_only_when_params_match(env):
+    from atlas_lib import stages
+    from atlas_lib.evaluate import load_eval
+    from atlas_lib.gkd import run_gkd
+
+    p = _params(**{"gkd.max_steps": 1})
+    _prepare(p)
+    stages.evaluate_baselines(p, which=("student",))
+    assert stages.baseline_records(_params(**{"evaluation.max_new_tokens": 7})) is None  # other decoding
+    run_gkd(p)
+    run = env / "runs" / "smoke"
+    step0 = [json.loads(x) for x in (run / "gkd/metrics.jsonl").read_text().splitlines() if '"eval"' in x][0]
+    n = p.evaluation.during_training_limit
+    assert step0["step"] == 0 and step0["reused_records"] == n and step0["n"] == n
+    base = load_eval(run / "baseline", "student").records[:n]
+    assert load_eval(run / "gkd/eval", "step_0").records == base
+
+
 def test_grpo_run_logs_rewards(env):
     from atlas_lib.grpo import run_grpo
 
