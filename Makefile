@@ -43,5 +43,6 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: models
-	$(BIN)/python bench/eval_throughput.py
-	$(BIN)/python bench/gkd_step.py
+	$(BIN)/python bench/eval_throughput.py --n 24 --naive-n 8 --batch-size 8 24
+	$(BIN)/python bench/train_step.py --method gkd
+	$(BIN)/python bench/train_step.py --method grpo --batch 4

@@ -39,7 +39,7 @@ NAN = float("nan")
 SAME_TOK_DIV = "reverse KL to the teacher (same tokenizer)"
 CROSS_DIV = "aligned span divergence (cross-tokenizer)"
 ALIGNED_COL = "Aligned divergence (cross-tokenizer)"
-TRAINING_COLS = ("Device hours", "Training seconds", "Device hours to peak", "Steps")
+TRAINING_COLS = ("Device hours", "Training seconds", "Device hours to peak", "Steps", "Peak RSS GB")
 TRAINED = ("gkd", "grpo", "cross_tokenizer")
 LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher", "gkd": "GKD distilled student",
           "grpo": "GRPO / RLVR baseline", "cross_pre": "Cross-tokenizer student (pre)",
@@ -182,7 +182,7 @@ def _row(label: str, status: str, m: dict | None, *, cross: bool = False, traini
            "Training seconds": _num(t.get("duration_seconds")),
            "Device hours to peak": _num(t.get("device_hours_to_peak")),
            "Peak accuracy": _num(t.get("peak_accuracy")), "Steps": _num(t.get("global_step")),
-           "Divergence kind": divergence}
+           "Peak RSS GB": _num(t.get("peak_rss_gb")), "Divergence kind": divergence}
     if m and status != "not run":
         for col, key in (("Accuracy", "accuracy"), ("Avg Generated Tokens", "avg_generated_tokens"),
                          ("Mean Reverse KL" if not cross else ALIGNED_COL,
@@ -283,7 +283,9 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
                     "Device time": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
                         f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "")),
                     "Device hours to peak": cell("Device hours to peak", lambda x, u=unit: f"{x:.3g}{u}"),
-                    "Steps": cell("Steps", lambda x: f"{x:.0f}"), "Divergence kind": r["Divergence kind"],
+                    "Steps": cell("Steps", lambda x: f"{x:.0f}"),
+                    "Peak memory": cell("Peak RSS GB", lambda x: f"{x:.1f} GB RSS"),
+                    "Divergence kind": r["Divergence kind"],
                     "Note": r["Note"]})
     return pd.DataFrame(out, index=df.index)
 
@@ -292,7 +294,7 @@ def baseline_frame(baselines: dict) -> pd.DataFrame:
     """Notebook 01's rows (student, teacher) from :func:`atlas_lib.stages.evaluate_baselines`' summary."""
     b = Collected("", None, baselines, {})
     return styled_table(results_table(b).loc[["student", "teacher"]]).drop(
-        columns=["Device time", "Device hours to peak", "Steps", ALIGNED_COL])
+        columns=["Device time", "Device hours to peak", "Steps", "Peak memory", ALIGNED_COL])
 
 
 def examples_frame(prepared, n: int = 3) -> pd.DataFrame:

@@ -61,6 +61,19 @@ class DeviceClock:
                 "device_kind": self.kind, "devices": self.devices}
 
 
+def peak_memory_gb() -> dict:
+    """Peak resident memory of this process so far (loaded models included; a papermill kernel is
+    one stage), and on CUDA the peak memory allocated by torch."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_gb": round(rss * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return out
+
+
 def check_finite(name: str, value: float, step: int) -> None:
     if value is not None and isinstance(value, (int, float)) and not math.isfinite(value):
         raise NonFiniteError(f"{name} became {value} at step {step}; the run stopped there and kept "
@@ -126,6 +139,7 @@ class AtlasCallback(TrainerCallback):
                 record[k.removeprefix("atlas/")] = v
         if len(record) <= 6 or "train_runtime" in logs:
             return  # the end-of-training summary log, not a step
+        record.update(peak_memory_gb())
         if "loss" in record:
             self.last_loss = record["loss"]
         self.rd.append(record)

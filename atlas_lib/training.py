@@ -195,6 +195,7 @@ def summarize(rd: RunDir, params: Params, stage: str, clock: DeviceClock, out, t
             "train_samples_per_second": samples / clock.seconds if clock.seconds > 0 else None,
             "device_kind": clock.kind, "devices": clock.devices,
             "device_hours": clock.device_hours,
+            "peak_rss_gb": max((r["peak_rss_gb"] for r in trains if "peak_rss_gb" in r), default=None),
             "device_hours_label": "GPU-hours" if clock.kind == "GPU" else "CPU-hours (2-core machine = 1 device)",
             **peak(evals),
         },

@@ -4,14 +4,22 @@
     python bench/train_step.py --method grpo [--steps 6]
 
 Each variant runs in its own subprocess (so peak RSS is its own), on the same models, prompts,
-batch, lengths, lmbda/beta and seed. Printed: median seconds/step after one warm-up step, peak
-RSS, the mean loss over the timed steps (faster-but-different is not faster), where the time goes
-(generation, teacher forward, student forward, loss, backward+optimizer), and the FLOP floor:
-FLOPs the step must do divided by this machine's measured matmul rate ("% of limit").
+batch, lengths, lmbda/beta and seed:
 
-Stock = what a new user writes: TRL's trainer, models as loaded (fp32), default config.
-Kit = atlas_lib's runner settings: student fp32 master weights with bf16 autocast where the CPU
-has bf16, teacher in bf16 without grads, completion-only logits (GKD), same TRL trainers.
+- stock: what a new user writes. Models from ``AutoModelForCausalLM.from_pretrained(path)`` with
+  transformers' defaults (dtype "auto" = the checkpoint's bf16), TRL's config with only the
+  method's settings given: its defaults then turn on bf16 autocast and gradient checkpointing.
+- stock-fp32: TRL's own trainer with the kit's precision settings (fp32 models here, no autocast,
+  no gradient checkpointing): separates what precision buys from what the kit's code buys.
+- kit: atlas_lib's runner: dtype from ``models.resolve_dtype("auto")`` (fp32 on a CPU without
+  AMX), no gradient checkpointing, and for GKD ``AtlasGKDTrainer`` (completion-only logits for
+  both models, optional chunked JSD).
+
+Printed: median seconds/step after one warm-up step, peak RSS, the loss on one fixed batch
+computed by each variant before training (same inputs: faster-but-different is not faster), the
+mean sampled loss over the timed steps, where the time goes (generation, teacher forward, student
+forward; the rest of the step is loss + backward + optimizer) and the FLOP floor: FLOPs the step
+must do divided by this machine's measured matmul rate in the variant's dtype ("% of limit").
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("stock", "stock-fp32", "kit")
 sys.path.insert(0, str(ROOT))
 
 
@@ -62,23 +71,37 @@ def _wrap(obj, name: str, timer: Timer, key: str) -> None:
     setattr(obj, name, timed)
 
 
+def _load(name: str, variant: str, for_training: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from atlas_lib import models
+
+    if variant == "stock":  # transformers' defaults: dtype "auto" = the checkpoint's own (bf16)
+        model = AutoModelForCausalLM.from_pretrained(models.resolve_path(name))
+        return model.train() if for_training else model.eval()
+    dtype = torch.float32 if for_training else models.resolve_dtype("auto", "cpu")
+    return models.load_model(name, dtype=dtype, device="cpu", for_training=for_training)[0]
+
+
 def worker(args) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
 
     from atlas_lib import config, data, models
+    from atlas_lib.paths import runs_root
     from atlas_lib.prompts import build_messages
 
     torch.manual_seed(0)
     p = config.load("params/embedded.yaml")
-    kit = args.variant == "kit"
+    v = args.variant
     device = models.resolve_device("auto")
-    bf16 = kit and models.resolve_dtype("auto", device) == torch.bfloat16
-    student, tok = models.load_model(args.student, dtype=torch.float32, device=device, for_training=True)
-    rows = data.load_prepared(p).train[: 4 * args.batch] if (ROOT / "runs/embedded/data/manifest.json").exists() \
+    tok = models.load_tokenizer(args.student)
+    student = _load(args.student, v, for_training=True)
+    rows = data.load_prepared(p).train[: 4 * args.batch] if (runs_root() / "embedded/data/manifest.json").exists() \
         else [{"question": f"Tom has {i} apples and buys {i + 3} more. How many apples?", "answer": str(2 * i + 3),
-               "solution": None} for i in range(4 * args.batch)]
+               "solution": f"{i} + {i + 3} = {2 * i + 3}. Final Answer: {2 * i + 3}"} for i in range(4 * args.batch)]
     timer = Timer()
     step_times: list[float] = []
     losses: list[float] = []
@@ -96,18 +119,25 @@ def worker(args) -> dict:
 
     common = dict(output_dir=str(ROOT / "runs/bench/tmp"), max_steps=args.steps, per_device_train_batch_size=args.batch,
                   gradient_accumulation_steps=1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
-                  report_to="none", use_cpu=device.type == "cpu", bf16=bf16, seed=0, disable_tqdm=True)
+                  report_to="none", use_cpu=device.type == "cpu", seed=0, disable_tqdm=True)
+    if v != "stock":  # stock keeps TRL's defaults (bf16 autocast, gradient checkpointing)
+        common.update(bf16=models.resolve_dtype("auto", device) == torch.bfloat16, gradient_checkpointing=False)
+    fixed_loss = None
     if args.method == "gkd":
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         from atlas_lib.gkd import AtlasGKDTrainer
 
-        teacher, _ = models.load_model(args.teacher, dtype=torch.bfloat16 if kit else torch.float32, device=device)
+        teacher = _load(args.teacher, v, for_training=False)
         ds = Dataset.from_list(data.distill_view(rows, p.prompt, None))
         cfg = GKDConfig(**common, lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=args.new_tokens)
-        cls = AtlasGKDTrainer if kit else GKDTrainer
-        trainer = cls(model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok,
-                      callbacks=[Clock()])
+        kw = {"loss_chunk_size": p.gkd.loss_chunk_size} if v == "kit" else {}
+        trainer = (AtlasGKDTrainer if v == "kit" else GKDTrainer)(
+            model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok,
+            callbacks=[Clock()], **kw)
+        batch = next(iter(trainer.get_train_dataloader()))  # prompt + reference: the same ids in every variant
+        with torch.no_grad():
+            fixed_loss = float(trainer.compute_loss(trainer.model, dict(batch)))
         _wrap(trainer, "generate_on_policy_outputs", timer, "generation")
         _wrap(trainer.teacher_model, "forward", timer, "teacher forward")
         _wrap(trainer.model, "forward", timer, "student forward")
@@ -127,10 +157,11 @@ def worker(args) -> dict:
     t0 = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t0
-    n_s = sum(p.numel() for p in student.parameters())
-    return {"variant": args.variant, "method": args.method, "step_seconds": step_times, "losses": losses,
+    return {"variant": v, "method": args.method, "step_seconds": step_times, "losses": losses,
+            "fixed_batch_loss": fixed_loss, "dtype": str(next(student.parameters()).dtype),
+            "autocast_bf16": bool(trainer.args.bf16), "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "total_seconds": total,
-            "breakdown": timer.t, "bf16": bf16, "student_params": n_s}
+            "breakdown": timer.t}
 
 
 def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
@@ -142,7 +173,8 @@ def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
     flops = 2 * s * args.new_tokens * args.batch + 6 * s * seq * args.batch
     if args.method == "gkd":
         flops += 2 * n_params(arch(args.teacher)) * seq * args.batch
-    rate = matmul_gflops("bf16" if res["bf16"] else "fp32", args.batch * seq, 896, 4864)
+    bf16 = res["autocast_bf16"] or "bfloat16" in res["dtype"]
+    rate = matmul_gflops("bf16" if bf16 else "fp32", args.batch * seq, 896, 4864)
     return flops / 1e9, rate
 
 
@@ -154,13 +186,13 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--student", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--teacher", default="qwen2.5-coder-1.5b-instruct")
-    ap.add_argument("--variant", choices=["kit", "stock"], help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         print("RESULT " + json.dumps(worker(args)))
         return 0
     results = {}
-    for variant in ("stock", "kit"):
+    for variant in VARIANTS:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -170,9 +202,9 @@ def main() -> int:
         results[variant] = json.loads(line[7:])
     print(f"{args.method.upper()} step, batch {args.batch}, {args.new_tokens} new tokens, {args.steps} steps "
           f"(first is warm-up), student {args.student}" + (f", teacher {args.teacher}" if args.method == "gkd" else ""))
-    print("| variant | median s/step | peak RSS GB | mean loss (timed steps) | generation s | teacher fwd s | "
-          "student fwd s | FLOP floor s | % of limit |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | weights / autocast / grad. ckpt | median s/step | peak RSS GB | fixed-batch loss | "
+          "mean sampled loss | generation s | teacher fwd s | student fwd s | rest s | FLOP floor s | % of limit |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     med = {}
     for v, r in results.items():
         timed = r["step_seconds"][1:] or r["step_seconds"]
@@ -180,12 +212,20 @@ def main() -> int:
         loss = statistics.mean(r["losses"][1:] or r["losses"]) if r["losses"] else float("nan")
         gflop, rate = flop_floor(r, args, prompt_tokens=180)
         floor = gflop / rate
-        b = r["breakdown"]
-        print(f"| {v} | {med[v]:.1f} | {r['peak_rss_gb']:.1f} | {loss:.4f} | {b.get('generation', 0) / args.steps:.1f} | "
-              f"{b.get('teacher forward', 0) / args.steps:.1f} | {b.get('student forward', 0) / args.steps:.1f} | "
-              f"{floor:.1f} | {100 * floor / med[v]:.0f}% |")
-    print(f"speed-up kit vs stock: {med['stock'] / med['kit']:.2f}x; peak RSS ratio kit/stock: "
-          f"{results['kit']['peak_rss_gb'] / results['stock']['peak_rss_gb']:.2f}")
+        b = {k: x / len(r["step_seconds"]) for k, x in r["breakdown"].items()}
+        rest = statistics.mean(r["step_seconds"]) - sum(b.values())
+        fixed = f"{r['fixed_batch_loss']:.5f}" if r["fixed_batch_loss"] is not None else "-"
+        setting = f"{r['dtype'].removeprefix('torch.')} / {'bf16' if r['autocast_bf16'] else 'off'} / " \
+                  f"{'on' if r['gradient_checkpointing'] else 'off'}"
+        print(f"| {v} | {setting} | {med[v]:.1f} | {r['peak_rss_gb']:.1f} | {fixed} | {loss:.4f} | "
+              f"{b.get('generation', 0):.1f} | {b.get('teacher forward', 0):.1f} | {b.get('student forward', 0):.1f} | "
+              f"{rest:.1f} | {floor:.1f} | {100 * floor / med[v]:.0f}% |")
+    for base in ("stock", "stock-fp32"):
+        k, s_ = results["kit"], results[base]
+        diff = (f", fixed-batch loss |kit - {base}| = {abs(k['fixed_batch_loss'] - s_['fixed_batch_loss']):.2e}"
+                if k["fixed_batch_loss"] is not None else "")
+        print(f"kit vs {base}: speed-up {med[base] / med['kit']:.2f}x, peak RSS ratio "
+              f"{k['peak_rss_gb'] / s_['peak_rss_gb']:.2f}{diff}")
     return 0
 
 

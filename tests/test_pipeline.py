@@ -41,6 +41,8 @@ def test_pipeline_writes_every_row_and_the_charts(smoke, monkeypatch):
         assert math.isfinite(table.loc[row, "Accuracy"]) and math.isfinite(table.loc[row, "Avg Generated Tokens"])
     for row in ("student", "gkd", "grpo"):
         assert math.isfinite(table.loc[row, "Mean Reverse KL"])
+    for row in ("gkd", "grpo", "cross_post"):
+        assert 0.05 < table.loc[row, "Peak RSS GB"] < 64
     for row in ("cross_pre", "cross_post"):
         assert math.isfinite(table.loc[row, "Aligned divergence (cross-tokenizer)"])
     html = (tmp / "reports/smoke/index.html").read_text()

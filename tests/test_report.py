@@ -55,7 +55,7 @@ def _write_run(params, stage: str, ks: list[int], *, seconds_per_step: float, ex
                  "device_kind": "CPU", "devices": 1}
         if step:
             train = {"kind": "train", "step": step, **stamp, "loss": 1.0 / (1 + i), "learning_rate": 1e-5,
-                     "grad_norm": 0.5, "completion_length": 90.0 - i}
+                     "grad_norm": 0.5, "completion_length": 90.0 - i, "peak_rss_gb": 3.0 + i}
             if grpo:
                 train.update(reward_mean=k / N, reward_std=0.2, frac_zero_std=0.5 / (1 + i))
             rd.append(train)

@@ -51,6 +51,8 @@ def test_gkd_run_writes_the_contract(env):
     t = s["training"]
     assert t["global_step"] == 2 and t["duration_seconds"] > 0 and t["train_samples_per_second"] > 0
     assert t["device_kind"] == "CPU" and t["device_hours"] > 0 and t["peak_step"] in (0, 1, 2)
+    rss = [r["peak_rss_gb"] for r in rows if r["kind"] == "train"]
+    assert t["peak_rss_gb"] == max(rss) and 0.05 < rss[0] <= rss[-1] < 64  # a process peak only grows
     assert s["distilled"]["mean_reverse_kl"] is not None and s["distilled"]["mean_reverse_kl"] >= 0
     assert (run / "final" / "model.safetensors").exists()
     full = json.loads((run / "eval" / "final_full.json").read_text())  # the final row: evaluation.limit problems
