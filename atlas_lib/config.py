@@ -32,7 +32,7 @@ class RunConfig:
     seed: int = fld(42, "Seed for data split, sampling and training.", ge=0)
     device: str = fld("auto", "auto (cuda if present, else cpu), cpu, cuda or mps.",
                       choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = fld("auto", "Compute dtype: auto = bf16 where the device supports it, else fp32.",
+    dtype: str = fld("auto", "Compute dtype: auto = bf16 on CUDA with bf16 and on CPUs with AMX, else fp32.",
                      choices=("auto", "bf16", "fp16", "fp32"))
     num_threads: int = fld(0, "torch intra-op threads on CPU (0 = all cores).", ge=0)
 
@@ -46,6 +46,9 @@ class ModelsConfig:
     trust_remote_code: bool = fld(False, "Allow model repos to run their own code (off: safer).")
     teacher_device: str = fld("same", "Teacher placement: same device as the student, or a device "
                               "string such as cuda:1.")
+    teacher_dtype: str = fld("auto", "Teacher weights: auto = run.dtype; bf16 halves the teacher's "
+                             "memory (slower than fp32 on a CPU without AMX).",
+                             choices=("auto", "bf16", "fp16", "fp32"))
 
 
 @dataclass

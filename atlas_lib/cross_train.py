@@ -59,17 +59,17 @@ def run_cross_tokenizer(params: Params) -> dict:
     from atlas_lib import data as data_mod
     from atlas_lib import models, training
     from atlas_lib.prompts import build_messages, render_prompt
-    from atlas_lib.stages import build_eval_fn, seed_everything
+    from atlas_lib.stages import build_eval_fn, seed_everything, teacher_dtype
 
     c = params.cross_tokenizer
     seed_everything(params)
     prepared = data_mod.load_prepared(params)
     device = models.resolve_device(params.run.device)
-    dtype = models.resolve_dtype(params.run.dtype, device)
     trc = params.models.trust_remote_code
     student, s_tok = models.load_model(c.student, dtype=torch.float32, device=device, trust_remote_code=trc,
                                        for_training=True)
-    teacher, t_tok = models.load_model(c.teacher, dtype=dtype, device=device, trust_remote_code=trc)
+    teacher, t_tok = models.load_model(c.teacher, dtype=teacher_dtype(params, device), device=device,
+                                       trust_remote_code=trc)
     ok, reason = xt.gold_supported(s_tok, t_tok)  # recorded: would TRL's GOLD accept this pair?
     shots = None
     rows = []

@@ -78,7 +78,7 @@ def run_grpo(params: Params) -> dict:
 
     from atlas_lib import data as data_mod
     from atlas_lib import models, training
-    from atlas_lib.stages import baseline_records, build_eval_fn, seed_everything
+    from atlas_lib.stages import baseline_records, build_eval_fn, seed_everything, teacher_dtype
 
     g = params.grpo
     if (g.per_device_train_batch_size * g.gradient_accumulation_steps) % g.num_generations:
@@ -89,15 +89,17 @@ def run_grpo(params: Params) -> dict:
     seed_everything(params)
     prepared = data_mod.load_prepared(params)
     device = models.resolve_device(params.run.device)
-    dtype = models.resolve_dtype(params.run.dtype, device)
     trc = params.models.trust_remote_code
     student, tok = models.load_model(params.models.student, dtype=__import__("torch").float32, device=device,
                                      trust_remote_code=trc, for_training=True)
-    teacher = t_tok = None
-    if params.evaluation.reverse_kl:  # for the reported reverse-KL column only; GRPO never sees it
-        teacher, t_tok = models.load_model(params.models.teacher, dtype=dtype, device=device, trust_remote_code=trc)
+    loader = t_tok = None
+    if params.evaluation.reverse_kl:  # for the reported reverse-KL column only; GRPO never sees it,
+        # so it is loaded at each eval point and freed after (training memory stays the student's)
+        t_tok = models.load_tokenizer(params.models.teacher, trc)
+        loader = lambda: models.load_model(params.models.teacher, dtype=teacher_dtype(params, device),  # noqa: E731
+                                           device=device, trust_remote_code=trc)[0]
     train_ds = Dataset.from_list(data_mod.grpo_view(prepared.train, params.prompt, None))
-    eval_fn = build_eval_fn(params, prepared, tok, teacher=teacher, teacher_tok=t_tok)
+    eval_fn = build_eval_fn(params, prepared, tok, teacher_tok=t_tok, teacher_loader=loader)
     tok.padding_side = "left"
 
     def make(common: dict, callbacks: list):
@@ -105,7 +107,7 @@ def run_grpo(params: Params) -> dict:
                            train_dataset=train_ds, processing_class=tok, callbacks=callbacks)
 
     pinned = {k: getattr(g, k) for k in ("loss_type", "beta", "scale_rewards", "num_generations", "learning_rate")}
-    final_fn = build_eval_fn(params, prepared, tok, teacher=teacher, teacher_tok=t_tok, during_training=False)
+    final_fn = build_eval_fn(params, prepared, tok, teacher_tok=t_tok, teacher_loader=loader, during_training=False)
     return training.run(params, "grpo", make, eval_fn=eval_fn, device=device, final_eval_fn=final_fn,
                         initial_records=baseline_records(params),
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},

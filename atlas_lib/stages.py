@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,11 +31,16 @@ def seed_everything(params: Params) -> None:
         torch.set_num_threads(params.run.num_threads)
 
 
+def teacher_dtype(params: Params, device) -> torch.dtype:
+    """The teacher's weight dtype: ``models.teacher_dtype``, or the run's compute dtype for auto."""
+    pref = params.models.teacher_dtype
+    return models.resolve_dtype(params.run.dtype if pref == "auto" else pref, device)
+
+
 def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: str | None = None,
               teacher: str | None = None):
-    """Student (fp32 master weights, trainable) and teacher (compute dtype, eval, no grad)."""
+    """Student (fp32 master weights, trainable) and teacher (models.teacher_dtype, eval, no grad)."""
     device = models.resolve_device(params.run.device)
-    dtype = models.resolve_dtype(params.run.dtype, device)
     s_name, t_name = student or params.models.student, teacher or params.models.teacher
     trc = params.models.trust_remote_code
     if require_same_tokenizer:
@@ -46,7 +53,8 @@ def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: 
     s_model, s_tok = models.load_model(s_name, dtype=torch.float32, device=device, trust_remote_code=trc,
                                        for_training=True)
     teacher_device = device if params.models.teacher_device == "same" else torch.device(params.models.teacher_device)
-    t_model, t_tok = models.load_model(t_name, dtype=dtype, device=teacher_device, trust_remote_code=trc)
+    t_model, t_tok = models.load_model(t_name, dtype=teacher_dtype(params, teacher_device), device=teacher_device,
+                                       trust_remote_code=trc)
     return device, s_model, s_tok, t_model, t_tok
 
 
@@ -56,8 +64,12 @@ def eval_examples(params: Params, prepared, during_training: bool = True) -> lis
 
 
 def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_tok=None, divergence_fn=None,
-                  during_training: bool = True):
-    """The shared evaluator bound to the held-out subset: ``eval_fn(model) -> EvalResult``."""
+                  during_training: bool = True, teacher_loader: Callable | None = None):
+    """The shared evaluator bound to the held-out subset: ``eval_fn(model) -> EvalResult``.
+
+    ``teacher_loader() -> model``: load the teacher only while an evaluation scores against it and
+    free it afterwards (GRPO needs the teacher for the reverse-KL column only, not in training).
+    """
     examples = eval_examples(params, prepared, during_training)
     e = params.evaluation
 
@@ -72,9 +84,13 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
                 todo = examples[len(ids):]
         if reuse and not todo:  # every problem already evaluated on this model
             return ev.EvalResult({**ev.aggregate(reuse), "reused_records": len(reuse)}, reuse)
+        t_model = teacher_loader() if teacher_loader is not None and e.reverse_kl else teacher
         res = ev.evaluate(model, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
-                          batch_size=e.batch_size, teacher=teacher if e.reverse_kl else None,
+                          batch_size=e.batch_size, teacher=t_model if e.reverse_kl else None,
                           teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
+        if teacher_loader is not None:
+            del t_model
+            gc.collect()  # hand the teacher's memory back before training resumes
         if reuse:
             records = list(reuse) + res.records
             res = ev.EvalResult({**res.metrics, **ev.aggregate(records), "reused_records": len(reuse)}, records)
@@ -112,7 +128,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
     out_dir = runs_root() / params.name / "baseline"
     examples = eval_examples(params, prepared, during_training=False)
     e = params.evaluation
-    teacher, t_tok = models.load_model(params.models.teacher, dtype=dtype, device=device,
+    teacher, t_tok = models.load_model(params.models.teacher, dtype=teacher_dtype(params, device), device=device,
                                        trust_remote_code=params.models.trust_remote_code)
     results = {}
     for role in which:

@@ -95,6 +95,36 @@ def test_grpo_run_logs_rewards(env):
     assert s["trl_settings"]["loss_type"] == p.grpo.loss_type and s["status"] == "complete"
 
 
+def test_grpo_holds_the_teacher_only_while_it_scores(env, monkeypatch):
+    """GRPO needs the teacher for the reverse-KL column only: it is loaded per evaluation and freed."""
+    import gc
+    import weakref
+
+    from atlas_lib import grpo, models, tracking
+
+    p = _params(**{"grpo.max_steps": 2, "grpo.eval_steps": 1})
+    _prepare(p)
+    loaded, alive_in_training = [], []
+    real = models.load_model
+
+    def spy(name, **kw):
+        out = real(name, **kw)
+        if name == p.models.teacher:
+            loaded.append(weakref.ref(out[0]))
+        return out
+
+    def step_begin(self, args, state, control, **kw):
+        gc.collect()
+        alive_in_training.append(sum(r() is not None for r in loaded))
+
+    monkeypatch.setattr(models, "load_model", spy)
+    monkeypatch.setattr(tracking.AtlasCallback, "on_step_begin", step_begin, raising=False)
+    s = grpo.run_grpo(p)
+    assert len(loaded) == 4  # eval points 0, 1, 2 and the rest of the final evaluation
+    assert alive_in_training == [0, 0]
+    assert s["distilled"]["mean_reverse_kl"] is not None
+
+
 def _train_cmd(*sets):
     return [sys.executable, "-m", "atlas_lib.cli", "train", "gkd", "--params", "params/smoke.yaml",
             "--set", "tracking.wandb=disabled", "--set", "gkd.max_steps=4", "--set", "gkd.eval_steps=2",
