@@ -90,7 +90,7 @@ def run_cross_tokenizer(params: Params) -> dict:
     s_kind, t_kind = xt.tokenizer_kind(s_tok), xt.tokenizer_kind(t_tok)
     final_fn = build_eval_fn(params, prepared, s_tok, divergence_fn=div_fn, during_training=False)
     return training.run(params, "cross_tokenizer", make, eval_fn=eval_fn, device=device,
-                        final_eval_fn=final_fn, initial_full_eval=True,
+                        final_eval_fn=final_fn, initial_full_eval=True, model=student,
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                         extra_summary={"student_model": c.student, "teacher_model": c.teacher,
                                        "tokenizers": {"student": s_kind, "teacher": t_kind},

@@ -134,6 +134,6 @@ def run_gkd(params: Params) -> dict:
 
     final_fn = build_eval_fn(params, prepared, tok, teacher=teacher, teacher_tok=teacher_tok, during_training=False)
     return training.run(params, "gkd", make, eval_fn=eval_fn, device=device, final_eval_fn=final_fn,
-                        initial_records=baseline_records(params),
+                        initial_records=baseline_records(params), model=student,
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                         extra_summary={"divergence_label": "mean reverse KL to the teacher (same tokenizer)"})

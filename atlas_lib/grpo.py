@@ -109,7 +109,7 @@ def run_grpo(params: Params) -> dict:
     pinned = {k: getattr(g, k) for k in ("loss_type", "beta", "scale_rewards", "num_generations", "learning_rate")}
     final_fn = build_eval_fn(params, prepared, tok, teacher_tok=t_tok, teacher_loader=loader, during_training=False)
     return training.run(params, "grpo", make, eval_fn=eval_fn, device=device, final_eval_fn=final_fn,
-                        initial_records=baseline_records(params),
+                        initial_records=baseline_records(params), model=student,
                         dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                         extra_summary={"trl_settings": pinned,
                                        "divergence_label": "mean reverse KL to the teacher (same tokenizer)"})

@@ -18,8 +18,8 @@ import torch
 
 from atlas_lib import evaluate as ev
 from atlas_lib.config import Params
-from atlas_lib.paths import runs_root
-from atlas_lib.rundir import RunDir, load_summary, provenance
+from atlas_lib.paths import relative_to_root, runs_root
+from atlas_lib.rundir import RunDir, RunDirError, load_summary, provenance
 from atlas_lib.tracking import AtlasCallback, DeviceClock, NonFiniteError, wandb_report_to
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], d
         max_steps=section.max_steps, per_device_train_batch_size=section.per_device_train_batch_size,
         gradient_accumulation_steps=section.gradient_accumulation_steps,
         learning_rate=section.learning_rate, logging_steps=section.logging_steps,
-        save_strategy="steps", save_steps=section.save_steps, save_total_limit=2,
+        # one checkpoint is all resume needs; each holds fp32 weights + two AdamW moments (12 bytes per
+        # parameter: 7.6 GB for the 0.5B student), so keeping more fills small disks
+        save_strategy="steps", save_steps=section.save_steps, save_total_limit=1,
         eval_strategy="no",  # the kit's callback evaluates with the shared evaluator instead
         report_to=report_to, bf16=autocast_bf16(params, device), use_cpu=device.type == "cpu",
         logging_nan_inf_filter=False,  # a NaN must reach the callback, not be filtered out
@@ -58,7 +60,7 @@ def baseline_metrics(params: Params) -> dict:
 def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
         device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
         final_eval_fn: Callable | None = None, initial_full_eval: bool = False,
-        initial_records: list[dict] | None = None) -> dict:
+        initial_records: list[dict] | None = None, model=None) -> dict:
     """Train one stage end to end and return its summary (also written to ``summary.json``).
 
     ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
@@ -67,6 +69,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     it when ``initial_full_eval``), so the final rows are measured on the same problems as the
     baselines. ``initial_records``: an evaluation of the untrained student on these problems (the
     baseline), reused for the step-0 point; the initial full evaluation is reused the same way.
+    ``model``: the student, to check before anything is written that its checkpoints fit on disk.
     """
     section = getattr(params, stage)
     if params.evaluation.during_training_limit >= params.evaluation.limit:
@@ -74,6 +77,8 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank != 0:  # under accelerate launch only rank 0 owns the run directory
         return _follower(params, stage, make_trainer, device, rank)
+    if model is not None:
+        check_disk(runs_root(), model, section)
     rd = RunDir.open(params, stage, resume=section.resume)
     try:
         last = rd.last_checkpoint() if section.resume else None
@@ -120,6 +125,24 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         return summary
     finally:
         rd.release()
+
+
+def check_disk(path, model, section) -> None:
+    """Refuse to start when the disk cannot hold the run's checkpoint (weights + AdamW moments,
+    twice while the previous one is rotated out) and final model, instead of failing mid-run."""
+    import shutil
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    saves = section.save_steps <= section.max_steps
+    need = (2 * 12 * trainable if saves else 0) + 4 * total
+    while not path.exists():  # the runs root may not exist yet: ask its disk
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise RunDirError(f"{relative_to_root(path)}: a {section.__class__.__name__} run needs about {need / 1e9:.1f} GB of free disk for its "
+                          f"checkpoint and final model, {free / 1e9:.1f} GB are free. Free space, point ATLAS_RUNS "
+                          f"at a larger disk, or raise save_steps above max_steps to skip checkpoints.")
 
 
 def _write_rank(rd: RunDir, trainer, rank: int) -> None:

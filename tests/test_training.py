@@ -125,6 +125,21 @@ def test_grpo_holds_the_teacher_only_while_it_scores(env, monkeypatch):
     assert s["distilled"]["mean_reverse_kl"] is not None
 
 
+def test_a_full_disk_refuses_before_anything_is_written(env, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from atlas_lib.gkd import run_gkd
+
+    p = _params()
+    _prepare(p)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(RunDirError, match=r"free disk.*save_steps"):
+        run_gkd(p)
+    assert not (env / "runs" / "smoke" / "gkd").exists()
+
+
 def _train_cmd(*sets):
     return [sys.executable, "-m", "atlas_lib.cli", "train", "gkd", "--params", "params/smoke.yaml",
             "--set", "tracking.wandb=disabled", "--set", "gkd.max_steps=4", "--set", "gkd.eval_steps=2",
