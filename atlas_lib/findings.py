@@ -66,13 +66,12 @@ def _hours(r: pd.Series) -> str:
 
 
 def _first_last(info: RunInfo, key: str) -> tuple[float, float] | None:
-    s = info.summary
-    a = (s.get("initial") or {}).get(key)
-    b = (s.get("distilled") or {}).get(key)
-    e = info.evals
-    if key in e and len(e):
-        a = a if _ok(a) else e[key].iloc[0]
-        b = b if _ok(b) else e[key].iloc[-1]
+    """First and last eval point (one subset of problems); the summary's initial/final rows only
+    where the run has no eval points (they may be measured on a different number of problems)."""
+    s, e = info.summary, info.evals
+    if key in e and len(e) and _ok(e[key].iloc[0]) and _ok(e[key].iloc[-1]):
+        return float(e[key].iloc[0]), float(e[key].iloc[-1])
+    a, b = (s.get("initial") or {}).get(key), (s.get("distilled") or {}).get(key)
     return (float(a), float(b)) if _ok(a) and _ok(b) else None
 
 

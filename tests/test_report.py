@@ -319,3 +319,18 @@ def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
         assert "embedded.yaml" not in html  # the parameters cell's source is hidden
     assert "injected_sections" in code_html and "injected_sections" not in report_html
     assert re.search(r"GKD distilled student", report_html)
+
+
+def test_findings_moves_compare_one_subset(tmp_path, monkeypatch):
+    """First -> last eval point on one subset, not the step-0 subset against a final row measured
+    on more problems (the summary's distilled block)."""
+    import json
+
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 9))
+    path = tmp_path / "runs" / params.name / "gkd" / "summary.json"
+    s = json.loads(path.read_text())
+    s["distilled"].update(avg_generated_tokens=50.0, mean_reverse_kl=9.0, n=2 * N)
+    path.write_text(json.dumps(s))
+    text = report.findings(report.collect(params))
+    assert "GKD 101.0 → 96.0" in text and "GKD 0.400 → 0.350" in text
+    assert "→ 50.0" not in text and "→ 9.000" not in text
