@@ -46,3 +46,4 @@ bench: models
 	$(BIN)/python bench/eval_throughput.py --n 24 --naive-n 8 --batch-size 8 24
 	$(BIN)/python bench/train_step.py --method gkd
 	$(BIN)/python bench/train_step.py --method grpo --batch 4
+	$(BIN)/python bench/dtype.py

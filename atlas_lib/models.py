@@ -268,8 +268,8 @@ def resolve_device(pref: str = "auto") -> torch.device:
 
 def cpu_has_bf16() -> bool:
     """bf16 matrix units (AMX) on this CPU. AVX512-BF16 alone is not enough: on such a 2-core
-    machine fp32 measured 2.2x faster for the teacher's forward, 1.4x for the student's training
-    step and 1.7x for generation than bf16 weights or bf16 autocast (bench/RESULTS.md)."""
+    machine bf16 was 2.1x slower for the teacher's forward, 1.7x for the student's training step
+    and 1.3-2.6x for sampling than fp32 (bench/dtype.py, bench/RESULTS.md)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: stay with fp32 rather than guess
