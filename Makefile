@@ -43,7 +43,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: models
-	$(BIN)/python bench/eval_throughput.py --n 24 --naive-n 8 --batch-size 8 24
+	$(BIN)/python bench/eval_throughput.py --n 96 --naive-n 6 --batch-size 24 48 --compare-generate
 	$(BIN)/python bench/train_step.py --method gkd
 	$(BIN)/python bench/train_step.py --method grpo --batch 4
 	$(BIN)/python bench/dtype.py

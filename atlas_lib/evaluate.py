@@ -1,4 +1,5 @@
-"""The shared evaluator: batched greedy generation, one grader, and reverse KL to the teacher.
+"""The shared evaluator: greedy completions (decoded by :mod:`atlas_lib.generation`), one grader,
+and reverse KL to the teacher.
 
 Used for the baseline rows, every evaluation point during training, and the final rows, so all
 numbers in the report come from the same code. Correctness is only ever decided by
@@ -7,29 +8,34 @@ numbers in the report come from the same code. Correctness is only ever decided 
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from atlas_lib import answers
-from atlas_lib.prompts import build_messages, has_chat_template, render_prompt
+from atlas_lib.generation import (  # noqa: F401  (generate_greedy & co. stay importable from here)
+    _batch_inputs,
+    _eval_mode,
+    _prefill,
+    encode_prompts,
+    eos_token_ids,
+    generate_greedy,
+    greedy_kwargs,
+    shared_prefix,
+)
+from atlas_lib.prompts import build_messages, render_prompt
 from atlas_lib.rundir import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 KL_UNDEFINED = "reverse KL undefined: student and teacher tokenizers differ (see aligned divergence)"
-PREFIX_MIN_TOKENS = 16  # shorter shared prefixes are not worth a cache copy per batch
 KL_MAX_BATCH = 4  # full-vocabulary fp32 logits (150k wide for Qwen) of two models: 8 x 193 rows was ~1.9 GB
 
 
@@ -53,150 +59,6 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-@contextmanager
-def _eval_mode(*models) -> Iterator[None]:
-    """Eval mode inside, each model's own train/eval mode restored after (we run mid-training)."""
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(models, modes, strict=True):
-            m.train(mode)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """The generation config's EOS ids (an int or a list) plus the tokenizer's EOS."""
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError("no EOS token: set tokenizer.eos_token or model.generation_config.eos_token_id")
-    return ids
-
-
-def greedy_kwargs(model, tokenizer, max_new_tokens: int) -> dict:
-    """``model.generate`` arguments for plain greedy decoding with the KV cache.
-
-    Values left unset are filled from ``model.generation_config``; an instruct model's shipped
-    ``repetition_penalty`` or ``no_repeat_ngram_size`` would silently change "greedy", so they are
-    pinned to neutral values here (the bench's one-at-a-time loop uses the same arguments).
-    """
-    eos = eos_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    return dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, eos_token_id=eos,
-                pad_token_id=pad, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
-                temperature=1.0, top_p=1.0, top_k=50)
-
-
-def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of rendered prompts. Chat-template output already carries its special tokens;
-    plain-text prompts (base models) get the tokenizer's own (e.g. BOS)."""
-    ids = tokenizer(list(prompts), add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
-    empty = [i for i, x in enumerate(ids) if not x]
-    if empty:
-        raise ValueError(f"prompts {empty[:5]} encode to zero tokens; every prompt needs at least one token")
-    return ids
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids_B_T = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn_B_T = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids_B_T[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        attn_B_T[r, width - len(s):] = 1
-    return ids_B_T, attn_B_T
-
-
-def shared_prefix(models: Sequence, encoded: list[list[int]]) -> list[int]:
-    """The token prefix all prompts share (system turn + few-shot examples: over half of each
-    prompt here), so its keys/values are computed once, not once per prompt; ``[]`` when shorter
-    than ``PREFIX_MIN_TOKENS`` or unsafe. Causal attention makes the prefix's keys/values
-    independent of what follows, so reusing them is exact. Sliding-window layers are left out:
-    padding placed after the prefix would count towards their window."""
-    for model in models:
-        layer_types = getattr(model.config, "layer_types", None) or ()
-        if any(t != "full_attention" for t in layer_types) or (
-                not layer_types and getattr(model.config, "sliding_window", None)):
-            return []
-    if len(encoded) < 2:
-        return []
-    prefix = os.path.commonprefix(encoded)[:min(map(len, encoded)) - 1]  # every prompt keeps >= 1 token
-    return prefix if len(prefix) >= PREFIX_MIN_TOKENS else []
-
-
-def _prefill(model, prefix: list[int]):
-    """The prefix's cache, or None (no prefix, or a cache type that cannot be repeated over a batch)."""
-    if not prefix:
-        return None
-    out = model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return cache if hasattr(cache, "batch_repeat_interleave") else None
-
-
-def _batch_inputs(model, seqs: list[list[int]], pad_id: int, prefix: list[int], cache) -> dict:
-    """``[prefix][left padding][rest]`` ids and mask (full width) plus a copy of the prefix cache
-    repeated over the batch. Positions are taken from the mask (as ``generate`` does), so the
-    padding shifts nothing and results equal unpadded one-at-a-time runs."""
-    ids_B_T, attn_B_T = _left_pad([s[len(prefix):] for s in seqs], pad_id)
-    extra = {}
-    if prefix:
-        b = len(seqs)
-        ids_B_T = torch.cat([torch.tensor([prefix] * b), ids_B_T], 1)
-        attn_B_T = torch.cat([torch.ones(b, len(prefix), dtype=torch.long), attn_B_T], 1)
-        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        extra[arg] = copy.deepcopy(cache)  # the model appends to the cache it is given
-        extra[arg].batch_repeat_interleave(b)
-    dev = _device(model)
-    return {"input_ids": ids_B_T.to(dev), "attention_mask": attn_B_T.to(dev), **extra}
-
-
-@torch.inference_mode()
-def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                    desc: str = "eval", prefix_cache: bool = True) -> list[dict]:
-    """Greedy completions: left padding, length-sorted batches, KV cache, stop at EOS.
-
-    Returns, in the input order, dicts with ``prompt_ids`` and ``completion_ids`` (unpadded; the
-    completion up to and including EOS when one was produced), ``text`` (decoded without special
-    tokens), ``n_tokens`` (generated, EOS included), ``truncated`` (hit ``max_new_tokens`` with no
-    EOS) and ``prompt_tokens``. ``prefix_cache``: encode the prompts' :func:`shared_prefix` once.
-    """
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"generate_greedy: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) "
-                         "must be >= 1")
-    encoded = encode_prompts(tokenizer, prompts) if prompts else []
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths -> little padding
-    kwargs = greedy_kwargs(model, tokenizer, max_new_tokens)
-    eos = set(kwargs["eos_token_id"])
-    out: list[dict] = [{}] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, unit="ex", leave=False)
-    with _eval_mode(model):
-        prefix = shared_prefix([model], encoded) if prefix_cache else []
-        cache = _prefill(model, prefix)
-        prefix = prefix if cache is not None else []
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            inputs = _batch_inputs(model, [encoded[i] for i in idx], kwargs["pad_token_id"], prefix, cache)
-            gen_B_T = model.generate(**inputs, **kwargs)
-            for row, i in enumerate(idx):
-                comp = gen_B_T[row, inputs["input_ids"].shape[1]:].tolist()
-                stop = next((j for j, t in enumerate(comp) if t in eos), None)
-                comp = comp[:stop + 1] if stop is not None else comp  # rows that ended early are padded
-                out[i] = {"prompt_ids": encoded[i], "completion_ids": comp, "prompt_tokens": len(encoded[i]),
-                          "text": tokenizer.decode(comp, skip_special_tokens=True), "n_tokens": len(comp),
-                          "truncated": stop is None}
-            bar.update(len(idx))
-    bar.close()
-    return out
 
 
 def reverse_kl_per_token(student_logits_B_T_V: torch.Tensor, teacher_logits_B_T_V: torch.Tensor,

@@ -1,14 +1,21 @@
 """Throughput of the shared evaluator against a naive one-example-at-a-time ``model.generate`` loop.
 
 Prompts are reasoning-gym ``gsm_symbolic`` problems rendered with the kit's one prompt template.
-Both paths decode greedily with the KV cache and the same ``generate`` arguments
-(:func:`atlas_lib.evaluate.greedy_kwargs`). Reported per dtype and batch size: generated tokens/s,
+The evaluator decodes with continuous batching (:mod:`atlas_lib.generation`); both decode
+greedily with the KV cache and the same arguments (:func:`atlas_lib.evaluate.greedy_kwargs`). Reported per dtype and batch size: generated tokens/s,
 the speed-up over the naive loop, how many completions agree token-for-token with the naive
 ones, and the forward-FLOP "% of limit":
 
     2 x (parameters except the input embedding table) x generated tokens / seconds
     ---------------------------------------------------------------------------
-    matmul FLOP/s measured here, in the same dtype, on a [2048, hidden] x [hidden, ffn] product
+    matmul FLOP/s measured here, in the same dtype and shape class: [batch, hidden] x [hidden, ffn]
+
+A decode step multiplies ``batch`` rows by every weight matrix, so its shape class is M = batch
+(the naive loop's is M = 1). Also printed against the machine's peak, a [2048, hidden] product:
+the rate no decode step of this batch size can reach, the gap being what a larger batch could buy.
+And against a roofline: a decode step of M rows must at least read every weight once from memory
+(weights / the measured streaming rate) and do its FLOPs (at the M-row matmul rate); at batch
+sizes like these the weight reads, not the FLOPs, set the limit on a CPU.
 
 The input embedding is a table lookup (no FLOPs); the output projection is a matmul and counts.
 Attention-score FLOPs (context-dependent, small at these lengths) are left out.
@@ -26,7 +33,7 @@ import time
 import torch
 
 from atlas_lib import evaluate as ev
-from atlas_lib import models
+from atlas_lib import generation, models
 from atlas_lib.config import PromptConfig
 from atlas_lib.prompts import DEFAULT_SHOTS, build_messages, render_prompt
 
@@ -54,6 +61,63 @@ def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 2.
     return 2 * m * k * n / best
 
 
+def stream_rate(k: int, n: int, dtype: torch.dtype, total_gb: float = 0.8) -> float:
+    """Bytes/s at which this machine streams weights it does not hold in cache: a one-row product
+    with each of many distinct ``[n, k]`` matrices (``total_gb`` of them), best of 3."""
+    ws = [torch.randn(n, k).to(dtype) for _ in range(max(1, int(total_gb * 1e9 / (n * k * dtype.itemsize))))]
+    x = torch.randn(1, k).to(dtype)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for w in ws:
+            torch.nn.functional.linear(x, w)
+        best = min(best, time.perf_counter() - t0)
+    return sum(w.numel() * w.element_size() for w in ws) / best
+
+
+class ForwardClock:
+    """Seconds in the model's forwards, split into prefills (more than one new position per row)
+    and decode steps (one), with the rows each decode step carried."""
+
+    def __init__(self, model):
+        self.t = {"prefill": 0.0, "decode": 0.0}
+        self.prompt_tokens = self.decode_steps = self.decode_rows = 0
+        self.hooks = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                      model.register_forward_hook(self._post, with_kwargs=True)]
+
+    def _pre(self, module, args, kwargs):
+        ids = kwargs["input_ids"]
+        self.kind = "prefill" if ids.shape[1] > 1 else "decode"
+        if self.kind == "prefill":
+            mask = kwargs.get("attention_mask")  # none for the shared prefix, encoded once
+            self.prompt_tokens += int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel()
+        else:
+            self.decode_steps += 1
+            self.decode_rows += ids.shape[0]
+        self.t0 = time.perf_counter()
+
+    def _post(self, module, args, kwargs, out):
+        self.t[self.kind] += time.perf_counter() - self.t0
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def cold_matmul_rate(m: int, k: int, n: int, transposed: bool, total_gb: float = 0.8) -> float:
+    """FLOP/s of ``[m, k]`` rows times many distinct fp32 ``[n, k]`` weights that are not in cache,
+    as ``nn.Linear`` computes it (``x @ W.T``) or as ``(W @ x.T).T``."""
+    ws = [torch.randn(n, k) for _ in range(max(1, int(total_gb * 1e9 / (n * k * 4))))]
+    x = torch.randn(m, k)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for w in ws:
+            (w @ x.t()).t() if transposed else torch.nn.functional.linear(x, w)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n * len(ws) / best
+
+
 def naive_loop(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[list[list[int]], float]:
     kwargs = ev.greedy_kwargs(model, tokenizer, max_new_tokens)
     eos = set(kwargs["eos_token_id"])
@@ -77,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, nargs="+", default=[16], help="one or more, e.g. 8 16 32")
     ap.add_argument("--compare-prefix", action="store_true", help="also time the first batch size without "
                     "the shared-prefix cache")
+    ap.add_argument("--compare-generate", action="store_true", help="also time each batch size with fixed "
+                    "batches through model.generate (the evaluator before continuous batching)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["fp32"],
                     help="fp32 and/or bf16 (bf16 was 2-6x slower than fp32 on a 2-core AVX512-BF16 CPU)")
     args = ap.parse_args(argv)
@@ -90,33 +156,68 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         cfg = model.config
         work = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
-        big = matmul_flops(2048, cfg.hidden_size, cfg.intermediate_size, dtype)
-        decode = matmul_flops(max(args.batch_size), cfg.hidden_size, cfg.intermediate_size, dtype, seconds=1.0)
-        peak = max(big, decode)  # the limit: the best rate this machine showed on either shape
+        rate = {m: matmul_flops(m, cfg.hidden_size, cfg.intermediate_size, dtype, seconds=1.0 + (m > 256))
+                for m in sorted({1, 2048, *args.batch_size})}
+        peak = max(rate.values())  # a shared 2-core VM is noisy: the best rate it showed on any shape
+        stream = stream_rate(cfg.hidden_size, cfg.intermediate_size, dtype)
+        weight_bytes = work * dtype.itemsize
+        roofline = {m: m / max(weight_bytes / stream, 2 * work * m / r) for m, r in rate.items()}  # tokens/s
+        if name == "fp32":
+            print("  decode-shaped products over cold weights, x @ W.T (nn.Linear) vs (W @ x.T).T, GFLOP/s: " + ", ".join(
+                f"M={m} {cold_matmul_rate(m, cfg.hidden_size, cfg.intermediate_size, False) / 1e9:.1f} vs "
+                f"{cold_matmul_rate(m, cfg.hidden_size, cfg.intermediate_size, True) / 1e9:.1f}"
+                for m in sorted({1, 12, *args.batch_size})), flush=True)
         prompts = gsm_prompts(tok, args.n)
         prefix = len(os.path.commonprefix(ev.encode_prompts(tok, prompts)))
         print(f"\n[{name}] shared prompt prefix {prefix} tokens; matmul [M,{cfg.hidden_size}]x[{cfg.hidden_size},"
-              f"{cfg.intermediate_size}]: M=2048 {big / 1e9:.1f}, M={max(args.batch_size)} {decode / 1e9:.1f} GFLOP/s "
-              f"(limit {peak / 1e9:.1f}); {work / 1e6:.0f}M matmul parameters", flush=True)
+              f"{cfg.intermediate_size}] GFLOP/s: " + ", ".join(f"M={m} {r / 1e9:.1f}" for m, r in rate.items())
+              + f"; {work / 1e6:.0f}M matmul parameters ({weight_bytes / 1e9:.2f} GB), weights stream at "
+              f"{stream / 1e9:.1f} GB/s", flush=True)
         ev.generate_greedy(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up (allocator, oneDNN)
         naive, t_naive = naive_loop(model, tok, prompts[:args.naive_n or args.n], args.max_new_tokens)
         n_naive = sum(map(len, naive))
         tps_naive = n_naive / t_naive
         print(f"  naive loop : {len(naive)} ex, {n_naive} tokens in {t_naive:.1f} s = {tps_naive:.1f} tok/s, "
-              f"{100 * 2 * work * tps_naive / peak:.1f}% of limit")
+              f"{100 * 2 * work * tps_naive / rate[1]:.1f}% of limit (M=1), "
+              f"{100 * 2 * work * tps_naive / peak:.1f}% of peak, {100 * tps_naive / roofline[1]:.1f}% of roofline")
         for bs in args.batch_size:
+            clock = ForwardClock(model)
             t0 = time.perf_counter()
             outs = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=bs,
                                       desc=f"{name} bs={bs}")
             secs = time.perf_counter() - t0
+            clock.remove()
             n_tok = sum(o["n_tokens"] for o in outs)
             tps = n_tok / secs
             same = sum(o["completion_ids"] == c for o, c in zip(outs, naive, strict=False))
             trunc = sum(o["truncated"] for o in outs)
             print(f"  batched bs={bs:<3}: {n_tok} tokens in {secs:.1f} s = {tps:.1f} tok/s, "
-                  f"x{tps / tps_naive:.2f} vs naive, {100 * 2 * work * tps / peak:.1f}% of limit, "
+                  f"x{tps / tps_naive:.2f} vs naive, {100 * 2 * work * tps / rate[bs]:.1f}% of limit (M={bs}), "
+                  f"{100 * 2 * work * tps / peak:.1f}% of peak, {100 * tps / roofline[bs]:.1f}% of roofline, "
                   f"{same}/{len(naive)} identical to naive, {trunc}/{len(outs)} truncated")
+            dec_rows = clock.decode_rows / max(1, clock.decode_steps)
+            print(f"    where the time goes: prefill {clock.t['prefill']:.1f} s ({clock.prompt_tokens} prompt tokens "
+                  f"after the cached prefix, {2 * work * clock.prompt_tokens / clock.t['prefill'] / 1e9:.0f} GFLOP/s); "
+                  f"decode {clock.t['decode']:.1f} s ({clock.decode_steps} steps, {dec_rows:.1f} rows each on average, "
+                  f"{clock.decode_rows / clock.t['decode']:.1f} tok/s = "
+                  f"{100 * 2 * work * clock.decode_rows / clock.t['decode'] / rate[bs]:.1f}% of limit (M={bs})); "
+                  f"outside forwards {secs - sum(clock.t.values()):.1f} s")
             rows.append((name, bs, tps, tps / tps_naive))
+            if args.compare_generate:  # the sliding-window fallback: fixed batches, every row to the longest
+                full_attention = generation._full_attention
+                generation._full_attention = lambda model: False
+                try:
+                    t0 = time.perf_counter()
+                    fixed = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                                               batch_size=bs, desc=f"{name} generate bs={bs}")
+                    secs_g = time.perf_counter() - t0
+                finally:
+                    generation._full_attention = full_attention
+                tps_g = sum(o["n_tokens"] for o in fixed) / secs_g
+                same_g = sum(a["completion_ids"] == b["completion_ids"] for a, b in zip(outs, fixed, strict=True))
+                print(f"  generate() bs={bs:<3}: {tps_g:.1f} tok/s, x{tps_g / tps_naive:.2f} vs naive; continuous "
+                      f"batching x{tps / tps_g:.2f} faster; {same_g}/{len(outs)} completions identical")
+                rows.append((f"{name} generate()", bs, tps_g, tps_g / tps_naive))
         if args.compare_prefix:  # the same, with every prompt's shared system/few-shot prefix re-encoded
             t0 = time.perf_counter()
             outs = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from atlas_lib import answers
+from atlas_lib import answers, generation
 from atlas_lib import evaluate as ev
 from atlas_lib.config import PromptConfig
 
@@ -70,7 +70,7 @@ def test_shared_prefix_is_encoded_once_and_changes_no_token(pair):
     prompts = [HEAD + p for p in PROMPTS]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n_pre = len(os.path.commonprefix(ids))
-    assert n_pre >= ev.PREFIX_MIN_TOKENS
+    assert n_pre >= generation.PREFIX_MIN_TOKENS
     widths = []
     hook = s.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
     try:
@@ -93,18 +93,23 @@ def test_output_order_follows_input_not_length(pair):
     assert ev.generate_greedy(s, tok, [], max_new_tokens=4, batch_size=2) == []
 
 
+def _greedy_with_extra_eos(s, tok, prompts, stop_tok: int, max_new_tokens: int, batch_size: int):
+    """``generate_greedy`` with ``stop_tok`` as the generation config's EOS (besides the tokenizer's)."""
+    old = s.generation_config.eos_token_id
+    s.generation_config.eos_token_id = [stop_tok]
+    try:
+        out = ev.generate_greedy(s, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    finally:
+        s.generation_config.eos_token_id = old
+    return out, {stop_tok, tok.eos_token_id}
+
+
 def test_eos_from_generation_config_list_stops_and_is_included(pair):
     s, tok, _, _ = pair
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     free = [_reference_greedy(s, x, 10) for x in ids]  # what greedy would say with no EOS at all
     stop_tok = free[0][2]  # make prompt 0's third token an extra EOS id, next to the tokenizer's
-    old = s.generation_config.eos_token_id
-    s.generation_config.eos_token_id = [stop_tok]
-    try:
-        out = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=10, batch_size=5)
-    finally:
-        s.generation_config.eos_token_id = old
-    eos = {stop_tok, tok.eos_token_id}
+    out, eos = _greedy_with_extra_eos(s, tok, PROMPTS, stop_tok, 10, 5)
     assert not out[0]["truncated"] and out[0]["n_tokens"] <= 3 and out[0]["completion_ids"][-1] in eos
     for o, full in zip(out, free, strict=True):  # each row stops at its own first EOS (kept), or runs on
         cut = next((j + 1 for j, t in enumerate(full) if t in eos), None)
@@ -113,6 +118,108 @@ def test_eos_from_generation_config_list_stops_and_is_included(pair):
     short = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=1, batch_size=5)  # config restored
     for o, full in zip(short, free, strict=True):
         assert o["n_tokens"] == 1 and o["truncated"] == (full[0] != tok.eos_token_id)
+
+
+def test_rows_that_stopped_leave_the_batch(pair):
+    """A row that produced EOS is dropped from later forwards (no compute on finished rows), and
+    the rows still decoding produce exactly what they produce alone."""
+    s, tok, _, _ = pair
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    free = [_reference_greedy(s, x, 10) for x in ids]
+    stop_tok = free[0][2]
+    rows_per_forward = []
+    hook = s.register_forward_pre_hook(lambda m, a, kw: rows_per_forward.append(kw["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    try:
+        out, eos = _greedy_with_extra_eos(s, tok, PROMPTS, stop_tok, 10, 5)
+    finally:
+        hook.remove()
+    ends = [next((j + 1 for j, t in enumerate(f) if t in eos), 10) for f in free]
+    # forward k (0 = prefill) computes the rows whose completion is longer than k tokens
+    assert rows_per_forward == [sum(e > k for e in ends) for k in range(max(ends))]
+    assert rows_per_forward[-1] < len(PROMPTS)
+    for o, full, e in zip(out, free, ends, strict=True):
+        assert o["completion_ids"] == full[:e]
+
+
+def test_continuous_batching_refills_slots_and_changes_no_token(pair, monkeypatch):
+    """Batch of 2 over 5 prompts whose rows stop at different steps: waiting prompts are admitted
+    into running batches (caches merged, left-padded) and every completion is still exactly the
+    unbatched greedy one."""
+    s, tok, _, _ = pair
+    # similar lengths, so a running row can be longer than the next admitted prompt (both sides
+    # of a merge get padded), behind the shared-prefix cache
+    prompts = [HEAD + p for p in ("Tom has 3 apples.", "Sam has 12 pens.", "Anna reads 4 pages.", "0 1 2 3 4",
+                                  "A shop sells pens.", "What is 7 times 6?")]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    free = [_reference_greedy(s, x, 9) for x in ids]
+    stop_tok = free[1][3]
+    merges = []
+    real_merge = generation._merge
+    monkeypatch.setattr(generation, "_merge", lambda a, b: merges.append((a.attn_B_L.shape[1], b.attn_B_L.shape[1]))
+                        or real_merge(a, b))
+    monkeypatch.setattr(generation, "REFILL_FRACTION", 2)  # refill as soon as one of the 2 slots is free
+    out, eos = _greedy_with_extra_eos(s, tok, prompts, stop_tok, 9, 2)
+    ends = [next((j + 1 for j, t in enumerate(f) if t in eos), 9) for f in free]
+    assert len(set(ends)) > 1 and any(wa > wb for wa, wb in merges)  # refilled; the newcomers got padded
+    for o, full, e, x in zip(out, free, ends, ids, strict=True):
+        assert o["prompt_ids"] == x and o["completion_ids"] == full[:e] and o["truncated"] == (e == 9 and
+                                                                                           full[8] not in eos)
+
+
+@torch.inference_mode()
+def test_merged_and_trimmed_batches_give_every_row_its_unbatched_logits(pair):
+    """The batch surgery of continuous batching, checked on logits (not just argmax tokens): admit
+    two groups of different widths, merge them (the narrower one is left-padded), drop the widest
+    row (masked leading columns are cut), step twice; each row's logits equal a plain unpadded,
+    uncached forward of its own sequence."""
+    s, tok, _, _ = pair
+    enc = [tok(HEAD + p, add_special_tokens=False)["input_ids"] for p in
+           ("Tom has 3 apples.", "What is 7 times 6? Answer with one number please.", "0 1", "Anna reads")]
+    prefix = generation.shared_prefix([s], enc)
+    cache = generation._prefill(s, prefix)
+    assert prefix and cache is not None
+    a, _ = generation._admit(s, [0, 1], enc, tok.pad_token_id, prefix, cache)
+    b, _ = generation._admit(s, [2, 3], enc, tok.pad_token_id, prefix, cache)
+    assert b.attn_B_L.shape[1] < a.attn_B_L.shape[1]
+    state = generation._merge(a, b)
+    seqs = {r: enc[r] + [int(t)] for r, t in zip(state.rows, state.next_B, strict=True)}
+
+    def step_and_compare(state):
+        state, logits_B_V = generation._step(s, state)
+        for j, r in enumerate(state.rows):
+            ref_V = s(torch.tensor([seqs[r]])).logits[0, -1]
+            torch.testing.assert_close(logits_B_V[j], ref_V, atol=1e-5, rtol=1e-5)
+            seqs[r].append(int(state.next_B[j]))
+        return state
+
+    state = step_and_compare(state)
+    state = generation._keep(state, [0, 2, 3])  # row 1 (the longest prompt) leaves
+    assert state.rows == [0, 2, 3]
+    state = step_and_compare(state)
+    width = state.attn_B_L.shape[1]
+    state = generation._keep(state, [1, 2])  # only the left-padded newcomers stay
+    assert state.rows == [2, 3] and state.attn_B_L.shape[1] < width  # columns masked for both were cut
+    assert all(layer.keys.shape[-2] == state.attn_B_L.shape[1] for layer in state.cache.layers)
+    for _ in range(2):
+        state = step_and_compare(state)
+
+
+def test_sliding_window_model_falls_back_to_generate_and_matches_reference(tiny):
+    from transformers import Qwen2Config
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny["student"])
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=6,
+                      max_window_layers=0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    assert not generation._full_attention(model) and ev.shared_prefix([model], [[1] * 40, [1] * 40 + [2]]) == []
+    out = ev.generate_greedy(model, tok, PROMPTS, max_new_tokens=6, batch_size=5)
+    for o in out:
+        ref = _reference_greedy(model, o["prompt_ids"], 6)
+        stop = next((j + 1 for j, t in enumerate(ref) if t == tok.eos_token_id), None)
+        assert o["completion_ids"] == ref[:stop]
 
 
 def test_train_mode_restored_and_backward_still_works(pair):
@@ -295,6 +402,6 @@ def test_real_student_batched_equals_naive_and_kl_layouts_agree(monkeypatch):
     teacher, t_tok = models.load_model("qwen2.5-coder-1.5b-instruct", dtype=torch.bfloat16, device="cpu")
     assert ev.same_tokenizer(tok, t_tok)
     cached = ev.mean_reverse_kl(model, teacher, out, batch_size=4, vocab_size=len(tok))
-    monkeypatch.setattr(ev, "PREFIX_MIN_TOKENS", 10**9)
+    monkeypatch.setattr(generation, "PREFIX_MIN_TOKENS", 10**9)
     plain = ev.mean_reverse_kl(model, teacher, out, batch_size=4, vocab_size=len(tok))
     assert all(k > 0 for k in cached) and cached == pytest.approx(plain, rel=0.02, abs=1e-4)
