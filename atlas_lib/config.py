@@ -107,8 +107,8 @@ class GKDConfig:
     eval_steps: int = fld(50, "Evaluate the held-out subset every N steps (and at step 0).", ge=1)
     save_steps: int = fld(50, "Checkpoint every N steps (safetensors; resume point).", ge=1)
     logging_steps: int = fld(1, "Log train metrics every N steps.", ge=1)
-    gradient_checkpointing: bool = fld(False, "Trade compute for memory (off: it only slows small "
-                                       "models on CPU).")
+    gradient_checkpointing: bool = fld(False, "Trade compute for memory: recompute the student's "
+                                       "forward in backward (sampling keeps its KV cache, unlike stock TRL).")
     loss_chunk_size: int = fld(0, "Compute the JSD over this many positions at a time (0 = all at "
                                "once); bounds full-vocabulary logit memory.", ge=0)
     resume: bool = fld(False, "Continue an interrupted run from its last checkpoint.")

@@ -16,6 +16,8 @@ batch, lengths, lmbda/beta and seed:
   both models, optional chunked JSD).
 - kit-bf16-teacher: the kit as the embedded profile runs it (``models.teacher_dtype: bf16``): the
   frozen teacher's weights in bf16, half its memory; the student still trains in fp32.
+- kit-lowmem: kit-bf16-teacher plus gradient checkpointing, which the kit (unlike stock TRL)
+  combines with cached sampling.
 
 ``--variants`` runs a subset (stock's cache-less generation makes it ~30 min for 6 steps here).
 
@@ -38,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher")
+VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem")
 sys.path.insert(0, str(ROOT))
 
 
@@ -93,7 +95,7 @@ def _load(name: str, variant: str, for_training: bool):
         model = AutoModelForCausalLM.from_pretrained(models.resolve_path(name))
         return model.train() if for_training else model.eval()
     dtype = torch.float32 if for_training else models.resolve_dtype("auto", "cpu")
-    if variant == "kit-bf16-teacher" and not for_training:
+    if variant in ("kit-bf16-teacher", "kit-lowmem") and not for_training:
         dtype = torch.bfloat16
     return models.load_model(name, dtype=dtype, device="cpu", for_training=for_training)[0]
 
@@ -135,7 +137,8 @@ def worker(args) -> dict:
                   gradient_accumulation_steps=1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
                   report_to="none", use_cpu=device.type == "cpu", seed=0, disable_tqdm=True)
     if v != "stock":  # stock keeps TRL's defaults (bf16 autocast, gradient checkpointing)
-        common.update(bf16=models.resolve_dtype("auto", device) == torch.bfloat16, gradient_checkpointing=False)
+        common.update(bf16=models.resolve_dtype("auto", device) == torch.bfloat16,
+                      gradient_checkpointing=v == "kit-lowmem")
     fixed_loss = None
     if args.method == "gkd":
         from trl.experimental.gkd import GKDConfig, GKDTrainer

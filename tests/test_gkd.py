@@ -55,7 +55,7 @@ def test_chunking_does_not_change_the_value():
     assert torch.allclose(generalized_jsd(s, t, 0.5), generalized_jsd(s, t, 0.5, chunk_size=5), atol=1e-5)
 
 
-def _trainer(tiny, tmp_path, cls=AtlasGKDTrainer, n=4, **kw):
+def _trainer(tiny, tmp_path, cls=AtlasGKDTrainer, n=4, gradient_checkpointing=False, **kw):
     tok = AutoTokenizer.from_pretrained(tiny["student"])
     student = AutoModelForCausalLM.from_pretrained(tiny["student"])
     teacher = AutoModelForCausalLM.from_pretrained(tiny["teacher"])
@@ -64,7 +64,8 @@ def _trainer(tiny, tmp_path, cls=AtlasGKDTrainer, n=4, **kw):
             for i in range(n)]
     args = GKDConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2,
                      learning_rate=1e-4, lmbda=kw.pop("lmbda", 1.0), beta=0.5, max_new_tokens=6,
-                     report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, seed=0)
+                     report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
+                     gradient_checkpointing=gradient_checkpointing)
     return cls(model=student, teacher_model=teacher, args=args, train_dataset=Dataset.from_list(rows),
                processing_class=tok, **kw)
 
@@ -80,6 +81,36 @@ def test_kit_loss_equals_stock_trl_loss(tiny, tmp_path):
         b = stock.compute_loss(stock.model, dict(batch))
     assert torch.isfinite(a) and a > 0
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
+
+
+def test_gradient_checkpointing_keeps_the_sampling_cache_and_the_samples(tiny, tmp_path):
+    """Stock TRL samples cache-less under gradient checkpointing (one full-sequence forward per
+    token); the kit keeps the cache. With the same seed it samples the same completions as
+    without checkpointing, and the training forward is checkpointed."""
+    widths, samples = {}, {}
+    for ckpt in (False, True):
+        trainer = _trainer(tiny, tmp_path, gradient_checkpointing=ckpt)
+        stock = _trainer(tiny, tmp_path, cls=GKDTrainer, gradient_checkpointing=ckpt)
+        assert stock.generation_config.use_cache is (not ckpt) and trainer.generation_config.use_cache is True
+        seen = widths.setdefault(ckpt, [])
+        orig = trainer.generate_on_policy_outputs
+
+        def spy(model, inputs, generation_config, orig=orig, out_list=samples.setdefault(ckpt, []), seen=seen):
+            hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]),
+                                                   with_kwargs=True)
+            try:
+                out = orig(model, inputs, generation_config)
+            finally:
+                hook.remove()
+            out_list.append(out[0].clone())
+            return out
+
+        trainer.generate_on_policy_outputs = spy
+        trainer.train()
+        assert trainer.model.is_activation_checkpointing is ckpt
+    assert widths[True] and set(widths[True][1:]) == {1}  # after the prompt, one new position per forward
+    assert widths[True] == widths[False]
+    assert all(torch.equal(a, b) for a, b in zip(samples[True], samples[False], strict=True))
 
 
 def test_teacher_scores_the_students_sample_not_the_reference(tiny, tmp_path):
