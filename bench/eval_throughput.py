@@ -26,6 +26,7 @@ Attention-score FLOPs (context-dependent, small at these lengths) are left out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import time
@@ -118,6 +119,27 @@ def cold_matmul_rate(m: int, k: int, n: int, transposed: bool, total_gb: float =
     return 2 * m * k * n * len(ws) / best
 
 
+@contextlib.contextmanager
+def decode_layout(max_rows: int = 64):
+    """Inside: ``F.linear`` on at most ``max_rows`` rows computes ``(W @ x.T).T`` (the faster layout
+    for decode-shaped products measured above). An experiment only: the summation order changes,
+    so completions are compared, not assumed equal."""
+    linear = torch.nn.functional.linear
+
+    def swapped(x, w, b=None):
+        rows = x.numel() // x.shape[-1]
+        if rows > max_rows or x.dim() < 2:
+            return linear(x, w, b)
+        y = (w @ x.reshape(rows, -1).t()).t().reshape(*x.shape[:-1], w.shape[0])
+        return y + b if b is not None else y
+
+    torch.nn.functional.linear = swapped
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = linear
+
+
 def naive_loop(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[list[list[int]], float]:
     kwargs = ev.greedy_kwargs(model, tokenizer, max_new_tokens)
     eos = set(kwargs["eos_token_id"])
@@ -141,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, nargs="+", default=[16], help="one or more, e.g. 8 16 32")
     ap.add_argument("--compare-prefix", action="store_true", help="also time the first batch size without "
                     "the shared-prefix cache")
+    ap.add_argument("--compare-layout", action="store_true", help="also time each batch size with decode-sized "
+                    "products computed as (W @ x.T).T (experiment; completions compared)")
     ap.add_argument("--compare-generate", action="store_true", help="also time each batch size with fixed "
                     "batches through model.generate (the evaluator before continuous batching)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["fp32"],
@@ -203,6 +227,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * 2 * work * clock.decode_rows / clock.t['decode'] / rate[bs]:.1f}% of limit (M={bs})); "
                   f"outside forwards {secs - sum(clock.t.values()):.1f} s")
             rows.append((name, bs, tps, tps / tps_naive))
+            if args.compare_layout:
+                clock = ForwardClock(model)
+                t0 = time.perf_counter()
+                with decode_layout():
+                    swapped = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                                                 batch_size=bs, desc=f"{name} layout bs={bs}")
+                secs_l = time.perf_counter() - t0
+                clock.remove()
+                tps_l = sum(o["n_tokens"] for o in swapped) / secs_l
+                same_l = sum(a["completion_ids"] == b["completion_ids"] for a, b in zip(outs, swapped, strict=True))
+                dec = 2 * work * clock.decode_rows / clock.t["decode"]
+                print(f"  (W @ x.T).T bs={bs:<3}: {tps_l:.1f} tok/s, x{tps_l / tps_naive:.2f} vs naive, "
+                      f"{100 * 2 * work * tps_l / rate[bs]:.1f}% of limit; decode {clock.t['decode']:.1f} s = "
+                      f"{100 * dec / rate[bs]:.1f}% of limit (M={bs}); {same_l}/{len(outs)} completions identical")
+                rows.append((f"{name} (W@x.T).T", bs, tps_l, tps_l / tps_naive))
             if args.compare_generate:  # the sliding-window fallback: fixed batches, every row to the longest
                 full_attention = generation._full_attention
                 generation._full_attention = lambda model: False
