@@ -1,8 +1,9 @@
 """Batched greedy decoding for the evaluator: left padding, a shared-prefix KV cache, and
 continuous batching (a finished row leaves the batch and a waiting prompt takes its slot).
 
-Every completion equals what one-at-a-time greedy ``generate`` gives for the same prompt (tests
-compare them token for token); only the schedule differs. Decoding one token for a batch reads
+Each row's math is that of one-at-a-time greedy ``generate`` (tests compare completions token for
+token and logits to 1e-5 in fp32); only the schedule differs. In bf16, rounding depends on which
+rows share a matmul, so a near-tie can flip, as with any batched decoding. Decoding one token for a batch reads
 every weight once, so on a CPU (memory-bound) or a GPU (launch-bound) a step costs nearly the
 same for 8 rows as for 48: keeping the batch full is what buys throughput.
 """
