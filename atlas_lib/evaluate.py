@@ -8,7 +8,6 @@ numbers in the report come from the same code. Correctness is only ever decided 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ from atlas_lib.generation import (  # noqa: F401  (generate_greedy & co. stay im
     _prefill,
     encode_prompts,
     eos_token_ids,
+    forward_batch,
     generate_greedy,
     greedy_kwargs,
     shared_prefix,
@@ -82,17 +82,6 @@ def reverse_kl_per_token(student_logits_B_T_V: torch.Tensor, teacher_logits_B_T_
     return torch.where(mask_B_T.to(kl_B_T.device).bool(), kl_B_T, torch.zeros_like(kl_B_T))  # masked NaN stays out
 
 
-def _last_logits(model, inputs: dict, n_prefix: int, keep: int) -> torch.Tensor:
-    """Logits of the last ``keep`` positions of a :func:`_batch_inputs` batch (``logits_to_keep``
-    when the model takes it, so prompt positions never materialise a vocabulary-wide row)."""
-    pos_B_T = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
-    kwargs = {**inputs, "input_ids": inputs["input_ids"][:, n_prefix:], "position_ids": pos_B_T[:, n_prefix:],
-              "use_cache": n_prefix > 0}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = keep
-    return model(**kwargs).logits[:, -keep:]
-
-
 @torch.inference_mode()
 def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: int,
                     vocab_size: int | None = None) -> list[float | None]:
@@ -115,7 +104,8 @@ def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: in
             n_comp = [len(g["completion_ids"]) for g in chunk]
             c_max = max(n_comp)
             s_B_C_V, t_B_C_V = (  # column j predicts token j+1
-                _last_logits(m, _batch_inputs(m, seqs, 0, prefix, caches[id(m)]), len(prefix), c_max + 1)[:, :-1]
+                forward_batch(m, _batch_inputs(m, seqs, 0, prefix, caches[id(m)]), len(prefix), keep=c_max + 1,
+                              use_cache=bool(prefix)).logits[:, -(c_max + 1):-1]
                 for m in (student, teacher))
             for r, c in enumerate(n_comp):  # one row at a time: float32 copies of 150k-wide rows add up
                 if c == 0:

@@ -3,9 +3,9 @@ continuous batching (a finished row leaves the batch and a waiting prompt takes 
 
 Each row's math is that of one-at-a-time greedy ``generate`` (tests compare completions token for
 token and logits to 1e-5 in fp32); only the schedule differs. In bf16, rounding depends on which
-rows share a matmul, so a near-tie can flip, as with any batched decoding. Decoding one token for a batch reads
-every weight once, so on a CPU (memory-bound) or a GPU (launch-bound) a step costs nearly the
-same for 8 rows as for 48: keeping the batch full is what buys throughput.
+rows share a matmul, so a near-tie can flip, as with any batched decoding. Decoding one token for
+a batch reads every weight once, so on a CPU (memory-bound) or a GPU (launch-bound) a step costs
+nearly the same for 8 rows as for 48: keeping the batch full is what buys throughput.
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def _full_attention(model) -> bool:
     """Every layer attends to the whole context (no sliding window: its cache and masks depend on
     absolute lengths, so padding and row surgery are left to ``generate`` there)."""
-    layer_types = getattr(model.config, "layer_types", None) or ()
-    return all(t == "full_attention" for t in layer_types) and not (
-        not layer_types and getattr(model.config, "sliding_window", None))
+    layer_types = getattr(model.config, "layer_types", None)
+    if layer_types:
+        return all(t == "full_attention" for t in layer_types)
+    return not getattr(model.config, "sliding_window", None)
 
 
 def shared_prefix(models: Sequence, encoded: list[list[int]]) -> list[int]:
@@ -116,13 +117,21 @@ def _prefill(model, prefix: list[int]):
     """The prefix's cache, or None (no prefix, or a cache type that cannot be repeated over a batch)."""
     if not prefix:
         return None
-    out = model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache = _out_cache(model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True))
     return cache if hasattr(cache, "batch_repeat_interleave") else None
 
 
+def _accepts(model, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
 def _cache_arg(model) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The forward's cache argument (transformers 5 renamed ``past_key_values`` to ``cache``)."""
+    return "cache" if _accepts(model, "cache") else "past_key_values"
+
+
+def _out_cache(out):
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
 def _batch_inputs(model, seqs: list[list[int]], pad_id: int, prefix: list[int], cache) -> dict:
@@ -142,6 +151,18 @@ def _batch_inputs(model, seqs: list[list[int]], pad_id: int, prefix: list[int], 
     return {"input_ids": ids_B_T.to(dev), "attention_mask": attn_B_T.to(dev), **extra}
 
 
+def forward_batch(model, inputs: dict, n_prefix: int, keep: int, use_cache: bool):
+    """One forward over a :func:`_batch_inputs` batch: only the ids after the cached prefix are fed,
+    positions come from the mask, and logits are materialised for the last ``keep`` positions
+    only (``logits_to_keep``, when the model takes it)."""
+    pos_B_T = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # as generate() does
+    kw = {**inputs, "input_ids": inputs["input_ids"][:, n_prefix:], "position_ids": pos_B_T[:, n_prefix:],
+          "use_cache": use_cache}
+    if _accepts(model, "logits_to_keep"):
+        kw["logits_to_keep"] = keep
+    return model(**kw)
+
+
 @dataclass
 class _Active:
     """Rows being decoded. Invariant: ``attn_B_L`` is as wide as the cache, ``last_pos_B`` is each
@@ -154,34 +175,26 @@ class _Active:
     next_B: torch.Tensor
 
 
-def _forward(model, **kw) -> tuple[object, torch.Tensor]:
-    """The cache after this forward and ``logits_B_V`` (float32) of each row's last position."""
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kw["logits_to_keep"] = 1
-    out = model(**kw, use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return cache, out.logits[:, -1].float()
-
-
 def _admit(model, rows: list[int], encoded: list[list[int]], pad_id: int, prefix: list[int],
            prefix_cache) -> tuple[_Active, torch.Tensor]:
-    """Prefill ``rows`` (ids after the cached prefix only); their first generated token is ``next_B``."""
+    """Prefill ``rows`` (ids after the cached prefix only); their first generated token is ``next_B``.
+    Also returns ``logits_B_V`` (float32) of each row's last position."""
     inputs = _batch_inputs(model, [encoded[i] for i in rows], pad_id, prefix, prefix_cache)
+    out = forward_batch(model, inputs, len(prefix), keep=1, use_cache=True)
+    logits_B_V = out.logits[:, -1].float()
     attn = inputs["attention_mask"]
-    pos_B_T = (attn.cumsum(-1) - 1).clamp_min(0)  # positions from the mask, as generate() does
-    arg = _cache_arg(model)
-    extra = {arg: inputs[arg]} if arg in inputs else {}
-    cache, logits_B_V = _forward(model, input_ids=inputs["input_ids"][:, len(prefix):], attention_mask=attn,
-                                 position_ids=pos_B_T[:, len(prefix):], **extra)
-    return _Active(rows, cache, attn, pos_B_T[:, -1], logits_B_V.argmax(-1)), logits_B_V
+    last_pos_B = attn.sum(-1) - 1  # the mask-derived position of each row's last token
+    return _Active(rows, _out_cache(out), attn, last_pos_B, logits_B_V.argmax(-1)), logits_B_V
 
 
 def _step(model, state: _Active) -> tuple[_Active, torch.Tensor]:
     """Feed every active row its pending token: one new cache column, the next token chosen."""
     attn = torch.cat([state.attn_B_L, state.attn_B_L.new_ones(len(state.rows), 1)], 1)
-    cache, logits_B_V = _forward(model, input_ids=state.next_B[:, None], attention_mask=attn,
-                                 position_ids=(state.last_pos_B + 1)[:, None], **{_cache_arg(model): state.cache})
-    return _Active(state.rows, cache, attn, state.last_pos_B + 1, logits_B_V.argmax(-1)), logits_B_V
+    out = model(input_ids=state.next_B[:, None], attention_mask=attn, position_ids=(state.last_pos_B + 1)[:, None],
+                use_cache=True, **{_cache_arg(model): state.cache},
+                **({"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}))
+    logits_B_V = out.logits[:, -1].float()
+    return _Active(state.rows, _out_cache(out), attn, state.last_pos_B + 1, logits_B_V.argmax(-1)), logits_B_V
 
 
 def _left_pad_to(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -20,11 +20,11 @@ kit trains fp32 weights (and why its peak memory is above an all-bf16 run's).
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 
 import torch
 
+from atlas_lib import generation as gen
 from atlas_lib import models
 
 
@@ -49,14 +49,14 @@ def generation(model, ids_B_T: torch.Tensor, autocast: bool, new: int = 32) -> f
 
 def decode_step(model, batch: int, hi: int, prompt: int = 200, steps: int = 8) -> float:
     ids = torch.randint(3, hi, (batch, prompt))
-    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    arg = gen._cache_arg(model)
     with torch.inference_mode():
         out = model(ids, use_cache=True)
-        cache, nxt = getattr(out, "cache", None) or out.past_key_values, out.logits[:, -1:].argmax(-1)
+        cache, nxt = gen._out_cache(out), out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(steps):
             out = model(nxt, use_cache=True, **{arg: cache})
-            cache, nxt = getattr(out, "cache", None) or out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, nxt = gen._out_cache(out), out.logits[:, -1:].argmax(-1)
     return (time.perf_counter() - t0) / steps
 
 

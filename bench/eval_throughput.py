@@ -32,6 +32,7 @@ import os
 import time
 
 import torch
+from rates import cold_matmul_rate, matmul_flops
 
 from atlas_lib import evaluate as ev
 from atlas_lib import generation, models
@@ -47,33 +48,6 @@ def gsm_prompts(tokenizer, n: int) -> list[str]:
     data = reasoning_gym.create_dataset("gsm_symbolic", seed=0, size=n)
     cfg = PromptConfig()
     return [render_prompt(tokenizer, build_messages(x["question"], cfg, DEFAULT_SHOTS)) for x in data]
-
-
-def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 2.0) -> float:
-    """Sustained FLOP/s of ``[m, k] @ [k, n]`` in ``dtype`` (best of repeated timed runs)."""
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    for _ in range(3):
-        a @ b
-    best, t_end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * m * k * n / best
-
-
-def stream_rate(k: int, n: int, dtype: torch.dtype, total_gb: float = 0.8) -> float:
-    """Bytes/s at which this machine streams weights it does not hold in cache: a one-row product
-    with each of many distinct ``[n, k]`` matrices (``total_gb`` of them), best of 3."""
-    ws = [torch.randn(n, k).to(dtype) for _ in range(max(1, int(total_gb * 1e9 / (n * k * dtype.itemsize))))]
-    x = torch.randn(1, k).to(dtype)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for w in ws:
-            torch.nn.functional.linear(x, w)
-        best = min(best, time.perf_counter() - t0)
-    return sum(w.numel() * w.element_size() for w in ws) / best
 
 
 class ForwardClock:
@@ -103,20 +77,6 @@ class ForwardClock:
     def remove(self) -> None:
         for h in self.hooks:
             h.remove()
-
-
-def cold_matmul_rate(m: int, k: int, n: int, transposed: bool, total_gb: float = 0.8) -> float:
-    """FLOP/s of ``[m, k]`` rows times many distinct fp32 ``[n, k]`` weights that are not in cache,
-    as ``nn.Linear`` computes it (``x @ W.T``) or as ``(W @ x.T).T``."""
-    ws = [torch.randn(n, k) for _ in range(max(1, int(total_gb * 1e9 / (n * k * 4))))]
-    x = torch.randn(m, k)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for w in ws:
-            (w @ x.t()).t() if transposed else torch.nn.functional.linear(x, w)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * m * k * n * len(ws) / best
 
 
 @contextlib.contextmanager
@@ -183,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         rate = {m: matmul_flops(m, cfg.hidden_size, cfg.intermediate_size, dtype, seconds=1.0 + (m > 256))
                 for m in sorted({1, 2048, *args.batch_size})}
         peak = max(rate.values())  # a shared 2-core VM is noisy: the best rate it showed on any shape
-        stream = stream_rate(cfg.hidden_size, cfg.intermediate_size, dtype)
+        # a one-row product per weight matrix reads each weight once (2 FLOPs per weight)
+        stream = cold_matmul_rate(1, cfg.hidden_size, cfg.intermediate_size, dtype) * dtype.itemsize / 2
         weight_bytes = work * dtype.itemsize
         roofline = {m: m / max(weight_bytes / stream, 2 * work * m / r) for m, r in rate.items()}  # tokens/s
         if name == "fp32":
             print("  decode-shaped products over cold weights, x @ W.T (nn.Linear) vs (W @ x.T).T, GFLOP/s: " + ", ".join(
-                f"M={m} {cold_matmul_rate(m, cfg.hidden_size, cfg.intermediate_size, False) / 1e9:.1f} vs "
-                f"{cold_matmul_rate(m, cfg.hidden_size, cfg.intermediate_size, True) / 1e9:.1f}"
+                f"M={m} {cold_matmul_rate(m, cfg.hidden_size, cfg.intermediate_size, dtype) / 1e9:.1f} vs "
+                f"{cold_matmul_rate(m, cfg.hidden_size, cfg.intermediate_size, dtype, transposed=True) / 1e9:.1f}"
                 for m in sorted({1, 12, *args.batch_size})), flush=True)
         prompts = gsm_prompts(tok, args.n)
         prefix = len(os.path.commonprefix(ev.encode_prompts(tok, prompts)))

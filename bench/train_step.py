@@ -44,19 +44,6 @@ VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem")
 sys.path.insert(0, str(ROOT))
 
 
-def matmul_gflops(dtype_name: str, m: int, k: int, n: int) -> float:
-    import torch
-
-    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
-    for _ in range(2):
-        a @ b
-    reps, t0 = 5, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
-
-
 class Timer:
     def __init__(self):
         self.t: dict[str, float] = {}
@@ -184,6 +171,9 @@ def worker(args) -> dict:
 
 def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
     """FLOPs per step (2*P per generated/forward token, 6*P per trained token) and the matmul rate."""
+    import torch
+    from rates import matmul_flops
+
     from atlas_lib.memory import arch, n_params
 
     s = n_params(arch(args.student))
@@ -192,7 +182,7 @@ def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
     if args.method == "gkd":
         flops += 2 * n_params(arch(args.teacher)) * seq * args.batch
     bf16 = res["autocast_bf16"] or "bfloat16" in res["dtype"]
-    rate = matmul_gflops("bf16" if bf16 else "fp32", args.batch * seq, 896, 4864)
+    rate = matmul_flops(args.batch * seq, 896, 4864, torch.bfloat16 if bf16 else torch.float32) / 1e9
     return flops / 1e9, rate
 
 
