@@ -33,6 +33,7 @@ from atlas_lib.generation import (  # noqa: F401  (generate_greedy & co. stay im
 )
 from atlas_lib.prompts import build_messages, render_prompt
 from atlas_lib.rundir import atomic_write_json, atomic_write_text
+from atlas_lib.runtime import heap_for_large_buffers
 
 log = logging.getLogger(__name__)
 KL_UNDEFINED = "reverse KL undefined: student and teacher tokenizers differ (see aligned divergence)"
@@ -174,8 +175,9 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     kl_note, t_kl = None, time.monotonic()
     if teacher is not None:
         if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
-            kls = mean_reverse_kl(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
-                                  vocab_size=len(tokenizer))
+            with heap_for_large_buffers():  # the teacher scores prompt + completion: prefill-sized buffers
+                kls = mean_reverse_kl(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
+                                      vocab_size=len(tokenizer))
             for r, kl in zip(records, kls, strict=True):
                 r["reverse_kl"] = kl
         else:

@@ -1,5 +1,6 @@
-"""Batched greedy decoding for the evaluator: left padding, a shared-prefix KV cache, and
-continuous batching (a finished row leaves the batch and a waiting prompt takes its slot).
+"""Batched greedy decoding for the evaluator: left padding, a shared-prefix KV cache,
+continuous batching (a finished row leaves the batch and a waiting prompt takes its slot), and on
+a CPU the faster of two matmul layouts for decode-sized fp32 products (:func:`weight_major_decode`).
 
 Each row's math is that of one-at-a-time greedy ``generate`` (tests compare completions token for
 token and logits to 1e-5 in fp32); only the schedule differs. In bf16, rounding depends on which
@@ -11,6 +12,7 @@ nearly the same for 8 rows as for 48: keeping the batch full is what buys throug
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 from collections import deque
@@ -23,9 +25,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from atlas_lib.prompts import has_chat_template
+from atlas_lib.runtime import heap_for_large_buffers
 
 PREFIX_MIN_TOKENS = 16  # shorter shared prefixes are not worth a cache copy per batch
 REFILL_FRACTION = 4  # admit waiting prompts once a quarter of the batch's slots are free
+DECODE_ROWS = (8, 96)  # CPU products over this many rows use the weight-major layout (below)
 
 
 @contextmanager
@@ -163,6 +167,46 @@ def forward_batch(model, inputs: dict, n_prefix: int, keep: int, use_cache: bool
     return model(**kw)
 
 
+def _weight_major_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, computed as ``(W @ x.T).T`` when ``x`` has ``DECODE_ROWS`` rows."""
+    x_N_I = x.reshape(-1, x.shape[-1])
+    if not DECODE_ROWS[0] <= x_N_I.shape[0] <= DECODE_ROWS[1]:
+        return F.linear(x, module.weight, module.bias)
+    # contiguous: a transposed view would push attention off its fused kernel and slow every later op
+    y_N_O = (module.weight @ x_N_I.T).T.contiguous()
+    if module.bias is not None:
+        y_N_O += module.bias
+    return y_N_O.reshape(*x.shape[:-1], y_N_O.shape[-1])
+
+
+@contextmanager
+def weight_major_decode(model) -> Iterator[None]:
+    """Inside, the CPU model's ``nn.Linear`` layers multiply decode-sized inputs as ``(W @ x.T).T``.
+
+    A decode step multiplies a few rows by every weight matrix, none of which is in cache. For that
+    shape, oneDNN/MKL run ``x @ W.T`` (``nn.Linear``'s layout) at 55 / 85 / 130 / 215 GFLOP/s
+    for 12 / 16 / 32 / 96 rows of a [4864, 896] weight on this project's 2-core CPU, and
+    ``(W @ x.T).T`` at 84 / 113 / 197 / 253 (``bench/rates.py``, ``cold_matmul_rate``); under 8 rows
+    the two are even or the swap loses (2 rows: 27 vs 14). Same products; only the summation order inside the
+    BLAS kernel differs (as between batch sizes). fp32 weights only: in bf16 the two layouts were
+    within 8% of each other either way. Scoped to this model's exact ``nn.Linear``
+    instances (subclasses such as LoRA or quantized layers, and layers whose ``forward`` was already
+    replaced, e.g. by accelerate's offload hooks, keep theirs), restored on exit; no-op off CPU.
+    """
+    if _device(model).type != "cpu":
+        yield
+        return
+    patched = [m for m in model.modules()
+               if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 and "forward" not in vars(m)]
+    try:
+        for m in patched:
+            m.forward = functools.partial(_weight_major_linear, m)
+        yield
+    finally:
+        for m in patched:
+            vars(m).pop("forward", None)
+
+
 @dataclass
 class _Active:
     """Rows being decoded. Invariant: ``attn_B_L`` is as wide as the cache, ``last_pos_B`` is each
@@ -279,7 +323,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     eos = set(kwargs["eos_token_id"])
     out: list[dict] = [{}] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", leave=False)
-    with _eval_mode(model):
+    with _eval_mode(model), weight_major_decode(model), heap_for_large_buffers():
         prefix = shared_prefix([model], encoded) if prefix_cache else []
         cache = _prefill(model, prefix)
         prefix = prefix if cache is not None else []

@@ -11,7 +11,9 @@ ones, and the forward-FLOP "% of limit":
     matmul FLOP/s measured here, in the same dtype and shape class: [batch, hidden] x [hidden, ffn]
 
 A decode step multiplies ``batch`` rows by every weight matrix, so its shape class is M = batch
-(the naive loop's is M = 1). Also printed against the machine's peak, a [2048, hidden] product:
+(the naive loop's is M = 1). Continuous batching runs fewer rows once the waiting prompts are used
+up, so decode is also printed against the limit at each step's own rows (the rate measured on a
+grid of row counts, interpolated). Also printed against the machine's peak, a [2048, hidden] product:
 the rate no decode step of this batch size can reach, the gap being what a larger batch could buy.
 And against a roofline: a decode step of M rows must at least read every weight once from memory
 (weights / the measured streaming rate) and do its FLOPs (at the M-row matmul rate); at batch
@@ -19,6 +21,11 @@ sizes like these the weight reads, not the FLOPs, set the limit on a CPU.
 
 The input embedding is a table lookup (no FLOPs); the output projection is a matmul and counts.
 Attention-score FLOPs (context-dependent, small at these lengths) are left out.
+
+The evaluator keeps its large CPU buffers in glibc's heap (:mod:`atlas_lib.runtime`);
+``ATLAS_CPU_ALLOCATOR=system`` runs it with glibc's defaults (``bench/allocator.py`` compares the two).
+``--compare-layout`` also times the evaluator with ``nn.Linear``'s own layout in decode
+(:func:`atlas_lib.generation.weight_major_decode` off).
 
     .venv/bin/python bench/eval_throughput.py --n 32 --batch-size 8 16 32 --dtype bf16 fp32
 """
@@ -30,12 +37,13 @@ import contextlib
 import logging
 import os
 import time
+import unittest.mock
 
 import torch
 from rates import cold_matmul_rate, matmul_flops
 
 from atlas_lib import evaluate as ev
-from atlas_lib import generation, models
+from atlas_lib import generation, models, runtime
 from atlas_lib.config import PromptConfig
 from atlas_lib.prompts import DEFAULT_SHOTS, build_messages, render_prompt
 
@@ -57,6 +65,7 @@ class ForwardClock:
     def __init__(self, model):
         self.t = {"prefill": 0.0, "decode": 0.0}
         self.prompt_tokens = self.decode_steps = self.decode_rows = 0
+        self.rows_per_step: list[int] = []
         self.hooks = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
                       model.register_forward_hook(self._post, with_kwargs=True)]
 
@@ -69,6 +78,7 @@ class ForwardClock:
         else:
             self.decode_steps += 1
             self.decode_rows += ids.shape[0]
+            self.rows_per_step.append(ids.shape[0])
         self.t0 = time.perf_counter()
 
     def _post(self, module, args, kwargs, out):
@@ -79,25 +89,17 @@ class ForwardClock:
             h.remove()
 
 
-@contextlib.contextmanager
-def decode_layout(max_rows: int = 64):
-    """Inside: ``F.linear`` on at most ``max_rows`` rows computes ``(W @ x.T).T`` (the faster layout
-    for decode-shaped products measured above). An experiment only: the summation order changes,
-    so completions are compared, not assumed equal."""
-    linear = torch.nn.functional.linear
+def step_floor(rows_per_step: list[int], grid: dict[int, float], flops_per_row: float) -> float:
+    """Seconds the decode steps would take at the matmul rate of their own row counts (the rate
+    interpolated linearly on ``grid``): the limit for steps that carried fewer rows than the batch."""
+    ms = sorted(grid)
 
-    def swapped(x, w, b=None):
-        rows = x.numel() // x.shape[-1]
-        if rows > max_rows or x.dim() < 2:
-            return linear(x, w, b)
-        y = (w @ x.reshape(rows, -1).t()).t().reshape(*x.shape[:-1], w.shape[0])
-        return y + b if b is not None else y
+    def rate(m: int) -> float:
+        hi = next((x for x in ms if x >= m), ms[-1])
+        lo = max((x for x in ms if x <= m), default=ms[0])
+        return grid[lo] if hi == lo else grid[lo] + (grid[hi] - grid[lo]) * (m - lo) / (hi - lo)
 
-    torch.nn.functional.linear = swapped
-    try:
-        yield
-    finally:
-        torch.nn.functional.linear = linear
+    return sum(flops_per_row * m / rate(m) for m in rows_per_step)
 
 
 def naive_loop(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[list[list[int]], float]:
@@ -123,16 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, nargs="+", default=[16], help="one or more, e.g. 8 16 32")
     ap.add_argument("--compare-prefix", action="store_true", help="also time the first batch size without "
                     "the shared-prefix cache")
-    ap.add_argument("--compare-layout", action="store_true", help="also time each batch size with decode-sized "
-                    "products computed as (W @ x.T).T (experiment; completions compared)")
+    ap.add_argument("--compare-layout", action="store_true", help="also time each batch size with nn.Linear's "
+                    "own x @ W.T layout in decode (generation.weight_major_decode off; completions compared)")
     ap.add_argument("--compare-generate", action="store_true", help="also time each batch size with fixed "
                     "batches through model.generate (the evaluator before continuous batching)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["fp32"],
                     help="fp32 and/or bf16 (bf16 was 2-6x slower than fp32 on a 2-core AVX512-BF16 CPU)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    allocator = runtime.allocator_choice()  # the evaluator applies it (ATLAS_CPU_ALLOCATOR=system: glibc's)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"model {args.model}, n={args.n}, max_new_tokens={args.max_new_tokens}")
+          f"model {args.model}, n={args.n}, max_new_tokens={args.max_new_tokens}; CPU allocator {allocator}")
     rows = []
     for name in args.dtype:
         dtype = DTYPES[name]
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         work = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
         rate = {m: matmul_flops(m, cfg.hidden_size, cfg.intermediate_size, dtype, seconds=1.0 + (m > 256))
                 for m in sorted({1, 2048, *args.batch_size})}
+        # the same rate on a grid of row counts, for decode steps that carried fewer rows than the batch
+        grid = {m: rate.get(m) or matmul_flops(m, cfg.hidden_size, cfg.intermediate_size, dtype, seconds=1.0)
+                for m in sorted({1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 96, *args.batch_size})}
         peak = max(rate.values())  # a shared 2-core VM is noisy: the best rate it showed on any shape
         # a one-row product per weight matrix reads each weight once (2 FLOPs per weight)
         stream = cold_matmul_rate(1, cfg.hidden_size, cfg.intermediate_size, dtype) * dtype.itemsize / 2
@@ -181,28 +187,36 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * 2 * work * tps / peak:.1f}% of peak, {100 * tps / roofline[bs]:.1f}% of roofline, "
                   f"{same}/{len(naive)} identical to naive, {trunc}/{len(outs)} truncated")
             dec_rows = clock.decode_rows / max(1, clock.decode_steps)
+            floor = step_floor(clock.rows_per_step, grid, 2 * work)
             print(f"    where the time goes: prefill {clock.t['prefill']:.1f} s ({clock.prompt_tokens} prompt tokens "
                   f"after the cached prefix, {2 * work * clock.prompt_tokens / clock.t['prefill'] / 1e9:.0f} GFLOP/s); "
                   f"decode {clock.t['decode']:.1f} s ({clock.decode_steps} steps, {dec_rows:.1f} rows each on average, "
                   f"{clock.decode_rows / clock.t['decode']:.1f} tok/s = "
-                  f"{100 * 2 * work * clock.decode_rows / clock.t['decode'] / rate[bs]:.1f}% of limit (M={bs})); "
+                  f"{100 * 2 * work * clock.decode_rows / clock.t['decode'] / rate[bs]:.1f}% of limit (M={bs}), "
+                  f"{100 * floor / clock.t['decode']:.1f}% of the limit at each step's own rows); "
                   f"outside forwards {secs - sum(clock.t.values()):.1f} s")
+            # every forward FLOP the evaluation does (prompt tokens too: the answers need them) over its wall time
+            all_flops = 2 * work * (clock.prompt_tokens + clock.decode_rows)  # prompt_tokens includes the prefix
+            print(f"    all forward FLOPs (prompt + generated tokens) / wall time: {all_flops / secs / 1e9:.0f} GFLOP/s = "
+                  f"{100 * all_flops / secs / rate[bs]:.1f}% of the M={bs} rate, {100 * all_flops / secs / peak:.1f}% of peak")
             rows.append((name, bs, tps, tps / tps_naive))
-            if args.compare_layout:
+            if args.compare_layout:  # the evaluator with nn.Linear's own layout in decode
                 clock = ForwardClock(model)
                 t0 = time.perf_counter()
-                with decode_layout():
-                    swapped = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
-                                                 batch_size=bs, desc=f"{name} layout bs={bs}")
+                with unittest.mock.patch.object(generation, "weight_major_decode", lambda m: contextlib.nullcontext()):
+                    plain = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                                               batch_size=bs, desc=f"{name} x@W.T bs={bs}")
                 secs_l = time.perf_counter() - t0
                 clock.remove()
-                tps_l = sum(o["n_tokens"] for o in swapped) / secs_l
-                same_l = sum(a["completion_ids"] == b["completion_ids"] for a, b in zip(outs, swapped, strict=True))
-                dec = 2 * work * clock.decode_rows / clock.t["decode"]
-                print(f"  (W @ x.T).T bs={bs:<3}: {tps_l:.1f} tok/s, x{tps_l / tps_naive:.2f} vs naive, "
-                      f"{100 * 2 * work * tps_l / rate[bs]:.1f}% of limit; decode {clock.t['decode']:.1f} s = "
-                      f"{100 * dec / rate[bs]:.1f}% of limit (M={bs}); {same_l}/{len(outs)} completions identical")
-                rows.append((f"{name} (W@x.T).T", bs, tps_l, tps_l / tps_naive))
+                tps_l = sum(o["n_tokens"] for o in plain) / secs_l
+                same_l = sum(a["completion_ids"] == b["completion_ids"] for a, b in zip(outs, plain, strict=True))
+                floor_l = step_floor(clock.rows_per_step, grid, 2 * work)
+                print(f"  x @ W.T   bs={bs:<3}: {tps_l:.1f} tok/s, x{tps_l / tps_naive:.2f} vs naive (weight-major "
+                      f"x{tps / tps_l:.2f} faster); decode {clock.t['decode']:.1f} s = "
+                      f"{100 * 2 * work * clock.decode_rows / clock.t['decode'] / rate[bs]:.1f}% of limit (M={bs}), "
+                      f"{100 * floor_l / clock.t['decode']:.1f}% at each step's own rows; "
+                      f"{same_l}/{len(outs)} completions identical")
+                rows.append((f"{name} x@W.T", bs, tps_l, tps_l / tps_naive))
             if args.compare_generate:  # the sliding-window fallback: fixed batches, every row to the longest
                 full_attention = generation._full_attention
                 generation._full_attention = lambda model: False

@@ -18,6 +18,8 @@ batch, lengths, lmbda/beta and seed:
   frozen teacher's weights in bf16, half its memory; the student still trains in fp32.
 - kit-lowmem: kit-bf16-teacher plus gradient checkpointing, which the kit (unlike stock TRL)
   combines with cached sampling.
+- kit-heap: the kit with its evaluator's allocator setting (:mod:`atlas_lib.runtime`: large
+  buffers from glibc's heap) left on for the whole step, to show why the kit scopes it to evaluation.
 
 ``--variants`` runs a subset (stock's cache-less generation makes it ~30 min for 6 steps here).
 
@@ -40,7 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem")
+VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem", "kit-heap")
 sys.path.insert(0, str(ROOT))
 
 
@@ -99,6 +101,10 @@ def worker(args) -> dict:
     torch.manual_seed(0)
     p = config.load("params/embedded.yaml")
     v = args.variant
+    if v == "kit-heap":  # the evaluator's allocator setting, left on for the whole run
+        from atlas_lib import runtime
+
+        runtime._set(runtime._glibc(), runtime.KEEP_BYTES, runtime.KEEP_BYTES)
     device = models.resolve_device("auto")
     tok = models.load_tokenizer(args.student)
     student = _load(args.student, v, for_training=True)
