@@ -21,27 +21,30 @@ HIDDEN_INPUT_TAGS = {"parameters", "injected-parameters"}
 _MIN_SECRET_LEN = 6  # a shorter "secret" (e.g. "1") would shred the page and is no real token
 
 
-def _path_forms() -> list[tuple[str, str]]:
-    """(absolute path as it may appear, replacement), most specific first."""
+def _path_forms(run_roots: tuple[Path, ...] = ()) -> list[tuple[str, str]]:
+    """(absolute path as it may appear, replacement), most specific first. ``run_roots``: checkouts
+    the notebook was executed from, when that was not this one (a moved clone, or ``$ATLAS_RUNS``
+    shared between clones): their paths are ``.`` too."""
     pairs = []
     for base, label in ((runs_root(), "runs"), (cache_root(), "$ATLAS_CACHE"), (project_root(), "."),
-                        (Path.home(), "~")):
+                        *((r, ".") for r in run_roots), (Path.home(), "~")):
         for form in {str(base), str(Path(base).resolve())}:
             if len(form) > 1:  # never replace "/" itself
                 pairs.append((form.rstrip("/"), label))
     return sorted(set(pairs), key=lambda p: -len(p[0]))
 
 
-def scrub_text(text: str) -> tuple[str, dict[str, int]]:
-    """Replace absolute project/home/runs/cache paths with relative forms and secret env values with
-    ``[redacted]``; returns the text and how many of each were replaced (values never logged)."""
+def scrub_text(text: str, run_roots: tuple[Path, ...] = ()) -> tuple[str, dict[str, int]]:
+    """Replace absolute project/home/runs/cache paths (and ``run_roots``, see :func:`_path_forms`)
+    with relative forms and secret env values with ``[redacted]``; returns the text and how many of
+    each were replaced (values never logged)."""
     counts = {"paths": 0, "secrets": 0}
     for name in SECRET_ENV:
         value = os.environ.get(name, "")
         if len(value) >= _MIN_SECRET_LEN and value in text:
             counts["secrets"] += text.count(value)
             text = text.replace(value, "[redacted]")
-    for form, label in _path_forms():
+    for form, label in _path_forms(run_roots):
         # only whole path components: /work/main must not eat /work/mainline
         text, n = re.subn(re.escape(form) + r"(?![\w.-])", lambda _m, lb=label: lb, text)
         counts["paths"] += n
@@ -54,6 +57,14 @@ def _strip_stderr(nb) -> None:
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.get("outputs", [])
                             if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+
+
+def _executed_from(nb) -> tuple[Path, ...]:
+    """The checkout papermill ran the notebook in (``<root>/notebooks/<name>.ipynb`` as recorded in
+    its metadata), if any: tracebacks and warnings carry that checkout's absolute paths."""
+    source = (nb.metadata.get("papermill") or {}).get("input_path") or ""
+    path = Path(source)
+    return (path.parent.parent,) if path.is_absolute() and path.parent.name == "notebooks" else ()
 
 
 def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> Path:
@@ -78,7 +89,7 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> 
     exporter.exclude_input_prompt = not with_code
     exporter.exclude_output_prompt = not with_code
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed_notebook.stem}})
-    body, counts = scrub_text(body)
+    body, counts = scrub_text(body, _executed_from(nb))
     if counts["paths"] or counts["secrets"]:
         log.info("scrubbed %s: %d absolute path(s) made relative, %d secret value(s) redacted",
                  out_html.name, counts["paths"], counts["secrets"])

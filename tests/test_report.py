@@ -294,6 +294,22 @@ def test_render_html_embeds_images_and_scrubs(tmp_path, monkeypatch):
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's private 0600
 
 
+def test_render_html_scrubs_the_checkout_the_notebook_ran_in(tmp_path, monkeypatch):
+    """Runs executed from another clone (shared $ATLAS_RUNS, or a moved checkout) carry that
+    clone's paths in warnings; the render relativizes them as it does this checkout's."""
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
+    other = tmp_path / "elsewhere" / "clone"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=f"{other}/atlas_lib/gkd.py:24: Warning\n"),
+        nbformat.v4.new_output("stream", name="stdout", text=f"{other}/.venv/lib/tqdm/auto.py:21\n")])])
+    nb.metadata["papermill"] = {"input_path": f"{other}/notebooks/02_gkd.ipynb"}
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    html = report.render_html(src, tmp_path / "out.html", with_code=True).read_text()
+    assert str(other) not in html and str(tmp_path) not in html
+    assert "./atlas_lib/gkd.py:24" in html and "./.venv/lib/tqdm/auto.py:21" in html
+
+
 def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     """End to end: papermill runs notebook 05 on the synthetic runs; both HTML renders are clean (~8 s)."""
     import papermill as pm
