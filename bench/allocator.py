@@ -11,14 +11,14 @@ completions are identical.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from isolated import emit, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,19 +64,14 @@ def main() -> int:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args)))
+        emit(worker(args))
         return 0
     res: dict[str, list[dict]] = {"system": [], "keep": []}
     for rep in range(args.repeats):  # alternated, so drift on a shared machine hits both settings
         for setting in ("system", "keep"):
-            env = {**os.environ, "ATLAS_CPU_ALLOCATOR": setting}
-            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker"], capture_output=True,
-                                 text=True, env=env, cwd=ROOT)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.stderr.write(out.stderr[-3000:])
+            r = run_worker(__file__, ["--worker"], cwd=ROOT, env={**os.environ, "ATLAS_CPU_ALLOCATOR": setting})
+            if r is None:
                 return 1
-            r = json.loads(line[7:])
             res[setting].append(r)
             print(f"[{rep + 1}] {setting:6s} ({r['applied']}): mul on [16,155,4864] {r['mul_ms']:.1f} ms; evaluator "
                   f"{r['seconds']:.1f} s (prefill {r['prefill']:.1f} s, decode {r['decode']:.1f} s), "

@@ -33,13 +33,14 @@ must do divided by this machine's measured matmul rate in the variant's dtype ("
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from isolated import emit, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem", "kit-heap")
@@ -90,6 +91,14 @@ def _load(name: str, variant: str, for_training: bool):
 
 
 def worker(args) -> dict:
+    """One variant's run; kit-heap inside the evaluator's allocator setting from start to end."""
+    from atlas_lib import runtime
+
+    with runtime.heap_for_large_buffers() if args.variant == "kit-heap" else contextlib.nullcontext():
+        return _run_variant(args)
+
+
+def _run_variant(args) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -101,10 +110,6 @@ def worker(args) -> dict:
     torch.manual_seed(0)
     p = config.load("params/embedded.yaml")
     v = args.variant
-    if v == "kit-heap":  # the evaluator's allocator setting, left on for the whole run
-        from atlas_lib import runtime
-
-        runtime._set(runtime._glibc(), runtime.KEEP_BYTES, runtime.KEEP_BYTES)
     device = models.resolve_device("auto")
     tok = models.load_tokenizer(args.student)
     student = _load(args.student, v, for_training=True)
@@ -204,17 +209,14 @@ def main() -> int:
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
-        print("RESULT " + json.dumps(worker(args)))
+        emit(worker(args))
         return 0
     results = {}
     for variant in args.variants:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            print(out.stderr[-3000:])
+        res = run_worker(__file__, ["--variant", variant], cwd=ROOT)
+        if res is None:
             return 1
-        results[variant] = json.loads(line[7:])
+        results[variant] = res
     print(f"{args.method.upper()} step, batch {args.batch}, {args.new_tokens} new tokens, {args.steps} steps "
           f"(first is warm-up), student {args.student}" + (f", teacher {args.teacher}" if args.method == "gkd" else ""))
     print("| variant | weights / autocast / grad. ckpt | median s/step | peak RSS GB | fixed-batch loss | "
