@@ -84,6 +84,9 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> 
     c = Config()
     c.TagRemovePreprocessor.enabled = True
     c.TagRemovePreprocessor.remove_input_tags = HIDDEN_INPUT_TAGS
+    # progress bars arrive as one stream output per redraw ("\r..." frames); join consecutive
+    # streams and keep what a terminal would show, not every frame
+    c.CoalesceStreamsPreprocessor.enabled = True
     exporter = HTMLExporter(config=c)
     exporter.exclude_input = not with_code
     exporter.exclude_input_prompt = not with_code

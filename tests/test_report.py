@@ -310,6 +310,16 @@ def test_render_html_scrubs_the_checkout_the_notebook_ran_in(tmp_path, monkeypat
     assert "./atlas_lib/gkd.py:24" in html and "./.venv/lib/tqdm/auto.py:21" in html
 
 
+def test_render_html_shows_a_progress_bar_once_not_every_redraw(tmp_path):
+    frames = ["eval: 0/3\r", "eval: 1/3\r", "eval: 2/3\r", "eval: 3/3\n", "INFO done\n"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=f) for f in frames])])
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    html = report.render_html(src, tmp_path / "out.html", with_code=True).read_text()
+    assert html.count("eval: 3/3") == 1 and "eval: 1/3" not in html and "INFO done" in html
+
+
 def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     """End to end: papermill runs notebook 05 on the synthetic runs; both HTML renders are clean (~8 s)."""
     import papermill as pm
