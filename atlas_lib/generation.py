@@ -12,7 +12,6 @@ nearly the same for 8 rows as for 48: keeping the batch full is what buys throug
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import os
 from collections import deque
@@ -24,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from atlas_lib.decode_kernels import decode_cache as _decode_cache
+from atlas_lib.decode_kernels import weight_major_decode
 from atlas_lib.prompts import has_chat_template
 from atlas_lib.runtime import heap_for_large_buffers
 
 PREFIX_MIN_TOKENS = 16  # shorter shared prefixes are not worth a cache copy per batch
 REFILL_FRACTION = 4  # admit waiting prompts once a quarter of the batch's slots are free
-DECODE_ROWS = (8, 96)  # CPU products over this many rows use the weight-major layout (below)
 
 
 @contextmanager
@@ -117,11 +117,15 @@ def shared_prefix(models: Sequence, encoded: list[list[int]]) -> list[int]:
     return prefix if len(prefix) >= PREFIX_MIN_TOKENS else []
 
 
-def _prefill(model, prefix: list[int]):
-    """The prefix's cache, or None (no prefix, or a cache type that cannot be repeated over a batch)."""
+def _prefill(model, prefix: list[int], decoding: bool = False):
+    """The prefix's cache, or None (no prefix, or a cache type that cannot be repeated over a batch).
+    ``decoding``: built from :func:`_decode_cache`, for caches that will grow a token at a time."""
     if not prefix:
         return None
-    cache = _out_cache(model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True))
+    given = _decode_cache(model) if decoding else None
+    out = model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True,
+                **({_cache_arg(model): given} if given is not None else {}))
+    cache = _out_cache(out)
     return cache if hasattr(cache, "batch_repeat_interleave") else None
 
 
@@ -167,46 +171,6 @@ def forward_batch(model, inputs: dict, n_prefix: int, keep: int, use_cache: bool
     return model(**kw)
 
 
-def _weight_major_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, computed as ``(W @ x.T).T`` when ``x`` has ``DECODE_ROWS`` rows."""
-    x_N_I = x.reshape(-1, x.shape[-1])
-    if not DECODE_ROWS[0] <= x_N_I.shape[0] <= DECODE_ROWS[1]:
-        return F.linear(x, module.weight, module.bias)
-    # contiguous: a transposed view would push attention off its fused kernel and slow every later op
-    y_N_O = (module.weight @ x_N_I.T).T.contiguous()
-    if module.bias is not None:
-        y_N_O += module.bias
-    return y_N_O.reshape(*x.shape[:-1], y_N_O.shape[-1])
-
-
-@contextmanager
-def weight_major_decode(model) -> Iterator[None]:
-    """Inside, the CPU model's ``nn.Linear`` layers multiply decode-sized inputs as ``(W @ x.T).T``.
-
-    A decode step multiplies a few rows by every weight matrix, none of which is in cache. For that
-    shape, oneDNN/MKL run ``x @ W.T`` (``nn.Linear``'s layout) at 55 / 85 / 130 / 215 GFLOP/s
-    for 12 / 16 / 32 / 96 rows of a [4864, 896] weight on this project's 2-core CPU, and
-    ``(W @ x.T).T`` at 84 / 113 / 197 / 253 (``bench/rates.py``, ``cold_matmul_rate``); under 8 rows
-    the two are even or the swap loses (2 rows: 27 vs 14). Same products; only the summation order inside the
-    BLAS kernel differs (as between batch sizes). fp32 weights only: in bf16 the two layouts were
-    within 8% of each other either way. Scoped to this model's exact ``nn.Linear``
-    instances (subclasses such as LoRA or quantized layers, and layers whose ``forward`` was already
-    replaced, e.g. by accelerate's offload hooks, keep theirs), restored on exit; no-op off CPU.
-    """
-    if _device(model).type != "cpu":
-        yield
-        return
-    patched = [m for m in model.modules()
-               if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 and "forward" not in vars(m)]
-    try:
-        for m in patched:
-            m.forward = functools.partial(_weight_major_linear, m)
-        yield
-    finally:
-        for m in patched:
-            vars(m).pop("forward", None)
-
-
 @dataclass
 class _Active:
     """Rows being decoded. Invariant: ``attn_B_L`` is as wide as the cache, ``last_pos_B`` is each
@@ -224,6 +188,9 @@ def _admit(model, rows: list[int], encoded: list[list[int]], pad_id: int, prefix
     """Prefill ``rows`` (ids after the cached prefix only); their first generated token is ``next_B``.
     Also returns ``logits_B_V`` (float32) of each row's last position."""
     inputs = _batch_inputs(model, [encoded[i] for i in rows], pad_id, prefix, prefix_cache)
+    arg = _cache_arg(model)
+    if arg not in inputs and (fresh := _decode_cache(model)) is not None:
+        inputs[arg] = fresh
     out = forward_batch(model, inputs, len(prefix), keep=1, use_cache=True)
     logits_B_V = out.logits[:, -1].float()
     attn = inputs["attention_mask"]
@@ -325,7 +292,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", leave=False)
     with _eval_mode(model), weight_major_decode(model), heap_for_large_buffers():
         prefix = shared_prefix([model], encoded) if prefix_cache else []
-        cache = _prefill(model, prefix)
+        cache = _prefill(model, prefix, decoding=True)
         prefix = prefix if cache is not None else []
         if _full_attention(model):
             comps = _continuous_greedy(model, encoded, order, batch_size=batch_size, max_new_tokens=max_new_tokens,

@@ -25,7 +25,8 @@ Attention-score FLOPs (context-dependent, small at these lengths) are left out.
 The evaluator keeps its large CPU buffers in glibc's heap (:mod:`atlas_lib.runtime`);
 ``ATLAS_CPU_ALLOCATOR=system`` runs it with glibc's defaults (``bench/allocator.py`` compares the two).
 ``--compare-layout`` also times the evaluator with ``nn.Linear``'s own layout in decode
-(:func:`atlas_lib.generation.weight_major_decode` off).
+(:func:`atlas_lib.decode_kernels.weight_major_decode` off), ``--compare-cache`` with the model's own
+KV cache, which copies itself every step (:func:`atlas_lib.decode_kernels.decode_cache` off).
 
     .venv/bin/python bench/eval_throughput.py --n 32 --batch-size 8 16 32 --dtype bf16 fp32
 """
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-prefix", action="store_true", help="also time the first batch size without "
                     "the shared-prefix cache")
     ap.add_argument("--compare-layout", action="store_true", help="also time each batch size with nn.Linear's "
-                    "own x @ W.T layout in decode (generation.weight_major_decode off; completions compared)")
+                    "own x @ W.T layout in decode (decode_kernels.weight_major_decode off; completions compared)")
+    ap.add_argument("--compare-cache", action="store_true", help="also time each batch size with the model's "
+                    "own KV cache, which concatenates every step (generation._decode_cache off; completions compared)")
     ap.add_argument("--compare-generate", action="store_true", help="also time each batch size with fixed "
                     "batches through model.generate (the evaluator before continuous batching)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["fp32"],
@@ -200,23 +203,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    all forward FLOPs (prompt + generated tokens) / wall time: {all_flops / secs / 1e9:.0f} GFLOP/s = "
                   f"{100 * all_flops / secs / rate[bs]:.1f}% of the M={bs} rate, {100 * all_flops / secs / peak:.1f}% of peak")
             rows.append((name, bs, tps, tps / tps_naive))
-            if args.compare_layout:  # the evaluator with nn.Linear's own layout in decode
+            variants = {  # the evaluator with one decode measure taken out
+                "x @ W.T": (args.compare_layout, "weight_major_decode", lambda m: contextlib.nullcontext()),
+                "cat cache": (args.compare_cache, "_decode_cache", lambda m: None),
+            }
+            for label, (wanted, attr, off) in variants.items():
+                if not wanted:
+                    continue
                 clock = ForwardClock(model)
                 t0 = time.perf_counter()
-                with unittest.mock.patch.object(generation, "weight_major_decode", lambda m: contextlib.nullcontext()):
+                with unittest.mock.patch.object(generation, attr, off):
                     plain = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
-                                               batch_size=bs, desc=f"{name} x@W.T bs={bs}")
+                                               batch_size=bs, desc=f"{name} {label} bs={bs}")
                 secs_l = time.perf_counter() - t0
                 clock.remove()
                 tps_l = sum(o["n_tokens"] for o in plain) / secs_l
                 same_l = sum(a["completion_ids"] == b["completion_ids"] for a, b in zip(outs, plain, strict=True))
                 floor_l = step_floor(clock.rows_per_step, grid, 2 * work)
-                print(f"  x @ W.T   bs={bs:<3}: {tps_l:.1f} tok/s, x{tps_l / tps_naive:.2f} vs naive (weight-major "
+                print(f"  {label:<9} bs={bs:<3}: {tps_l:.1f} tok/s, x{tps_l / tps_naive:.2f} vs naive (the evaluator "
                       f"x{tps / tps_l:.2f} faster); decode {clock.t['decode']:.1f} s = "
                       f"{100 * 2 * work * clock.decode_rows / clock.t['decode'] / rate[bs]:.1f}% of limit (M={bs}), "
                       f"{100 * floor_l / clock.t['decode']:.1f}% at each step's own rows; "
                       f"{same_l}/{len(outs)} completions identical")
-                rows.append((f"{name} x@W.T", bs, tps_l, tps_l / tps_naive))
+                rows.append((f"{name} {label}", bs, tps_l, tps_l / tps_naive))
             if args.compare_generate:  # the sliding-window fallback: fixed batches, every row to the longest
                 full_attention = generation._full_attention
                 generation._full_attention = lambda model: False

@@ -177,7 +177,7 @@ def test_merged_and_trimmed_batches_give_every_row_its_unbatched_logits(pair):
     enc = [tok(HEAD + p, add_special_tokens=False)["input_ids"] for p in
            ("Tom has 3 apples.", "What is 7 times 6? Answer with one number please.", "0 1", "Anna reads")]
     prefix = generation.shared_prefix([s], enc)
-    cache = generation._prefill(s, prefix)
+    cache = generation._prefill(s, prefix, decoding=True)  # the evaluator's in-place cache layers
     assert prefix and cache is not None
     a, _ = generation._admit(s, [0, 1], enc, tok.pad_token_id, prefix, cache)
     b, _ = generation._admit(s, [2, 3], enc, tok.pad_token_id, prefix, cache)
