@@ -34,8 +34,51 @@ def _figure(ncols: int, title: str, width: float = 5.4) -> tuple[Figure, list]:
     return fig, list(axes[0])
 
 
+def alt_text(fig: Figure) -> str:
+    """What a chart shows, in words, for its HTML ``alt`` attribute: the title, then each panel's
+    title, axes, series and notes (e.g. "GRPO: not run")."""
+    parts = [fig.get_suptitle()]
+    for i, ax in enumerate(fig.axes, 1):
+        desc = f"{ax.get_title() or f'panel {i}'}: {ax.get_ylabel() or 'value'} against {ax.get_xlabel() or 'x'}"
+        series = [label for label in ax.get_legend_handles_labels()[1] if label]
+        notes = [t.get_text() for t in ax.texts if t.get_text()]
+        desc += "".join(f"; {x}" for x in (["series: " + ", ".join(series)] if series else []) + notes)
+        parts.append(desc)
+    return ". ".join(p for p in parts if p)
+
+
+def _offer_alt_text() -> None:
+    """Inside IPython, a figure's PNG output carries :func:`alt_text` as output metadata (the HTML
+    report puts it on the ``<img>``). Wraps the PNG printer already registered (the inline
+    backend's, with its settings); registered after a figure exists, since creating the first one
+    is what makes the inline backend register its own printer."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    formatter = shell.display_formatter.formatters["image/png"]
+    try:
+        inner = formatter.lookup_by_type(Figure)
+    except KeyError:
+        return
+    if getattr(inner, "adds_alt_text", False):
+        return
+
+    def printer(fig):
+        out = inner(fig)
+        data, md = out if isinstance(out, tuple) else (out, None)
+        return None if data is None else (data, {**(md or {}), "alt": alt_text(fig)})
+
+    printer.adds_alt_text = True
+    formatter.for_type(Figure, printer)
+
+
 def _done(fig: Figure, keep_open: bool = False) -> Figure:
     fig.tight_layout()
+    _offer_alt_text()
     if not keep_open:
         plt.close(fig)
     return fig

@@ -7,6 +7,7 @@ a traceback or a library's log line might, and a committed report must not carry
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import re
@@ -67,6 +68,45 @@ def _executed_from(nb) -> tuple[Path, ...]:
     return (path.parent.parent,) if path.is_absolute() and path.parent.name == "notebooks" else ()
 
 
+def _alt_texts(nb) -> dict[str, str]:
+    """base64 PNG -> its alt text, for image outputs that carry one (charts: atlas_lib.charts.alt_text)."""
+    alts = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            alt = ((out.get("metadata") or {}).get("image/png") or {}).get("alt")
+            if isinstance(png, str) and alt:
+                alts[png] = alt
+    return alts
+
+
+def _with_alt_text(body: str, alts: dict[str, str]) -> tuple[str, int]:
+    """Each ``<img>`` whose inline PNG has an alt text gets it (nbconvert's template ignores output
+    metadata and writes a placeholder); returns the HTML and how many images still lack one."""
+    missing = 0
+
+    def one(m: re.Match) -> str:
+        nonlocal missing
+        tag = m.group(0)
+        src = re.search(r'src="data:image/png;base64,([^"]*)"', tag)
+        alt = alts.get(src.group(1)) if src else None
+        if alt is None:
+            missing += 1
+            return tag
+        alt_attr = f'alt="{html.escape(alt, quote=True)}"'
+        return re.sub(r'alt="[^"]*"', lambda _m: alt_attr, tag, count=1) if "alt=" in tag else tag.replace(
+            "<img", "<img " + alt_attr, 1)
+
+    return re.sub(r"<img\b[^>]*>", one, body), missing
+
+
+class _DropPlaceholderWarning(logging.Filter):
+    """nbconvert warns about images without alt text before :func:`_with_alt_text` adds it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Alternative text is missing")
+
+
 def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> Path:
     """Render an executed notebook to ``out_html`` (atomically); ``with_code=False`` shows outputs
     only. Parameter cells never show their source: it is the run's plumbing, not its content."""
@@ -91,7 +131,15 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> 
     exporter.exclude_input = not with_code
     exporter.exclude_input_prompt = not with_code
     exporter.exclude_output_prompt = not with_code
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed_notebook.stem}})
+    quiet = _DropPlaceholderWarning()
+    exporter.log.addFilter(quiet)
+    try:
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed_notebook.stem}})
+    finally:
+        exporter.log.removeFilter(quiet)
+    body, missing = _with_alt_text(body, _alt_texts(nb))
+    if missing:
+        log.warning("%s: %d image(s) without alt text (figures not made by atlas_lib.charts)", out_html.name, missing)
     body, counts = scrub_text(body, _executed_from(nb))
     if counts["paths"] or counts["secrets"]:
         log.info("scrubbed %s: %d absolute path(s) made relative, %d secret value(s) redacted",

@@ -48,7 +48,9 @@ def test_pipeline_writes_every_row_and_the_charts(smoke, monkeypatch):
     html = (tmp / "reports/smoke/index.html").read_text()
     assert len(re.findall(r"<img[^>]+src=\"data:image/png;base64,", html)) >= 5
     for nb in ("01_data", "02_gkd", "03_grpo", "04_cross_tokenizer"):
-        assert (tmp / "reports/smoke/notebooks" / f"{nb}.html").exists()
+        page = (tmp / "reports/smoke/notebooks" / f"{nb}.html").read_text()
+        assert "No description has been provided" not in page, nb  # every chart has its alt text
+    assert "No description has been provided" not in html
 
 
 def test_no_secret_or_absolute_path_in_outputs(smoke):

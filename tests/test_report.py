@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import math
 import os
 import re
+from html import escape
 from types import SimpleNamespace
 
 import nbformat
@@ -15,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from atlas_lib import config, report, training
+from atlas_lib import charts, config, report, training
 from atlas_lib import evaluate as ev
 from atlas_lib.findings import overlap
 from atlas_lib.paths import project_root
@@ -149,8 +151,11 @@ def test_charts_render_with_labels(complete):
                report.divergence_chart):
         fig = fn(col)
         assert fig._suptitle is not None and fig._suptitle.get_text()
+        alt = charts.alt_text(fig)  # the HTML report's alt text: title, and every panel's axes
+        assert alt.startswith(fig.get_suptitle())
         for ax in fig.axes:
             assert ax.get_xlabel() and ax.get_ylabel()
+            assert f"{ax.get_ylabel()} against {ax.get_xlabel()}" in alt and ax.get_title() in alt
         assert any(ax.lines or ax.collections for ax in fig.axes), fn.__name__
     points, fig = report.stage_view(complete, "grpo")
     assert list(points["step"]) == [0, 4, 8] and fig.axes
@@ -255,11 +260,11 @@ def test_notebook_05_is_committed_clean():
     assert nb.metadata.kernelspec.name == "python3"
 
 
-def _png_b64() -> str:
+def _png_b64(top: float = 1) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots()
-    ax.plot([0, 1], [1, 0])
+    ax.plot([0, 1], [top, 0])
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -292,6 +297,25 @@ def test_render_html_embeds_images_and_scrubs(tmp_path, monkeypatch):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's private 0600
+
+
+def test_render_html_puts_each_charts_alt_text_on_its_image(tmp_path, caplog):
+    described, plain = _png_b64(), _png_b64(3)
+    assert described != plain
+    alt = 'Accuracy: "accuracy (%)" against <step> & more'
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("chart()", outputs=[
+        nbformat.v4.new_output("display_data", data={"image/png": described, "text/plain": "<Figure>"},
+                               metadata={"image/png": {"alt": alt}}),
+        nbformat.v4.new_output("display_data", data={"image/png": plain, "text/plain": "<Figure>"})])])
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    with caplog.at_level(logging.WARNING):
+        html = report.render_html(src, tmp_path / "out.html", with_code=False).read_text()
+    tags = re.findall(r"<img\b[^>]*>", html)
+    assert len(tags) == 2
+    assert f'alt="{escape(alt, quote=True)}"' in tags[0] and described in tags[0]
+    assert 'alt="No description has been provided for this image"' in tags[1]  # nbconvert's placeholder
+    assert "1 image(s) without alt text" in caplog.text and "Alternative text is missing" not in caplog.text
 
 
 def test_render_html_scrubs_the_checkout_the_notebook_ran_in(tmp_path, monkeypatch):
@@ -336,10 +360,15 @@ def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     executed = nbformat.read(out_nb, as_version=4)
     pngs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 5  # each chart exactly once
+    alts = [o.metadata["image/png"]["alt"] for o in pngs]  # set inside the kernel by atlas_lib.charts
+    assert alts[0].startswith("Held-out accuracy during training") and "series: " in alts[0] and "GKD (n=" in alts[0]
+    assert "GRPO: not run or no reward logged" in alts[2]
     report_html = report.render_html(out_nb, tmp_path / "report" / "index.html", with_code=False).read_text()
     code_html = report.render_html(out_nb, tmp_path / "report" / "05.html", with_code=True).read_text()
     for html in (report_html, code_html):
         assert len(IMG.findall(html)) == 5
+        assert "No description has been provided" not in html
+        assert all(f'alt="{escape(a, quote=True)}"' in html for a in alts)
         assert str(project_root()) not in html and str(tmp_path) not in html and CANARY not in html
         assert "GRPO was not run" in html
         assert "embedded.yaml" not in html  # the parameters cell's source is hidden
