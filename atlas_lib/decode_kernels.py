@@ -18,7 +18,8 @@ OUT_CHUNK = 2048  # weight-major outputs are made row-major in blocks of this ma
 SPARE_COLUMNS = 64  # a decoding cache layer appends into this many spare columns before it copies
 
 
-def _device(model) -> torch.device:
+def param_device(model) -> torch.device:
+    """Where the model's weights are (plain ``nn.Module`` too, which has no ``.device``)."""
     return next(model.parameters()).device
 
 
@@ -31,7 +32,7 @@ def _weight_major_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tens
     y_N_O = x_N_I.new_empty(x_N_I.shape[0], w_O_I.shape[0])
     # The result must be row-major (a transposed view pushes attention off its fused kernel and argmax
     # onto strided reads). Transposing it block by block keeps each block in L2: one whole-matrix
-    # transpose of the 152k-wide output projection cost more than its product (bench/RESULTS.md).
+    # transpose of the 152k-wide output projection added 15-40% to its product (bench/RESULTS.md 2c).
     for lo in range(0, w_O_I.shape[0], OUT_CHUNK):
         y_N_O[:, lo:lo + OUT_CHUNK] = (w_O_I[lo:lo + OUT_CHUNK] @ x_N_I.T).T
     if module.bias is not None:
@@ -53,7 +54,7 @@ def weight_major_decode(model) -> Iterator[None]:
     instances (subclasses such as LoRA or quantized layers, and layers whose ``forward`` was already
     replaced, e.g. by accelerate's offload hooks, keep theirs), restored on exit; no-op off CPU.
     """
-    if _device(model).type != "cpu":
+    if param_device(model).type != "cpu":
         yield
         return
     patched = [m for m in model.modules()
@@ -69,7 +70,7 @@ def weight_major_decode(model) -> Iterator[None]:
 
 class _GrowingLayer(DynamicLayer):
     """A :class:`DynamicLayer` that appends new keys/values into spare columns of a buffer instead of
-    concatenating (which copies the whole cache every decode step: 8% of a step at batch 48).
+    concatenating (which copies the whole cache every decode step; decode 1.02-1.07x, RESULTS 2c).
     ``keys``/``values`` are views of the buffer's first columns, as the attention expects. Whoever
     replaces them (merging or trimming batches) simply makes the next ``update`` start a new buffer."""
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from atlas_lib.decode_kernels import decode_cache as _decode_cache
+from atlas_lib.decode_kernels import param_device as _device
 from atlas_lib.decode_kernels import weight_major_decode
 from atlas_lib.prompts import has_chat_template
 from atlas_lib.runtime import heap_for_large_buffers
@@ -43,10 +44,6 @@ def _eval_mode(*models) -> Iterator[None]:
     finally:
         for m, mode in zip(models, modes, strict=True):
             m.train(mode)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

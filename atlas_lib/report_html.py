@@ -93,9 +93,9 @@ def _with_alt_text(body: str, alts: dict[str, str]) -> tuple[str, int]:
         if alt is None:
             missing += 1
             return tag
-        alt_attr = f'alt="{html.escape(alt, quote=True)}"'
-        return re.sub(r'alt="[^"]*"', lambda _m: alt_attr, tag, count=1) if "alt=" in tag else tag.replace(
-            "<img", "<img " + alt_attr, 1)
+        # the placeholder attribute out (whitespace-led: a base64 src may end in "alt="), ours in
+        tag = re.sub(r'\salt="[^"]*"', "", tag, count=1)
+        return tag.replace("<img", f'<img alt="{html.escape(alt, quote=True)}"', 1)
 
     return re.sub(r"<img\b[^>]*>", one, body), missing
 
