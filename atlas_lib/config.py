@@ -25,6 +25,14 @@ from atlas_lib.validate import ParamsError, _check_field, _unknown, fld
 __all__ = ["ParamsError", "Params", "load", "from_dict", "build_section", "describe", "fld"]
 
 
+# Optimizers a training stage may use (atlas_lib.training.optimizer_args maps them onto TRL's).
+OPTIMIZERS = ("adamw", "adamw_8bit_bf16")
+_OPTIMIZER_DOC = ("adamw: torch AdamW on fp32 master weights (weights, grads and two moments: 16 bytes per "
+                  "parameter; exact). adamw_8bit_bf16: the student's weights and grads in bf16 and torchao's "
+                  "AdamW8bit (block-wise 8-bit moments), which rounds each update into bf16 stochastically so "
+                  "updates below bf16's resolution are kept on average (~6 bytes per parameter; needs torchao).")
+
+
 @dataclass
 class RunConfig:
     """Where and how everything runs."""
@@ -109,6 +117,7 @@ class GKDConfig:
     logging_steps: int = fld(1, "Log train metrics every N steps.", ge=1)
     gradient_checkpointing: bool = fld(False, "Trade compute for memory: recompute the student's "
                                        "forward in backward (sampling keeps its KV cache, unlike stock TRL).")
+    optimizer: str = fld("adamw", _OPTIMIZER_DOC, choices=OPTIMIZERS)
     loss_chunk_size: int = fld(0, "Compute the JSD over this many positions at a time (0 = all at "
                                "once); bounds full-vocabulary logit memory.", ge=0)
     resume: bool = fld(False, "Continue an interrupted run from its last checkpoint.")
@@ -138,6 +147,7 @@ class GRPOConfig:
     save_steps: int = fld(50, "Checkpoint every N steps.", ge=1)
     logging_steps: int = fld(1, "Log train metrics every N steps.", ge=1)
     gradient_checkpointing: bool = fld(False, "Trade compute for memory.")
+    optimizer: str = fld("adamw", _OPTIMIZER_DOC, choices=OPTIMIZERS)
     resume: bool = fld(False, "Continue an interrupted run from its last checkpoint.")
     run_name: str | None = fld(None, "Run directory name under runs/ (default <profile>/grpo).")
 

@@ -126,7 +126,8 @@ def run_gkd(params: Params) -> dict:
 
     seed_everything(params)
     prepared = data_mod.load_prepared(params)
-    device, student, tok, teacher, teacher_tok = load_pair(params, require_same_tokenizer=True)
+    device, student, tok, teacher, teacher_tok = load_pair(params, require_same_tokenizer=True,
+                                                           student_dtype=training.student_dtype(params.gkd))
     train_rows = data_mod.distill_view(prepared.train, params.prompt, None)
     from datasets import Dataset
 

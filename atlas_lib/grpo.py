@@ -90,7 +90,7 @@ def run_grpo(params: Params) -> dict:
     prepared = data_mod.load_prepared(params)
     device = models.resolve_device(params.run.device)
     trc = params.models.trust_remote_code
-    student, tok = models.load_model(params.models.student, dtype=__import__("torch").float32, device=device,
+    student, tok = models.load_model(params.models.student, dtype=training.student_dtype(g), device=device,
                                      trust_remote_code=trc, for_training=True)
     loader = t_tok = None
     if params.evaluation.reverse_kl:  # for the reported reverse-KL column only; GRPO never sees it,

@@ -89,11 +89,16 @@ def estimate(params: Params, gpu_gb: float = 80.0, *, stage: str = "gkd") -> Pla
     rows_logit = min(keep * b, g.loss_chunk_size) if g.loss_chunk_size else keep * b
     logits = (keep * b * (s["vocab"] + t["vocab"]) * act_b  # both models' completion logits
               + 4 * rows_logit * max(s["vocab"], t["vocab"]) * 4)  # float32 log-softmaxes, mixture, grad
+    if g.optimizer == "adamw_8bit_bf16":  # bf16 weights and grads, two 8-bit moments (+ a scale per 256)
+        state = [("student weights (bf16)", ps * 2 / GiB, "updates stochastically rounded"),
+                 ("student grads", ps * 2 / GiB, "bf16, same shape as the weights"),
+                 ("AdamW moments", ps * 2 * (1 + 4 / 256) / GiB, "torchao AdamW8bit: two 8-bit moments")]
+    else:  # HF Trainer's bf16 mode keeps fp32 weights and autocasts compute: 4 + 4 + 8 bytes/param.
+        state = [("student weights (fp32 master)", ps * 4 / GiB, "bf16 autocast compute" if bf16 else "fp32"),
+                 ("student grads", ps * 4 / GiB, "fp32, same shape as the weights"),
+                 ("AdamW moments", ps * 8 / GiB, "two fp32 moments per parameter")]
     rows = [
-        # HF Trainer's bf16 mode keeps fp32 weights and autocasts compute: 4 + 4 + 8 bytes/param.
-        ("student weights (fp32 master)", ps * 4 / GiB, "bf16 autocast compute" if bf16 else "fp32"),
-        ("student grads", ps * 4 / GiB, "fp32, same shape as the weights"),
-        ("AdamW moments", ps * 8 / GiB, "two fp32 moments per parameter"),
+        *state,
         ("teacher weights (frozen)", pt * (2 if bf16 else 4) / GiB, "no grads, no optimizer"),
         ("activations", acts / GiB, "checkpointed" if g.gradient_checkpointing else "no recomputation"),
         ("generation KV cache", kv / GiB, f"{b} x {seq} tokens"),
@@ -111,6 +116,9 @@ def estimate(params: Params, gpu_gb: float = 80.0, *, stage: str = "gkd") -> Pla
                       f"~{ps * 2 / GiB:.0f} GiB of frozen bf16 weights")
         if not g.gradient_checkpointing:
             advice.append("gradient_checkpointing: true cuts activations to the layer inputs")
+        if g.optimizer == "adamw":
+            advice.append(f"optimizer: adamw_8bit_bf16 cuts the student's trainable state to ~{ps * 6 / GiB:.0f} "
+                          "GiB (bf16 weights with stochastic rounding, 8-bit moments; bench/optimizer.py)")
         if not g.loss_chunk_size:
             advice.append("loss_chunk_size: 256 bounds the float32 logit copies")
         advice.append("teacher_device: put the teacher on its own GPU (models.teacher_device)")

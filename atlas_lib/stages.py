@@ -38,8 +38,9 @@ def teacher_dtype(params: Params, device) -> torch.dtype:
 
 
 def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: str | None = None,
-              teacher: str | None = None):
-    """Student (fp32 master weights, trainable) and teacher (models.teacher_dtype, eval, no grad)."""
+              teacher: str | None = None, student_dtype: torch.dtype = torch.float32):
+    """Student (trainable; fp32 master weights unless ``student_dtype``) and teacher
+    (models.teacher_dtype, eval, no grad)."""
     device = models.resolve_device(params.run.device)
     s_name, t_name = student or params.models.student, teacher or params.models.teacher
     trc = params.models.trust_remote_code
@@ -50,7 +51,7 @@ def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: 
                 f"student {s_name!r} and teacher {t_name!r} use different tokenizers: same-tokenizer GKD "
                 "cannot compare their distributions. Use notebooks/04_cross_tokenizer.ipynb "
                 "(cross_tokenizer section) for this pair.")
-    s_model, s_tok = models.load_model(s_name, dtype=torch.float32, device=device, trust_remote_code=trc,
+    s_model, s_tok = models.load_model(s_name, dtype=student_dtype, device=device, trust_remote_code=trc,
                                        for_training=True)
     teacher_device = device if params.models.teacher_device == "same" else torch.device(params.models.teacher_device)
     t_model, t_tok = models.load_model(t_name, dtype=teacher_dtype(params, teacher_device), device=teacher_device,

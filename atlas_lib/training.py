@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from atlas_lib import evaluate as ev
-from atlas_lib.config import Params
+from atlas_lib.config import Params, ParamsError
 from atlas_lib.paths import relative_to_root, runs_root
 from atlas_lib.rundir import RunDir, RunDirError, load_summary, provenance
 from atlas_lib.tracking import AtlasCallback, DeviceClock, NonFiniteError, wandb_report_to
@@ -30,6 +30,35 @@ def autocast_bf16(params: Params, device: torch.device) -> bool:
     from atlas_lib.models import resolve_dtype
 
     return resolve_dtype(params.run.dtype, device) == torch.bfloat16
+
+
+def student_dtype(section) -> torch.dtype:
+    """The trained student's weight dtype: fp32 master weights, or bf16 for ``adamw_8bit_bf16``.
+
+    Checked before any model is loaded or file written, so a missing torchao is a params error.
+    """
+    choice = getattr(section, "optimizer", "adamw")
+    if choice == "adamw":
+        return torch.float32
+    import importlib.util
+
+    name = type(section).__name__.removesuffix("Config").lower()
+    if importlib.util.find_spec("torchao") is None:
+        raise ParamsError(f"{name}.optimizer = {choice!r} needs torchao: pip install torchao "
+                          "(or pip install -e '.[lowmem]'), or set optimizer: adamw")
+    return torch.bfloat16
+
+
+def optimizer_args(section) -> dict:
+    """TrainingArguments fields for ``section.optimizer`` (HF Trainer builds the optimizer).
+
+    adamw_8bit_bf16 -> torchao's AdamW8bit with ``bf16_stochastic_round``: without it an update
+    below |w|/256 rounds away in bf16 (94.9% of the 0.5B student's weights at lr 1e-6,
+    bench/dtype.py); rounding up or down in proportion keeps each update in expectation.
+    """
+    if getattr(section, "optimizer", "adamw") == "adamw_8bit_bf16":
+        return {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"}
+    return {}  # HF Trainer's default: torch AdamW (fused where torch has it)
 
 
 def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], device: torch.device) -> dict:
@@ -47,7 +76,7 @@ def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], d
         report_to=report_to, bf16=autocast_bf16(params, device), use_cpu=device.type == "cpu",
         logging_nan_inf_filter=False,  # a NaN must reach the callback, not be filtered out
         gradient_checkpointing=getattr(section, "gradient_checkpointing", False),
-        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
+        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False, **optimizer_args(section),
     )
 
 
@@ -135,7 +164,10 @@ def check_disk(path, model, section) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     saves = section.save_steps <= section.max_steps
-    need = (2 * 12 * trainable if saves else 0) + 4 * total
+    width = next(model.parameters()).element_size()
+    # weights + two moments per checkpoint: fp32 AdamW 12 bytes per parameter, bf16 + 8-bit moments ~4
+    per_param = 12 if getattr(section, "optimizer", "adamw") == "adamw" else width + 2
+    need = (2 * per_param * trainable if saves else 0) + width * total
     while not path.exists():  # the runs root may not exist yet: ask its disk
         path = path.parent
     free = shutil.disk_usage(path).free

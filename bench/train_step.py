@@ -18,6 +18,9 @@ batch, lengths, lmbda/beta and seed:
   frozen teacher's weights in bf16, half its memory; the student still trains in fp32.
 - kit-lowmem: kit-bf16-teacher plus gradient checkpointing, which the kit (unlike stock TRL)
   combines with cached sampling.
+- kit-8bit: kit-lowmem with ``gkd.optimizer: adamw_8bit_bf16``: the student's weights and grads
+  in bf16, torchao's 8-bit AdamW with stochastic rounding (``bench/optimizer.py`` measures whether it
+  still trains like fp32 AdamW).
 - kit-heap: the kit with its evaluator's allocator setting (:mod:`atlas_lib.runtime`: large
   buffers from glibc's heap) left on for the whole step, to show why the kit scopes it to evaluation.
 
@@ -43,7 +46,8 @@ from pathlib import Path
 from isolated import emit, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem", "kit-heap")
+VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem", "kit-8bit", "kit-heap")
+LOWMEM = ("kit-bf16-teacher", "kit-lowmem", "kit-8bit")  # bf16 teacher
 sys.path.insert(0, str(ROOT))
 
 
@@ -85,7 +89,7 @@ def _load(name: str, variant: str, for_training: bool):
         model = AutoModelForCausalLM.from_pretrained(models.resolve_path(name))
         return model.train() if for_training else model.eval()
     dtype = torch.float32 if for_training else models.resolve_dtype("auto", "cpu")
-    if variant in ("kit-bf16-teacher", "kit-lowmem") and not for_training:
+    if variant in LOWMEM and not for_training or variant == "kit-8bit":
         dtype = torch.bfloat16
     return models.load_model(name, dtype=dtype, device="cpu", for_training=for_training)[0]
 
@@ -135,8 +139,12 @@ def _run_variant(args) -> dict:
                   gradient_accumulation_steps=1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
                   report_to="none", use_cpu=device.type == "cpu", seed=0, disable_tqdm=True)
     if v != "stock":  # stock keeps TRL's defaults (bf16 autocast, gradient checkpointing)
+        from atlas_lib.config import GKDConfig
+        from atlas_lib.training import optimizer_args
+
         common.update(bf16=models.resolve_dtype("auto", device) == torch.bfloat16,
-                      gradient_checkpointing=v == "kit-lowmem")
+                      gradient_checkpointing=v in ("kit-lowmem", "kit-8bit"),
+                      **optimizer_args(GKDConfig(optimizer="adamw_8bit_bf16" if v == "kit-8bit" else "adamw")))
     fixed_loss = None
     if args.method == "gkd":
         from trl.experimental.gkd import GKDConfig, GKDTrainer

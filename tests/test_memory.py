@@ -40,3 +40,17 @@ def test_chunking_and_checkpointing_reduce_the_estimate():
     p = config.load("params/paper.yaml", overrides={"gkd.loss_chunk_size": 0, "gkd.gradient_checkpointing": False})
     q = config.load("params/paper.yaml")
     assert memory.estimate(q).total_gib < memory.estimate(p).total_gib
+
+
+def test_the_8bit_optimizer_cuts_the_students_state_to_six_bytes_per_parameter():
+    p = config.load("params/paper.yaml")
+    q = config.load("params/paper.yaml", overrides={"gkd.optimizer": "adamw_8bit_bf16"})
+    ps = memory.n_params(memory.arch(p.models.student))
+
+    def state(plan):
+        return sum(gib for name, gib, _ in plan.rows if name.startswith(("student", "AdamW")))
+
+    assert state(memory.estimate(p)) * memory.GiB == pytest.approx(16 * ps)
+    assert state(memory.estimate(q)) * memory.GiB == pytest.approx(ps * (4 + 2 * (1 + 4 / 256)))
+    assert any("adamw_8bit_bf16" in a for a in memory.estimate(p, gpu_gb=80).advice)
+    assert not any("adamw_8bit_bf16" in a for a in memory.estimate(q, gpu_gb=80).advice)
