@@ -61,6 +61,16 @@ def optimizer_args(section) -> dict:
     return {}  # HF Trainer's default: torch AdamW (fused where torch has it)
 
 
+def _allocator(section):
+    """Low-memory training returns what each step frees to the OS (:mod:`atlas_lib.runtime`)."""
+    import contextlib
+
+    from atlas_lib import runtime
+
+    low = getattr(section, "optimizer", "adamw") == "adamw_8bit_bf16"
+    return runtime.return_freed_memory() if low else contextlib.nullcontext()
+
+
 def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], device: torch.device) -> dict:
     """TrainingArguments fields common to every method (the method adds its own)."""
     section = getattr(params, stage)
@@ -130,7 +140,8 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
             cb.initial_records = ev.load_eval(rd.path / "eval", "initial_full").records
         t0 = time.monotonic()
         try:
-            out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+            with _allocator(section):
+                out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
         except NonFiniteError as e:
             rd.write_summary({"status": "failed", "error": str(e), "method": stage,
                               "provenance": provenance(params)})

@@ -9,7 +9,8 @@ generalized JSD (beta 0.5) of that batch, with the optimizer the kit builds for 
 own optimizer factory, fed by ``atlas_lib.training.optimizer_args``):
 
 - fp32-adamw: the kit's default, fp32 weights and torch AdamW (the reference);
-- bf16-adamw: stock TRL's precision, bf16 weights and torch AdamW (round-to-nearest updates);
+- bf16-adamw: stock TRL's precision, bf16 weights and torch AdamW (round-to-nearest updates;
+  stock's fused AdamW also rounds each update to the nearest bf16);
 - bf16-adamw8bit-sr (seed 0 and 1): ``optimizer: adamw_8bit_bf16``, bf16 weights, torchao AdamW8bit,
   stochastic rounding; two seeds of the rounding give its own noise.
 
@@ -75,8 +76,11 @@ def make_optimizer(model, choice: str, lr: float):
     from atlas_lib.config import GKDConfig
     from atlas_lib.training import optimizer_args
 
+    # adamw rows: torch's for-each AdamW (``adamw_torch``); the kit's default is HF's fused kernel,
+    # the same arithmetic in one pass
+    chosen = optimizer_args(GKDConfig(optimizer=choice)) or {"optim": "adamw_torch"}
     args = TrainingArguments(output_dir=str(ROOT / "runs/bench/tmp"), learning_rate=lr, use_cpu=True,
-                             report_to="none", **optimizer_args(GKDConfig(optimizer=choice)))
+                             report_to="none", **chosen)
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     return cls(model.parameters(), **kwargs)
 

@@ -20,7 +20,8 @@ batch, lengths, lmbda/beta and seed:
   combines with cached sampling.
 - kit-8bit: kit-lowmem with ``gkd.optimizer: adamw_8bit_bf16``: the student's weights and grads
   in bf16, torchao's 8-bit AdamW with stochastic rounding (``bench/optimizer.py`` measures whether it
-  still trains like fp32 AdamW).
+  still trains like fp32 AdamW), and freed buffers returned to the OS as the kit's training loop
+  does with that optimizer (``runtime.return_freed_memory``).
 - kit-heap: the kit with its evaluator's allocator setting (:mod:`atlas_lib.runtime`: large
   buffers from glibc's heap) left on for the whole step, to show why the kit scopes it to evaluation.
 
@@ -95,10 +96,12 @@ def _load(name: str, variant: str, for_training: bool):
 
 
 def worker(args) -> dict:
-    """One variant's run; kit-heap inside the evaluator's allocator setting from start to end."""
+    """One variant's run; kit-heap inside the evaluator's allocator setting from start to end, kit-8bit
+    inside the one the kit's training loop uses with that optimizer (training.run)."""
     from atlas_lib import runtime
 
-    with runtime.heap_for_large_buffers() if args.variant == "kit-heap" else contextlib.nullcontext():
+    scope = {"kit-heap": runtime.heap_for_large_buffers, "kit-8bit": runtime.return_freed_memory}
+    with scope.get(args.variant, contextlib.nullcontext)():
         return _run_variant(args)
 
 

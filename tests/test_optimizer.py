@@ -84,11 +84,23 @@ def test_unknown_optimizer_is_rejected():
 
 def test_lowmem_gkd_trains_bf16_and_resumes(tmp_path, monkeypatch):
     """A GKD run with the 8-bit optimizer: bf16 student and checkpoint, resumable optimizer state."""
+    import contextlib
+
     from safetensors import safe_open
 
-    from atlas_lib import data
+    from atlas_lib import data, runtime
     from atlas_lib.gkd import run_gkd
 
+    entered = []
+    real = runtime.return_freed_memory
+
+    @contextlib.contextmanager
+    def spy():
+        with real() as state:
+            entered.append(state)
+            yield state
+
+    monkeypatch.setattr(runtime, "return_freed_memory", spy)
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
     base = {"tracking.wandb": "disabled", "gkd.max_steps": 2, "gkd.eval_steps": 2, "gkd.save_steps": 2,
@@ -98,6 +110,7 @@ def test_lowmem_gkd_trains_bf16_and_resumes(tmp_path, monkeypatch):
     run = Path(tmp_path / "runs" / "smoke" / "gkd")
     first = run_gkd(p)
     assert first["training"]["global_step"] == 2
+    assert len(entered) == 1  # the training loop returned freed memory while it trained
     with safe_open(run / "checkpoints" / "checkpoint-2" / "model.safetensors", "pt") as f:
         name = next(k for k in f.keys() if "mlp" in k)
         assert f.get_tensor(name).dtype == torch.bfloat16
