@@ -57,7 +57,8 @@ def allocator_choice() -> str:
     choice = os.environ.get(ENV, "keep").strip().lower() or "keep"
     if choice not in CHOICES:
         raise ValueError(f"{ENV}={choice!r}: expected one of {', '.join(CHOICES)} "
-                         "(keep = the evaluator's large CPU buffers stay in the heap; system = glibc's defaults)")
+                         "(keep = the kit's settings: the evaluator's large buffers stay in the heap, low-memory "
+                         "training returns what it frees; system = glibc's defaults)")
     return choice
 
 
