@@ -74,15 +74,23 @@ def _set(libc, mmap_bytes: int, trim_bytes: int) -> bool:
     return libc.mallopt(_M_MMAP_THRESHOLD, mmap_bytes) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim_bytes) == 1
 
 
+def _applicable():
+    """(libc, state): glibc to set thresholds on and ``keep``, or None and why not (``system``:
+    turned off, ``unsupported``: not glibc)."""
+    choice = allocator_choice()
+    if choice == "system":
+        return None, choice
+    libc = _glibc()
+    return libc, "keep" if libc is not None else "unsupported"
+
+
 @contextmanager
 def heap_for_large_buffers() -> Iterator[str]:
     """Inside, CPU buffers up to :data:`KEEP_BYTES` come from glibc's heap and are reused after
     ``free``. Yields what is in effect: ``keep``, ``system`` (turned off) or ``unsupported`` (not
     glibc). Nested uses apply it once; the outermost exit restores and trims."""
     global _depth
-    choice = allocator_choice()
-    libc = _glibc() if choice == "keep" else None
-    state = choice if choice == "system" else ("keep" if libc is not None else "unsupported")
+    libc, state = _applicable()
     if libc is None:
         yield state
         return
@@ -104,10 +112,9 @@ def return_freed_memory() -> Iterator[str]:
     ``free``; evaluations inside keep their heap setting and come back to this one. Yields what is
     in effect, like :func:`heap_for_large_buffers`."""
     global _outside
-    choice = allocator_choice()
-    libc = _glibc() if choice == "keep" else None
+    libc, state = _applicable()
     if libc is None:
-        yield choice if choice == "system" else "unsupported"
+        yield state
         return
     previous, _outside = _outside, (RETURN_BYTES, _GLIBC_TRIM_DEFAULT)
     if not _set(libc, *_outside):

@@ -32,19 +32,24 @@ def autocast_bf16(params: Params, device: torch.device) -> bool:
     return resolve_dtype(params.run.dtype, device) == torch.bfloat16
 
 
+def low_memory(section) -> bool:
+    """Whether a stage section trains with ``optimizer: adamw_8bit_bf16`` (sections without the
+    field, e.g. cross_tokenizer, use fp32 AdamW)."""
+    return getattr(section, "optimizer", "adamw") == "adamw_8bit_bf16"
+
+
 def student_dtype(section) -> torch.dtype:
     """The trained student's weight dtype: fp32 master weights, or bf16 for ``adamw_8bit_bf16``.
 
     Checked before any model is loaded or file written, so a missing torchao is a params error.
     """
-    choice = getattr(section, "optimizer", "adamw")
-    if choice == "adamw":
+    if not low_memory(section):
         return torch.float32
     import importlib.util
 
     name = type(section).__name__.removesuffix("Config").lower()
     if importlib.util.find_spec("torchao") is None:
-        raise ParamsError(f"{name}.optimizer = {choice!r} needs torchao: pip install torchao "
+        raise ParamsError(f"{name}.optimizer = {section.optimizer!r} needs torchao: pip install torchao "
                           "(or pip install -e '.[lowmem]'), or set optimizer: adamw")
     return torch.bfloat16
 
@@ -56,7 +61,7 @@ def optimizer_args(section) -> dict:
     below |w|/256 rounds away in bf16 (94.9% of the 0.5B student's weights at lr 1e-6,
     bench/dtype.py); rounding up or down in proportion keeps each update in expectation.
     """
-    if getattr(section, "optimizer", "adamw") == "adamw_8bit_bf16":
+    if low_memory(section):
         return {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"}
     return {}  # HF Trainer's default: torch AdamW (fused where torch has it)
 
@@ -67,8 +72,7 @@ def _allocator(section):
 
     from atlas_lib import runtime
 
-    low = getattr(section, "optimizer", "adamw") == "adamw_8bit_bf16"
-    return runtime.return_freed_memory() if low else contextlib.nullcontext()
+    return runtime.return_freed_memory() if low_memory(section) else contextlib.nullcontext()
 
 
 def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], device: torch.device) -> dict:
@@ -177,7 +181,7 @@ def check_disk(path, model, section) -> None:
     saves = section.save_steps <= section.max_steps
     width = next(model.parameters()).element_size()
     # weights + two moments per checkpoint: fp32 AdamW 12 bytes per parameter, bf16 + 8-bit moments ~4
-    per_param = 12 if getattr(section, "optimizer", "adamw") == "adamw" else width + 2
+    per_param = width + 2 if low_memory(section) else 12
     need = (2 * per_param * trainable if saves else 0) + width * total
     while not path.exists():  # the runs root may not exist yet: ask its disk
         path = path.parent

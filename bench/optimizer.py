@@ -61,13 +61,24 @@ def fixed_batch(tok, batch: int):
     return ids, att, comp
 
 
+def _completion_logits(model, ids, att, comp) -> torch.Tensor:
+    """Logits predicting each completion token, [N completion tokens, V] (the GKD trainer's
+    ``logits_to_keep`` block, masked)."""
+    keep = ids.shape[1] - int(comp.float().argmax(1).min()) + 1
+    logits_B_K_V = model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits[:, :-1]
+    return logits_B_K_V[comp[:, -(keep - 1):]]
+
+
+def teacher_logits(teacher, ids, att, comp) -> torch.Tensor:
+    """The frozen teacher's completion logits in float32, [N, V] (scored once per batch)."""
+    with torch.no_grad():
+        return _completion_logits(teacher, ids, att, comp).float()
+
+
 def loss_fn(model, ids, att, comp, teacher_logits_N_V, beta: float = 0.5) -> torch.Tensor:
     from atlas_lib.gkd import generalized_jsd
 
-    keep = ids.shape[1] - int(comp.float().argmax(1).min()) + 1
-    logits_B_K_V = model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits[:, :-1]
-    mask_B_K = comp[:, -(keep - 1):]
-    return generalized_jsd(logits_B_K_V[mask_B_K], teacher_logits_N_V, beta) / int(mask_B_K.sum())
+    return generalized_jsd(_completion_logits(model, ids, att, comp), teacher_logits_N_V, beta) / int(comp.sum())
 
 
 def make_optimizer(model, choice: str, lr: float):
@@ -98,11 +109,8 @@ def main() -> int:
     tok = models.load_tokenizer(args.student)
     ids, att, comp = fixed_batch(tok, args.batch)
     teacher = models.load_model(args.teacher, dtype=torch.bfloat16, device="cpu")[0]
-    keep = ids.shape[1] - int(comp.float().argmax(1).min()) + 1
-    with torch.no_grad():
-        t_logits = teacher(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits[:, :-1]
-    t_logits_N_V = t_logits[comp[:, -(keep - 1):]].float()
-    del teacher, t_logits
+    t_logits_N_V = teacher_logits(teacher, ids, att, comp)
+    del teacher
     print(f"fixed batch: {args.batch} sequences, {ids.shape[1]} positions, {int(comp.sum())} completion tokens; "
           f"{args.steps} steps; torch {torch.__version__}")
     for lr in args.lr:

@@ -50,12 +50,8 @@ def worker(args) -> dict:
     with scope():
         tok = models.load_tokenizer(args.student)
         ids, att, comp = ob.fixed_batch(tok, args.batch)
-        teacher = models.load_model(args.teacher, dtype=torch.bfloat16, device="cpu")[0]
-        keep = ids.shape[1] - int(comp.float().argmax(1).min()) + 1
-        with torch.no_grad():
-            t_logits = teacher(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits[:, :-1]
-        t_N_V = t_logits[comp[:, -(keep - 1):]].float()
-        del t_logits
+        teacher = models.load_model(args.teacher, dtype=torch.bfloat16, device="cpu")[0]  # stays, as in training
+        t_N_V = ob.teacher_logits(teacher, ids, att, comp)
         mark("teacher loaded + scored")
         dtype = torch.bfloat16 if args.optimizer == "adamw_8bit_bf16" else torch.float32
         model = models.load_model(args.student, dtype=dtype, device="cpu", for_training=True)[0].train()
