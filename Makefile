@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: setup models report smoke test test-all lint bench clean-runs
+.PHONY: setup models report study smoke test test-all lint bench clean-runs
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -29,6 +29,11 @@ models: setup
 
 report: models
 	$(BIN)/atlas report --params $(PARAMS)
+
+# The small-scale study (params/study.yaml): >= 200 independent held-out problems, each method trained
+# long enough to move; under 2 h on 2 CPU cores. Writes reports/study/.
+study: models
+	$(BIN)/atlas report --params params/study.yaml
 
 smoke: setup
 	$(BIN)/atlas report --params params/smoke.yaml

@@ -123,8 +123,10 @@ def _acc_errorbar(ax, d, x: str, **kw) -> None:
 
 
 def accuracy_chart(col) -> Figure:
-    """Held-out accuracy vs optimizer step and vs device hours (GKD, sweeps, GRPO), 95% CI bars."""
-    fig, (a_step, a_hours) = _figure(2, "Held-out accuracy during training (error bars: 95% Wilson CI)")
+    """Validation accuracy vs optimizer step and vs device hours (GKD, sweeps, GRPO), 95% CI bars;
+    each curve ends with the trained model's test accuracy (a square), the number the table reports."""
+    fig, (a_step, a_hours) = _figure(2, "Accuracy during training: validation curve, final test point "
+                                        "(error bars: 95% Wilson CI)")
     missing = []
     for key, info in col.runs.items():
         if key == "cross_tokenizer":
@@ -138,12 +140,20 @@ def accuracy_chart(col) -> Figure:
         _acc_errorbar(a_step, d, "step", **kw)
         if "device_hours" in d:
             _acc_errorbar(a_hours, d.dropna(subset=["device_hours"]), "device_hours", **kw)
+        test = info.summary.get("distilled") or {}
+        if isinstance(test.get("accuracy"), (int, float)):
+            last = d.iloc[-1]
+            a_step.plot([last["step"]], [100 * test["accuracy"]], marker="s", mfc="none", ms=9, ls="none",
+                        color=kw["color"], label=f"{_name(key)} final, test (n={test.get('n')})")
+            if "device_hours" in d and last.notna()["device_hours"]:
+                a_hours.plot([last["device_hours"]], [100 * test["accuracy"]], marker="s", mfc="none", ms=9,
+                             ls="none", color=kw["color"])
     for role, style in (("student", ":"), ("teacher", "--")):
         m = (col.baseline or {}).get(role) or {}
         if isinstance(m.get("accuracy"), (int, float)):
             for ax in (a_step, a_hours):
                 ax.axhline(100 * m["accuracy"], color="0.3", ls=style, lw=1,
-                           label=f"{role} before training (n={m.get('n')})")
+                           label=f"{role} before training, test (n={m.get('n')})")
     a_step.set(xlabel="optimizer step", ylabel="accuracy (%)", title="vs step")
     a_hours.set(xlabel=_hours_unit(col.runs), ylabel="accuracy (%)", title="vs device time")
     _legend(a_step, missing)
@@ -274,8 +284,8 @@ def data_charts(prepared) -> Figure:
     from atlas_lib.data import length_stats
 
     stats = length_stats(prepared)
-    fig, (a_len, a_mag) = _figure(2, "Problems: train vs held-out")
-    for split, color in (("train", "C0"), ("eval", "C1")):
+    fig, (a_len, a_mag) = _figure(2, "Problems: train vs validation vs test")
+    for split, color in (("train", "C0"), ("val", "C2"), ("test", "C1")):
         s = stats[stats["split"] == split]
         a_len.hist(s["question_words"], bins=30, alpha=0.6, color=color, density=True, label=f"{split} (n={len(s)})")
         a_mag.hist(s["answer_log10_abs"], bins=30, alpha=0.6, color=color, density=True, label=split)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from atlas_lib.paths import resolve_params_path
 from atlas_lib.validate import ParamsError, _check_field, _unknown, fld
 
+log = logging.getLogger(__name__)
 __all__ = ["ParamsError", "Params", "load", "from_dict", "build_section", "describe", "fld"]
 
 
@@ -69,7 +71,11 @@ class DataConfig:
     size: int = fld(1200, "Problems to generate (reasoning_gym) before the split.", ge=2)
     path: str | None = fld(None, "File for source=local: .jsonl, .json, .parquet or .csv.")
     columns: dict = fld({}, "source=local column mapping: keys question, solution, answer, id, group.")
-    eval_limit: int = fld(1000, "Held-out problems (the seed's 1,000).", ge=1)
+    eval_limit: int = fld(1000, "Held-out test problems, the reported numbers (the seed's 1,000).", ge=1)
+    val_limit: int = fld(64, "Held-out validation problems: the eval points during training, where the peak "
+                         "is chosen (never the reported test set).", ge=1)
+    eval_per_group: int = fld(1, "Held-out problems kept per group (template / original question); 1 keeps "
+                              "them independent, as the paired tests assume.", ge=1)
     train_limit: int = fld(2048, "Training problems kept after the split.", ge=1)
     on_bad_rows: str = fld("drop", "Rows without question/answer: drop (logged, counted) or fail.",
                            choices=("drop", "fail"))
@@ -91,8 +97,8 @@ class EvalConfig:
     """The shared evaluator."""
 
     limit: int = fld(1000, "Held-out problems evaluated for the final rows (<= data.eval_limit).", ge=1)
-    during_training_limit: int = fld(64, "Held-out problems evaluated at each training eval point.",
-                                     ge=1)
+    during_training_limit: int = fld(64, "Validation problems evaluated at each training eval point "
+                                     "(<= data.val_limit).", ge=1)
     max_new_tokens: int = fld(256, "Greedy generation budget per problem.", ge=1, le=32768)
     batch_size: int = fld(16, "Problems generated together (length-sorted).", ge=1)
     reverse_kl: bool = fld(True, "Score the student's completions with the teacher (mean reverse KL).")
@@ -288,6 +294,16 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     if params.evaluation.limit > params.data.eval_limit:
         raise ParamsError(f"evaluation.limit = {params.evaluation.limit}: must be <= data.eval_limit "
                           f"= {params.data.eval_limit}")
+    if params.evaluation.during_training_limit > params.data.val_limit:
+        raise ParamsError(f"evaluation.during_training_limit = {params.evaluation.during_training_limit}: must be "
+                          f"<= data.val_limit = {params.data.val_limit} (eval points use the validation split)")
+    budget = params.evaluation.max_new_tokens
+    for field_name, value in (("gkd.max_new_tokens", params.gkd.max_new_tokens),
+                              ("grpo.max_completion_length", params.grpo.max_completion_length),
+                              ("cross_tokenizer.max_new_tokens", params.cross_tokenizer.max_new_tokens)):
+        if value < budget:  # allowed (the seed's follow-up samples 128), but never silently
+            log.warning("%s = %d is below evaluation.max_new_tokens = %d: answers longer than the training "
+                        "samples are never trained on (their stop decision included)", field_name, value, budget)
     if params.data.source == "local" and not params.data.path:
         raise ParamsError("data.path: required when data.source = 'local' (a .jsonl/.json/.parquet/.csv file)")
     if params.data.source == "local" and not Path(params.data.path).expanduser().exists():

@@ -5,11 +5,16 @@ Every source becomes records ``{id, question, solution (str | None), answer, sou
 stay on one side of the split: the reasoning-gym template a problem was generated from
 (``gsm_symbolic``) or its id; MetaMathQA's ``original_question``; a ``group`` column for local files.
 
-The split is seeded and by group: groups are shuffled, eval takes whole groups until it holds
-``data.eval_limit`` problems (the surplus of the last group is dropped, never moved to train), train gets
-the other groups, minus any question whose text also appears in eval, capped at ``data.train_limit``.
-GSM8K keeps its official split (eval from ``test``, train from ``train``). :class:`Prepared` holds
-plain lists of record dicts (JSON-ready; ``datasets.Dataset.from_list`` turns them into a dataset).
+The split is seeded and by group, in three parts. Groups are shuffled; the test split (``eval``,
+the reported numbers) takes ``data.eval_per_group`` problems (default one) from each of the first
+groups until it holds ``data.eval_limit``; the validation split (``val``: the eval points during
+training, where the peak is chosen) does the same with the next groups up to ``data.val_limit``;
+train gets every other group, minus any question whose text also appears in val or test, capped at
+``data.train_limit``. The rest of a held-out group is dropped, never moved to train. One problem
+per group keeps held-out problems independent (problems from one template or one original
+question are not), which the paired tests and intervals assume. GSM8K keeps its official split
+(val and test from ``test``, train from ``train``). :class:`Prepared` holds plain lists of record
+dicts (JSON-ready; ``datasets.Dataset.from_list`` turns them into a dataset).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from atlas_lib.answers import normalize_reference
@@ -29,7 +34,7 @@ from atlas_lib.prompts import build_messages, format_solution
 from atlas_lib.rundir import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a validation split (val.jsonl) and one test problem per group
 BAD_CLASSES = ("missing_question", "missing_answer", "bad_answer", "duplicate_id")
 __all__ = ["DataError", "Prepared", "prepare", "load_prepared", "split_by_group", "distill_view", "grpo_view",
            "summary_frame", "length_stats"]
@@ -37,12 +42,14 @@ __all__ = ["DataError", "Prepared", "prepare", "load_prepared", "split_by_group"
 
 @dataclass
 class Prepared:
-    """A prepared split: ``train``/``eval`` are lists of record dicts, in the order they are used."""
+    """A prepared split: ``train``/``val``/``eval`` (test) are lists of record dicts, in the order
+    they are used."""
 
     train: list[dict]
     eval: list[dict]
     manifest: dict
     dir: Path
+    val: list[dict] = field(default_factory=list)
 
 
 def _normalize(rows: list[dict], source: str) -> tuple[list[dict], dict[str, list[str]]]:
@@ -94,31 +101,40 @@ def _qkey(question: str) -> str:
     return " ".join(question.lower().split())
 
 
-def split_by_group(records: list[dict], seed: int, eval_limit: int) -> tuple[list[dict], list[dict]]:
-    """(train, eval): whole groups in seeded order fill eval up to ``eval_limit``; the rest is train."""
+def split_by_group(records: list[dict], seed: int, eval_limit: int, val_limit: int = 0,
+                   per_group: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, val, eval): in seeded group order, eval then val take ``per_group`` problems from
+    each group until full; every other group is train. The rest of a held-out group is dropped."""
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["group"], []).append(r)
     order = sorted(groups)
     rng = random.Random(seed)
     rng.shuffle(order)
-    train, eval_ = [], []
+    train, val, eval_ = [], [], []
     for g in order:
-        (eval_ if len(eval_) < eval_limit else train).extend(groups[g])
-    rng.shuffle(eval_)  # so the first N eval problems (during-training subset) span many groups
-    rng.shuffle(train)
-    return train, eval_[:eval_limit]
+        members = sorted(groups[g], key=lambda r: r["id"])
+        rng.shuffle(members)
+        if len(eval_) < eval_limit:
+            eval_.extend(members[:per_group])
+        elif len(val) < val_limit:
+            val.extend(members[:per_group])
+        else:
+            train.extend(groups[g])
+    for part in (eval_, val, train):
+        rng.shuffle(part)
+    return train, val[:val_limit], eval_[:eval_limit]
 
 
-def _finish(train: list[dict], eval_: list[dict], train_limit: int) -> tuple[list[dict], dict]:
-    """Drop train questions that also appear in eval, cap train, and report the overlap."""
-    eval_q = {_qkey(r["question"]) for r in eval_}
+def _finish(train: list[dict], held_out: list[dict], train_limit: int) -> tuple[list[dict], dict]:
+    """Drop train questions that also appear in val or test, cap train, and report the overlap."""
+    eval_q = {_qkey(r["question"]) for r in held_out}
     dupes = [r["id"] for r in train if _qkey(r["question"]) in eval_q]
     if dupes:
-        log.warning("removed %d train problems whose question text is also in eval (e.g. ids %s)",
+        log.warning("removed %d train problems whose question text is also held out (e.g. ids %s)",
                     len(dupes), ", ".join(dupes[:5]))
     train = [r for r in train if _qkey(r["question"]) not in eval_q][:train_limit]
-    eval_groups = {r["group"] for r in eval_}
+    eval_groups = {r["group"] for r in held_out}
     overlap = {"groups": len({r["group"] for r in train} & eval_groups),
                "questions": sum(_qkey(r["question"]) in eval_q for r in train),
                "removed_from_train": len(dupes), "removed_examples": dupes[:5]}
@@ -149,37 +165,44 @@ def prepare(params: Params) -> Prepared:
         raise DataError(f"data.source = {d.source!r} produced no rows")
     normalized, bad = _normalize([r for pool in pools for r in pool], d.source)
     counts_bad = _report_bad(bad, d.on_bad_rows)
-    if len(pools) == 2:  # an official split (GSM8K): eval from test, train from train
+    if len(pools) == 2:  # an official split (GSM8K): val and test from test, train from train
         ids = {r["id"] for r in pools[0]}
         rng = random.Random(seed)
         train = [r for r in normalized if r["id"] in ids]
-        eval_ = [r for r in normalized if r["id"] not in ids]
+        held = [r for r in normalized if r["id"] not in ids]
         rng.shuffle(train)
-        rng.shuffle(eval_)
-        eval_ = eval_[: d.eval_limit]
+        _, val, eval_ = split_by_group(held, seed, d.eval_limit, d.val_limit, d.eval_per_group)
     else:
-        train, eval_ = split_by_group(normalized, seed, d.eval_limit)
-    train, overlap = _finish(train, eval_, d.train_limit)
-    if not train or not eval_:
-        raise DataError(f"{len(normalized)} usable problems leave {len(train)} for training and {len(eval_)} for "
-                        f"eval (data.eval_limit = {d.eval_limit}); lower data.eval_limit or add problems "
-                        f"(data.size for reasoning_gym)")
+        train, val, eval_ = split_by_group(normalized, seed, d.eval_limit, d.val_limit, d.eval_per_group)
+    train, overlap = _finish(train, eval_ + val, d.train_limit)
+    if not train or not eval_ or not val:
+        raise DataError(f"{len(normalized)} usable problems in {len({r['group'] for r in normalized})} groups leave "
+                        f"{len(train)} for training, {len(val)} for validation and {len(eval_)} for test "
+                        f"(data.eval_limit = {d.eval_limit}, data.val_limit = {d.val_limit}, "
+                        f"data.eval_per_group = {d.eval_per_group}); lower the limits or add problems "
+                        "(data.size for reasoning_gym)")
+    for name, got, want in (("test", len(eval_), d.eval_limit), ("validation", len(val), d.val_limit)):
+        if got < want:
+            log.warning("the %s split holds %d problems, fewer than the %d asked: the source has too few "
+                        "groups for %d per group", name, got, want, d.eval_per_group)
     out = data_dir(params)
-    texts = {"train.jsonl": _jsonl(train), "eval.jsonl": _jsonl(eval_)}
+    texts = {"train.jsonl": _jsonl(train), "val.jsonl": _jsonl(val), "eval.jsonl": _jsonl(eval_)}
     for name, text in texts.items():
         atomic_write_text(out / name, text)
     manifest = {
         "schema_version": SCHEMA_VERSION, "source": d.source, "task": d.task if d.source == "reasoning_gym" else None,
         "path": relative_to_root(d.path) if d.path else None, "seed": seed,
-        "counts": {"raw": sum(map(len, pools)), "usable": len(normalized), "train": len(train), "eval": len(eval_),
-                   "train_groups": len({r["group"] for r in train}), "eval_groups": len({r["group"] for r in eval_})},
+        "counts": {"raw": sum(map(len, pools)), "usable": len(normalized), "train": len(train), "val": len(val),
+                   "eval": len(eval_), "train_groups": len({r["group"] for r in train}),
+                   "val_groups": len({r["group"] for r in val}), "eval_groups": len({r["group"] for r in eval_})},
         "bad_rows": counts_bad, "on_bad_rows": d.on_bad_rows, "overlap": overlap,
         "sha256": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()},
         "params_hash": params.stage_hash("data"), "data_hash": _data_hash(params),
     }
     atomic_write_json(out / "manifest.json", manifest)
-    log.info("prepared %d train / %d eval problems in %s", len(train), len(eval_), relative_to_root(out))
-    return Prepared(train=train, eval=eval_, manifest=manifest, dir=out)
+    log.info("prepared %d train / %d validation / %d test problems in %s", len(train), len(val), len(eval_),
+             relative_to_root(out))
+    return Prepared(train=train, eval=eval_, manifest=manifest, dir=out, val=val)
 
 
 def load_prepared(params: Params) -> Prepared:
@@ -189,16 +212,17 @@ def load_prepared(params: Params) -> Prepared:
     if not (out / "manifest.json").exists():
         raise DataError(f"no prepared data for profile {params.name!r} in {relative_to_root(out)}; {how} first")
     manifest = json.loads((out / "manifest.json").read_text())
-    if manifest.get("data_hash") != _data_hash(params):
+    if manifest.get("schema_version") != SCHEMA_VERSION or manifest.get("data_hash") != _data_hash(params):
         raise DataError(f"the data in {relative_to_root(out)} was prepared with other data parameters "
                         f"(data.* or run.seed changed); {how} again")
     parts = {}
-    for name in ("train.jsonl", "eval.jsonl"):
+    for name in ("train.jsonl", "val.jsonl", "eval.jsonl"):
         raw = (out / name).read_bytes() if (out / name).exists() else b""
         if hashlib.sha256(raw).hexdigest() != manifest["sha256"].get(name):
             raise DataError(f"{relative_to_root(out / name)} is missing or changed since it was prepared; {how} again")
         parts[name] = [json.loads(line) for line in raw.decode().split("\n") if line.strip()]
-    return Prepared(train=parts["train.jsonl"], eval=parts["eval.jsonl"], manifest=manifest, dir=out)
+    return Prepared(train=parts["train.jsonl"], eval=parts["eval.jsonl"], manifest=manifest, dir=out,
+                    val=parts["val.jsonl"])
 
 
 # -- views for the trainers and notebook 01 -----------------------------------------------------
@@ -222,7 +246,7 @@ def summary_frame(prepared: Prepared):
 
     rows = [{"split": name, "problems": len(recs), "groups": len({r["group"] for r in recs}),
              "with_solution": sum(r.get("solution") is not None for r in recs)}
-            for name, recs in (("train", prepared.train), ("eval", prepared.eval))]
+            for name, recs in (("train", prepared.train), ("val", prepared.val), ("test", prepared.eval))]
     return pd.DataFrame(rows).set_index("split")
 
 
@@ -234,7 +258,7 @@ def length_stats(prepared: Prepared):
     import pandas as pd
 
     rows = []
-    for name, recs in (("train", prepared.train), ("eval", prepared.eval)):
+    for name, recs in (("train", prepared.train), ("val", prepared.val), ("test", prepared.eval)):
         for r in recs:
             value = float(Fraction(r["answer"]))
             rows.append({"split": name, "question_words": len(r["question"].split()), "answer": value,

@@ -93,29 +93,35 @@ def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: in
     mask), so all completions end in the same column and only the last ``max completion + 1``
     logits are computed. ``None`` for an empty completion.
     """
-    out: list[float | None] = []
+    out: list[float | None] = [None] * len(generations)
     bs = max(1, batch_size)
+    # Rows batched by length, so a short completion is not padded to a long neighbour's length
+    # (greedy answers vary from ~10 to the full budget); results go back in the callers' order.
+    order = sorted(range(len(generations)),
+                   key=lambda i: len(generations[i]["prompt_ids"]) + len(generations[i]["completion_ids"]))
     with _eval_mode(student, teacher):
         prefix = shared_prefix([student, teacher], [list(g["prompt_ids"]) for g in generations])
         caches = {id(m): _prefill(m, prefix) for m in (student, teacher)}
         prefix = prefix if None not in caches.values() else []
-        for start in range(0, len(generations), bs):
-            chunk = generations[start:start + bs]
+        for start in range(0, len(order), bs):
+            rows = order[start:start + bs]
+            chunk = [generations[i] for i in rows]
             seqs = [list(g["prompt_ids"]) + list(g["completion_ids"]) for g in chunk]
             n_comp = [len(g["completion_ids"]) for g in chunk]
             c_max = max(n_comp)
+            if c_max == 0:
+                continue
             s_B_C_V, t_B_C_V = (  # column j predicts token j+1
                 forward_batch(m, _batch_inputs(m, seqs, 0, prefix, caches[id(m)]), len(prefix), keep=c_max + 1,
                               use_cache=bool(prefix)).logits[:, -(c_max + 1):-1]
                 for m in (student, teacher))
-            for r, c in enumerate(n_comp):  # one row at a time: float32 copies of 150k-wide rows add up
-                if c == 0:
-                    out.append(None)
+            for r, (i, c) in enumerate(zip(rows, n_comp, strict=True)):  # one row at a time: float32
+                if c == 0:  # copies of 150k-wide rows add up
                     continue
                 sl = slice(c_max - c, c_max)
                 kl_1_C = reverse_kl_per_token(s_B_C_V[r:r + 1, sl], t_B_C_V[r:r + 1, sl], torch.ones(1, c),
                                               vocab_size)
-                out.append(float(kl_1_C.mean()))
+                out[i] = float(kl_1_C.mean())
     return out
 
 

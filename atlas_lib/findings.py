@@ -1,8 +1,12 @@
 """The report's text: a findings paragraph computed from the table, and the provenance block.
 
-Findings state numbers and what they allow: which method is higher, by how much, at what device
-time, and whether the 95% intervals overlap (overlap -> "within noise"). Missing stages are named
-as not run. Nothing here adds a judgement the numbers do not carry.
+Findings lead with the answer: which method changed the student's test accuracy, by how much,
+as a paired difference on the same problems (95% paired-bootstrap interval, exact McNemar p), at
+what device time; then the compute each method needed to reach the best validation accuracy the
+other reached; then what did not train and why. A difference is called one only when its paired
+test says so (p < 0.05); otherwise the text says it is not distinguishable at this n and gives the
+smallest difference the run could have detected. Nothing here adds a judgement the numbers do not
+carry.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from atlas_lib import config
-from atlas_lib.report import Collected, RunInfo, results_table
+from atlas_lib import config, stats
+from atlas_lib.report import ALIGNED_COL as ALIGNED
+from atlas_lib.report import Collected, RunInfo, paired_vs, results_table
 from atlas_lib.report_html import scrub_text
+
+ALPHA = 0.05
+NAMES = {"gkd": "GKD", "grpo": "GRPO", "cross_tokenizer": "Cross-tokenizer distillation"}
 
 
 def _ok(x) -> bool:
@@ -24,6 +32,10 @@ def _ok(x) -> bool:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def _name(key: str) -> str:
+    return NAMES.get(key) or f"GKD sweep {key.removeprefix('sweep-')}"
 
 
 def _acc(r: pd.Series) -> str:
@@ -35,24 +47,14 @@ def _acc(r: pd.Series) -> str:
     return _pct(r["Accuracy"]) + (f" ({', '.join(extra)})" if extra else "")
 
 
-def overlap(lo_a: float, hi_a: float, lo_b: float, hi_b: float) -> bool:
-    """Whether two intervals share a point (unknown bounds count as overlapping: nothing is claimed)."""
-    if not all(_ok(x) for x in (lo_a, hi_a, lo_b, hi_b)):
-        return True
-    return max(lo_a, lo_b) <= min(hi_a, hi_b)
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def compare(name_a: str, a: pd.Series, name_b: str, b: pd.Series, what: str) -> str:
-    """One sentence: both accuracies, which is higher, and whether their intervals overlap."""
-    head = f"{what}: {name_a} {_acc(a)} vs {name_b} {_acc(b)}."
-    diff = a["Accuracy"] - b["Accuracy"]
-    if diff == 0:
-        return head + " The two are equal."
-    hi, lo = (name_a, name_b) if diff > 0 else (name_b, name_a)
-    gap = f" {hi[0].upper() + hi[1:]} is higher than {lo} by {100 * abs(diff):.1f} percentage points;"
-    if overlap(a["CI low"], a["CI high"], b["CI low"], b["CI high"]):
-        return head + gap + " the 95% intervals overlap, so the difference is within noise."
-    return head + gap + " the 95% intervals do not overlap."
+def paired_text(pr: stats.Paired) -> str:
+    """'+4.0 points (paired 95% CI +1.0 to +7.0, exact McNemar p = 0.012, n = 200; 12 vs 4 problems)'."""
+    return (f"{100 * pr.diff:+.1f} points (paired 95% CI {100 * pr.ci_low:+.1f} to {100 * pr.ci_high:+.1f}, exact "
+            f"McNemar {_p(pr.p_value)}, n = {pr.n}; {pr.a_only} problems gained, {pr.b_only} lost)")
 
 
 def _unit(r: pd.Series) -> str:
@@ -61,32 +63,40 @@ def _unit(r: pd.Series) -> str:
 
 def _hours(r: pd.Series) -> str:
     unit = _unit(r)
-    steps = f", {r['Steps']:.0f} steps" if _ok(r["Steps"]) else ""
+    steps = f" over {r['Steps']:.0f} steps" if _ok(r["Steps"]) else ""
     return f"{r['Device hours']:.3g} {unit}{steps}" if _ok(r["Device hours"]) else "device time not recorded"
 
 
-def _first_last(info: RunInfo, key: str) -> tuple[float, float] | None:
-    """First and last eval point (one subset of problems); the summary's initial/final rows only
-    where the run has no eval points (they may be measured on a different number of problems)."""
-    s, e = info.summary, info.evals
-    if key in e and len(e) and _ok(e[key].iloc[0]) and _ok(e[key].iloc[-1]):
-        return float(e[key].iloc[0]), float(e[key].iloc[-1])
-    a, b = (s.get("initial") or {}).get(key), (s.get("distilled") or {}).get(key)
-    return (float(a), float(b)) if _ok(a) and _ok(b) else None
-
-
-def _peak(info: RunInfo, name: str, unit: str) -> str | None:
-    t, e = info.summary.get("training") or {}, info.evals
-    if not _ok(t.get("peak_accuracy")) and "accuracy" in e and e["accuracy"].notna().any():
-        best = e.loc[e["accuracy"].idxmax()]
-        t = {"peak_accuracy": best["accuracy"], "peak_step": best["step"],
-             "device_hours_to_peak": best.get("device_hours")}
-    if not _ok(t.get("peak_accuracy")):
+def hours_to_reach(info: RunInfo, target: float) -> float | None:
+    """Device hours at the first validation eval point whose accuracy reaches ``target`` (None: never)."""
+    e = info.evals
+    if not len(e) or "accuracy" not in e or "device_hours" not in e:
         return None
-    where = f" at step {t['peak_step']:.0f}" if _ok(t.get("peak_step")) else ""
-    cost = f" after {t['device_hours_to_peak']:.3g} {unit}" if _ok(t.get("device_hours_to_peak")) else ""
-    k = len(e) if len(e) else "?"
-    return f"{name} peaked at {_pct(t['peak_accuracy'])}{where}{cost} (best of {k} eval points on the same subset)"
+    hit = e[e["accuracy"] >= target - 1e-12]
+    return float(hit["device_hours"].iloc[0]) if len(hit) else None
+
+
+def compute_ratio(runs: dict[str, RunInfo], a: str, b: str, unit: str) -> str | None:
+    """The on-policy distillation literature's headline: device hours each method needed to reach
+    the best validation accuracy the other reached (or 'not reached')."""
+    ia, ib = runs.get(a), runs.get(b)
+    if ia is None or ib is None or not len(ia.evals) or not len(ib.evals) or "accuracy" not in ia.evals \
+            or "accuracy" not in ib.evals:
+        return None
+    parts = []
+    for x, y, ix, iy in ((a, b, ia, ib), (b, a, ib, ia)):
+        best = float(iy.evals["accuracy"].max())
+        h = hours_to_reach(ix, best)
+        start = float(ix.evals["accuracy"].iloc[0])
+        if h is None:
+            parts.append(f"{_name(x)} did not reach {_name(y)}'s best {_pct(best)}")
+        elif best <= start:
+            parts.append(f"{_name(x)} started at or above {_name(y)}'s best {_pct(best)}")
+        else:
+            parts.append(f"{_name(x)} reached {_name(y)}'s best {_pct(best)} after {h:.3g} {unit}")
+    n = ia.evals["n"].iloc[-1] if "n" in ia.evals else None
+    where = f" (validation split, n = {n:.0f})" if _ok(n) else " (validation split)"
+    return "Compute to match the other method's best validation accuracy" + where + ": " + "; ".join(parts) + "."
 
 
 def _status_line(name: str, info: RunInfo) -> str | None:
@@ -96,60 +106,103 @@ def _status_line(name: str, info: RunInfo) -> str | None:
         return f"{name} failed ({info.summary.get('error', 'no error recorded')}); its row shows its last eval point."
     if info.status in ("incomplete", "unreadable"):
         return f"{name} is {info.status} (no usable summary.json); its row shows its last eval point."
+    s = info.summary
+    if s.get("did_not_train"):
+        return f"{name} did not train: {s['did_not_train']}; its row is the untrained model, not a result."
+    if s.get("flags"):
+        return f"{name}: " + "; ".join(s["flags"]) + "."
     return None
 
 
-def findings(col: Collected) -> str:
-    """A short Markdown paragraph that states what the collected numbers show."""
-    t = results_table(col)
-    names = {"gkd": "GKD", "grpo": "GRPO", "cross_tokenizer": "Cross-tokenizer distillation"}
-    lines = []
-    s, te = t.loc["student"], t.loc["teacher"]
-    if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
-        lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)}.")
+def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
+    """The answer: each trained method against the untrained student, paired on the test problems."""
+    out, results = [], []
+    for key in ("gkd", "grpo", *[k for k in col.runs if k.startswith("sweep-")]):
+        info = col.runs.get(key)
+        pr = paired_vs(col, key) if info is not None and info.status == "complete" else None
+        if pr is None or info.summary.get("did_not_train"):
+            continue
+        results.append((key, pr))
+    if not results:
+        return ["No trained method has a test evaluation paired with the untrained student's yet."]
+    sig = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff > 0]
+    worse = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff < 0]
+    if sig:
+        k, pr = max(sig, key=lambda kp: kp[1].diff)
+        out.append(f"**{_name(k)} improved the student's test accuracy by {paired_text(pr)}**, from "
+                   f"{_pct(pr.acc_b)} to {_pct(pr.acc_a)}, at {_hours(t.loc[k])}.")
     else:
-        lines.append("The pre-distillation student and teacher baselines were not run (notebook 01).")
+        out.append("**No method changed the student's test accuracy by more than this run can distinguish "
+                   "from noise** (paired, exact McNemar p >= 0.05).")
+    for k, pr in results:
+        if sig and k == max(sig, key=lambda kp: kp[1].diff)[0]:
+            continue
+        verdict = "improved it" if (k, pr) in sig else "lowered it" if (k, pr) in worse else "changed it by"
+        out.append(f"{_name(k)} {verdict} {paired_text(pr)} at {_hours(t.loc[k])}.")
+    if "gkd" in col.correct and "grpo" in col.correct and all(k in dict(results) for k in ("gkd", "grpo")):
+        pr = paired_vs(col, "gkd", "grpo")
+        if pr is not None:
+            out.append(f"GKD minus GRPO on the same test problems: {paired_text(pr)}.")
+    return out
+
+
+def mde_sentence(col: Collected) -> str | None:
+    """The smallest paired difference this run's n can detect (80% power, two-sided 5%)."""
+    base = col.correct.get("student")
+    if not base:
+        return None
+    n = len(base)
+    discord = [pr.a_only + pr.b_only for k in ("gkd", "grpo") if (pr := paired_vs(col, k)) is not None]
+    if discord:
+        q = max(discord) / n
+        how = f"the discordance observed here ({100 * q:.0f}% of problems)"
+    else:
+        acc = sum(base.values()) / n
+        q = 2 * acc * (1 - acc)
+        how = "independent errors at the student's accuracy"
+    mde = stats.min_detectable_difference(n, q)
+    return (f"Power: with n = {n} test problems and {how}, the smallest paired difference detectable with 80% "
+            f"power at 5% is about {100 * mde:.1f} points; smaller true differences would usually read as noise.")
+
+
+def findings(col: Collected) -> str:
+    """A short Markdown paragraph that states what the collected numbers show, answer first."""
+    t = results_table(col)
     runs = col.runs
-    for key in ("gkd", "grpo", "cross_tokenizer"):
-        line = _status_line(names[key], runs[key]) if key in runs else None
+    lines = _lead(col, t)
+    g, r = t.loc["gkd"], t.loc["grpo"]
+    if "gkd" in runs and "grpo" in runs:
+        ratio = compute_ratio(runs, "gkd", "grpo", _unit(g) if _ok(g["Device hours"]) else _unit(r))
+        if ratio:
+            lines.append(ratio)
+    for key in ("gkd", "grpo", "cross_tokenizer", *[k for k in runs if k.startswith("sweep-")]):
+        line = _status_line(_name(key), runs[key]) if key in runs else None
         if line:
             lines.append(line)
-    g, r = t.loc["gkd"], t.loc["grpo"]
-    if _ok(g["Accuracy"]) and _ok(r["Accuracy"]):
-        lines.append(compare("GKD", g, "GRPO", r, "Final held-out accuracy"))
-        lines.append(f"Training cost: GKD {_hours(g)}; GRPO {_hours(r)}.")
-        peaks = [p for p in (_peak(runs["gkd"], "GKD", _unit(g)), _peak(runs["grpo"], "GRPO", _unit(r))) if p]
-        if peaks:
-            lines.append("; ".join(peaks) + ".")
-    elif _ok(g["Accuracy"]) or _ok(r["Accuracy"]):
-        lines.append("GKD and GRPO cannot be compared: only one of them has a final accuracy.")
-    for key in (k for k in runs if k.startswith("sweep-")):
-        v = t.loc[key]
-        if _ok(v["Accuracy"]) and _ok(g["Accuracy"]):
-            lines.append(compare(f"GKD sweep {key[6:]}", v, "GKD", g, "Sweep"))
-        else:
-            lines.append(f"GKD sweep {key[6:]}: {runs[key].status}, no final accuracy.")
-    if "cross_pre" in t.index and _ok(t.loc["cross_pre", "Accuracy"]) and _ok(t.loc["cross_post", "Accuracy"]):
-        lines.append(compare("the trained student", t.loc["cross_post"], "the untrained student",
-                             t.loc["cross_pre"], "Cross-tokenizer student accuracy"))
-    moves = []
-    for key, info in runs.items():
-        fl = _first_last(info, "avg_generated_tokens")
-        if fl:
-            moves.append(f"{names.get(key, 'GKD sweep ' + key[6:])} {fl[0]:.1f} → {fl[1]:.1f}")
+    s, te = t.loc["student"], t.loc["teacher"]
+    if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
+        lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
+    else:
+        lines.append("The pre-distillation student and teacher baselines were not run (notebook 01).")
+    if "cross_pre" in t.index and (pr := paired_vs(col, "cross_post", "cross_pre")) is not None:
+        lines.append(f"Cross-tokenizer distillation changed its student's test accuracy by {paired_text(pr)}.")
+    moves = [f"{_name(k)} {s['Avg Generated Tokens']:.1f} → {t.loc[k, 'Avg Generated Tokens']:.1f}"
+             for k in runs if k in t.index and _ok(s["Avg Generated Tokens"]) and _ok(t.loc[k, "Avg Generated Tokens"])]
     if moves:
-        lines.append("Mean generated tokens on the held-out subset (first → last eval point): " + "; ".join(moves) + ".")
-    kls = [f"{names.get(k, 'GKD sweep ' + k[6:])} {fl[0]:.3f} → {fl[1]:.3f}" for k, i in runs.items()
-           if k != "cross_tokenizer" and (fl := _first_last(i, "mean_reverse_kl"))]
+        lines.append("Mean generated tokens on the test split (untrained student → trained): " + "; ".join(moves) + ".")
+    kls = [f"{_name(k)} {s['Mean Reverse KL']:.3f} → {t.loc[k, 'Mean Reverse KL']:.3f}"
+           for k in runs if k in t.index and k != "cross_tokenizer" and _ok(s["Mean Reverse KL"])
+           and _ok(t.loc[k, "Mean Reverse KL"])]
     if kls:
-        lines.append("Mean reverse KL to the teacher (nats/token, same tokenizer): " + "; ".join(kls) + ".")
-    if "cross_tokenizer" in runs and (fl := _first_last(runs["cross_tokenizer"], "aligned_divergence")):
-        lines.append(f"The cross-tokenizer student's aligned span divergence went {fl[0]:.3f} → {fl[1]:.3f} "
-                     "(a different quantity from reverse KL; not comparable).")
-    ns = {f"{v:.0f}" for v in t["n"] if _ok(v)}
-    if len(ns) > 1:
-        lines.append(f"Rows are evaluated on different numbers of problems (n = {', '.join(sorted(ns, key=int))}): "
-                     "baselines use evaluation.limit, training eval points evaluation.during_training_limit.")
+        lines.append("Mean reverse KL to the teacher on the test split (nats/token, same tokenizer): "
+                     + "; ".join(kls) + ".")
+    if "cross_pre" in t.index and _ok(t.loc["cross_pre", ALIGNED]) and _ok(t.loc["cross_post", ALIGNED]):
+        lines.append(f"The cross-tokenizer student's aligned span divergence went {t.loc['cross_pre', ALIGNED]:.3f} → "
+                     f"{t.loc['cross_post', ALIGNED]:.3f} (a different quantity from reverse KL; not comparable).")
+    if (m := mde_sentence(col)) is not None:
+        lines.append(m)
+    lines.append("Table rows are the test split; training curves are the validation split (where the peak is "
+                 "chosen), and end at the trained model's test point.")
     return " ".join(lines)
 
 

@@ -58,7 +58,16 @@ def generalized_jsd(student_logits_N_V: torch.Tensor, teacher_logits_N_V: torch.
 
 
 class AtlasGKDTrainer(GKDTrainer):
-    """GKDTrainer with completion-only logits, chunked loss and a NaN guard (same math)."""
+    """GKDTrainer with completion-only logits, chunked loss, per-token normalisation and a NaN guard.
+
+    Normalisation: HF Trainer counts ``num_items_in_batch`` from the dataset's reference labels
+    before ``GKDTrainer.training_step`` swaps in the student's samples, so dividing by it weights
+    each step by the references' lengths, not by what was scored. The kit divides each micro-batch's
+    summed JSD by the completion tokens it actually scored, and the Trainer averages micro-batches
+    over gradient accumulation (``loss_is_scaled_for_ga = False``).
+    """
+
+    loss_is_scaled_for_ga = False
 
     def __init__(self, *args, loss_chunk_size: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -70,6 +79,9 @@ class AtlasGKDTrainer(GKDTrainer):
         self.generation_kwargs["use_cache"] = True
         self.loss_chunk_size = loss_chunk_size
         self._completion_tokens = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return super().training_step(model, inputs, None)  # the count of reference labels: not what is scored
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels_B_T = inputs["labels"]
@@ -93,10 +105,7 @@ class AtlasGKDTrainer(GKDTrainer):
         mask_B_K = valid_B_T[:, first:]
         total = generalized_jsd(s_logits_B_K_V[..., :vocab][mask_B_K], t_logits_B_K_V[..., :vocab][mask_B_K],
                                 self.beta, chunk_size=self.loss_chunk_size)
-        denom = num_items_in_batch if num_items_in_batch is not None else mask_B_K.sum().clamp_min(1)
-        if isinstance(denom, torch.Tensor):
-            denom = denom.to(total.device)
-        loss = total / denom
+        loss = total / mask_B_K.sum().clamp_min(1).to(total.device)  # per scored completion token
         if not torch.isfinite(loss):
             raise NonFiniteError(f"GKD loss became {loss.item()} at step {self.state.global_step + 1}; the run "
                                  "stopped before applying it and kept its metrics and last checkpoint")

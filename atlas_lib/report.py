@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from atlas_lib import config, rundir
+from atlas_lib import config, rundir, stats
 from atlas_lib.charts import (
     accuracy_chart,
     data_charts,
@@ -39,7 +39,8 @@ NAN = float("nan")
 SAME_TOK_DIV = "reverse KL to the teacher (same tokenizer)"
 CROSS_DIV = "aligned span divergence (cross-tokenizer)"
 ALIGNED_COL = "Aligned divergence (cross-tokenizer)"
-TRAINING_COLS = ("Device hours", "Training seconds", "Device hours to peak", "Steps", "Peak RSS GB")
+TRAINING_COLS = ("Device hours", "Training seconds", "Device hours to peak", "Steps", "Peak RSS GB",
+                 "Diff vs student", "Diff CI low", "Diff CI high", "p (McNemar)")
 TRAINED = ("gkd", "grpo", "cross_tokenizer")
 LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher", "gkd": "GKD distilled student",
           "grpo": "GRPO / RLVR baseline", "cross_pre": "Cross-tokenizer student (pre)",
@@ -69,6 +70,8 @@ class Collected:
     baseline: dict | None
     runs: dict[str, RunInfo]  # gkd, sweep-<name>..., grpo, cross_tokenizer (in table order)
     notes: list[str] = field(default_factory=list)
+    # Per table row, {problem id: correct} on the test split (the paired comparisons' input)
+    correct: dict[str, dict] = field(default_factory=dict)
 
 
 def _read_json(path: Path, notes: list[str], what: str) -> dict | None:
@@ -151,7 +154,29 @@ def collect(params: config.Params) -> Collected:
             notes.append(f"{d.name}/ exists but is not a sweep of this params file; not shown")
     for info in runs.values():
         notes += [f"{info.key}: {n}" for n in info.notes]
-    return Collected(params.name, manifest, baseline, runs, notes)
+    correct = {"student": _correct(profile / "baseline" / "student.records.jsonl"),
+               "teacher": _correct(profile / "baseline" / "teacher.records.jsonl")}
+    for key, info in runs.items():
+        run_dir = runs_root() / info.rel
+        if key == "cross_tokenizer":
+            correct["cross_pre"] = _correct(run_dir / "eval" / "initial_full.records.jsonl")
+            correct["cross_post"] = _correct(run_dir / "eval" / "final_full.records.jsonl")
+        else:
+            correct[key] = _correct(run_dir / "eval" / "final_full.records.jsonl")
+    return Collected(params.name, manifest, baseline, runs, notes, {k: v for k, v in correct.items() if v})
+
+
+def _correct(path: Path) -> dict:
+    """{problem id: correct} of an evaluation's records (empty when absent)."""
+    return {r["id"]: bool(r["correct"]) for r in rundir.read_jsonl(path) if "id" in r and "correct" in r}
+
+
+def paired_vs(col: Collected, key: str, base: str = "student") -> stats.Paired | None:
+    """Row ``key`` against row ``base`` on the test problems both were evaluated on."""
+    a, b = col.correct.get(key), col.correct.get(base)
+    if not a or not b or not set(a) & set(b):
+        return None
+    return stats.paired(a, b)
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -181,7 +206,8 @@ def _row(label: str, status: str, m: dict | None, *, cross: bool = False, traini
            "Device hours": _num(t.get("device_hours")), "Device kind": t.get("device_kind"),
            "Training seconds": _num(t.get("duration_seconds")),
            "Device hours to peak": _num(t.get("device_hours_to_peak")),
-           "Peak accuracy": _num(t.get("peak_accuracy")), "Steps": _num(t.get("global_step")),
+           "Peak accuracy": _num(t.get("peak_accuracy")), "Peak step": _num(t.get("peak_step")),
+           "Steps": _num(t.get("global_step")),
            "Peak RSS GB": _num(t.get("peak_rss_gb")), "Divergence kind": divergence}
     if m and status != "not run":
         for col, key in (("Accuracy", "accuracy"), ("Avg Generated Tokens", "avg_generated_tokens"),
@@ -212,10 +238,15 @@ def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
         training = {"device_hours": last.get("device_hours"), "duration_seconds": last.get("seconds"),
                     "device_kind": last.get("device_kind"), "global_step": last.get("step")}
     notes = list(info.notes)
+    status = info.status
+    if s.get("did_not_train"):
+        status = f"did not train: {s['did_not_train']}"
+    elif s.get("flags"):
+        status = f"{info.status}; " + "; ".join(s["flags"])
     if info.summary and not s.get("distilled") and last:
         notes.append("summary has no 'distilled' block; values from the last eval point")
     if key != "cross_tokenizer":
-        return {key: _row(label, info.status, final, training=training, notes=notes,
+        return {key: _row(label, status, final, training=training, notes=notes,
                           divergence=s.get("divergence_label", SAME_TOK_DIV))}
     student = _short(s.get("student_model") or (s.get("config") or {}).get("cross_tokenizer", {}).get("student"))
     suffix = f": {student}" if student else ""
@@ -223,7 +254,7 @@ def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
     pre_notes = notes + ([] if s.get("initial") or not first else ["values from the first eval point"])
     return {"cross_pre": _row(LABELS["cross_pre"] + suffix, info.status, s.get("initial") or first, cross=True,
                               divergence=div, notes=pre_notes),
-            "cross_post": _row(LABELS["cross_post"] + suffix, info.status, final, cross=True, training=training,
+            "cross_post": _row(LABELS["cross_post"] + suffix, status, final, cross=True, training=training,
                                divergence=div, notes=notes)}
 
 
@@ -244,6 +275,11 @@ def results_table(collected: Collected) -> pd.DataFrame:
         rows[role] = _row(label, "complete" if m else "not run", m, divergence=div, notes=notes)
     for key, info in collected.runs.items():
         rows.update(_run_rows(key, info))
+    for key, row in rows.items():  # each trained row against its own untrained student, paired by problem
+        pr = paired_vs(collected, key, "cross_pre" if key == "cross_post" else "student") \
+            if key not in ("student", "teacher", "cross_pre") else None
+        row.update({"Diff vs student": pr.diff if pr else NAN, "Diff CI low": pr.ci_low if pr else NAN,
+                    "Diff CI high": pr.ci_high if pr else NAN, "p (McNemar)": pr.p_value if pr else NAN})
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -274,15 +310,23 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
             return "missing" if pd.isna(r[col]) else fmt(r[col])
         unit = f" {r['Device kind']}-h" if isinstance(r["Device kind"], str) else " device-h"
         ci = cell("CI low", lambda lo, hi=r["CI high"]: f"[{_pct(lo)}, {_pct(hi)}]")
+        diff = cell("Diff vs student", lambda d, r=r: f"{100 * d:+.1f} pts [{100 * r['Diff CI low']:+.1f}, "
+                    f"{100 * r['Diff CI high']:+.1f}]")
+        hours_to_peak = cell("Device hours to peak", lambda x, u=unit: f"{x:.3g}{u}")
+        if hours_to_peak == "missing" and _applies(key, "Device hours to peak") and r["Status"] != "not run" \
+                and r.get("Peak step") == 0:
+            hours_to_peak = "no improvement"
         out.append({"Model / Method": r["Model / Method"], "Status": r["Status"],
                     "Accuracy": cell("Accuracy", _pct), "95% CI": ci, "n": cell("n", lambda x: f"{x:.0f}"),
                     "Avg Generated Tokens": cell("Avg Generated Tokens", lambda x: f"{x:.1f}"),
                     "Truncation": cell("Truncation", _pct),
+                    "Paired diff vs untrained (95% CI)": diff,
+                    "p (McNemar)": cell("p (McNemar)", lambda p: f"{p:.3g}"),
                     "Mean Reverse KL": cell("Mean Reverse KL", lambda x: f"{x:.3f}"),
                     ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"),
                     "Device time": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
                         f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "")),
-                    "Device hours to peak": cell("Device hours to peak", lambda x, u=unit: f"{x:.3g}{u}"),
+                    "Device hours to peak": hours_to_peak,
                     "Steps": cell("Steps", lambda x: f"{x:.0f}"),
                     "Peak memory": cell("Peak RSS GB", lambda x: f"{x:.1f} GB RSS"),
                     "Divergence kind": r["Divergence kind"],
@@ -294,7 +338,8 @@ def baseline_frame(baselines: dict) -> pd.DataFrame:
     """Notebook 01's rows (student, teacher) from :func:`atlas_lib.stages.evaluate_baselines`' summary."""
     b = Collected("", None, baselines, {})
     return styled_table(results_table(b).loc[["student", "teacher"]]).drop(
-        columns=["Device time", "Device hours to peak", "Steps", "Peak memory", ALIGNED_COL])
+        columns=["Device time", "Device hours to peak", "Steps", "Peak memory", ALIGNED_COL,
+                 "Paired diff vs untrained (95% CI)", "p (McNemar)"])
 
 
 def examples_frame(prepared, n: int = 3) -> pd.DataFrame:

@@ -60,8 +60,11 @@ def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: 
 
 
 def eval_examples(params: Params, prepared, during_training: bool = True) -> list[dict]:
-    limit = params.evaluation.during_training_limit if during_training else params.evaluation.limit
-    return list(prepared.eval)[:limit]
+    """Eval points during training use the validation split (where the peak is chosen); the
+    reported rows use the test split."""
+    if during_training:
+        return list(prepared.val)[:params.evaluation.during_training_limit]
+    return list(prepared.eval)[:params.evaluation.limit]
 
 
 def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_tok=None, divergence_fn=None,
@@ -112,14 +115,15 @@ def baseline_records(params: Params) -> list[dict] | None:
 
     out_dir = runs_root() / params.name / "baseline"
     summary = load_summary(out_dir) or {}
-    if summary.get("stage_hash") != params.stage_hash("data") or not (out_dir / "student.records.jsonl").exists():
+    if summary.get("stage_hash") != params.stage_hash("data") or not (out_dir / "student_val.records.jsonl").exists():
         return None
-    log.info("step 0 reuses the untrained student's baseline evaluation in %s (same params)", out_dir.name)
-    return ev.load_eval(out_dir, "student").records
+    log.info("step 0 reuses the untrained student's validation evaluation in %s (same params)", out_dir.name)
+    return ev.load_eval(out_dir, "student_val").records
 
 
 def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "teacher")) -> dict:
-    """Evaluate the untrained student and the teacher on the held-out set (notebook 01's rows)."""
+    """Evaluate the untrained student and the teacher on the test split (notebook 01's rows), and
+    the untrained student on the validation subset (step 0 of the training curves)."""
     from atlas_lib import data as data_mod
 
     seed_everything(params)
@@ -145,9 +149,17 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
             res.metrics["mean_reverse_kl"] = 0.0  # the teacher against itself, by definition
         ev.save_eval(res, out_dir, role)
         results[role] = res.metrics
+        if role == "student":
+            val = ev.evaluate(model, tok, eval_examples(params, prepared, during_training=True),
+                              prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                              teacher=teacher if e.reverse_kl else None, teacher_tokenizer=t_tok,
+                              desc="eval student (validation)")
+            ev.save_eval(val, out_dir, "student_val")
+            results["student_val"] = val.metrics
         log.info("%s: accuracy %.3f [%.3f, %.3f] on %d problems", role, res.metrics["accuracy"],
                  res.metrics["ci_low"], res.metrics["ci_high"], res.metrics["n"])
     summary = {"student": results.get("student"), "teacher": results.get("teacher"),
+               "student_val": results.get("student_val"),
                "models": {"student": params.models.student, "teacher": params.models.teacher},
                "dataset": {"eval": len(examples)}, "provenance": provenance(params),
                "stage_hash": params.stage_hash("data")}

@@ -96,6 +96,7 @@ class AtlasCallback(TrainerCallback):
         self.evaluated = {r["step"] for r in done}
         self.model = None
         self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
+        self.pending: int | None = None  # an eval point due at this step, taken once its loss is logged
 
     def _log_wandb(self, record: dict) -> None:
         if not self.wandb_on:
@@ -145,16 +146,29 @@ class AtlasCallback(TrainerCallback):
         self.rd.append(record)
         for key in ("loss", "reward_mean"):
             check_finite(key, record.get(key), state.global_step)
+        self._flush(state.global_step)
+
+    def _flush(self, step: int | None = None) -> None:
+        """Take the pending eval point (HF Trainer calls on_step_end before it logs that step's loss,
+        so the point waits for the log: it then carries its own step's loss, not the previous one)."""
+        if self.pending is not None and (step is None or step >= self.pending):
+            due, self.pending = self.pending, None
+            self.evaluate(due, self.model)
 
     def on_step_end(self, args, state, control, model=None, **kw):
+        self.model = model or self.model
+        self._flush()  # a point left pending by a step that logged nothing
         if state.global_step % self.eval_steps == 0:
-            self.evaluate(state.global_step, model or self.model)
+            self.pending = state.global_step
 
     def on_save(self, args, state, control, **kw):
+        self._flush()  # the checkpoint's metrics include its eval point (resume truncates after it)
         self.rd.mark_checkpoint(state.global_step, {"seconds": self.clock.seconds})
 
     def on_train_end(self, args, state, control, model=None, **kw):
-        self.evaluate(state.global_step, model or self.model)
+        self.model = model or self.model
+        self._flush()
+        self.evaluate(state.global_step, self.model)
 
 
 def wandb_report_to(cfg: TrackingConfig, run_path: Path, run_name: str) -> list[str]:

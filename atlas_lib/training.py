@@ -8,6 +8,7 @@ lives here once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ import torch
 from atlas_lib import evaluate as ev
 from atlas_lib.config import Params, ParamsError
 from atlas_lib.paths import relative_to_root, runs_root
-from atlas_lib.rundir import RunDir, RunDirError, load_summary, provenance
+from atlas_lib.rundir import RunDir, RunDirError, atomic_write_json, load_summary, provenance
 from atlas_lib.tracking import AtlasCallback, DeviceClock, NonFiniteError, wandb_report_to
 
 log = logging.getLogger(__name__)
@@ -97,26 +98,29 @@ def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], d
 def baseline_metrics(params: Params) -> dict:
     """The pre-training student and teacher rows written by notebook 01 (empty if not run)."""
     s = load_summary(runs_root() / params.name / "baseline") or {}
+    if s.get("stage_hash") != params.stage_hash("data"):
+        return {"baseline": None, "teacher": None}  # evaluated under other params: not this run's baseline
     return {"baseline": s.get("student"), "teacher": s.get("teacher")}
 
 
 def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
-        device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
-        final_eval_fn: Callable | None = None, initial_full_eval: bool = False,
-        initial_records: list[dict] | None = None, model=None) -> dict:
+        final_eval_fn: Callable, device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
+        initial_full_eval: bool = False, initial_records: list[dict] | None = None, model=None) -> dict:
     """Train one stage end to end and return its summary (also written to ``summary.json``).
 
     ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
-    shared evaluator on the held-out subset used during training (``during_training_limit``);
-    ``final_eval_fn(model)`` evaluates on ``evaluation.limit`` problems after training (and before
-    it when ``initial_full_eval``), so the final rows are measured on the same problems as the
-    baselines. ``initial_records``: an evaluation of the untrained student on these problems (the
-    baseline), reused for the step-0 point; the initial full evaluation is reused the same way.
-    ``model``: the student, to check before anything is written that its checkpoints fit on disk.
+    shared evaluator on the validation subset (the eval points, where the peak is chosen);
+    ``final_eval_fn(model)`` evaluates the trained model on the test split, the reported row (and the
+    untrained model first when ``initial_full_eval``; otherwise the untrained student's test row from
+    notebook 01 is the starting point). ``initial_records``: the
+    untrained student's validation records, reused for the step-0 point. ``model``: the student, to
+    check before anything is written that its checkpoints fit on disk.
+
+    The summary says whether the run trained at all (``did_not_train``: weights bit-identical to the
+    start, loss identically 0, or no GRPO group with reward variance) and carries ``flags`` such as
+    a GKD student that moved away from its teacher.
     """
     section = getattr(params, stage)
-    if params.evaluation.during_training_limit >= params.evaluation.limit:
-        final_eval_fn = None  # the eval points already use every held-out problem: no second pass
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank != 0:  # under accelerate launch only rank 0 owns the run directory
         return _follower(params, stage, make_trainer, device, rank)
@@ -137,11 +141,11 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         report_to = wandb_report_to(params.tracking, rd.path, params.run_name(stage))
         cb = AtlasCallback(rd, clock, eval_fn, section.eval_steps, ev.save_eval, wandb_on="wandb" in report_to)
         trainer = make_trainer(trainer_args(params, stage, rd, report_to, device), [cb])
+        start_digest = _start_digest(rd, trainer.model, resumed=last is not None)
         full = {}
         cb.initial_records = initial_records
-        if final_eval_fn is not None and initial_full_eval:
+        if initial_full_eval:
             full["initial"] = _full_eval(rd, "initial_full", final_eval_fn, trainer.model)
-            cb.initial_records = ev.load_eval(rd.path / "eval", "initial_full").records
         t0 = time.monotonic()
         try:
             with _allocator(section):
@@ -158,17 +162,74 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
                     wandb.finish()
         if world > 1:
             _write_rank(rd, trainer, rank)
+        moved = weights_digest(trainer.model) != start_digest
         rd.save_model(trainer.model, trainer.processing_class)
         summary = summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
-        if final_eval_fn is not None:
-            full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model, step=out.global_step)
-            summary["distilled_subset"] = summary["distilled"]
-            summary.update({k: {**v, "step": out.global_step if k == "distilled" else 0} for k, v in full.items()})
+        full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
+        summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
+        summary["initial"] = {**(full.get("initial") or summary.get("baseline") or {}), "step": 0}
+        summary["distilled"] = {**full["distilled"], "step": out.global_step}
+        summary["training"]["weights_changed"] = moved
         summary.update(extra_summary or {})
+        summary["did_not_train"] = did_not_train(rd.metrics("train"), moved)
+        summary["flags"] = flags(summary)
         rd.write_summary(summary)
         return summary
     finally:
         rd.release()
+
+
+def weights_digest(model) -> list[int]:
+    """One exact integer per trainable tensor: the sum of its raw bits (int64), computed where the
+    tensor lives. Any changed bit changes the sum (barring a collision), so equal digests mean the
+    weights are bit-identical to the start."""
+    out = []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        bits = {4: torch.int32, 2: torch.int16, 1: torch.int8, 8: torch.int64}[p.element_size()]
+        out.append(int(p.detach().contiguous().view(bits).sum(dtype=torch.int64)))
+    return out
+
+
+def _start_digest(rd: RunDir, model, resumed: bool) -> list[int]:
+    """The weights' digest at the run's step 0 (kept in the run directory, so a resumed run
+    compares against where the run started, not where it resumed)."""
+    path = rd.path / "initial_weights.json"
+    if resumed and path.exists():
+        return json.loads(path.read_text())["digest"]
+    digest = weights_digest(model)
+    atomic_write_json(path, {"digest": digest})
+    return digest
+
+
+def did_not_train(train_points: list[dict], weights_changed: bool) -> str | None:
+    """Why a finished run's model cannot have learned anything, or None.
+
+    Weights bit-identical to the start; every logged loss exactly 0 (with exact-match rewards all
+    equal, GRPO's group-relative advantage is 0); every logged GRPO group with zero reward variance.
+    """
+    if not weights_changed:
+        return "weights bit-identical to the start"
+    losses = [r["loss"] for r in train_points if isinstance(r.get("loss"), (int, float))]
+    zero_std = [r["frac_zero_std"] for r in train_points if isinstance(r.get("frac_zero_std"), (int, float))]
+    if zero_std and all(z >= 1.0 for z in zero_std):
+        return "no learning signal: every GRPO group had zero reward variance (all samples equally rewarded)"
+    if losses and all(x == 0 for x in losses):
+        return "loss identically 0 at every logged step"
+    return None
+
+
+def flags(summary: dict) -> list[str]:
+    """Warnings a reader must see beside the row: a same-tokenizer distillation whose reverse KL
+    to the teacher on the test set ended higher than the untrained student's."""
+    out = []
+    kl0, kl1 = (summary.get("initial") or {}).get("mean_reverse_kl"), (summary.get("distilled") or {}).get(
+        "mean_reverse_kl")
+    if summary.get("method") == "gkd" and isinstance(kl0, (int, float)) and isinstance(kl1, (int, float)) \
+            and kl1 > kl0:
+        out.append(f"moved away from the teacher: reverse KL {kl0:.3f} -> {kl1:.3f}")
+    return out
 
 
 def check_disk(path, model, section) -> None:
@@ -194,8 +255,6 @@ def check_disk(path, model, section) -> None:
 
 def _write_rank(rd: RunDir, trainer, rank: int) -> None:
     """Per-rank record (logged losses, parameter checksum) so a test can check the ranks agree."""
-    from atlas_lib.rundir import atomic_write_json
-
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
     atomic_write_json(rd.path / "ranks" / f"rank{rank}.json", {"rank": rank, "losses": losses,
@@ -216,33 +275,27 @@ def _follower(params: Params, stage: str, make_trainer: Callable, device: torch.
     return {"status": "follower", "rank": rank}
 
 
-def _full_eval(rd: RunDir, stem: str, fn: Callable, model, step: int | None = None) -> dict:
-    """Evaluate on ``evaluation.limit`` problems; reuse a result already on disk (resumed runs).
-
-    The eval subset used during training is the first ``during_training_limit`` of these problems
-    and greedy decoding is deterministic, so when the last eval point was taken on this very model
-    (``step``), its records are reused and only the remaining problems are generated.
-    """
-    import json
-
+def _full_eval(rd: RunDir, stem: str, fn: Callable, model) -> dict:
+    """Evaluate on the test split; reuse a result already on disk (resumed runs)."""
     path = rd.path / "eval" / f"{stem}.json"
     if path.exists():
         return json.loads(path.read_text())
-    prior = None
-    if step is not None and (rd.path / "eval" / f"step_{step}.records.jsonl").exists():
-        prior = ev.load_eval(rd.path / "eval", f"step_{step}").records
-    res = fn(model, reuse=prior)
+    res = fn(model)
     ev.save_eval(res, rd.path / "eval", stem)
     return {k: v for k, v in res.metrics.items() if not isinstance(v, (list, dict))}
 
 
 def peak(evals: list[dict]) -> dict:
-    """The eval point of highest accuracy (earliest on ties) and its device hours."""
+    """The validation eval point of highest accuracy (earliest on ties) and its device hours.
+
+    ``improved`` is False when the best point is step 0: there is then no "time to peak"."""
     if not evals:
         return {}
     best = max(evals, key=lambda r: (r.get("accuracy", -1), -r["step"]))
-    return {"peak_step": best["step"], "peak_accuracy": best.get("accuracy"),
-            "device_hours_to_peak": best.get("device_hours"), "seconds_to_peak": best.get("seconds")}
+    improved = best["step"] > min(r["step"] for r in evals)
+    return {"peak_step": best["step"], "peak_accuracy": best.get("accuracy"), "improved": improved,
+            "device_hours_to_peak": best.get("device_hours") if improved else None,
+            "seconds_to_peak": best.get("seconds") if improved else None}
 
 
 def summarize(rd: RunDir, params: Params, stage: str, clock: DeviceClock, out, train_seconds: float,

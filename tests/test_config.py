@@ -9,7 +9,7 @@ from atlas_lib import config
 from atlas_lib.config import ParamsError
 
 
-@pytest.mark.parametrize("profile", ["embedded", "smoke", "paper"])
+@pytest.mark.parametrize("profile", ["embedded", "smoke", "paper", "study"])
 def test_shipped_profiles_load(profile):
     p = config.load(f"params/{profile}.yaml")
     assert p.name == profile

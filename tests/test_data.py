@@ -23,9 +23,10 @@ def _runs(tmp_path, monkeypatch):
 
 
 def _params(name="t", seed=0, **data_cfg):
-    base = {"source": "reasoning_gym", "task": "gsm_symbolic", "size": 60, "eval_limit": 15, "train_limit": 100}
+    base = {"source": "reasoning_gym", "task": "gsm_symbolic", "size": 60, "eval_limit": 15, "val_limit": 5,
+            "train_limit": 100}
     return config.load({"name": name, "run": {"seed": seed}, "data": {**base, **data_cfg},
-                        "evaluation": {"limit": 1}})
+                        "evaluation": {"limit": 1, "during_training_limit": 1}})
 
 
 def _write_jsonl(path, rows):
@@ -40,8 +41,8 @@ def _problems(n, groups=None):
 
 
 def _disjoint(prep):
-    train_g, eval_g = {r["group"] for r in prep.train}, {r["group"] for r in prep.eval}
-    return not (train_g & eval_g) and not ({r["id"] for r in prep.train} & {r["id"] for r in prep.eval})
+    train_g, eval_g = {r["group"] for r in prep.train}, {r["group"] for r in prep.eval + prep.val}
+    return not (train_g & eval_g) and not ({r["id"] for r in prep.train} & {r["id"] for r in prep.eval + prep.val})
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -51,7 +52,8 @@ def test_reasoning_gym_groups_by_template_and_is_deterministic():
     c = data.prepare(_params(name="other", seed=1))
     assert a.manifest["counts"]["eval"] == 15 and a.manifest["counts"]["raw"] == 60
     assert all(r["group"].startswith("gsm_symbolic-template-") for r in a.train + a.eval)
-    assert len({r["group"] for r in a.eval}) < 15 or len({r["group"] for r in a.train}) < len(a.train)
+    assert len({r["group"] for r in a.eval}) == len(a.eval) == 15  # one problem per template: independent
+    assert len({r["group"] for r in a.train}) < len(a.train)  # train keeps whole templates
     assert _disjoint(a) and a.manifest["overlap"]["groups"] == 0 and a.manifest["overlap"]["questions"] == 0
     assert a.manifest["sha256"] == b.manifest["sha256"] and a.eval == b.eval
     assert a.manifest["sha256"]["eval.jsonl"] != c.manifest["sha256"]["eval.jsonl"]
@@ -61,7 +63,7 @@ def test_reasoning_gym_groups_by_template_and_is_deterministic():
 @pytest.mark.parametrize("task", ["basic_arithmetic", "chain_sum"])
 def test_reasoning_gym_other_tasks(task):
     prep = data.prepare(_params(task=task, size=30, eval_limit=10))
-    assert len(prep.eval) == 10 and len(prep.train) == 20 and _disjoint(prep)
+    assert len(prep.eval) == 10 and len(prep.val) == 5 and len(prep.train) == 15 and _disjoint(prep)
 
 
 def test_unknown_task_lists_valid_names():
@@ -108,9 +110,10 @@ def test_local_formats_with_column_mapping_and_derived_answer(tmp_path, fmt):
      "json": lambda: frame.to_json(path, orient="records"), "csv": lambda: frame.to_csv(path, index=False),
      "parquet": lambda: frame.to_parquet(path)}[fmt]()
     cols = {"question": "problem", "solution": "sol", "id": "uid", "group": "family"}
-    prep = data.prepare(_params(source="local", path=str(path), columns=cols, eval_limit=10))
-    # 3 problems per group: eval takes 4 whole groups, keeps 10; the other 2 are dropped, not put in train
-    assert _disjoint(prep) and len(prep.eval) == 10 and len(prep.train) == 18
+    prep = data.prepare(_params(source="local", path=str(path), columns=cols, eval_limit=4, val_limit=2))
+    # 3 problems per group: test and validation take one from each of 4 + 2 groups, the rest of those
+    # groups is dropped (not put in train); train gets the other 4 groups whole
+    assert _disjoint(prep) and len(prep.eval) == 4 and len(prep.val) == 2 and len(prep.train) == 12
     by_id = {r["id"]: r for r in prep.train + prep.eval}
     assert by_id["p29"]["answer"] == "59" and by_id["p29"]["group"] == "g9"
 
@@ -118,7 +121,7 @@ def test_local_formats_with_column_mapping_and_derived_answer(tmp_path, fmt):
 def test_local_gsm8k_style_answer_column(tmp_path):
     path = _write_jsonl(tmp_path / "g.jsonl", [{"question": r["problem"], "answer": r["sol"]} for r in _problems(20)])
     prep = data.prepare(_params(source="local", path=path, eval_limit=5))
-    assert sorted(int(r["answer"]) for r in prep.train + prep.eval) == [2 * i + 1 for i in range(20)]
+    assert sorted(int(r["answer"]) for r in prep.train + prep.val + prep.eval) == [2 * i + 1 for i in range(20)]
     assert all(r["solution"].endswith("#### " + f"{int(r['answer']):,}") for r in prep.train)
 
 
@@ -147,7 +150,8 @@ def test_bad_rows_dropped_counted_and_logged_per_class(tmp_path, caplog):
         prep = data.prepare(_params(source="local", path=_bad_file(tmp_path), eval_limit=5))
     assert prep.manifest["bad_rows"] == {"missing_question": 1, "missing_answer": 1, "bad_answer": 1,
                                          "duplicate_id": 1}
-    assert len(prep.train) + len(prep.eval) == 20 and all(r["id"].startswith("ok") for r in prep.train + prep.eval)
+    kept = prep.train + prep.val + prep.eval
+    assert len(kept) == 20 and all(r["id"].startswith("ok") for r in kept)
     lines = [r.getMessage() for r in caplog.records if "dropped bad rows" in r.getMessage()]
     assert len(lines) == 4 and any("bad_answer: 1 (e.g. ids words)" in m for m in lines)
 
@@ -164,11 +168,14 @@ def test_bad_rows_fail_mode_raises(tmp_path):
        eval_limit=st.integers(1, 40))
 def test_split_by_group_never_shares_a_group(groups, seed, eval_limit):
     records = [{"id": str(i), "question": f"q{i}", "group": f"g{g}"} for i, g in enumerate(groups)]
-    train, eval_ = data.split_by_group(records, seed, eval_limit)
-    assert not ({r["group"] for r in train} & {r["group"] for r in eval_})
-    assert len(eval_) == min(eval_limit, len(eval_))
-    assert len(train) + len(eval_) <= len(records) and len({r["id"] for r in train + eval_}) == len(train + eval_)
-    assert (train, eval_) == data.split_by_group(records, seed, eval_limit)
+    train, val, eval_ = data.split_by_group(records, seed, eval_limit, val_limit=3)
+    parts = [{r["group"] for r in x} for x in (train, val, eval_)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert len(parts[2]) == len(eval_) <= eval_limit and len(parts[1]) == len(val) <= 3  # one per group
+    assert len(eval_) == min(eval_limit, len(set(groups)))
+    everything = train + val + eval_
+    assert len(everything) <= len(records) and len({r["id"] for r in everything}) == len(everything)
+    assert (train, val, eval_) == data.split_by_group(records, seed, eval_limit, val_limit=3)
 
 
 def test_question_duplicated_across_groups_is_removed_from_train(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import json
 import math
 import os
 import re
@@ -19,12 +20,12 @@ import yaml
 
 from atlas_lib import charts, config, report, training
 from atlas_lib import evaluate as ev
-from atlas_lib.findings import overlap
 from atlas_lib.paths import project_root
 from atlas_lib.rundir import RunDir, atomic_write_json, provenance
 from atlas_lib.tracking import DeviceClock
 
-N = 24  # held-out problems per training eval point
+N = 24  # problems per validation eval point, and on the test split (ids t0..t23)
+BASE_K, TEACHER_K = 6, 18  # the untrained student's and the teacher's correct test problems
 CANARY = "wandb-canary-7f3a9c1e55d2"
 IMG = re.compile(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/]{100}')
 
@@ -36,12 +37,16 @@ def _raw(name: str = "synth") -> dict:
     return raw
 
 
+def _records(k: int, n: int, tokens: float, *, kl: float | None = None, div: float | None = None) -> list[dict]:
+    """Evaluator records on test problems t0..t{n-1}, the first ``k`` correct."""
+    return [{"id": f"t{i}", "correct": i < k, "generated_tokens": tokens + (i % 3), "prompt_tokens": 60,
+             "truncated": i == 0, "extracted": "1", "reverse_kl": kl,
+             **({"aligned_divergence": div} if div is not None else {})} for i in range(n)]
+
+
 def _metrics(k: int, n: int, tokens: float, *, kl: float | None = None, div: float | None = None) -> dict:
     """Evaluator metrics for ``k`` correct of ``n``, through the evaluator's own aggregation."""
-    recs = [{"correct": i < k, "generated_tokens": tokens + (i % 3), "prompt_tokens": 60, "truncated": i == 0,
-             "extracted": "1", "reverse_kl": kl, **({"aligned_divergence": div} if div is not None else {})}
-            for i in range(n)]
-    m = ev.aggregate(recs)
+    m = ev.aggregate(_records(k, n, tokens, kl=kl, div=div))
     m.update(kl_note=None if kl is not None or div is not None else "undefined", wall_seconds=2.0,
              generated_tokens_per_second=50.0)
     return m
@@ -68,6 +73,17 @@ def _write_run(params, stage: str, ks: list[int], *, seconds_per_step: float, ex
     clock = DeviceClock(offset_seconds=last * seconds_per_step)
     summary = training.summarize(rd, params, stage, clock, SimpleNamespace(global_step=last, training_loss=0.6),
                                  30.0, {"train": 256, "eval": 200})
+    # as training.run does: eval points are validation; the rows are the test split
+    summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
+    kl0, kl1 = (None, None) if cross else (0.45, 0.4 - 0.05 * (len(ks) - 1))
+    div0, div1 = (0.9, 0.9 - 0.1 * (len(ks) - 1)) if cross else (None, None)
+    first = _records(ks[0] if cross else BASE_K, N, 120.0, kl=kl0, div=div0)
+    final = _records(ks[-1], N, 100.0 - 5 * (len(ks) - 1), kl=kl1, div=div1)
+    summary["initial"] = {**ev.aggregate(first), "step": 0}
+    summary["distilled"] = {**ev.aggregate(final), "step": last}
+    for stem, recs in (("final_full", final), *((("initial_full", first),) if cross else ())):
+        (rd.path / "eval").mkdir(parents=True, exist_ok=True)
+        (rd.path / "eval" / f"{stem}.records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     summary.update(extra or {})
     rd.write_summary(summary)
     rd.release()
@@ -83,8 +99,12 @@ def build_runs(tmp_path, monkeypatch, *, gkd=(6, 9, 12), grpo=(6, 7, 8), with_gr
         "source": "reasoning_gym", "task": "gsm_symbolic", "seed": params.run.seed,
         "counts": {"train": 256, "eval": 200}, "sha256": {"eval.jsonl": "ab" * 32, "train.jsonl": "cd" * 32}})
     if baseline:
+        for role, k in (("student", BASE_K), ("teacher", TEACHER_K)):
+            (prof / "baseline").mkdir(parents=True, exist_ok=True)
+            recs = _records(k, N, 120.0 if role == "student" else 110.0, kl=0.45 if role == "student" else 0.0)
+            (prof / "baseline" / f"{role}.records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
         atomic_write_json(prof / "baseline" / "summary.json", {
-            "student": _metrics(10, 48, 120.0, kl=0.45), "teacher": {**_metrics(30, 48, 110.0, kl=0.0)},
+            "student": _metrics(BASE_K, N, 120.0, kl=0.45), "teacher": {**_metrics(TEACHER_K, N, 110.0, kl=0.0)},
             "models": {"student": params.models.student, "teacher": params.models.teacher},
             "provenance": provenance(params)})
     div = {"divergence_label": "mean reverse KL to the teacher (same tokenizer)"}
@@ -206,23 +226,55 @@ def test_interrupted_run_shows_its_last_eval_point(tmp_path, monkeypatch):
     assert report.loss_chart(col).axes
 
 
-@pytest.mark.parametrize("gkd_k, grpo_k", [(12, 10), (22, 3), (3, 22), (9, 9)])
-def test_findings_states_higher_method_and_interval_overlap(tmp_path, monkeypatch, gkd_k, grpo_k):
+@pytest.mark.parametrize("gkd_k, grpo_k", [(12, 10), (22, 3), (3, 22), (6, 6)])
+def test_findings_lead_with_the_paired_difference(tmp_path, monkeypatch, gkd_k, grpo_k):
+    """First sentence: the method that improved the student significantly (exact McNemar on the
+    same test problems), or that none did; each method's paired difference and p follow."""
+    from atlas_lib import stats
+
     params = build_runs(tmp_path, monkeypatch, gkd=(6, gkd_k), grpo=(6, grpo_k))
     text = report.findings(report.collect(params))
-    lo_g, hi_g = ev.wilson_interval(gkd_k, N)
-    lo_r, hi_r = ev.wilson_interval(grpo_k, N)
-    if gkd_k == grpo_k:
-        assert "The two are equal" in text
+    p_gkd = stats.mcnemar_exact(max(gkd_k - BASE_K, 0), max(BASE_K - gkd_k, 0))
+    p_grpo = stats.mcnemar_exact(max(grpo_k - BASE_K, 0), max(BASE_K - grpo_k, 0))
+    best = max((("GKD", gkd_k, p_gkd), ("GRPO", grpo_k, p_grpo)), key=lambda x: x[1])
+    if best[2] < 0.05 and best[1] > BASE_K:
+        assert text.startswith(f"**{best[0]} improved the student's test accuracy by "
+                               f"{100 * (best[1] - BASE_K) / N:+.1f} points")
     else:
-        hi, lo = ("GKD", "GRPO") if gkd_k > grpo_k else ("GRPO", "GKD")
-        assert f"{hi} is higher than {lo} by {100 * abs(gkd_k - grpo_k) / N:.1f} percentage points" in text
-        overlapping = max(lo_g, lo_r) <= min(hi_g, hi_r)
-        assert overlap(lo_g, hi_g, lo_r, hi_r) == overlapping
-        phrase = "overlap, so the difference is within noise" if overlapping else "intervals do not overlap"
-        assert phrase in text
-    assert f"{100 * gkd_k / N:.1f}%" in text and f"{100 * grpo_k / N:.1f}%" in text
+        assert text.startswith("**No method changed the student's test accuracy")
+    assert f"{100 * (gkd_k - BASE_K) / N:+.1f} points" in text and "exact McNemar" in text
+    assert f"GKD minus GRPO on the same test problems: {100 * (gkd_k - grpo_k) / N:+.1f} points" in text
     assert "CPU-hours" in text  # the cost is stated in its unit
+    assert "smallest paired difference detectable" in text
+
+
+def test_findings_state_the_compute_to_match_the_other_method(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 9, 12), grpo=(6, 7, 8))
+    text = report.findings(report.collect(params))
+    # GRPO's best validation point (8/24) is first reached by GKD at its step-4 point (9/24)
+    assert f"GKD reached GRPO's best {100 * 8 / N:.1f}% after {4 * 9.0 / 3600:.3g} CPU-hours" in text
+    assert f"GRPO did not reach GKD's best {100 * 12 / N:.1f}%" in text
+
+
+def test_a_run_that_did_not_train_is_said_so_everywhere(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch)
+    path = tmp_path / "runs" / params.name / "grpo" / "summary.json"
+    s = json.loads(path.read_text())
+    s["did_not_train"] = "no learning signal: every GRPO group had zero reward variance"
+    path.write_text(json.dumps(s))
+    col = report.collect(params)
+    assert report.results_table(col).loc["grpo", "Status"].startswith("did not train: no learning signal")
+    text = report.findings(col)
+    assert "GRPO did not train: no learning signal" in text and "not a result" in text
+    assert "GRPO improved" not in text and "GKD minus GRPO" not in text
+
+
+def test_paired_columns_compare_each_trained_row_with_its_own_untrained_student(complete):
+    t = report.results_table(report.collect(complete))
+    assert t.loc["gkd", "Diff vs student"] == pytest.approx((12 - BASE_K) / N)
+    assert t.loc["cross_post", "Diff vs student"] == pytest.approx((4 - 1) / N)  # against cross_pre, not student
+    assert t.loc["gkd", "Diff CI low"] < t.loc["gkd", "Diff vs student"] < t.loc["gkd", "Diff CI high"]
+    assert pd.isna(t.loc["student", "Diff vs student"]) and pd.isna(t.loc["teacher", "p (McNemar)"])
 
 
 def test_provenance_has_params_and_no_absolute_paths(complete, tmp_path):
@@ -240,10 +292,10 @@ def test_notebook_01_helpers(complete, tmp_path):
 
     baselines = json.loads((tmp_path / "runs" / "synth" / "baseline" / "summary.json").read_text())
     b = report.baseline_frame(baselines)
-    assert list(b.index) == ["student", "teacher"] and b.loc["teacher", "Accuracy"] == f"{100 * 30 / 48:.1f}%"
+    assert list(b.index) == ["student", "teacher"] and b.loc["teacher", "Accuracy"] == f"{100 * TEACHER_K / N:.1f}%"
     recs = [{"id": f"q{i}", "question": "one two three " * (i + 1), "answer": str(i - 2), "solution": None,
              "group": i} for i in range(6)]
-    prepared = SimpleNamespace(train=recs[:4], eval=recs[4:])
+    prepared = SimpleNamespace(train=recs[:3], val=recs[3:4], eval=recs[4:])
     assert list(report.examples_frame(prepared, n=3).index) == ["q4", "q5"]
     fig = report.data_charts(prepared)
     assert [ax.get_xlabel() for ax in fig.axes] == ["question length (words)", "log10 |answer| (0 for answer 0)"]
@@ -361,7 +413,7 @@ def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     pngs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 5  # each chart exactly once
     alts = [o.metadata["image/png"]["alt"] for o in pngs]  # set inside the kernel by atlas_lib.charts
-    assert alts[0].startswith("Held-out accuracy during training") and "series: " in alts[0] and "GKD (n=" in alts[0]
+    assert alts[0].startswith("Accuracy during training: validation curve") and "series: " in alts[0] and "GKD (n=" in alts[0]
     assert "GRPO: not run or no reward logged" in alts[2]
     report_html = report.render_html(out_nb, tmp_path / "report" / "index.html", with_code=False).read_text()
     code_html = report.render_html(out_nb, tmp_path / "report" / "05.html", with_code=True).read_text()
@@ -376,16 +428,14 @@ def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     assert re.search(r"GKD distilled student", report_html)
 
 
-def test_findings_moves_compare_one_subset(tmp_path, monkeypatch):
-    """First -> last eval point on one subset, not the step-0 subset against a final row measured
-    on more problems (the summary's distilled block)."""
-    import json
-
+def test_findings_moves_compare_the_test_rows(tmp_path, monkeypatch):
+    """Tokens and KL in the text are the table's test rows (untrained student -> trained), not the
+    validation curve's first and last points."""
     params = build_runs(tmp_path, monkeypatch, gkd=(6, 9))
     path = tmp_path / "runs" / params.name / "gkd" / "summary.json"
     s = json.loads(path.read_text())
-    s["distilled"].update(avg_generated_tokens=50.0, mean_reverse_kl=9.0, n=2 * N)
+    s["distilled"].update(avg_generated_tokens=50.0, mean_reverse_kl=0.123)
     path.write_text(json.dumps(s))
     text = report.findings(report.collect(params))
-    assert "GKD 101.0 → 96.0" in text and "GKD 0.400 → 0.350" in text
-    assert "→ 50.0" not in text and "→ 9.000" not in text
+    assert "GKD 121.0 → 50.0" in text and "GKD 0.450 → 0.123" in text
+    assert "→ 96.0" not in text and "→ 0.350" not in text

@@ -55,9 +55,11 @@ def test_gkd_run_writes_the_contract(env):
     assert t["peak_rss_gb"] == max(rss) and 0.05 < rss[0] <= rss[-1] < 64  # a process peak only grows
     assert s["distilled"]["mean_reverse_kl"] is not None and s["distilled"]["mean_reverse_kl"] >= 0
     assert (run / "final" / "model.safetensors").exists()
-    full = json.loads((run / "eval" / "final_full.json").read_text())  # the final row: evaluation.limit problems
-    assert full["n"] == p.evaluation.limit and full["reused_records"] == p.evaluation.during_training_limit
+    full = json.loads((run / "eval" / "final_full.json").read_text())  # the final row: the test split
+    assert full["n"] == p.evaluation.limit and "reused_records" not in full  # eval points are validation
     assert s["distilled"]["n"] == p.evaluation.limit
+    assert s["validation"]["final"]["n"] == p.evaluation.during_training_limit
+    assert s["did_not_train"] is None and s["training"]["weights_changed"] is True
     # weights only as safetensors (optimizer/RNG state files are read back with weights_only=True)
     assert not list(run.rglob("pytorch_model*.bin")) and list(run.glob("checkpoints/*/model.safetensors"))
     with pytest.raises(RunDirError, match="already exists"):
@@ -78,7 +80,7 @@ def test_step0_reuses_the_baseline_only_when_params_match(env):
     step0 = [json.loads(x) for x in (run / "gkd/metrics.jsonl").read_text().splitlines() if '"eval"' in x][0]
     n = p.evaluation.during_training_limit
     assert step0["step"] == 0 and step0["reused_records"] == n and step0["n"] == n
-    base = load_eval(run / "baseline", "student").records[:n]
+    base = load_eval(run / "baseline", "student_val").records
     assert load_eval(run / "gkd/eval", "step_0").records == base
 
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Learning-rate / batch probe for one method on a profile (issue 18): a few optimizer steps per
+# setting from the same untrained student, each in its own run directory under $ATLAS_RUNS/<profile>/,
+# then the validation accuracy, reverse KL and tokens at step 0 and at the end, per run.
+#   ATLAS_RUNS=/tmp/probe bash bench/probe_lr.sh gkd params/embedded.yaml 4 "5e-6 1e-5 2e-5" [--set ...]
+set -euo pipefail
+method=$1 params=$2 steps=$3 lrs=$4; shift 4
+bin=$(dirname "$0")/../.venv/bin
+name=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$params")
+[ -f "${ATLAS_RUNS:?set ATLAS_RUNS to a scratch directory}/$name/data/manifest.json" ] || "$bin/atlas" data --params "$params"
+for lr in $lrs; do
+  "$bin/atlas" train "$method" --params "$params" --set "$method.learning_rate=$lr" --set "$method.max_steps=$steps" \
+    --set "$method.eval_steps=$steps" --set "$method.save_steps=$((steps + 1))" --set "$method.run_name=$name/probe-$method-lr$lr" "$@"
+done
+"$bin/python" - "$ATLAS_RUNS/$name" "$method" <<'PY'
+import json, sys, pathlib
+root, method = pathlib.Path(sys.argv[1]), sys.argv[2]
+print("| run | step | val acc | val reverse KL | val tokens | test acc | test KL | mean loss | s/step | peak RSS GB | zero-var groups |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for d in sorted(root.glob(f"probe-{method}-lr*")):
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    ev = [r for r in rows if r["kind"] == "eval"]
+    tr = [r for r in rows if r["kind"] == "train"]
+    s = json.loads((d / "summary.json").read_text())
+    t = s["training"]
+    zv = [r.get("frac_zero_std") for r in tr if r.get("frac_zero_std") is not None]
+    for r in (ev[0], ev[-1]):
+        last = r is ev[-1]
+        print(f"| {d.name} | {r['step']} | {r['accuracy']:.3f} | {r.get('mean_reverse_kl') or float('nan'):.3f} | "
+              f"{r['avg_generated_tokens']:.1f} | {s['distilled']['accuracy'] if last else s['initial'].get('accuracy', float('nan')):.3f} | "
+              f"{(s['distilled'] if last else s['initial']).get('mean_reverse_kl') or float('nan'):.3f} | "
+              f"{sum(x['loss'] for x in tr) / max(len(tr), 1):.4f} | {t['duration_seconds'] / max(t['global_step'], 1):.0f} | "
+              f"{t.get('peak_rss_gb') or float('nan'):.1f} | {(sum(zv) / len(zv)) if zv else float('nan'):.2f} |")
+PY
