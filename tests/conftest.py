@@ -28,3 +28,12 @@ def tiny(tmp_path_factory) -> dict[str, str]:
     names = {"student": "tiny-qwen2-student", "teacher": "tiny-qwen2-teacher",
              "cross_student": "tiny-llama-cross", "sp_student": "tiny-llama-sp"}
     return {k: tiny_lib.build(v, root / k) for k, v in names.items()}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Runs and cache under this test's tmp_path, W&B off: a training run writes nowhere else."""
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return tmp_path

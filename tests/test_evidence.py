@@ -125,14 +125,6 @@ def test_gkd_moving_away_from_the_teacher_is_flagged():
     assert training.flags(s) == []
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    return tmp_path
-
-
 def _smoke(**over):
     base = {"tracking.wandb": "disabled", "gkd.max_steps": 1, "gkd.eval_steps": 1, "gkd.save_steps": 5,
             "grpo.max_steps": 1, "grpo.eval_steps": 1, "grpo.save_steps": 5, "evaluation.reverse_kl": False}

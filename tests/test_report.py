@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import json
+import logging
 import math
 import os
 import re

@@ -16,14 +16,6 @@ from atlas_lib import config
 from atlas_lib.rundir import RunDirError
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    return tmp_path
-
-
 def _params(**over):
     base = {"tracking.wandb": "disabled", "gkd.max_steps": 2, "gkd.eval_steps": 1, "gkd.save_steps": 1}
     return config.load("params/smoke.yaml", overrides={**base, **over})
