@@ -184,13 +184,13 @@ def test_question_duplicated_across_groups_is_removed_from_train(tmp_path):
     prep = data.prepare(_params(source="local", path=_write_jsonl(tmp_path / "d.jsonl", rows), eval_limit=10))
     ov = prep.manifest["overlap"]
     assert ov["removed_from_train"] >= 1 and ov["questions"] == 0 and ov["groups"] == 0
-    eval_q = {" ".join(r["question"].lower().split()) for r in prep.eval}
-    assert not any(" ".join(r["question"].lower().split()) in eval_q for r in prep.train)
-    assert len(prep.train) == 40 - 10 - ov["removed_from_train"]
+    held_q = {" ".join(r["question"].lower().split()) for r in prep.eval + prep.val}
+    assert not any(" ".join(r["question"].lower().split()) in held_q for r in prep.train)
+    assert len(prep.train) == 40 - len(prep.eval) - len(prep.val) - ov["removed_from_train"]
 
 
 def test_eval_limit_leaving_no_train_is_an_error():
-    with pytest.raises(DataError, match="lower data.eval_limit"):
+    with pytest.raises(DataError, match="0 for training.*lower the limits"):
         data.prepare(_params(size=10, eval_limit=10))
 
 
@@ -213,7 +213,8 @@ def test_load_prepared_refuses_missing_stale_or_altered_data():
     prep = data.prepare(params)
     with pytest.raises(DataError, match="other data parameters"):
         data.load_prepared(_params(name="fresh", eval_limit=14))
-    data.load_prepared(config.load({**params.to_dict(), "evaluation": {"limit": 2}}))  # eval settings don't matter
+    data.load_prepared(config.load({**params.to_dict(), "evaluation": {"limit": 2, "during_training_limit": 1}}))
+    # (eval settings don't matter)
     (prep.dir / "eval.jsonl").write_text((prep.dir / "eval.jsonl").read_text()[:-50])
     with pytest.raises(DataError, match="changed since it was prepared"):
         data.load_prepared(params)
@@ -237,7 +238,8 @@ def test_distill_and_grpo_views():
 def test_summary_and_length_stats():
     prep = data.prepare(_params())
     frame = data.summary_frame(prep)
-    assert frame.loc["eval", "problems"] == 15 and frame.loc["train", "problems"] == len(prep.train)
+    assert frame.loc["test", "problems"] == 15 and frame.loc["val", "problems"] == 5
+    assert frame.loc["train", "problems"] == len(prep.train)
     stats = data.length_stats(prep)
-    assert len(stats) == len(prep.train) + len(prep.eval) and (stats["question_words"] > 5).all()
-    assert set(stats["split"]) == {"train", "eval"}
+    assert len(stats) == len(prep.train) + len(prep.val) + len(prep.eval) and (stats["question_words"] > 5).all()
+    assert set(stats["split"]) == {"train", "val", "test"}
