@@ -68,6 +68,8 @@ class DataConfig:
     source: str = fld("reasoning_gym", "reasoning_gym (offline), gsm8k, metamathqa (hub) or local.",
                       choices=("reasoning_gym", "gsm8k", "metamathqa", "local"))
     task: str = fld("gsm_symbolic", "reasoning-gym task name (source=reasoning_gym only).")
+    task_config: dict = fld({}, "reasoning-gym generator settings for the task (e.g. basic_arithmetic's max_terms, "
+                            "max_digits): the difficulty, so the student sometimes succeeds (GRPO needs that).")
     size: int = fld(1200, "Problems to generate (reasoning_gym) before the split.", ge=2)
     path: str | None = fld(None, "File for source=local: .jsonl, .json, .parquet or .csv.")
     columns: dict = fld({}, "source=local column mapping: keys question, solution, answer, id, group.")
@@ -258,7 +260,7 @@ def build_section(name: str, values: dict | None) -> Any:
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "columns":
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("columns", "task_config"):
             out[k] = _deep_merge(out[k], v)
         else:
             out[k] = v

@@ -67,7 +67,14 @@ def reasoning_gym_rows(data: DataConfig, seed: int) -> list[dict]:
         did = f"did you mean {', '.join(hint)}? " if hint else ""
         raise ParamsError(f"data.task = {data.task!r} is not a reasoning-gym task; {did}numeric math tasks "
                           f"include {', '.join(_MATH_TASKS)} ({len(DATASETS)} tasks registered)")
-    ds = reasoning_gym.create_dataset(data.task, seed=seed, size=data.size)
+    reserved = {"seed", "size"} & set(data.task_config)
+    if reserved:
+        raise ParamsError(f"data.task_config: {', '.join(sorted(reserved))} come from run.seed / data.size; remove them")
+    try:
+        ds = reasoning_gym.create_dataset(data.task, seed=seed, size=data.size, **data.task_config)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ParamsError(f"data.task_config = {data.task_config!r} is not valid for reasoning-gym task "
+                          f"{data.task!r}: {e}") from e
     templates = getattr(ds, "task_indices", None)  # gsm_symbolic: the GSM8K template per item
     rows = []
     for i in range(len(ds)):

@@ -243,3 +243,21 @@ def test_summary_and_length_stats():
     stats = data.length_stats(prep)
     assert len(stats) == len(prep.train) + len(prep.val) + len(prep.eval) and (stats["question_words"] > 5).all()
     assert set(stats["split"]) == {"train", "val", "test"}
+
+
+def test_task_config_sets_the_generators_difficulty():
+    easy = data.prepare(_params(task="basic_arithmetic", size=30, eval_limit=10,
+                                task_config={"max_terms": 2, "max_digits": 1, "allow_parentheses": False}))
+    hard = data.prepare(_params(name="hard", task="basic_arithmetic", size=30, eval_limit=10))
+
+    def terms(prep) -> list[int]:
+        return [sum(t.rstrip(".").lstrip("-").isdigit() for t in r["question"].split())
+                for r in prep.train + prep.val + prep.eval]
+
+    assert max(terms(easy)) == 2 and max(terms(hard)) > 2
+
+
+@pytest.mark.parametrize(("cfg", "match"), [({"max_termz": 3}, "max_termz"), ({"seed": 1}, "run.seed")])
+def test_bad_task_config_names_the_field(cfg, match):
+    with pytest.raises(ParamsError, match=rf"data.task_config.*{match}"):
+        data.prepare(_params(task="basic_arithmetic", size=30, eval_limit=10, task_config=cfg))
