@@ -83,6 +83,8 @@ def compute_ratio(runs: dict[str, RunInfo], a: str, b: str, unit: str) -> str | 
     if ia is None or ib is None or not len(ia.evals) or not len(ib.evals) or "accuracy" not in ia.evals \
             or "accuracy" not in ib.evals:
         return None
+    if ia.summary.get("did_not_train") or ib.summary.get("did_not_train"):
+        return None  # a method that did not train has no curve to match
     parts = []
     for x, y, ix, iy in ((a, b, ia, ib), (b, a, ib, ia)):
         best = float(iy.evals["accuracy"].max())

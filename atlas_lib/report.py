@@ -143,11 +143,12 @@ def collect(params: config.Params) -> Collected:
     if baseline is None:
         notes.append("baseline/summary.json not found: the pre-distillation student and teacher were not "
                      "evaluated (notebook 01)")
-    runs = {"gkd": load_run(rundir.stage_dir(params, "gkd"), "gkd")}
+    dirs = {"gkd": rundir.stage_dir(params, "gkd")}
     for name, variant in config.sweep_variants(params):
-        runs[f"sweep-{name}"] = load_run(rundir.stage_dir(variant, "gkd"), f"sweep-{name}")
+        dirs[f"sweep-{name}"] = rundir.stage_dir(variant, "gkd")
     for stage in ("grpo", "cross_tokenizer"):
-        runs[stage] = load_run(rundir.stage_dir(params, stage), stage)
+        dirs[stage] = rundir.stage_dir(params, stage)
+    runs = {key: load_run(d, key) for key, d in dirs.items()}
     known = {Path(r.rel).name for r in runs.values()}
     for d in sorted(profile.glob("sweep-*")):
         if d.name not in known:
@@ -156,8 +157,7 @@ def collect(params: config.Params) -> Collected:
         notes += [f"{info.key}: {n}" for n in info.notes]
     correct = {"student": _correct(profile / "baseline" / "student.records.jsonl"),
                "teacher": _correct(profile / "baseline" / "teacher.records.jsonl")}
-    for key, info in runs.items():
-        run_dir = runs_root() / info.rel
+    for key, run_dir in dirs.items():
         if key == "cross_tokenizer":
             correct["cross_pre"] = _correct(run_dir / "eval" / "initial_full.records.jsonl")
             correct["cross_post"] = _correct(run_dir / "eval" / "final_full.records.jsonl")

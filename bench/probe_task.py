@@ -6,11 +6,13 @@ untrained student and of the teacher on the same N problems, and the student's s
 signal (some but not all samples correct) is what makes exact-match GRPO learn at all.
 
     python bench/probe_task.py --tasks basic_arithmetic chain_sum gsm_symbolic --n 32
+    python bench/probe_task.py --tasks basic_arithmetic --task-config '{"max_terms": 3, "max_digits": 2}' --samples 8
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -42,6 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params/embedded.yaml")
     ap.add_argument("--tasks", nargs="+", default=["basic_arithmetic", "chain_sum", "gsm_symbolic"])
+    ap.add_argument("--task-config", type=json.loads, default={}, help='generator settings, e.g. \'{"max_terms": 3}\'')
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--few-shot", type=int, default=None)
@@ -60,7 +63,7 @@ def main() -> None:
     print("| task | model | accuracy | mean tokens | truncated | gen s | pass@T | mixed groups |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for task in a.tasks:
-        p.data.task, p.data.size = task, a.n
+        p.data.task, p.data.size, p.data.task_config = task, a.n, a.task_config
         rows = reasoning_gym_rows(p.data, p.run.seed)[: a.n]
         for who, m, t in (("student", student, s_tok), ("teacher", teacher, t_tok)):
             if m is None:
