@@ -54,7 +54,11 @@ def _p(p: float) -> str:
 def paired_text(pr: stats.Paired) -> str:
     """'+4.0 points (paired 95% CI +1.0 to +7.0, exact McNemar p = 0.012, n = 200; 12 vs 4 problems)'."""
     return (f"{100 * pr.diff:+.1f} points (paired 95% CI {100 * pr.ci_low:+.1f} to {100 * pr.ci_high:+.1f}, exact "
-            f"McNemar {_p(pr.p_value)}, n = {pr.n}; {pr.a_only} problems gained, {pr.b_only} lost)")
+            f"McNemar {_p(pr.p_value)}, n = {pr.n}; {_count(pr.a_only, 'problem')} gained, {pr.b_only} lost)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _unit(r: pd.Series) -> str:
