@@ -38,6 +38,10 @@ def test_gkd_run_writes_the_contract(env):
     evals = [r["step"] for r in rows if r["kind"] == "eval"]
     trains = [r["step"] for r in rows if r["kind"] == "train"]
     assert evals == [0, 1, 2] and trains == [1, 2]
+    loss_at = {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+    for r in rows:  # an eval point carries its own step's loss, not the previous step's
+        if r["kind"] == "eval" and r["step"] > 0:
+            assert r["train_loss"] == loss_at[r["step"]], r["step"]
     for key in ("dataset", "config", "baseline", "teacher", "distilled", "training", "provenance"):
         assert key in s
     t = s["training"]
