@@ -6,7 +6,7 @@
 set -euo pipefail
 method=$1 params=$2 steps=$3 lrs=$4; shift 4
 bin=$(dirname "$0")/../.venv/bin
-name=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$params")
+name=$("$bin/python" -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$params")
 [ -f "${ATLAS_RUNS:?set ATLAS_RUNS to a scratch directory}/$name/data/manifest.json" ] || "$bin/atlas" data --params "$params"
 for lr in $lrs; do
   "$bin/atlas" train "$method" --params "$params" --set "$method.learning_rate=$lr" --set "$method.max_steps=$steps" \
