@@ -133,15 +133,16 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
     sig = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff > 0]
     worse = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff < 0]
-    if sig:
-        k, pr = max(sig, key=lambda kp: kp[1].diff)
-        out.append(f"**{_name(k)} improved the student's test accuracy by {paired_text(pr)}**, from "
-                   f"{_pct(pr.acc_b)} to {_pct(pr.acc_a)}, at {_hours(t.loc[k])}.")
+    lead = max(sig, key=lambda kp: kp[1].diff)[0] if sig else None
+    if lead is not None:
+        pr = dict(results)[lead]
+        out.append(f"**{_name(lead)} improved the student's test accuracy by {paired_text(pr)}**, from "
+                   f"{_pct(pr.acc_b)} to {_pct(pr.acc_a)}, at {_hours(t.loc[lead])}.")
     else:
         out.append("**No method changed the student's test accuracy by more than this run can distinguish "
                    "from noise** (paired, exact McNemar p >= 0.05).")
     for k, pr in results:
-        if sig and k == max(sig, key=lambda kp: kp[1].diff)[0]:
+        if k == lead:
             continue
         verdict = "improved it" if (k, pr) in sig else "lowered it" if (k, pr) in worse else "changed it by"
         out.append(f"{_name(k)} {verdict} {paired_text(pr)} at {_hours(t.loc[k])}.")
