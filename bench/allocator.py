@@ -1,4 +1,4 @@
-"""The kit's CPU allocator setting (:mod:`atlas_lib.runtime`) against glibc's defaults, in one run.
+"""The kit's CPU allocator setting (:mod:`atlas_lib.core.runtime`) against glibc's defaults, in one run.
 
 Each setting runs in its own interpreter (``ATLAS_CPU_ALLOCATOR=keep`` / ``system``): the evaluator on ``--n`` gsm_symbolic prompts at ``--batch-size`` (prefill and decode
 timed apart), plus an elementwise product on a prefill-sized MLP activation; ``--repeats``
@@ -29,7 +29,8 @@ def worker(args) -> dict:
     import torch
     from eval_throughput import ForwardClock, gsm_prompts
 
-    from atlas_lib import generation, models, runtime
+    from atlas_lib.core import models, runtime
+    from atlas_lib.evaluation import generation
 
     with runtime.heap_for_large_buffers() as applied:  # as the evaluator runs
         a, b = torch.randn(16, 155, 4864), torch.randn(16, 155, 4864)  # 48 MB each: one MLP activation

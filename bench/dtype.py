@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from atlas_lib import generation as gen
-from atlas_lib import models
+from atlas_lib.core import models
+from atlas_lib.evaluation import generation as gen
 
 
 def _timed(fn, reps: int = 2) -> float:

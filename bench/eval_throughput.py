@@ -1,8 +1,8 @@
 """Throughput of the shared evaluator against a naive one-example-at-a-time ``model.generate`` loop.
 
 Prompts are reasoning-gym ``gsm_symbolic`` problems rendered with the kit's one prompt template.
-The evaluator decodes with continuous batching (:mod:`atlas_lib.generation`); both decode
-greedily with the KV cache and the same arguments (:func:`atlas_lib.evaluate.greedy_kwargs`). Reported per dtype and batch size: generated tokens/s,
+The evaluator decodes with continuous batching (:mod:`atlas_lib.evaluation.generation`); both decode
+greedily with the KV cache and the same arguments (:func:`atlas_lib.evaluation.evaluate.greedy_kwargs`). Reported per dtype and batch size: generated tokens/s,
 the speed-up over the naive loop, how many completions agree token-for-token with the naive
 ones, and the forward-FLOP "% of limit":
 
@@ -22,11 +22,11 @@ sizes like these the weight reads, not the FLOPs, set the limit on a CPU.
 The input embedding is a table lookup (no FLOPs); the output projection is a matmul and counts.
 Attention-score FLOPs (context-dependent, small at these lengths) are left out.
 
-The evaluator keeps its large CPU buffers in glibc's heap (:mod:`atlas_lib.runtime`);
+The evaluator keeps its large CPU buffers in glibc's heap (:mod:`atlas_lib.core.runtime`);
 ``ATLAS_CPU_ALLOCATOR=system`` runs it with glibc's defaults (``bench/allocator.py`` compares the two).
 ``--compare-layout`` also times the evaluator with ``nn.Linear``'s own layout in decode
-(:func:`atlas_lib.decode_kernels.weight_major_decode` off), ``--compare-cache`` with the model's own
-KV cache, which copies itself every step (:func:`atlas_lib.decode_kernels.decode_cache` off).
+(:func:`atlas_lib.evaluation.decode_kernels.weight_major_decode` off), ``--compare-cache`` with the model's own
+KV cache, which copies itself every step (:func:`atlas_lib.evaluation.decode_kernels.decode_cache` off).
 
     .venv/bin/python bench/eval_throughput.py --n 32 --batch-size 8 16 32 --dtype bf16 fp32
 """
@@ -43,10 +43,10 @@ import unittest.mock
 import torch
 from rates import cold_matmul_rate, matmul_flops
 
-from atlas_lib import evaluate as ev
-from atlas_lib import generation, models, runtime
-from atlas_lib.config import PromptConfig
-from atlas_lib.prompts import DEFAULT_SHOTS, build_messages, render_prompt
+from atlas_lib.core import models, runtime
+from atlas_lib.core.sections import PromptConfig
+from atlas_lib.data.prompts import DEFAULT_SHOTS, build_messages, render_prompt
+from atlas_lib.evaluation import forward, generation
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -104,12 +104,12 @@ def step_floor(rows_per_step: list[int], grid: dict[int, float], flops_per_row: 
 
 
 def naive_loop(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[list[list[int]], float]:
-    kwargs = ev.greedy_kwargs(model, tokenizer, max_new_tokens)
+    kwargs = generation.greedy_kwargs(model, tokenizer, max_new_tokens)
     eos = set(kwargs["eos_token_id"])
     comps, t0 = [], time.perf_counter()
     with torch.inference_mode():
         for p in prompts:
-            ids = torch.tensor(ev.encode_prompts(tokenizer, [p]))
+            ids = torch.tensor(forward.encode_prompts(tokenizer, [p]))
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)[0, ids.shape[1]:]
             comp = out.tolist()
             stop = next((j for j, t in enumerate(comp) if t in eos), None)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-layout", action="store_true", help="also time each batch size with nn.Linear's "
                     "own x @ W.T layout in decode (decode_kernels.weight_major_decode off; completions compared)")
     ap.add_argument("--compare-cache", action="store_true", help="also time each batch size with the model's "
-                    "own KV cache, which concatenates every step (generation._decode_cache off; completions compared)")
+                    "own KV cache, which concatenates every step (decode_cache off; completions compared)")
     ap.add_argument("--compare-generate", action="store_true", help="also time each batch size with fixed "
                     "batches through model.generate (the evaluator before continuous batching)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["fp32"],
@@ -162,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cold_matmul_rate(m, cfg.hidden_size, cfg.intermediate_size, dtype, transposed=True) / 1e9:.1f}"
                 for m in sorted({1, 12, *args.batch_size})), flush=True)
         prompts = gsm_prompts(tok, args.n)
-        prefix = len(os.path.commonprefix(ev.encode_prompts(tok, prompts)))
+        prefix = len(os.path.commonprefix(forward.encode_prompts(tok, prompts)))
         print(f"\n[{name}] shared prompt prefix {prefix} tokens; matmul [M,{cfg.hidden_size}]x[{cfg.hidden_size},"
               f"{cfg.intermediate_size}] GFLOP/s: " + ", ".join(f"M={m} {r / 1e9:.1f}" for m, r in rate.items())
               + f"; {work / 1e6:.0f}M matmul parameters ({weight_bytes / 1e9:.2f} GB), weights stream at "
               f"{stream / 1e9:.1f} GB/s", flush=True)
-        ev.generate_greedy(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up (allocator, oneDNN)
+        generation.generate_greedy(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up (allocator, oneDNN)
         naive, t_naive = naive_loop(model, tok, prompts[:args.naive_n or args.n], args.max_new_tokens)
         n_naive = sum(map(len, naive))
         tps_naive = n_naive / t_naive
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for bs in args.batch_size:
             clock = ForwardClock(model)
             t0 = time.perf_counter()
-            outs = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=bs,
+            outs = generation.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=bs,
                                       desc=f"{name} bs={bs}")
             secs = time.perf_counter() - t0
             clock.remove()
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 clock = ForwardClock(model)
                 t0 = time.perf_counter()
                 with unittest.mock.patch.object(generation, attr, off):
-                    plain = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                    plain = generation.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
                                                batch_size=bs, desc=f"{name} {label} bs={bs}")
                 secs_l = time.perf_counter() - t0
                 clock.remove()
@@ -227,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{same_l}/{len(outs)} completions identical")
                 rows.append((f"{name} {label}", bs, tps_l, tps_l / tps_naive))
             if args.compare_generate:  # the sliding-window fallback: fixed batches, every row to the longest
-                full_attention = generation._full_attention
-                generation._full_attention = lambda model: False
+                full_attention = generation.full_attention
+                generation.full_attention = lambda model: False
                 try:
                     t0 = time.perf_counter()
-                    fixed = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                    fixed = generation.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
                                                batch_size=bs, desc=f"{name} generate bs={bs}")
                     secs_g = time.perf_counter() - t0
                 finally:
-                    generation._full_attention = full_attention
+                    generation.full_attention = full_attention
                 tps_g = sum(o["n_tokens"] for o in fixed) / secs_g
                 same_g = sum(a["completion_ids"] == b["completion_ids"] for a, b in zip(outs, fixed, strict=True))
                 print(f"  generate() bs={bs:<3}: {tps_g:.1f} tok/s, x{tps_g / tps_naive:.2f} vs naive; continuous "
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"{name} generate()", bs, tps_g, tps_g / tps_naive))
         if args.compare_prefix:  # the same, with every prompt's shared system/few-shot prefix re-encoded
             t0 = time.perf_counter()
-            outs = ev.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+            outs = generation.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
                                       batch_size=args.batch_size[0], prefix_cache=False)
             secs = time.perf_counter() - t0
             tps = sum(o["n_tokens"] for o in outs) / secs

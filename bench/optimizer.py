@@ -6,7 +6,7 @@ The teacher (bf16, as the embedded profile runs it) scores one fixed batch once:
 embedded training problems plus their reference completions, the same token ids for every variant.
 Each variant then starts from the same student weights and takes ``--steps`` optimizer steps on the
 generalized JSD (beta 0.5) of that batch, with the optimizer the kit builds for it (HF Trainer's
-own optimizer factory, fed by ``atlas_lib.training.optimizer_args``):
+own optimizer factory, fed by ``atlas_lib.methods.loop.optimizer_args``):
 
 - fp32-adamw: the kit's default, fp32 weights and torch AdamW (the reference);
 - bf16-adamw: stock TRL's precision, bf16 weights and torch AdamW (round-to-nearest updates;
@@ -38,8 +38,9 @@ VARIANTS = (("fp32-adamw", torch.float32, "adamw", 0), ("bf16-adamw", torch.bflo
 
 def fixed_batch(tok, batch: int):
     """Prompt + reference completion ids (left-padded) and the completion mask."""
-    from atlas_lib import config, data
-    from atlas_lib.paths import runs_root
+    from atlas_lib.core import config
+    from atlas_lib.core.paths import runs_root
+    from atlas_lib.data import splits as data
 
     p = config.load("params/embedded.yaml")
     if (runs_root() / "embedded/data/manifest.json").exists():
@@ -76,7 +77,7 @@ def teacher_logits(teacher, ids, att, comp) -> torch.Tensor:
 
 
 def loss_fn(model, ids, att, comp, teacher_logits_N_V, beta: float = 0.5) -> torch.Tensor:
-    from atlas_lib.gkd import generalized_jsd
+    from atlas_lib.methods.gkd.trainer import generalized_jsd
 
     return generalized_jsd(_completion_logits(model, ids, att, comp), teacher_logits_N_V, beta) / int(comp.sum())
 
@@ -84,8 +85,8 @@ def loss_fn(model, ids, att, comp, teacher_logits_N_V, beta: float = 0.5) -> tor
 def make_optimizer(model, choice: str, lr: float):
     from transformers import Trainer, TrainingArguments
 
-    from atlas_lib.config import GKDConfig
-    from atlas_lib.training import optimizer_args
+    from atlas_lib.core.sections import GKDConfig
+    from atlas_lib.methods.loop import optimizer_args
 
     # adamw rows: torch's for-each AdamW (``adamw_torch``); the kit's default is HF's fused kernel,
     # the same arithmetic in one pass
@@ -97,7 +98,7 @@ def make_optimizer(model, choice: str, lr: float):
 
 
 def main() -> int:
-    from atlas_lib import models
+    from atlas_lib.core import models
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)

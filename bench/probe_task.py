@@ -17,10 +17,11 @@ import time
 
 import torch
 
-from atlas_lib import answers, config, models
-from atlas_lib import evaluate as ev
-from atlas_lib.data_sources import reasoning_gym_rows
-from atlas_lib.prompts import build_messages, render_prompt
+from atlas_lib.core import config, models
+from atlas_lib.data import answers
+from atlas_lib.data.prompts import build_messages, render_prompt
+from atlas_lib.data.sources import reasoning_gym_rows
+from atlas_lib.evaluation import evaluate as ev
 
 
 def sampled_groups(model, tok, rows, prompt_cfg, k: int, max_new_tokens: int, temperature: float) -> dict:

@@ -7,7 +7,7 @@ gradient checkpointing and the chosen optimizer (kit-lowmem / kit-8bit of ``trai
 Each allocator setting runs in its own interpreter (glibc's thresholds are process state):
 
 - glibc: glibc's adaptive thresholds (what a process gets by default);
-- return: ``atlas_lib.runtime.return_freed_memory``, which the kit's training loop enters for
+- return: ``atlas_lib.core.runtime.return_freed_memory``, which the kit's training loop enters for
   ``optimizer: adamw_8bit_bf16``.
 
 Printed per phase: resident GB after it and the peak during it (``VmHWM``, reset before each phase
@@ -37,7 +37,7 @@ def _status() -> tuple[float, float]:
 def worker(args) -> dict:
     import optimizer as ob
 
-    from atlas_lib import models, runtime
+    from atlas_lib.core import models, runtime
 
     phases: list[tuple[str, float, float]] = []
 

@@ -22,7 +22,7 @@ batch, lengths, lmbda/beta and seed:
   in bf16, torchao's 8-bit AdamW with stochastic rounding (``bench/optimizer.py`` measures whether it
   still trains like fp32 AdamW), and freed buffers returned to the OS as the kit's training loop
   does with that optimizer (``runtime.return_freed_memory``).
-- kit-heap: the kit with its evaluator's allocator setting (:mod:`atlas_lib.runtime`: large
+- kit-heap: the kit with its evaluator's allocator setting (:mod:`atlas_lib.core.runtime`: large
   buffers from glibc's heap) left on for the whole step, to show why the kit scopes it to evaluation.
 
 ``--variants`` runs a subset (stock's cache-less generation makes it ~30 min for 6 steps here).
@@ -84,7 +84,7 @@ def _load(name: str, variant: str, for_training: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from atlas_lib import models
+    from atlas_lib.core import models
 
     if variant == "stock":  # transformers' defaults: dtype "auto" = the checkpoint's own (bf16)
         model = AutoModelForCausalLM.from_pretrained(models.resolve_path(name))
@@ -98,7 +98,7 @@ def _load(name: str, variant: str, for_training: bool):
 def worker(args) -> dict:
     """One variant's run; kit-heap inside the evaluator's allocator setting from start to end, kit-8bit
     inside the one the kit's training loop uses with that optimizer (training.run)."""
-    from atlas_lib import runtime
+    from atlas_lib.core import runtime
 
     scope = {"kit-heap": runtime.heap_for_large_buffers, "kit-8bit": runtime.return_freed_memory}
     with scope.get(args.variant, contextlib.nullcontext)():
@@ -110,9 +110,10 @@ def _run_variant(args) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from atlas_lib import config, data, models
-    from atlas_lib.paths import runs_root
-    from atlas_lib.prompts import build_messages
+    from atlas_lib.core import config, models
+    from atlas_lib.core.paths import runs_root
+    from atlas_lib.data import splits as data
+    from atlas_lib.data.prompts import build_messages
 
     torch.manual_seed(0)
     p = config.load("params/embedded.yaml")
@@ -142,8 +143,8 @@ def _run_variant(args) -> dict:
                   gradient_accumulation_steps=1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
                   report_to="none", use_cpu=device.type == "cpu", seed=0, disable_tqdm=True)
     if v != "stock":  # stock keeps TRL's defaults (bf16 autocast, gradient checkpointing)
-        from atlas_lib.config import GKDConfig
-        from atlas_lib.training import optimizer_args
+        from atlas_lib.core.sections import GKDConfig
+        from atlas_lib.methods.loop import optimizer_args
 
         common.update(bf16=models.resolve_dtype("auto", device) == torch.bfloat16,
                       gradient_checkpointing=v in ("kit-lowmem", "kit-8bit"),
@@ -152,7 +153,7 @@ def _run_variant(args) -> dict:
     if args.method == "gkd":
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-        from atlas_lib.gkd import AtlasGKDTrainer
+        from atlas_lib.methods.gkd.trainer import AtlasGKDTrainer
 
         teacher = _load(args.teacher, v, for_training=False)
         ds = Dataset.from_list(data.distill_view(rows, p.prompt, None))
@@ -171,7 +172,7 @@ def _run_variant(args) -> dict:
     else:
         from trl import GRPOConfig, GRPOTrainer
 
-        from atlas_lib.grpo import exact_match_reward
+        from atlas_lib.methods.grpo.trainer import exact_match_reward
 
         ds = Dataset.from_list([{"prompt": build_messages(r["question"], p.prompt, ()), "answer": r["answer"]}
                                 for r in rows])
@@ -196,7 +197,7 @@ def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
     import torch
     from rates import matmul_flops
 
-    from atlas_lib.memory import arch, n_params
+    from atlas_lib.methods.memory import arch, n_params
 
     s = n_params(arch(args.student))
     seq = prompt_tokens + args.new_tokens

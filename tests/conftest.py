@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, str]:
     """Paths of tiny local model directories (save_pretrained layout)."""
-    from atlas_lib import tiny as tiny_lib
+    from atlas_lib.core import tiny as tiny_lib
 
     root = tmp_path_factory.mktemp("tiny_models")
     names = {"student": "tiny-qwen2-student", "teacher": "tiny-qwen2-teacher",

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas_lib.answers import extract_answer, final_marker_text, is_correct, normalize_reference
+from atlas_lib.data.answers import extract_answer, final_marker_text, is_correct, normalize_reference
 
 CASES = [  # (completion, reference, expected)
     ("Step 1: 3 + 4 = 7.\nFinal Answer: 7", "7", True),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from atlas_lib import config
-from atlas_lib.config import ParamsError
+from atlas_lib.core import config
+from atlas_lib.core.config import ParamsError
 
 
 @pytest.mark.parametrize("profile", ["embedded", "smoke", "paper", "study"])
@@ -21,7 +21,7 @@ def test_paper_profile_matches_the_seed():
     assert (p.models.student, p.models.teacher) == ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct")
     g = p.gkd
     assert (g.max_steps, g.per_device_train_batch_size, g.gradient_accumulation_steps) == (500, 2, 4)
-    assert (g.learning_rate, g.lmbda, g.beta, g.temperature, g.max_new_tokens) == (2e-5, 1.0, 0.5, 0.9, 256)
+    assert (g.learning_rate, g.lmbda, g.beta, g.temperature, g.max_completion_length) == (2e-5, 1.0, 0.5, 0.9, 256)
     r = p.grpo
     assert (r.max_steps, r.per_device_train_batch_size, r.gradient_accumulation_steps, r.learning_rate) == (
         300, 2, 32, 1e-6)
@@ -101,7 +101,7 @@ def test_sweeps_validate_and_expand():
     assert name == "t0.6" and v.gkd.temperature == 0.6 and v.gkd.run_name == "smoke/sweep-t0.6"
     assert v.gkd.max_steps == p.gkd.max_steps
     with pytest.raises(ParamsError, match="gkd.temperature"):
-        config.from_dict({"sweeps": [{"name": "bad", "gkd": {"temperature": -1}}]})
+        config.from_dict({"name": "t", "sweeps": [{"name": "bad", "gkd": {"temperature": -1}}]})
 
 
 def test_hashes_are_stable_and_stage_scoped():
@@ -112,5 +112,5 @@ def test_hashes_are_stable_and_stage_scoped():
 
 def test_describe_documents_every_field():
     table = config.describe("gkd")
-    for name in ("lmbda", "beta", "temperature", "max_new_tokens", "seq_kd", "max_steps"):
+    for name in ("lmbda", "beta", "temperature", "max_completion_length", "seq_kd", "max_steps"):
         assert f"`{name}`" in table

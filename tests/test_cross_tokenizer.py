@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlas_lib import cross_tokenizer as xt
-from atlas_lib.alignment import align_ends, encode_with_completion, ends_from_ids
-from atlas_lib.config import CrossTokenizerConfig
-from atlas_lib.prompts import render_prompt
+from atlas_lib.core.sections import CrossTokenizerConfig
+from atlas_lib.data.prompts import render_prompt
+from atlas_lib.methods.cross_tokenizer import alignment, objective, step, vocab_map
+from atlas_lib.methods.cross_tokenizer.alignment import align_ends, encode_with_completion, ends_from_ids
 
 TEXT = "Final Answer: 1,250 apples"
 MSGS = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
@@ -64,7 +64,7 @@ def check_spans(al, text):
 
 def test_identical_tokenizers_give_one_to_one_spans(toks):
     tok = toks["student"]
-    al = xt.align_by_offsets(TEXT, tok, tok)
+    al = alignment.align_by_offsets(TEXT, tok, tok)
     n = len(tok(TEXT, add_special_tokens=False)["input_ids"])
     assert al.student == al.teacher == [[i] for i in range(n)]
     check_spans(al, TEXT)
@@ -81,7 +81,7 @@ def test_merge_and_split_by_hand():
 
 def test_merges_and_splits_between_real_tokenizers(toks):
     s, t = toks["student"], toks["cross_student"]
-    al = xt.align_by_offsets(TEXT, s, t)
+    al = alignment.align_by_offsets(TEXT, s, t)
     check_spans(al, TEXT)
     s_ids, t_ids = (tok(TEXT, add_special_tokens=False)["input_ids"] for tok in (s, t))
     for sg, tg, (a, b) in zip(al.student, al.teacher, al.chars, strict=True):
@@ -98,25 +98,25 @@ def test_special_tokens_pair_at_the_end_and_stand_alone_inside():
 
 def test_bytelevel_vs_sentencepiece_whitespace(toks):
     s, t = toks["cross_student"], toks["sp_student"]
-    assert (xt.tokenizer_kind(s), xt.tokenizer_kind(t)) == ("bytelevel", "sentencepiece")
-    al = xt.align_by_offsets(TEXT, s, t)
+    assert (alignment.tokenizer_kind(s), alignment.tokenizer_kind(t)) == ("bytelevel", "sentencepiece")
+    al = alignment.align_by_offsets(TEXT, s, t)
     check_spans(al, TEXT)
     assert al.chars == [(0, 5), (5, 13), (13, 19), (19, 26)]  # SentencePiece pieces end at word ends
-    al2 = xt.align_by_offsets(TEXT, t, s, student_ids=t(TEXT, add_special_tokens=False)["input_ids"])
+    al2 = alignment.align_by_offsets(TEXT, t, s, student_ids=t(TEXT, add_special_tokens=False)["input_ids"])
     assert al2.chars == al.chars
 
 
 def test_byte_fallback_pieces_merge_into_their_character(toks):
     bf, bl = byte_fallback_tokenizer(), toks["student"]
-    assert xt.tokenizer_kind(bf) == "sentencepiece"
+    assert alignment.tokenizer_kind(bf) == "sentencepiece"
     text = " Final café 12😀"
     ids = bf(text, add_special_tokens=False)["input_ids"]
     assert sum(p.startswith("<0x") for p in bf.convert_ids_to_tokens(ids)) == 7  # f, é (2), 😀 (4)
-    al = xt.align_by_offsets(text, bl, bf)
+    al = alignment.align_by_offsets(text, bl, bf)
     check_spans(al, text)
     assert al.chars[-1] == (len(text) - 1, len(text))
     assert len(al.teacher[-1]) == 4 and len(al.student[-1]) == 4
-    by_ids = xt.align_by_offsets(text, bf, bl, student_ids=ids)  # incremental decoding of byte pieces
+    by_ids = alignment.align_by_offsets(text, bf, bl, student_ids=ids)  # incremental decoding of byte pieces
     assert by_ids.chars == al.chars and by_ids.student == al.teacher
 
 
@@ -135,11 +135,11 @@ def test_incremental_decoding_matches_offsets(toks):
                     min_size=1, max_size=20).map("".join).filter(str.strip))
 def test_any_text_tiles_between_bytelevel_and_byte_fallback(toks, text):
     bl, bf = toks["cross_student"], byte_fallback_tokenizer()
-    al = xt.align_by_offsets(text, bl, bf)
+    al = alignment.align_by_offsets(text, bl, bf)
     check_spans(al, text)
     assert al.two_sided() == list(range(len(al.chars)))
     ids = bf(text, add_special_tokens=False)["input_ids"]
-    assert xt.align_by_offsets(text, bf, bl, student_ids=ids).chars == al.chars
+    assert alignment.align_by_offsets(text, bf, bl, student_ids=ids).chars == al.chars
 
 
 def test_decoding_in_context_keeps_the_sentencepiece_space(toks):
@@ -158,8 +158,8 @@ def test_teacher_rendering_finds_the_completion(toks):
 
 
 def test_gold_supported_mirrors_trl(toks):
-    assert xt.gold_supported(toks["student"], toks["cross_student"])[0]
-    ok, reason = xt.gold_supported(toks["cross_student"], toks["sp_student"])
+    assert step.gold_supported(toks["student"], toks["cross_student"])[0]
+    ok, reason = step.gold_supported(toks["cross_student"], toks["sp_student"])
     assert not ok and "teacher" in reason and "sentencepiece" in reason
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -179,13 +179,13 @@ def test_identity_loss_is_trl_generalized_jsd(beta, temperature):
     ids = torch.randint(0, 11, (2, 6), generator=g)
     span = torch.arange(6).repeat(2, 1)
     span[1, 4:] = -1  # padding
-    loss, st = xt.aligned_loss(s, t, ids, ids, span, span, xt.VocabMap("identity"), beta=beta,
+    loss, st = objective.aligned_loss(s, t, ids, ids, span, span, vocab_map.VocabMap("identity"), beta=beta,
                                temperature=temperature)
     labels = ids.masked_fill(span < 0, -100)
     ref = GKDTrainer.generalized_jsd_loss(s, t, labels=labels, beta=beta, temperature=temperature)
     assert st["spans"] == 10 and st["span_term"] == 0.0
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-7)
-    same, _ = xt.aligned_loss(s, s, ids, ids, span, span, xt.VocabMap("identity"), beta=beta)
+    same, _ = objective.aligned_loss(s, s, ids, ids, span, span, vocab_map.VocabMap("identity"), beta=beta)
     assert abs(same.item()) < 1e-6
 
 
@@ -213,9 +213,9 @@ def _consistent_logits(al, side, ids, bucket_V, eos, eps, decoys):
 def test_zero_loss_when_both_models_read_the_same_text_distribution(toks, beta):
     s_tok, t_tok = toks["student"], toks["sp_student"]
     text = " " + TEXT  # SentencePiece's prefix space is then real text on both sides
-    al = xt.align_by_offsets(text, s_tok, t_tok)
+    al = alignment.align_by_offsets(text, s_tok, t_tok)
     s_ids, t_ids = (tok(text, add_special_tokens=False)["input_ids"] for tok in (s_tok, t_tok))
-    vm = xt.build_vocab_map(s_tok, t_tok, student_eos=(s_tok.eos_token_id,),
+    vm = vocab_map.build_vocab_map(s_tok, t_tok, student_eos=(s_tok.eos_token_id,),
                             teacher_eos=(t_tok.eos_token_id,))
     assert vm.mode == "first_byte"
     k = len(al.two_sided())
@@ -231,20 +231,20 @@ def test_zero_loss_when_both_models_read_the_same_text_distribution(toks, beta):
     s_span = torch.tensor([al.span_index("student", len(s_ids))])
     t_span = torch.tensor([al.span_index("teacher", len(t_ids))])
     ids = torch.tensor([s_ids]), torch.tensor([t_ids])
-    loss, st = xt.aligned_loss(s_lg, t_lg, *ids, s_span, t_span, vm, beta=beta)
+    loss, st = objective.aligned_loss(s_lg, t_lg, *ids, s_span, t_span, vm, beta=beta)
     assert st["spans"] == k >= 4 and abs(loss.item()) < 1e-5
     padded = [torch.nn.functional.pad(x, (0, 7), value=-80.0) for x in (s_lg, t_lg)]  # padded embedding rows
-    assert abs(xt.aligned_loss(*padded, *ids, s_span, t_span, vm, beta=beta)[0].item()) < 1e-5
+    assert abs(objective.aligned_loss(*padded, *ids, s_span, t_span, vm, beta=beta)[0].item()) < 1e-5
     assert any(len(al.student[j]) != len(al.teacher[j]) for j in al.two_sided())  # really two tokenizations
     eps[1] = 0.9  # the teacher now doubts one span: the loss sees it
     t_lg = _consistent_logits(al, "teacher", t_ids, vm.teacher_bucket_V, t_tok.eos_token_id, eps, decoys)
-    bad, _ = xt.aligned_loss(s_lg, t_lg, *ids, s_span, t_span, vm, beta=beta)
+    bad, _ = objective.aligned_loss(s_lg, t_lg, *ids, s_span, t_span, vm, beta=beta)
     assert bad.item() > 1e-3
 
 
 def test_shared_string_map_joins_equal_pieces(toks):
     s, t = toks["student"], toks["cross_student"]
-    vm = xt.build_vocab_map(s, t, mode="shared_string", student_eos=(s.eos_token_id,),
+    vm = vocab_map.build_vocab_map(s, t, mode="shared_string", student_eos=(s.eos_token_id,),
                             teacher_eos=(t.eos_token_id,))
     sid, tid = s.convert_tokens_to_ids("Ġapples"), t.convert_tokens_to_ids("Ġapp")
     assert vm.student_bucket_V[sid] == vm.num_buckets - 1  # "Ġapples" is not a cross_student piece
@@ -252,7 +252,7 @@ def test_shared_string_map_joins_equal_pieces(toks):
     assert vm.student_bucket_V[same[0]] == vm.teacher_bucket_V[same[1]] < vm.num_buckets - 2
     assert vm.teacher_bucket_V[tid] != vm.student_bucket_V[same[0]]
     with pytest.raises(ValueError, match="vocab map mode"):
-        xt.build_vocab_map(s, t, mode="bytes")
+        vocab_map.build_vocab_map(s, t, mode="bytes")
 
 
 def test_aligned_loss_and_trl_gold_uld_decrease_together(models, toks, tiny):
@@ -287,7 +287,7 @@ def test_aligned_loss_and_trl_gold_uld_decrease_together(models, toks, tiny):
     ours, theirs = [], []
     for _ in range(4):
         theirs.append(uld_loss())
-        loss, m = xt.cross_tokenizer_step(student, s_tok, teacher, t_tok, s_prompts, cfg=cfg,
+        loss, m = step.cross_tokenizer_step(student, s_tok, teacher, t_tok, s_prompts, cfg=cfg,
                                           teacher_prompts=t_prompts, references=comps)
         ours.append(loss.item())
         opt.zero_grad()
@@ -306,9 +306,9 @@ def test_step_runs_on_a_different_tokenizer(models, toks, tiny, student_name):
     torch.manual_seed(0)
     student, s_tok = models[student_name], toks[student_name]
     t_tok = AutoTokenizer.from_pretrained(tiny["teacher"])
-    cfg = CrossTokenizerConfig(max_new_tokens=12, beta=0.5)
+    cfg = CrossTokenizerConfig(max_completion_length=12, beta=0.5)
     student.zero_grad()
-    loss, m = xt.cross_tokenizer_step(student, s_tok, models["teacher"], t_tok,
+    loss, m = step.cross_tokenizer_step(student, s_tok, models["teacher"], t_tok,
                                       [render_prompt(s_tok, MSGS)] * 2, cfg=cfg,
                                       teacher_prompts=[render_prompt(t_tok, MSGS)] * 2)
     loss.backward()
@@ -321,8 +321,8 @@ def test_step_runs_on_a_different_tokenizer(models, toks, tiny, student_name):
 def test_step_with_the_teacher_as_its_own_student_is_zero(models, toks):
     model, tok = models["teacher"], toks["student"]
     prompts = [render_prompt(tok, MSGS)] * 2
-    cfg = CrossTokenizerConfig(max_new_tokens=8, lmbda=0.0)
-    loss, m = xt.cross_tokenizer_step(model, tok, model, tok, prompts, cfg=cfg, teacher_prompts=prompts,
+    cfg = CrossTokenizerConfig(max_completion_length=8, lmbda=0.0)
+    loss, m = step.cross_tokenizer_step(model, tok, model, tok, prompts, cfg=cfg, teacher_prompts=prompts,
                                       references=["3 + 5 = 8", "Final Answer: 8"])
     assert m["on_policy"] == 0.0 and m["one_to_one"] == 1.0
     assert abs(loss.item()) < 1e-6 and abs(m["aligned_divergence"]) < 1e-6
@@ -334,8 +334,8 @@ def test_divergence_fn_is_per_record_and_zero_against_itself(models, toks, tiny)
     t_tok = AutoTokenizer.from_pretrained(tiny["teacher"])
     recs = [{"prompt": render_prompt(toks["sp_student"], MSGS), "messages": MSGS, "completion": c}
             for c in ("3 + 5 = 8. Final Answer: 8", "", "Final Answer: 1,250 apples")]
-    div = xt.aligned_divergence_fn(models["sp_student"], toks["sp_student"], models["teacher"], t_tok)(recs)
+    div = step.aligned_divergence_fn(models["sp_student"], toks["sp_student"], models["teacher"], t_tok)(recs)
     assert len(div) == 3 and div[1] == 0.0 and div[0] > 0 and div[2] > 0
     self_recs = [{**r, "prompt": render_prompt(t_tok, MSGS)} for r in recs]
-    same = xt.aligned_divergence_fn(models["teacher"], t_tok, models["teacher"], t_tok)(self_recs)
+    same = step.aligned_divergence_fn(models["teacher"], t_tok, models["teacher"], t_tok)(self_recs)
     assert max(abs(x) for x in same) < 1e-6

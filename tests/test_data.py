@@ -11,10 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas_lib import config, data, data_sources
-from atlas_lib.answers import is_correct
-from atlas_lib.config import ParamsError
-from atlas_lib.data import DataError
+from atlas_lib.core import config
+from atlas_lib.core.config import ParamsError
+from atlas_lib.core.sections import PromptConfig
+from atlas_lib.data import sources as data_sources
+from atlas_lib.data import splits as data
+from atlas_lib.data.answers import is_correct
+from atlas_lib.data.splits import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +149,7 @@ def _bad_file(tmp_path):
 
 
 def test_bad_rows_dropped_counted_and_logged_per_class(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="atlas_lib.data"):
+    with caplog.at_level(logging.WARNING, logger="atlas_lib.data.splits"):
         prep = data.prepare(_params(source="local", path=_bad_file(tmp_path), eval_limit=5))
     assert prep.manifest["bad_rows"] == {"missing_question": 1, "missing_answer": 1, "bad_answer": 1,
                                          "duplicate_id": 1}
@@ -224,14 +227,14 @@ def test_load_prepared_refuses_missing_stale_or_altered_data():
 def test_distill_and_grpo_views():
     params = _params()
     prep = data.prepare(params)
-    cfg = config.PromptConfig(few_shot=1)
-    rows = data.distill_view(prep.train, cfg, None)
+    cfg = PromptConfig(few_shot=1)
+    rows = data.distill_view(prep.train, cfg)
     msgs = rows[0]["messages"]
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
     assert msgs[-1]["content"].endswith(f"Final Answer: {prep.train[0]['answer']}")
     assert "####" not in msgs[-1]["content"]
     assert all(is_correct(r["messages"][-1]["content"], rec["answer"]) for r, rec in zip(rows, prep.train, strict=True))
-    g = data.grpo_view(prep.train, cfg, None)
+    g = data.grpo_view(prep.train, cfg)
     assert g[0]["prompt"] == msgs[:-1] and g[0]["answer"] == prep.train[0]["answer"]
 
 

@@ -1,4 +1,4 @@
-"""The evaluator's decode kernels (:mod:`atlas_lib.decode_kernels`). The weight-major layout: same
+"""The evaluator's decode kernels (:mod:`atlas_lib.evaluation.decode_kernels`). The weight-major layout: same
 logits and completions as ``nn.Linear``'s own, used only where it was measured to pay (fp32 CPU
 products of 8-96 rows), scoped and restored. The in-place KV cache: the keys and values a plain
 ``DynamicLayer`` would hold, without a copy per token, through the batch surgery of the evaluator."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from atlas_lib import decode_kernels, generation
+from atlas_lib.evaluation import decode_kernels, forward, generation
 
 PROMPTS = [f"Tom has {i} apples and buys {2 * i + 1} more. How many apples{'?' * (i % 3 + 1)}" for i in range(12)]
 
@@ -160,6 +160,7 @@ def test_evaluator_completions_same_with_the_plain_cache(student, monkeypatch):
     monkeypatch.setattr(decode_kernels._GrowingLayer, "update", update)
     fast = generation.generate_greedy(model, tok, PROMPTS, max_new_tokens=8, batch_size=5)
     assert used  # the evaluator really decoded into the in-place cache
-    monkeypatch.setattr(generation, "_decode_cache", lambda m: None)
+    for module in (generation, forward):  # both build decoding caches (prefill of the prefix, admission)
+        monkeypatch.setattr(module, "decode_cache", lambda m: None)
     plain = generation.generate_greedy(model, tok, PROMPTS, max_new_tokens=8, batch_size=5)
     assert [o["completion_ids"] for o in fast] == [o["completion_ids"] for o in plain]

@@ -7,15 +7,16 @@ import math
 import pytest
 import torch
 
-from atlas_lib import config, cross_tokenizer, models
-from atlas_lib.prompts import build_messages, render_prompt
+from atlas_lib.core import config, embedded, models
+from atlas_lib.data.prompts import build_messages, render_prompt
+from atlas_lib.methods.cross_tokenizer import step
 
 
 def _need(*names):
     for n in names:
         try:
-            models.gguf_path(n) if not (models.cache_root() / "models" / n).exists() else None
-        except models.ModelError as e:
+            embedded.gguf_path(n) if not (embedded.cache_root() / "models" / n).exists() else None
+        except embedded.ModelError as e:
             pytest.skip(str(e))
 
 
@@ -26,11 +27,11 @@ def test_sentencepiece_pair_trains_one_step(student, teacher):
     _need(student, teacher)
     s_model, s_tok = models.load_model(student, dtype=torch.float32, device="cpu", for_training=True)
     t_model, t_tok = models.load_model(teacher, dtype=torch.bfloat16, device="cpu")
-    ok, reason = cross_tokenizer.gold_supported(s_tok, t_tok)
+    ok, reason = step.gold_supported(s_tok, t_tok)
     assert not ok and reason  # TRL's GOLD refuses this pair
-    p = config.load("params/embedded.yaml", overrides={"cross_tokenizer.max_new_tokens": 16})
+    p = config.load("params/embedded.yaml", overrides={"cross_tokenizer.max_completion_length": 16})
     msgs = build_messages("Tom has 3 apples and buys 5 more. How many apples does he have?", p.prompt, ())
-    loss, metrics = cross_tokenizer.cross_tokenizer_step(
+    loss, metrics = step.cross_tokenizer_step(
         s_model, s_tok, t_model, t_tok, [render_prompt(s_tok, msgs)], cfg=p.cross_tokenizer,
         teacher_prompts=[render_prompt(t_tok, msgs)])
     assert math.isfinite(float(loss)) and float(loss) >= 0

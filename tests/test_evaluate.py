@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from atlas_lib import answers, generation
-from atlas_lib import evaluate as ev
-from atlas_lib.config import PromptConfig
+from atlas_lib.core.sections import PromptConfig
+from atlas_lib.data import answers
+from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.evaluation import forward, generation
 
 PROMPTS = ["Tom has 3 apples.", "What is 7 times 6? Answer with one number please, step by step.",
            "0 1 2", "A shop sells 12 pens at $2 each. How much do 5 pens cost in total?", "Anna reads"]
@@ -50,18 +51,18 @@ def _kl64(s_T_V: torch.Tensor, t_T_V: torch.Tensor) -> torch.Tensor:
 def test_batched_left_padded_greedy_equals_one_at_a_time(pair):
     s, tok, _, _ = pair
     n = 12
-    out = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=n, batch_size=3)
+    out = generation.generate_greedy(s, tok, PROMPTS, max_new_tokens=n, batch_size=3)
     assert len({len(o["prompt_ids"]) for o in out}) > 2  # batches really needed padding
     for p, o in zip(PROMPTS, out, strict=True):
         assert o["prompt_ids"] == tok(p, add_special_tokens=False)["input_ids"]  # order kept, unpadded
         assert o["prompt_tokens"] == len(o["prompt_ids"])
         ref = _reference_greedy(s, o["prompt_ids"], n)
-        eos = set(ev.eos_token_ids(s, tok))
+        eos = set(forward.eos_token_ids(s, tok))
         stop = next((j for j, t in enumerate(ref) if t in eos), None)
         assert o["completion_ids"] == (ref if stop is None else ref[:stop + 1])
         assert o["n_tokens"] == len(o["completion_ids"])
         assert o["text"] == tok.decode(o["completion_ids"], skip_special_tokens=True)
-    single = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=n, batch_size=1)
+    single = generation.generate_greedy(s, tok, PROMPTS, max_new_tokens=n, batch_size=1)
     assert [o["completion_ids"] for o in single] == [o["completion_ids"] for o in out]
 
 
@@ -70,16 +71,16 @@ def test_shared_prefix_is_encoded_once_and_changes_no_token(pair):
     prompts = [HEAD + p for p in PROMPTS]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n_pre = len(os.path.commonprefix(ids))
-    assert n_pre >= generation.PREFIX_MIN_TOKENS
+    assert n_pre >= forward.PREFIX_MIN_TOKENS
     widths = []
     hook = s.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
     try:
-        out = ev.generate_greedy(s, tok, prompts, max_new_tokens=8, batch_size=2)
+        out = generation.generate_greedy(s, tok, prompts, max_new_tokens=8, batch_size=2)
     finally:
         hook.remove()
     assert widths[0] == (1, n_pre)  # the prefix once; each batch's prefill then feeds only the rest
     assert widths[1][1] == max(len(x) for x in sorted(ids, key=len)[:2]) - n_pre
-    plain = ev.generate_greedy(s, tok, prompts, max_new_tokens=8, batch_size=2, prefix_cache=False)
+    plain = generation.generate_greedy(s, tok, prompts, max_new_tokens=8, batch_size=2, prefix_cache=False)
     for o, p, x in zip(out, plain, ids, strict=True):
         assert o["prompt_ids"] == x == p["prompt_ids"]
         assert o["completion_ids"] == p["completion_ids"] == _reference_greedy(s, x, 8)[:len(o["completion_ids"])]
@@ -87,10 +88,10 @@ def test_shared_prefix_is_encoded_once_and_changes_no_token(pair):
 
 def test_output_order_follows_input_not_length(pair):
     s, tok, _, _ = pair
-    out = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=4, batch_size=2)
-    rev = ev.generate_greedy(s, tok, PROMPTS[::-1], max_new_tokens=4, batch_size=2)
+    out = generation.generate_greedy(s, tok, PROMPTS, max_new_tokens=4, batch_size=2)
+    rev = generation.generate_greedy(s, tok, PROMPTS[::-1], max_new_tokens=4, batch_size=2)
     assert [o["completion_ids"] for o in rev] == [o["completion_ids"] for o in out][::-1]
-    assert ev.generate_greedy(s, tok, [], max_new_tokens=4, batch_size=2) == []
+    assert generation.generate_greedy(s, tok, [], max_new_tokens=4, batch_size=2) == []
 
 
 def _greedy_with_extra_eos(s, tok, prompts, stop_tok: int, max_new_tokens: int, batch_size: int):
@@ -98,7 +99,7 @@ def _greedy_with_extra_eos(s, tok, prompts, stop_tok: int, max_new_tokens: int, 
     old = s.generation_config.eos_token_id
     s.generation_config.eos_token_id = [stop_tok]
     try:
-        out = ev.generate_greedy(s, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        out = generation.generate_greedy(s, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     finally:
         s.generation_config.eos_token_id = old
     return out, {stop_tok, tok.eos_token_id}
@@ -115,7 +116,7 @@ def test_eos_from_generation_config_list_stops_and_is_included(pair):
         cut = next((j + 1 for j, t in enumerate(full) if t in eos), None)
         assert o["completion_ids"] == full[:cut] and o["truncated"] == (cut is None)
         assert o["n_tokens"] == (10 if cut is None else cut)
-    short = ev.generate_greedy(s, tok, PROMPTS, max_new_tokens=1, batch_size=5)  # config restored
+    short = generation.generate_greedy(s, tok, PROMPTS, max_new_tokens=1, batch_size=5)  # config restored
     for o, full in zip(short, free, strict=True):
         assert o["n_tokens"] == 1 and o["truncated"] == (full[0] != tok.eos_token_id)
 
@@ -177,7 +178,7 @@ def test_merged_and_trimmed_batches_give_every_row_its_unbatched_logits(pair):
     enc = [tok(HEAD + p, add_special_tokens=False)["input_ids"] for p in
            ("Tom has 3 apples.", "What is 7 times 6? Answer with one number please.", "0 1", "Anna reads")]
     prefix = generation.shared_prefix([s], enc)
-    cache = generation._prefill(s, prefix, decoding=True)  # the evaluator's in-place cache layers
+    cache = forward.prefill(s, prefix, decoding=True)  # the evaluator's in-place cache layers
     assert prefix and cache is not None
     a, _ = generation._admit(s, [0, 1], enc, tok.pad_token_id, prefix, cache)
     b, _ = generation._admit(s, [2, 3], enc, tok.pad_token_id, prefix, cache)
@@ -214,8 +215,8 @@ def test_sliding_window_model_falls_back_to_generate_and_matches_reference(tiny)
                       num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=6,
                       max_window_layers=0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    assert not generation._full_attention(model) and ev.shared_prefix([model], [[1] * 40, [1] * 40 + [2]]) == []
-    out = ev.generate_greedy(model, tok, PROMPTS, max_new_tokens=6, batch_size=5)
+    assert not forward.full_attention(model) and forward.shared_prefix([model], [[1] * 40, [1] * 40 + [2]]) == []
+    out = generation.generate_greedy(model, tok, PROMPTS, max_new_tokens=6, batch_size=5)
     for o in out:
         ref = _reference_greedy(model, o["prompt_ids"], 6)
         stop = next((j + 1 for j, t in enumerate(ref) if t == tok.eos_token_id), None)
@@ -226,7 +227,7 @@ def test_train_mode_restored_and_backward_still_works(pair):
     s, tok, _, _ = pair
     s.train()
     try:
-        ev.generate_greedy(s, tok, PROMPTS[:2], max_new_tokens=3, batch_size=2)
+        generation.generate_greedy(s, tok, PROMPTS[:2], max_new_tokens=3, batch_size=2)
         assert s.training
         ids = torch.tensor([tok("Tom has 3 apples")["input_ids"]])
         s(ids, labels=ids).loss.backward()  # nothing created under inference_mode leaks into autograd
@@ -234,7 +235,7 @@ def test_train_mode_restored_and_backward_still_works(pair):
     finally:
         s.zero_grad(set_to_none=True)
         s.eval()
-    ev.generate_greedy(s, tok, PROMPTS[:1], max_new_tokens=2, batch_size=1)
+    generation.generate_greedy(s, tok, PROMPTS[:1], max_new_tokens=2, batch_size=1)
     assert not s.training
 
 
@@ -270,7 +271,7 @@ def test_reverse_kl_cuts_padding_rows_to_tokenizer_length():
 @pytest.mark.parametrize("head", ["", HEAD])
 def test_mean_reverse_kl_against_unpadded_float64_and_teacher_sees_student_ids(pair, head):
     s, tok, t, _ = pair
-    gens = ev.generate_greedy(s, tok, [head + p for p in PROMPTS], max_new_tokens=6, batch_size=5)
+    gens = generation.generate_greedy(s, tok, [head + p for p in PROMPTS], max_new_tokens=6, batch_size=5)
     gens[1] = {**gens[1], "completion_ids": gens[1]["completion_ids"][:2]}  # ragged completions too
     seen = []
     hook = t.register_forward_pre_hook(
@@ -373,7 +374,7 @@ def test_evaluate_plain_text_prompt_gets_bos(tiny):
     res = ev.evaluate(sp, sp_tok, EXAMPLES[:2], prompt_cfg=PromptConfig(few_shot=1), max_new_tokens=3,
                       batch_size=2)
     assert res.records[0]["prompt"].rstrip().endswith("Answer:")
-    gens = ev.generate_greedy(sp, sp_tok, [res.records[0]["prompt"]], max_new_tokens=1, batch_size=1)
+    gens = generation.generate_greedy(sp, sp_tok, [res.records[0]["prompt"]], max_new_tokens=1, batch_size=1)
     assert gens[0]["prompt_ids"][0] == sp_tok.bos_token_id
     with pytest.raises(ValueError, match="no examples"):
         ev.evaluate(sp, sp_tok, [], prompt_cfg=PromptConfig(), max_new_tokens=3, batch_size=2)
@@ -387,14 +388,14 @@ def test_real_student_batched_equals_naive_and_kl_layouts_agree(monkeypatch):
     with and without the shared-prefix cache."""
     import reasoning_gym
 
-    from atlas_lib import models
-    from atlas_lib.prompts import build_messages, render_prompt
+    from atlas_lib.core import models
+    from atlas_lib.data.prompts import build_messages, render_prompt
 
     model, tok = models.load_model("qwen2.5-coder-0.5b-instruct", dtype=torch.float32, device="cpu")
     data = reasoning_gym.create_dataset("gsm_symbolic", seed=0, size=8)
     prompts = [render_prompt(tok, build_messages(x["question"], PromptConfig())) for x in data]
-    out = ev.generate_greedy(model, tok, prompts, max_new_tokens=16, batch_size=8)
-    kwargs = ev.greedy_kwargs(model, tok, 16)
+    out = generation.generate_greedy(model, tok, prompts, max_new_tokens=16, batch_size=8)
+    kwargs = generation.greedy_kwargs(model, tok, 16)
     for p, o in zip(prompts, out, strict=True):
         assert o["prompt_ids"] == tok(p, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([o["prompt_ids"]])
@@ -404,6 +405,6 @@ def test_real_student_batched_equals_naive_and_kl_layouts_agree(monkeypatch):
     teacher, t_tok = models.load_model("qwen2.5-coder-1.5b-instruct", dtype=torch.bfloat16, device="cpu")
     assert ev.same_tokenizer(tok, t_tok)
     cached = ev.mean_reverse_kl(model, teacher, out, batch_size=4, vocab_size=len(tok))
-    monkeypatch.setattr(generation, "PREFIX_MIN_TOKENS", 10**9)
+    monkeypatch.setattr(forward, "PREFIX_MIN_TOKENS", 10**9)
     plain = ev.mean_reverse_kl(model, teacher, out, batch_size=4, vocab_size=len(tok))
     assert all(k > 0 for k in cached) and cached == pytest.approx(plain, rel=0.02, abs=1e-4)

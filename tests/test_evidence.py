@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from atlas_lib import config, stats, training
+from atlas_lib.core import config
+from atlas_lib.evaluation import stats
+from atlas_lib.methods import outcome
 
 
 # -- paired statistics ---------------------------------------------------------------------------
@@ -58,7 +60,7 @@ def _grouped(n_groups: int, per: int) -> list[dict]:
 
 
 def test_held_out_splits_take_one_problem_per_group():
-    from atlas_lib.data import split_by_group
+    from atlas_lib.data.splits import split_by_group
 
     train, val, test = split_by_group(_grouped(40, 3), seed=1, eval_limit=10, val_limit=6)
     assert len(test) == 10 and len({r["group"] for r in test}) == 10
@@ -66,7 +68,7 @@ def test_held_out_splits_take_one_problem_per_group():
 
 
 def test_validation_test_and_train_groups_are_disjoint():
-    from atlas_lib.data import split_by_group
+    from atlas_lib.data.splits import split_by_group
 
     train, val, test = split_by_group(_grouped(40, 3), seed=1, eval_limit=10, val_limit=6)
     g = [{r["group"] for r in part} for part in (train, val, test)]
@@ -75,7 +77,8 @@ def test_validation_test_and_train_groups_are_disjoint():
 
 
 def test_eval_points_use_validation_and_the_reported_rows_use_test(tmp_path, monkeypatch):
-    from atlas_lib import data, stages
+    from atlas_lib.data import splits as data
+    from atlas_lib.methods import common as stages
 
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
     p = config.load("params/smoke.yaml")
@@ -88,41 +91,41 @@ def test_eval_points_use_validation_and_the_reported_rows_use_test(tmp_path, mon
 
 def test_peak_on_step_zero_reads_as_no_improvement():
     pts = [{"step": 0, "accuracy": 0.5, "device_hours": 0.0}, {"step": 2, "accuracy": 0.4, "device_hours": 0.1}]
-    pk = training.peak(pts)
+    pk = outcome.peak(pts)
     assert pk["improved"] is False and pk["device_hours_to_peak"] is None
     pts[1]["accuracy"] = 0.6
-    assert training.peak(pts)["device_hours_to_peak"] == pytest.approx(0.1)
+    assert outcome.peak(pts)["device_hours_to_peak"] == pytest.approx(0.1)
 
 
 # -- did not train ------------------------------------------------------------------------------
 def test_equal_rewards_in_every_group_mean_did_not_train():
     pts = [{"step": 1, "loss": 0.0, "frac_zero_std": 1.0}, {"step": 2, "loss": 0.0, "frac_zero_std": 1.0}]
-    assert "zero reward variance" in training.did_not_train(pts, weights_changed=True)
+    assert "zero reward variance" in outcome.did_not_train(pts, weights_changed=True)
 
 
 def test_identical_weights_mean_did_not_train():
-    assert "bit-identical" in training.did_not_train([{"step": 1, "loss": 0.3}], weights_changed=False)
+    assert "bit-identical" in outcome.did_not_train([{"step": 1, "loss": 0.3}], weights_changed=False)
 
 
 def test_zero_loss_means_did_not_train_and_signal_means_it_did():
-    assert "identically 0" in training.did_not_train([{"step": 1, "loss": 0.0}], weights_changed=True)
-    assert training.did_not_train([{"step": 1, "loss": 0.1, "frac_zero_std": 0.5}], weights_changed=True) is None
+    assert "identically 0" in outcome.did_not_train([{"step": 1, "loss": 0.0}], weights_changed=True)
+    assert outcome.did_not_train([{"step": 1, "loss": 0.1, "frac_zero_std": 0.5}], weights_changed=True) is None
 
 
 def test_weights_digest_sees_one_changed_bit():
     m = torch.nn.Linear(4, 4)
-    before = training.weights_digest(m)
+    before = outcome.weights_digest(m)
     with torch.no_grad():
         w = m.weight.view(-1)
         w[3] = torch.nextafter(w[3], torch.tensor(float("inf")))
-    assert training.weights_digest(m) != before
+    assert outcome.weights_digest(m) != before
 
 
 def test_gkd_moving_away_from_the_teacher_is_flagged():
     s = {"method": "gkd", "initial": {"mean_reverse_kl": 0.31}, "distilled": {"mean_reverse_kl": 0.48}}
-    assert training.flags(s) and "moved away from the teacher" in training.flags(s)[0]
+    assert outcome.flags(s) and "moved away from the teacher" in outcome.flags(s)[0]
     s["distilled"]["mean_reverse_kl"] = 0.2
-    assert training.flags(s) == []
+    assert outcome.flags(s) == []
 
 
 def _smoke(**over):
@@ -132,8 +135,8 @@ def _smoke(**over):
 
 
 def test_a_run_whose_weights_never_move_is_recorded_as_did_not_train(env):
-    from atlas_lib import data
-    from atlas_lib.gkd import run_gkd
+    from atlas_lib.data import splits as data
+    from atlas_lib.methods.gkd.trainer import run_gkd
 
     p = _smoke()
     p.gkd.learning_rate = 0.0  # below the params' range (lr > 0): what a run that cannot move looks like
@@ -145,9 +148,11 @@ def test_a_run_whose_weights_never_move_is_recorded_as_did_not_train(env):
 
 
 def test_a_grpo_run_with_equal_rewards_everywhere_is_flagged(env, monkeypatch):
-    from atlas_lib import data, grpo
+    from atlas_lib.data import splits as data
+    from atlas_lib.methods.grpo import rewards
+    from atlas_lib.methods.grpo import trainer as grpo
 
-    monkeypatch.setitem(grpo.REWARDS, "exact_match", lambda completions, **kw: [0.0] * len(completions))
+    monkeypatch.setitem(rewards.REWARDS, "exact_match", lambda completions, **kw: [0.0] * len(completions))
     p = _smoke()
     data.prepare(p)
     s = grpo.run_grpo(p)
@@ -162,7 +167,7 @@ def test_gkd_loss_is_the_sum_over_scored_positions_over_their_count(tiny, tmp_pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.gkd import GKDConfig
 
-    from atlas_lib.gkd import AtlasGKDTrainer, generalized_jsd
+    from atlas_lib.methods.gkd.trainer import AtlasGKDTrainer, generalized_jsd
 
     tok = AutoTokenizer.from_pretrained(tiny["student"])
     student = AutoModelForCausalLM.from_pretrained(tiny["student"])
@@ -190,7 +195,7 @@ def test_gkd_loss_is_the_sum_over_scored_positions_over_their_count(tiny, tmp_pa
 def test_gkd_training_step_ignores_the_reference_label_count(tiny, tmp_path, monkeypatch):
     from trl.experimental.gkd import GKDTrainer
 
-    from atlas_lib.gkd import AtlasGKDTrainer
+    from atlas_lib.methods.gkd.trainer import AtlasGKDTrainer
 
     seen = []
     monkeypatch.setattr(GKDTrainer, "training_step", lambda self, model, inputs, n=None: seen.append(n) or 0)
@@ -202,8 +207,8 @@ def test_gkd_training_step_ignores_the_reference_label_count(tiny, tmp_path, mon
 def test_every_generation_config_stop_id_stops_the_evaluator(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from atlas_lib.generation import generate_greedy
-    from atlas_lib.models import add_stop_ids
+    from atlas_lib.core.models import add_stop_ids
+    from atlas_lib.evaluation.generation import generate_greedy
 
     tok = AutoTokenizer.from_pretrained(tiny["student"])
     model = AutoModelForCausalLM.from_pretrained(tiny["student"]).eval()
@@ -218,7 +223,7 @@ def test_every_generation_config_stop_id_stops_the_evaluator(tiny):
 
 
 def test_embedded_qwen_pins_both_stop_ids():
-    from atlas_lib.models import EMBEDDED
+    from atlas_lib.core.models import EMBEDDED
 
     for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"):
         assert set(EMBEDDED[name].stop_ids) == {151645, 151643}

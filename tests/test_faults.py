@@ -7,8 +7,8 @@ import typing
 
 import pytest
 
-from atlas_lib import config
-from atlas_lib.config import SECTION_TYPES, ParamsError
+from atlas_lib.core import config
+from atlas_lib.core.config import ParamsError, section_types
 
 
 def _wrong_value(tp):
@@ -24,7 +24,7 @@ def _wrong_value(tp):
     return 12345  # str / str | None
 
 
-FIELDS = [(s, f.name, typing.get_type_hints(cls)[f.name]) for s, cls in SECTION_TYPES.items()
+FIELDS = [(s, f.name, typing.get_type_hints(cls)[f.name]) for s, cls in section_types().items()
           for f in dataclasses.fields(cls)]
 
 
@@ -36,7 +36,7 @@ def test_every_field_rejects_a_wrong_type_naming_it(section, name, tp, tmp_path,
     assert not (tmp_path / "runs").exists()  # nothing created on disk
 
 
-RANGED = [(s, f.name, f.metadata) for s, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)
+RANGED = [(s, f.name, f.metadata) for s, cls in section_types().items() for f in dataclasses.fields(cls)
           if any(f.metadata.get(k) is not None for k in ("ge", "le", "gt", "choices"))]
 
 
@@ -56,7 +56,7 @@ def test_every_ranged_field_rejects_out_of_range(section, name, meta):
 
 def test_same_tokenizer_gkd_with_a_foreign_teacher_points_to_notebook_04(tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
-    from atlas_lib.stages import TokenizerMismatchError, load_pair
+    from atlas_lib.methods.common import TokenizerMismatchError, load_pair
 
     p = config.load("params/smoke.yaml", overrides={"models.teacher": "tiny-llama-cross"})
     with pytest.raises(TokenizerMismatchError, match="04_cross_tokenizer"):
@@ -67,7 +67,7 @@ def test_trust_remote_code_is_off_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
     import transformers
 
-    from atlas_lib import models
+    from atlas_lib.core import models
 
     seen = []
     real = transformers.AutoModelForCausalLM.from_pretrained

@@ -9,7 +9,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-from atlas_lib.gkd import AtlasGKDTrainer, generalized_jsd
+from atlas_lib.methods.gkd.trainer import AtlasGKDTrainer, generalized_jsd
 
 
 def jsd_float64(s_logits, t_logits, beta):
@@ -136,7 +136,7 @@ def test_teacher_scores_the_students_sample_not_the_reference(tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step(tiny, tmp_path):
-    from atlas_lib.tracking import NonFiniteError
+    from atlas_lib.methods.tracking import NonFiniteError
 
     trainer = _trainer(tiny, tmp_path)
     with torch.no_grad():  # the teacher's logits become NaN; student sampling still works
@@ -152,7 +152,7 @@ def test_training_moves_the_student_towards_the_teacher(tiny, tmp_path):
     """The sign and wiring of the whole step: a few on-policy GKD steps lower the student's
     reverse KL to the teacher at the completion positions of its training prompts, measured on
     fixed sequences (prompt + the student's greedy completion before training) outside the trainer."""
-    from atlas_lib.evaluate import reverse_kl_per_token
+    from atlas_lib.evaluation.evaluate import reverse_kl_per_token
 
     trainer = _trainer(tiny, tmp_path, n=8)
     trainer.args.max_steps, trainer.args.learning_rate = 16, 3e-3

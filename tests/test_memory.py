@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM
 
-from atlas_lib import config, memory
+from atlas_lib.core import config
+from atlas_lib.methods import memory
 
 
 @pytest.mark.parametrize("name, published", [

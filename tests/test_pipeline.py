@@ -33,17 +33,19 @@ def smoke(tmp_path_factory):
 def test_pipeline_writes_every_row_and_the_charts(smoke, monkeypatch):
     tmp, _ = smoke
     monkeypatch.setenv("ATLAS_RUNS", str(tmp / "runs"))
-    from atlas_lib import config, report
+    from atlas_lib.core import config
+    from atlas_lib.report import collect
+    from atlas_lib.report.table import results_table
 
-    table = report.results_table(report.collect(config.load("params/smoke.yaml")))
-    assert {"student", "teacher", "gkd", "sweep-t0.6", "grpo", "cross_pre", "cross_post"} <= set(table.index)
+    table = results_table(collect.collect(config.load("params/smoke.yaml")))
+    assert {"student", "teacher", "gkd", "sweep-t0.6", "grpo", "cross_tokenizer_pre", "cross_tokenizer"} <= set(table.index)
     for row in table.index:
         assert math.isfinite(table.loc[row, "Accuracy"]) and math.isfinite(table.loc[row, "Avg Generated Tokens"])
     for row in ("student", "gkd", "grpo"):
         assert math.isfinite(table.loc[row, "Mean Reverse KL"])
-    for row in ("gkd", "grpo", "cross_post"):
+    for row in ("gkd", "grpo", "cross_tokenizer"):
         assert 0.05 < table.loc[row, "Peak RSS GB"] < 64
-    for row in ("cross_pre", "cross_post"):
+    for row in ("cross_tokenizer_pre", "cross_tokenizer"):
         assert math.isfinite(table.loc[row, "Aligned divergence (cross-tokenizer)"])
     html = (tmp / "reports/smoke/index.html").read_text()
     assert len(re.findall(r"<img[^>]+src=\"data:image/png;base64,", html)) >= 5

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from atlas_lib.answers import extract_answer, is_correct
-from atlas_lib.config import PromptConfig
-from atlas_lib.prompts import DEFAULT_SHOTS, build_messages, format_solution, has_chat_template, render_prompt
+from atlas_lib.core.sections import PromptConfig
+from atlas_lib.data.answers import extract_answer, is_correct
+from atlas_lib.data.prompts import (
+    DEFAULT_SHOTS,
+    build_messages,
+    format_solution,
+    has_chat_template,
+    render_prompt,
+)
 
 Q = "Ben has 4 boxes of 6 pens. How many pens does he have?"
 
@@ -23,13 +29,13 @@ def test_build_messages_layout():
         assert is_correct(reply["content"], shot["answer"])  # the default shots are self-consistent
 
 
-def test_few_shot_zero_and_custom_pool():
+def test_few_shot_zero_and_too_many_shots():
     assert [m["role"] for m in build_messages(Q, PromptConfig(few_shot=0))] == ["system", "user"]
-    pool = [{"question": "1 + 1?", "solution": "1 + 1 = 2.\n#### 2", "answer": "2"}]
-    msgs = build_messages(Q, PromptConfig(few_shot=1), pool)
-    assert msgs[1]["content"].startswith("1 + 1?") and msgs[2]["content"] == "1 + 1 = 2.\nFinal Answer: 2"
-    with pytest.raises(ValueError, match="prompt.few_shot = 3"):
-        build_messages(Q, PromptConfig(few_shot=3), pool)
+    msgs = build_messages(Q, PromptConfig(few_shot=1))
+    assert msgs[1]["content"].startswith(DEFAULT_SHOTS[0]["question"])
+    too_many = len(DEFAULT_SHOTS) + 1
+    with pytest.raises(ValueError, match=f"prompt.few_shot = {too_many}"):
+        build_messages(Q, PromptConfig(few_shot=too_many))
 
 
 @pytest.mark.parametrize(("solution", "answer", "expected"), [

@@ -1,5 +1,5 @@
 """Notebook 05's data layer on synthetic run directories written through the real contracts
-(``RunDir``, ``training.summarize``, the evaluator's ``aggregate``): complete, partial and old runs."""
+(``RunDir``, ``outcome.summarize``, the evaluator's ``aggregate``): complete, partial and old runs."""
 
 from __future__ import annotations
 
@@ -18,11 +18,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from atlas_lib import charts, config, report, training
-from atlas_lib import evaluate as ev
-from atlas_lib.paths import project_root
-from atlas_lib.rundir import RunDir, atomic_write_json, provenance
-from atlas_lib.tracking import DeviceClock
+from atlas_lib.core import config
+from atlas_lib.core.paths import project_root
+from atlas_lib.core.rundir import RunDir, atomic_write_json
+from atlas_lib.core.rundir import provenance as run_provenance
+from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.methods import outcome
+from atlas_lib.methods.tracking import DeviceClock
+from atlas_lib.report import charts, collect, findings, provenance, stage, table
+from atlas_lib.report.html import render_html
 
 N = 24  # problems per validation eval point, and on the test split (ids t0..t23)
 BASE_K, TEACHER_K = 6, 18  # the untrained student's and the teacher's correct test problems
@@ -71,7 +75,7 @@ def _write_run(params, stage: str, ks: list[int], *, seconds_per_step: float, ex
         rd.append({"kind": "eval", "step": step, **stamp, "train_loss": 1.0 / (1 + i), **m})
     last = (len(ks) - 1) * step_every
     clock = DeviceClock(offset_seconds=last * seconds_per_step)
-    summary = training.summarize(rd, params, stage, clock, SimpleNamespace(global_step=last, training_loss=0.6),
+    summary = outcome.summarize(rd, params, stage, clock, SimpleNamespace(global_step=last, training_loss=0.6),
                                  30.0, {"train": 256, "eval": 200})
     # as training.run does: eval points are validation; the rows are the test split
     summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
@@ -106,7 +110,7 @@ def build_runs(tmp_path, monkeypatch, *, gkd=(6, 9, 12), grpo=(6, 7, 8), with_gr
         atomic_write_json(prof / "baseline" / "summary.json", {
             "student": _metrics(BASE_K, N, 120.0, kl=0.45), "teacher": {**_metrics(TEACHER_K, N, 110.0, kl=0.0)},
             "models": {"student": params.models.student, "teacher": params.models.teacher},
-            "provenance": provenance(params)})
+            "provenance": run_provenance(params)})
     div = {"divergence_label": "mean reverse KL to the teacher (same tokenizer)"}
     gkd_summary = _write_run(params, "gkd", list(gkd), seconds_per_step=9.0, extra=div)
     if old_gkd:  # an older schema: no status, no device_hours fields, no reverse KL in the final block
@@ -130,45 +134,45 @@ def complete(tmp_path, monkeypatch):
     return build_runs(tmp_path, monkeypatch)
 
 
-ROWS = ["student", "teacher", "gkd", "sweep-t06", "grpo", "cross_pre", "cross_post"]
+ROWS = ["student", "teacher", "gkd", "sweep-t06", "grpo", "cross_tokenizer_pre", "cross_tokenizer"]
 SEED_COLS = ["Model / Method", "Accuracy", "Avg Generated Tokens", "Mean Reverse KL", "Device hours",
              "CI low", "CI high", "Truncation", "Device hours to peak", "Steps", "Divergence kind",
-             report.ALIGNED_COL]
+             table.ALIGNED_COL]
 
 
 def test_complete_table_has_every_row_and_finite_numbers(complete):
-    col = report.collect(complete)
-    t = report.results_table(col)
+    col = collect.collect(complete)
+    t = table.results_table(col)
     assert list(t.index) == ROWS
     assert set(SEED_COLS) <= set(t.columns)
     assert (t["Status"] == "complete").all()
     for c in ("Accuracy", "CI low", "CI high", "Avg Generated Tokens", "Truncation", "n"):
         assert t[c].map(math.isfinite).all(), c
-    same, cross, trained = ROWS[:5], ROWS[5:], ["gkd", "sweep-t06", "grpo", "cross_post"]
+    same, cross, trained = ROWS[:5], ROWS[5:], ["gkd", "sweep-t06", "grpo", "cross_tokenizer"]
     assert t.loc[same, "Mean Reverse KL"].map(math.isfinite).all()
     assert t.loc[cross, "Mean Reverse KL"].isna().all()  # never mixed with the aligned divergence
-    assert t.loc[cross, report.ALIGNED_COL].map(math.isfinite).all()
-    assert t.loc[same, report.ALIGNED_COL].isna().all()
+    assert t.loc[cross, table.ALIGNED_COL].map(math.isfinite).all()
+    assert t.loc[same, table.ALIGNED_COL].isna().all()
     for c in ("Device hours", "Device hours to peak", "Steps"):
         assert t.loc[trained, c].map(math.isfinite).all(), c
-        assert t.loc[["student", "teacher", "cross_pre"], c].isna().all(), c
+        assert t.loc[["student", "teacher", "cross_tokenizer_pre"], c].isna().all(), c
     # values are the ones written, not re-derived differently
     assert t.loc["gkd", "Accuracy"] == pytest.approx(12 / N)
-    assert t.loc["cross_pre", "Accuracy"] == pytest.approx(1 / N)
+    assert t.loc["cross_tokenizer_pre", "Accuracy"] == pytest.approx(1 / N)
     assert t.loc["grpo", "Steps"] == 8
     assert t.loc["grpo", "Device hours"] == pytest.approx(8 * 20.0 / 3600, rel=1e-3)
     assert t.loc["gkd", "Device hours to peak"] == pytest.approx(8 * 9.0 / 3600)
-    s = report.styled_table(col)
+    s = table.styled_table(col)
     assert s.loc["gkd", "Accuracy"] == f"{100 * 12 / N:.1f}%"
-    assert s.loc["teacher", "Device time"] == "—" and s.loc["cross_post", "Mean Reverse KL"] == "—"
+    assert s.loc["teacher", "Device time"] == "—" and s.loc["cross_tokenizer", "Mean Reverse KL"] == "—"
     assert s.loc["grpo", "Device time"].startswith(f"{8 * 20 / 3600:.3g} CPU-h")
     assert not s.isin(["missing", "not run"]).any().any()
 
 
 def test_charts_render_with_labels(complete):
-    col = report.collect(complete)
-    for fn in (report.accuracy_chart, report.loss_chart, report.reward_chart, report.tokens_chart,
-               report.divergence_chart):
+    col = collect.collect(complete)
+    for fn in (charts.accuracy_chart, charts.loss_chart, charts.reward_chart, charts.tokens_chart,
+               charts.divergence_chart):
         fig = fn(col)
         assert fig._suptitle is not None and fig._suptitle.get_text()
         alt = charts.alt_text(fig)  # the HTML report's alt text: title, and every panel's axes
@@ -177,14 +181,14 @@ def test_charts_render_with_labels(complete):
             assert ax.get_xlabel() and ax.get_ylabel()
             assert f"{ax.get_ylabel()} against {ax.get_xlabel()}" in alt and ax.get_title() in alt
         assert any(ax.lines or ax.collections for ax in fig.axes), fn.__name__
-    points, fig = report.stage_view(complete, "grpo")
+    points, fig = stage.stage_view(complete, "grpo")
     assert list(points["step"]) == [0, 4, 8] and fig.axes
 
 
 def test_missing_stage_and_old_schema_still_render(tmp_path, monkeypatch):
     params = build_runs(tmp_path, monkeypatch, with_grpo=False, old_gkd=True, baseline=False)
-    col = report.collect(params)
-    t = report.results_table(col)
+    col = collect.collect(params)
+    t = table.results_table(col)
     assert list(t.index) == ROWS
     grpo = t.loc["grpo"]
     assert grpo["Status"] == "not run" and "not run" in grpo["Note"]
@@ -196,16 +200,16 @@ def test_missing_stage_and_old_schema_still_render(tmp_path, monkeypatch):
     assert pd.isna(gkd["Mean Reverse KL"]) and "mean_reverse_kl" in gkd["Note"]
     assert gkd["Device hours"] == pytest.approx(8 * 9.0 / 3600, rel=1e-3)  # derived from duration_seconds
     assert pd.isna(gkd["Device hours to peak"])
-    s = report.styled_table(col)
+    s = table.styled_table(col)
     assert s.loc["grpo", "Accuracy"] == "not run" and s.loc["grpo", "Device time"] == "not run"
     assert s.loc["gkd", "Mean Reverse KL"] == "missing" and s.loc["gkd", "Device hours to peak"] == "missing"
     assert s.loc["teacher", "Accuracy"] == "not run"
-    text = report.findings(col)
+    text = findings.findings(col)
     assert "GRPO was not run" in text and "baselines were not run" in text
     assert any("grpo" in n for n in col.notes)
-    for fn in (report.accuracy_chart, report.reward_chart, report.divergence_chart):
+    for fn in (charts.accuracy_chart, charts.reward_chart, charts.divergence_chart):
         assert fn(col).axes
-    points, _ = report.stage_view(params, "grpo")
+    points, _ = stage.stage_view(params, "grpo")
     assert points.empty
 
 
@@ -214,26 +218,26 @@ def test_interrupted_run_shows_its_last_eval_point(tmp_path, monkeypatch):
     (tmp_path / "runs" / params.name / "cross_tokenizer" / "summary.json").unlink()
     rd = RunDir(tmp_path / "runs" / params.name / "cross_tokenizer")
     rd.append({"kind": "train", "step": 9, "loss": float("nan"), "grad_norm": float("inf")})  # stored as strings
-    col = report.collect(params)
-    t = report.results_table(col)
-    assert t.loc["cross_post", "Status"] == "incomplete" and "last eval point" in t.loc["cross_post", "Note"]
-    assert t.loc["cross_post", "Accuracy"] == pytest.approx(4 / N)
-    assert t.loc["cross_pre", "Accuracy"] == pytest.approx(1 / N)
-    assert t.loc["cross_post", "Steps"] == 8 and math.isfinite(t.loc["cross_post", "Device hours"])
-    assert "Cross-tokenizer distillation is incomplete" in report.findings(col)
+    col = collect.collect(params)
+    t = table.results_table(col)
+    assert t.loc["cross_tokenizer", "Status"] == "incomplete" and "last eval point" in t.loc["cross_tokenizer", "Note"]
+    assert t.loc["cross_tokenizer", "Accuracy"] == pytest.approx(4 / N)
+    assert t.loc["cross_tokenizer_pre", "Accuracy"] == pytest.approx(1 / N)
+    assert t.loc["cross_tokenizer", "Steps"] == 8 and math.isfinite(t.loc["cross_tokenizer", "Device hours"])
+    assert "Cross-tokenizer distillation is incomplete" in findings.findings(col)
     train = col.runs["cross_tokenizer"].train
     assert train["loss"].dtype == float and train["loss"].isna().sum() == 1 and train["grad_norm"].isna().sum() == 1
-    assert report.loss_chart(col).axes
+    assert charts.loss_chart(col).axes
 
 
 @pytest.mark.parametrize("gkd_k, grpo_k", [(12, 10), (22, 3), (3, 22), (6, 6)])
 def test_findings_lead_with_the_paired_difference(tmp_path, monkeypatch, gkd_k, grpo_k):
     """First sentence: the method that improved the student significantly (exact McNemar on the
     same test problems), or that none did; each method's paired difference and p follow."""
-    from atlas_lib import stats
+    from atlas_lib.evaluation import stats
 
     params = build_runs(tmp_path, monkeypatch, gkd=(6, gkd_k), grpo=(6, grpo_k))
-    text = report.findings(report.collect(params))
+    text = findings.findings(collect.collect(params))
     p_gkd = stats.mcnemar_exact(max(gkd_k - BASE_K, 0), max(BASE_K - gkd_k, 0))
     p_grpo = stats.mcnemar_exact(max(grpo_k - BASE_K, 0), max(BASE_K - grpo_k, 0))
     best = max((("GKD", gkd_k, p_gkd), ("GRPO", grpo_k, p_grpo)), key=lambda x: x[1])
@@ -250,7 +254,7 @@ def test_findings_lead_with_the_paired_difference(tmp_path, monkeypatch, gkd_k, 
 
 def test_findings_state_the_compute_to_match_the_other_method(tmp_path, monkeypatch):
     params = build_runs(tmp_path, monkeypatch, gkd=(6, 9, 12), grpo=(6, 7, 8))
-    text = report.findings(report.collect(params))
+    text = findings.findings(collect.collect(params))
     # GRPO's best validation point (8/24) is first reached by GKD at its step-4 point (9/24)
     assert f"GKD reached GRPO's best {100 * 8 / N:.1f}% after {4 * 9.0 / 3600:.3g} CPU-hours" in text
     assert f"GRPO did not reach GKD's best {100 * 12 / N:.1f}%" in text
@@ -262,24 +266,24 @@ def test_a_run_that_did_not_train_is_said_so_everywhere(tmp_path, monkeypatch):
     s = json.loads(path.read_text())
     s["did_not_train"] = "no learning signal: every GRPO group had zero reward variance"
     path.write_text(json.dumps(s))
-    col = report.collect(params)
-    assert report.results_table(col).loc["grpo", "Status"].startswith("did not train: no learning signal")
-    text = report.findings(col)
+    col = collect.collect(params)
+    assert table.results_table(col).loc["grpo", "Status"].startswith("did not train: no learning signal")
+    text = findings.findings(col)
     assert "GRPO did not train: no learning signal" in text and "not a result" in text
     assert "GRPO improved" not in text and "GKD minus GRPO" not in text
 
 
 def test_paired_columns_compare_each_trained_row_with_its_own_untrained_student(complete):
-    t = report.results_table(report.collect(complete))
+    t = table.results_table(collect.collect(complete))
     assert t.loc["gkd", "Diff vs student"] == pytest.approx((12 - BASE_K) / N)
-    assert t.loc["cross_post", "Diff vs student"] == pytest.approx((4 - 1) / N)  # against cross_pre, not student
+    assert t.loc["cross_tokenizer", "Diff vs student"] == pytest.approx((4 - 1) / N)  # against cross_pre, not student
     assert t.loc["gkd", "Diff CI low"] < t.loc["gkd", "Diff vs student"] < t.loc["gkd", "Diff CI high"]
     assert pd.isna(t.loc["student", "Diff vs student"]) and pd.isna(t.loc["teacher", "p (McNemar)"])
 
 
 def test_provenance_has_params_and_no_absolute_paths(complete, tmp_path):
-    col = report.collect(complete)
-    text = report.provenance(col, complete)
+    col = collect.collect(complete)
+    text = provenance.provenance(col, complete)
     assert "synth" in text and f"seed {complete.run.seed}" in text and "```yaml" in text
     assert "transformers" in text and "git commit" in text
     assert str(tmp_path) not in text and str(project_root()) not in text
@@ -291,13 +295,13 @@ def test_notebook_01_helpers(complete, tmp_path):
     import json
 
     baselines = json.loads((tmp_path / "runs" / "synth" / "baseline" / "summary.json").read_text())
-    b = report.baseline_frame(baselines)
+    b = table.baseline_frame(baselines)
     assert list(b.index) == ["student", "teacher"] and b.loc["teacher", "Accuracy"] == f"{100 * TEACHER_K / N:.1f}%"
     recs = [{"id": f"q{i}", "question": "one two three " * (i + 1), "answer": str(i - 2), "solution": None,
              "group": i} for i in range(6)]
     prepared = SimpleNamespace(train=recs[:3], val=recs[3:4], eval=recs[4:])
-    assert list(report.examples_frame(prepared, n=3).index) == ["q4", "q5"]
-    fig = report.data_charts(prepared)
+    assert list(table.examples_frame(prepared, n=3).index) == ["q4", "q5"]
+    fig = charts.data_charts(prepared)
     assert [ax.get_xlabel() for ax in fig.axes] == ["question length (words)", "log10 |answer| (0 for answer 0)"]
 
 
@@ -327,7 +331,7 @@ def test_render_html_embeds_images_and_scrubs(tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("WANDB_API_KEY", CANARY)
     root = str(project_root())
-    leak = f"{root}/atlas_lib/report.py and {tmp_path}/runs/x/gkd and key {CANARY} and {root}line"
+    leak = f"{root}/atlas_lib/report/collect.py and {tmp_path}/runs/x/gkd and key {CANARY} and {root}line"
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("params_file = 'SECRET_PARAM_CELL'", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("draw_the_chart_xyz()", outputs=[
@@ -336,12 +340,12 @@ def test_render_html_embeds_images_and_scrubs(tmp_path, monkeypatch):
     src = tmp_path / "nb.ipynb"
     nbformat.write(nb, src)
     for with_code in (True, False):
-        out = report.render_html(src, tmp_path / "out" / f"{with_code}.html", with_code=with_code)
+        out = render_html(src, tmp_path / "out" / f"{with_code}.html", with_code=with_code)
         html = out.read_text()
         assert IMG.search(html)
         assert CANARY not in html and "[redacted]" in html
         assert f"{root}/" not in html and str(tmp_path) not in html
-        assert "atlas_lib/report.py" in html and "runs/x/gkd" in html
+        assert "atlas_lib/report/collect.py" in html and "runs/x/gkd" in html
         assert f"{root}line" in html  # only whole path components are replaced
         assert "SECRET_PARAM_CELL" not in html
         assert ("draw_the_chart_xyz" in html) == with_code
@@ -362,7 +366,7 @@ def test_render_html_puts_each_charts_alt_text_on_its_image(tmp_path, caplog):
     src = tmp_path / "nb.ipynb"
     nbformat.write(nb, src)
     with caplog.at_level(logging.WARNING):
-        html = report.render_html(src, tmp_path / "out.html", with_code=False).read_text()
+        html = render_html(src, tmp_path / "out.html", with_code=False).read_text()
     tags = re.findall(r"<img\b[^>]*>", html)
     assert len(tags) == 2
     assert f'alt="{escape(alt, quote=True)}"' in tags[0] and described in tags[0]
@@ -376,14 +380,14 @@ def test_render_html_scrubs_the_checkout_the_notebook_ran_in(tmp_path, monkeypat
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
     other = tmp_path / "elsewhere" / "clone"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", outputs=[
-        nbformat.v4.new_output("stream", name="stderr", text=f"{other}/atlas_lib/gkd.py:24: Warning\n"),
+        nbformat.v4.new_output("stream", name="stderr", text=f"{other}/atlas_lib/methods/gkd/trainer.py:24: Warning\n"),
         nbformat.v4.new_output("stream", name="stdout", text=f"{other}/.venv/lib/tqdm/auto.py:21\n")])])
     nb.metadata["papermill"] = {"input_path": f"{other}/notebooks/02_gkd.ipynb"}
     src = tmp_path / "nb.ipynb"
     nbformat.write(nb, src)
-    html = report.render_html(src, tmp_path / "out.html", with_code=True).read_text()
+    html = render_html(src, tmp_path / "out.html", with_code=True).read_text()
     assert str(other) not in html and str(tmp_path) not in html
-    assert "./atlas_lib/gkd.py:24" in html and "./.venv/lib/tqdm/auto.py:21" in html
+    assert "./atlas_lib/methods/gkd/trainer.py:24" in html and "./.venv/lib/tqdm/auto.py:21" in html
 
 
 def test_render_html_shows_a_progress_bar_once_not_every_redraw(tmp_path):
@@ -392,7 +396,7 @@ def test_render_html_shows_a_progress_bar_once_not_every_redraw(tmp_path):
         nbformat.v4.new_output("stream", name="stderr", text=f) for f in frames])])
     src = tmp_path / "nb.ipynb"
     nbformat.write(nb, src)
-    html = report.render_html(src, tmp_path / "out.html", with_code=True).read_text()
+    html = render_html(src, tmp_path / "out.html", with_code=True).read_text()
     assert html.count("eval: 3/3") == 1 and "eval: 1/3" not in html and "INFO done" in html
 
 
@@ -412,11 +416,11 @@ def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     executed = nbformat.read(out_nb, as_version=4)
     pngs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 5  # each chart exactly once
-    alts = [o.metadata["image/png"]["alt"] for o in pngs]  # set inside the kernel by atlas_lib.charts
+    alts = [o.metadata["image/png"]["alt"] for o in pngs]  # set inside the kernel by atlas_lib.report.charts
     assert alts[0].startswith("Accuracy during training: validation curve") and "series: " in alts[0] and "GKD (n=" in alts[0]
     assert "GRPO: not run or no reward logged" in alts[2]
-    report_html = report.render_html(out_nb, tmp_path / "report" / "index.html", with_code=False).read_text()
-    code_html = report.render_html(out_nb, tmp_path / "report" / "05.html", with_code=True).read_text()
+    report_html = render_html(out_nb, tmp_path / "report" / "index.html", with_code=False).read_text()
+    code_html = render_html(out_nb, tmp_path / "report" / "05.html", with_code=True).read_text()
     for html in (report_html, code_html):
         assert len(IMG.findall(html)) == 5
         assert "No description has been provided" not in html
@@ -436,6 +440,6 @@ def test_findings_moves_compare_the_test_rows(tmp_path, monkeypatch):
     s = json.loads(path.read_text())
     s["distilled"].update(avg_generated_tokens=50.0, mean_reverse_kl=0.123)
     path.write_text(json.dumps(s))
-    text = report.findings(report.collect(params))
+    text = findings.findings(collect.collect(params))
     assert "GKD 121.0 → 50.0" in text and "GKD 0.450 → 0.123" in text
     assert "→ 96.0" not in text and "→ 0.350" not in text

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from atlas_lib import config
-from atlas_lib.rundir import RunDir, RunDirError, atomic_write_json, provenance, read_jsonl
+from atlas_lib.core import config
+from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, provenance, read_jsonl
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import sys
 
 import pytest
 
-from atlas_lib import runtime
-from atlas_lib.paths import project_root
+from atlas_lib.core import runtime
+from atlas_lib.core.paths import project_root
 
 PROBE = """
 import ctypes, json, sys
 import torch
-from atlas_lib import runtime
+from atlas_lib.core import runtime
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from atlas_lib import config
-from atlas_lib.rundir import RunDirError
+from atlas_lib.core import config
+from atlas_lib.core.rundir import RunDirError
 
 
 def _params(**over):
@@ -22,13 +22,13 @@ def _params(**over):
 
 
 def _prepare(params):
-    from atlas_lib import data
+    from atlas_lib.data import splits as data
 
     return data.prepare(params)
 
 
 def test_gkd_run_writes_the_contract(env):
-    from atlas_lib.gkd import run_gkd
+    from atlas_lib.methods.gkd.trainer import run_gkd
 
     p = _params()
     _prepare(p)
@@ -63,9 +63,9 @@ def test_gkd_run_writes_the_contract(env):
 
 
 def test_step0_reuses_the_baseline_only_when_params_match(env):
-    from atlas_lib import stages
-    from atlas_lib.evaluate import load_eval
-    from atlas_lib.gkd import run_gkd
+    from atlas_lib.evaluation import baselines as stages
+    from atlas_lib.evaluation.evaluate import load_eval
+    from atlas_lib.methods.gkd.trainer import run_gkd
 
     p = _params(**{"gkd.max_steps": 1})
     _prepare(p)
@@ -81,7 +81,7 @@ def test_step0_reuses_the_baseline_only_when_params_match(env):
 
 
 def test_grpo_run_logs_rewards(env):
-    from atlas_lib.grpo import run_grpo
+    from atlas_lib.methods.grpo.trainer import run_grpo
 
     p = _params(**{"grpo.max_steps": 2, "grpo.eval_steps": 2, "evaluation.reverse_kl": False})
     _prepare(p)
@@ -98,7 +98,9 @@ def test_grpo_holds_the_teacher_only_while_it_scores(env, monkeypatch):
     import gc
     import weakref
 
-    from atlas_lib import grpo, models, tracking
+    from atlas_lib.core import models
+    from atlas_lib.methods import tracking
+    from atlas_lib.methods.grpo import trainer as grpo
 
     p = _params(**{"grpo.max_steps": 2, "grpo.eval_steps": 1})
     _prepare(p)
@@ -127,7 +129,7 @@ def test_a_full_disk_refuses_before_anything_is_written(env, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    from atlas_lib.gkd import run_gkd
+    from atlas_lib.methods.gkd.trainer import run_gkd
 
     p = _params()
     _prepare(p)
