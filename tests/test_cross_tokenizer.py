@@ -339,3 +339,27 @@ def test_divergence_fn_is_per_record_and_zero_against_itself(models, toks, tiny)
     self_recs = [{**r, "prompt": render_prompt(t_tok, MSGS)} for r in recs]
     same = step.aligned_divergence_fn(models["teacher"], t_tok, models["teacher"], t_tok)(self_recs)
     assert max(abs(x) for x in same) < 1e-6
+
+
+def test_divergence_with_the_shared_prefix_cache_equals_the_full_forward(models, toks, tiny, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from atlas_lib.core.sections import PromptConfig
+    from atlas_lib.data.prompts import build_messages
+    from atlas_lib.evaluation import forward
+
+    t_tok = AutoTokenizer.from_pretrained(tiny["teacher"])
+    cfg = PromptConfig(few_shot=1)
+    questions = ["Tom has 3 apples and buys 5 more. How many?", "What is 12 times 4?", "Add 7 and 9."]
+    recs = [{"prompt": render_prompt(toks["cross_student"], build_messages(q, cfg)), "messages": build_messages(q, cfg),
+             "completion": c} for q, c in zip(questions, ("3 + 5 = 8. Final Answer: 8", "Final Answer: 48", "16"),
+                                               strict=True)]
+    s_prompts = forward.encode_prompts(toks["cross_student"], [r["prompt"] for r in recs])
+    assert len(forward.shared_prefix([models["cross_student"]], s_prompts)) >= forward.PREFIX_MIN_TOKENS
+    fn = step.aligned_divergence_fn(models["cross_student"], toks["cross_student"], models["teacher"], t_tok,
+                                    batch_size=2)
+    cached = fn(recs)
+    monkeypatch.setattr(forward, "PREFIX_MIN_TOKENS", 10**9)  # no prefix is worth caching: full forwards
+    full = fn(recs)
+    assert cached == pytest.approx(full, abs=1e-5)
+    assert all(x > 0 for x in full)

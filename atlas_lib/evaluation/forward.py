@@ -144,8 +144,20 @@ def forward_batch(model, inputs: dict, n_prefix: int, keep: int, use_cache: bool
     return model(**kw)
 
 
-def completion_logits(model, seqs: list[list[int]], n_completion: list[int], pad: int) -> torch.Tensor:
-    """Logits predicting each row's last ``n_completion`` tokens: ``[B, C, V]``, right-aligned."""
+def prefix_cache(model, prompts: list[list[int]]) -> tuple[list[int], object]:
+    """``(prefix, cache)``: the prompts' :func:`shared_prefix` and its keys/values for ``model``
+    (computed once, reused by every batch), or ``([], None)`` when there is none worth caching."""
+    prefix = shared_prefix([model], prompts)
+    cache = prefill(model, prefix)
+    return (prefix, cache) if cache is not None else ([], None)
+
+
+def completion_logits(model, seqs: list[list[int]], n_completion: list[int], pad: int,
+                      prefix: tuple[list[int], object] = ([], None)) -> torch.Tensor:
+    """Logits predicting each row's last ``n_completion`` tokens: ``[B, C, V]``, right-aligned.
+    ``prefix``: a :func:`prefix_cache` of the rows' prompts (never for a model being trained: the
+    cached prefix would carry no gradient)."""
     c = max(max(n_completion), 1)
-    out = forward_batch(model, batch_inputs(model, seqs, pad, [], None), 0, keep=c + 1, use_cache=False)
+    ids, cache = prefix
+    out = forward_batch(model, batch_inputs(model, seqs, pad, ids, cache), len(ids), keep=c + 1, use_cache=bool(ids))
     return out.logits[:, :-1]

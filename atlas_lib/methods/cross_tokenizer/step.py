@@ -22,6 +22,7 @@ from atlas_lib.evaluation.forward import (
     eval_mode,
     left_pad,
     pad_token,
+    prefix_cache,
 )
 from atlas_lib.methods.cross_tokenizer.alignment import (
     align_ends,
@@ -76,8 +77,10 @@ def _sample(student, tok, prompt_ids: list[list[int]], cfg, eos: list[int]) -> l
 
 
 def _score(student, s_tok, teacher, t_tok, s_seqs, s_comp, t_seqs, t_comp, aligns, vmap, *, beta: float,
-           grad: bool) -> tuple[torch.Tensor, dict, torch.Tensor, float, float]:
-    """Teacher forward (no grad, eval mode), student forward, loss; plus the per-row divergence."""
+           grad: bool, s_prefix=([], None), t_prefix=([], None)) -> tuple[torch.Tensor, dict, torch.Tensor, float, float]:
+    """Teacher forward (no grad, eval mode), student forward, loss; plus the per-row divergence.
+    ``s_prefix`` / ``t_prefix``: :func:`prefix_cache` of each side's prompts (the student's only when
+    ``grad`` is off)."""
     device = next(student.parameters()).device
     s_spans = [a.span_index("student", len(c)) for a, c in zip(aligns, s_comp, strict=True)]
     t_spans = [a.span_index("teacher", len(c)) for a, c in zip(aligns, t_comp, strict=True)]
@@ -87,10 +90,12 @@ def _score(student, s_tok, teacher, t_tok, s_seqs, s_comp, t_seqs, t_comp, align
     text_B_K = torch.tensor([r + [False] * (k - len(r)) for r in rows], dtype=torch.bool, device=device)
     t0 = time.perf_counter()
     with eval_mode(teacher), torch.no_grad():
-        t_logits = completion_logits(teacher, t_seqs, list(map(len, t_comp)), pad_token(t_tok, eos_token_ids(teacher, t_tok)))
+        t_logits = completion_logits(teacher, t_seqs, list(map(len, t_comp)), pad_token(t_tok, eos_token_ids(teacher, t_tok)),
+                                     t_prefix)
     t1 = time.perf_counter()
     with torch.set_grad_enabled(grad):
-        s_logits = completion_logits(student, s_seqs, list(map(len, s_comp)), pad_token(s_tok, eos_token_ids(student, s_tok)))
+        s_logits = completion_logits(student, s_seqs, list(map(len, s_comp)), pad_token(s_tok, eos_token_ids(student, s_tok)),
+                                     ([], None) if grad else s_prefix)
         loss, st = aligned_loss(s_logits, t_logits, left_pad(s_comp, -1, cs, device), left_pad(t_comp, -1, ct, device),
                                 left_pad(s_spans, -1, cs, device), left_pad(t_spans, -1, ct, device), vmap, beta=beta)
     kk = st["span_logp_student_B_K"].shape[1]
@@ -122,7 +127,7 @@ def cross_tokenizer_step(student, student_tok, teacher, teacher_tok, prompts: li
     t1 = time.perf_counter()
     vmap = build_vocab_map(student_tok, teacher_tok, mode="auto", student_eos=tuple(s_eos),
                            teacher_eos=tuple(t_eos))
-    t_seqs, t_comp, aligns = [], [], []
+    t_seqs, t_comp, aligns, t_prompt_ids = [], [], [], []
     for comp, p_ids, t_prompt in zip(s_comp, s_prompt, teacher_prompts, strict=True):
         s_ends, text = ends_from_ids(comp, student_tok, context=p_ids[-_CONTEXT_TOKENS:])
         if vmap.mode == "identity":  # same vocabulary: the teacher scores the sampled ids themselves (GKD)
@@ -135,11 +140,14 @@ def cross_tokenizer_step(student, student_tok, teacher, teacher_tok, prompts: li
             al = align_ends(s_ends, t_ends, text)
         t_seqs.append(ids)
         t_comp.append(ids[first:])
+        t_prompt_ids.append(ids[:first])
         aligns.append(al)
     t2 = time.perf_counter()
+    with eval_mode(teacher), torch.no_grad():  # the teacher reads the shared system/few-shot prefix once
+        t_prefix = prefix_cache(teacher, t_prompt_ids)
     s_seqs = [p + c for p, c in zip(s_prompt, s_comp, strict=True)]
     loss, st, div_B, t_sec, s_sec = _score(student, student_tok, teacher, teacher_tok, s_seqs, s_comp, t_seqs,
-                                           t_comp, aligns, vmap, beta=cfg.beta, grad=True)
+                                           t_comp, aligns, vmap, beta=cfg.beta, grad=True, t_prefix=t_prefix)
     if not torch.isfinite(loss):
         raise NonFiniteError(f"cross-tokenizer loss became {loss.item()}; the step was not applied")
     one = [a.stats()["one_to_one"] for a in aligns]
@@ -174,21 +182,26 @@ def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, batch_s
         return r["prompt"]
 
     def fn(records: list[dict]) -> list[float]:
-        out: list[float] = []
         vmap = build_vocab_map(student_tok, teacher_tok)
-        for i in range(0, len(records), batch_size):
-            cols: list[list] = [[], [], [], [], []]  # s_seqs, s_comp, t_seqs, t_comp, aligns
-            for r in records[i:i + batch_size]:
-                s_all, s_first, s_ends = encode_with_completion(student_tok, r["prompt"], r["completion"])
-                t_all, t_first, t_ends = encode_with_completion(teacher_tok, teacher_prompt(r),
-                                                                r["completion"])
-                for col, x in zip(cols, (s_all, s_all[s_first:], t_all, t_all[t_first:],
-                                         align_ends(s_ends, t_ends, r["completion"])), strict=True):
-                    col.append(x)
-            with eval_mode(student):
+        rows = []  # per record: s_seqs, s_comp, t_seqs, t_comp, aligns entries, then both prompts' ids
+        for r in records:
+            s_all, s_first, s_ends = encode_with_completion(student_tok, r["prompt"], r["completion"])
+            t_all, t_first, t_ends = encode_with_completion(teacher_tok, teacher_prompt(r), r["completion"])
+            rows.append((s_all, s_all[s_first:], t_all, t_all[t_first:], align_ends(s_ends, t_ends, r["completion"]),
+                         s_all[:s_first], t_all[:t_first]))
+        # batched by length (less padding); the shared system/few-shot prefix is read once per model
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))
+        out: list[float] = [0.0] * len(rows)
+        with eval_mode(student, teacher), torch.no_grad():
+            s_prefix = prefix_cache(student, [r[5] for r in rows]) if rows else ([], None)
+            t_prefix = prefix_cache(teacher, [r[6] for r in rows]) if rows else ([], None)
+            for i in range(0, len(order), batch_size):
+                idx = order[i:i + batch_size]
+                cols = [[rows[j][c] for j in idx] for c in range(5)]  # s_seqs, s_comp, t_seqs, t_comp, aligns
                 _, _, div_B, _, _ = _score(student, student_tok, teacher, teacher_tok, *cols, vmap, beta=1.0,
-                                           grad=False)
-            out.extend(float(x) for x in div_B.tolist())
+                                           grad=False, s_prefix=s_prefix, t_prefix=t_prefix)
+                for j, x in zip(idx, div_B.tolist(), strict=True):
+                    out[j] = float(x)
         return out
 
     return fn

@@ -1,0 +1,65 @@
+"""Every filesystem location the kit uses, decided in one place.
+
+Environment variables let a user move the heavy parts (model cache, runs) without editing code:
+``ATLAS_CACHE`` (converted models, default ``<root>/.cache``) and ``ATLAS_RUNS`` (run
+directories, default ``<root>/runs``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # atlas_lib/core/paths.py -> the project
+
+
+def project_root() -> Path:
+    """The checkout the kit runs from (where ``params/`` and ``notebooks/`` live)."""
+    return PROJECT_ROOT
+
+
+def cache_root() -> Path:
+    """Where converted (safetensors) models and assembled GGUF files are cached."""
+    return Path(os.environ.get("ATLAS_CACHE", PROJECT_ROOT / ".cache")).expanduser()
+
+
+def runs_root() -> Path:
+    """Where run directories, executed notebooks and W&B offline files go (git-ignored)."""
+    return Path(os.environ.get("ATLAS_RUNS", PROJECT_ROOT / "runs")).expanduser()
+
+
+def reports_root() -> Path:
+    """Where rendered HTML reports go (committed for the embedded profile)."""
+    return Path(os.environ.get("ATLAS_REPORTS", PROJECT_ROOT / "reports")).expanduser()
+
+
+def params_dir() -> Path:
+    return PROJECT_ROOT / "params"
+
+
+def notebooks_dir() -> Path:
+    return PROJECT_ROOT / "notebooks"
+
+
+def resolve_params_path(path: str | os.PathLike) -> Path:
+    """A params file given as absolute, relative to cwd, relative to the root, or a bare profile name."""
+    p = Path(path)
+    for cand in (p, PROJECT_ROOT / p, params_dir() / p, params_dir() / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(
+        f"params file {str(path)!r} not found; pass a path such as params/embedded.yaml "
+        f"(available: {', '.join(sorted(x.name for x in params_dir().glob('*.yaml')))})"
+    )
+
+
+def relative_to_root(path: str | os.PathLike) -> str:
+    """Render a path for reports and logs without the user's absolute home directory."""
+    p = Path(path).resolve()
+    for base, label in ((runs_root().resolve(), "runs"), (PROJECT_ROOT, "."), (cache_root().resolve(), "$ATLAS_CACHE")):
+        try:
+            rel = p.relative_to(base)
+        except ValueError:
+            continue
+        return str(Path(label) / rel) if label != "." else str(rel)
+    return p.name

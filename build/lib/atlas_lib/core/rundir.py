@@ -1,0 +1,288 @@
+"""The run directory: the contract between training stages and the comparison notebook.
+
+``runs/<profile>/<stage>/`` holds ``config.json`` (resolved params), an append-only
+``metrics.jsonl`` (one JSON object per train/eval point, keyed by ``kind`` and ``step``),
+``eval/step_<N>.{json,records.jsonl}``, ``checkpoints/checkpoint-<N>/`` (safetensors, plus a
+``.complete`` marker written only after the checkpoint is fully on disk), ``final/`` (the trained
+model, safetensors) and ``summary.json``. Every file is written to a temporary name and renamed,
+so a killed process never leaves a half-written file that a later read would trust.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atlas_lib.core.config import Params
+from atlas_lib.core.paths import project_root, runs_root
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+_PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "math-verify", "reasoning-gym",
+             "papermill", "wandb", "atlas-distill-kit")
+
+
+class RunDirError(RuntimeError):
+    """A run directory cannot be used as asked (exists, locked, unwritable)."""
+
+
+def _clean(value: Any) -> Any:
+    """JSON cannot hold NaN/inf: store them as strings so a reader sees them instead of a crash."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}; earlier files are intact "
+                          f"(check free disk space and permissions of {path.parent})") from e
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file, skipping a torn last line (a process killed mid-write)."""
+    out = []
+    if not Path(path).exists():
+        return out
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: ignoring unreadable line %d (torn write)", path, i + 1)
+    return out
+
+
+def provenance(params: Params | None = None) -> dict:
+    """Package versions, device, git commit, params hash and date; no paths, hosts or user names."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        device = f"CPU ({os.cpu_count()} cores, {cpu}, torch threads {torch.get_num_threads()})"
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=project_root(), capture_output=True, text=True,
+                                    timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(), "platform": platform.system(), "device": device,
+        "packages": versions, "git_commit": commit, "git_dirty": dirty,
+        "params_hash": params.params_hash() if params else None,
+        "params_file": Path(params.source_path).name if params and params.source_path else None,
+    }
+
+
+class RunDir:
+    """One stage's run directory. ``open`` creates it, refuses to overwrite, or resumes it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self._lock = self.path / ".lock"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, params: Params, stage: str, *, resume: bool = False) -> RunDir:
+        """Create ``runs/<run_name>`` or resume it; a finished or foreign run is never overwritten."""
+        rd = cls(runs_root() / params.run_name(stage))
+        exists = rd.path.exists() and any(p.name != ".lock" for p in rd.path.iterdir())
+        if exists and not resume:
+            raise RunDirError(
+                f"run directory {params.run_name(stage)} already exists; pass resume=True to continue it, "
+                f"or choose another run_name (nothing was overwritten)")
+        if resume and exists:
+            old = rd.read_config()
+            if old and old.get("stage_hash") not in (None, params.stage_hash(stage)):
+                log.warning("resuming %s with parameters that differ from the original run (hash %s -> %s)",
+                            rd.path.name, old.get("stage_hash"), params.stage_hash(stage))
+        try:
+            rd.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create run directory {rd.path}: {e.strerror or e}") from e
+        rd.acquire()
+        if not exists:
+            atomic_write_json(rd.path / "config.json", {
+                "schema_version": SCHEMA_VERSION, "stage": stage, "profile": params.name,
+                "stage_hash": params.stage_hash(stage), "params": params.to_dict()})
+        return rd
+
+    def acquire(self) -> None:
+        """Refuse a second live run in the same directory (a stale lock of a dead process is taken over)."""
+        try:
+            fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(self._lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise RunDirError(f"run directory {self.path.name} is in use by process {pid}; "
+                                  "wait for it or choose another run_name") from None
+            self._lock.unlink(missing_ok=True)
+            fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except OSError as e:
+            raise RunDirError(f"run directory {self.path} is not writable: {e.strerror or e}") from e
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+
+    def release(self) -> None:
+        self._lock.unlink(missing_ok=True)
+
+    def read_config(self) -> dict | None:
+        p = self.path / "config.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    # -- metrics -----------------------------------------------------------------------------
+    def append(self, record: dict) -> None:
+        """Append one metrics point (``kind`` + ``step`` required) and flush it to disk."""
+        if "kind" not in record or "step" not in record:
+            raise ValueError("a metrics record needs 'kind' and 'step'")
+        line = json.dumps(_clean(record), sort_keys=True, default=str)
+        try:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            raise RunDirError(f"cannot append to {self.metrics_path}: {e.strerror or e}; "
+                              "earlier metrics are intact") from e
+
+    def metrics(self, kind: str | None = None) -> list[dict]:
+        rows = read_jsonl(self.metrics_path)
+        return [r for r in rows if kind is None or r.get("kind") == kind]
+
+    def truncate_after(self, step: int) -> int:
+        """On resume: drop points past the checkpoint (they will be recomputed); returns how many."""
+        rows = read_jsonl(self.metrics_path)
+        keep, seen = [], set()
+        for r in rows:
+            key = (r.get("kind"), r.get("step"))
+            if r.get("step", 0) <= step and key not in seen:
+                keep.append(r)
+                seen.add(key)
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+        return len(rows) - len(keep)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def mark_checkpoint(self, step: int, state: dict) -> None:
+        ckpt = self.checkpoints / f"checkpoint-{step}"
+        if ckpt.is_dir():
+            atomic_write_json(ckpt / ".complete", {"step": step, **state})
+
+    def last_checkpoint(self) -> tuple[Path, dict] | None:
+        """The newest checkpoint whose ``.complete`` marker exists; half-written ones are skipped."""
+        found = []
+        for ckpt in self.checkpoints.glob("checkpoint-*"):
+            marker = ckpt / ".complete"
+            if marker.exists():
+                try:
+                    found.append((json.loads(marker.read_text())["step"], ckpt))
+                except (ValueError, KeyError):
+                    continue
+            else:
+                log.warning("ignoring incomplete checkpoint %s", ckpt.name)
+        if not found:
+            return None
+        step, ckpt = max(found)
+        return ckpt, json.loads((ckpt / ".complete").read_text())
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.path / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})
+
+    def save_model(self, model, tokenizer, name: str = "final") -> Path:
+        """Save weights as safetensors to a temp dir, then rename (never a half-written model)."""
+        target = self.path / name
+        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{name}."))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RunDirError(f"cannot save model to {target}: {e.strerror or e}") from e
+        return target
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_dir(params: Params, stage: str) -> Path:
+    return runs_root() / params.run_name(stage)
+
+
+def load_summary(path: Path) -> dict | None:
+    p = Path(path) / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def dedupe_steps(rows: Iterable[dict]) -> list[dict]:
+    seen, out = set(), []
+    for r in rows:
+        key = (r.get("kind"), r.get("step"))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out

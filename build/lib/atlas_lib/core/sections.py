@@ -1,0 +1,233 @@
+"""The typed sections of a parameter set: the shared ones (run, models, data, prompt, evaluation,
+tracking), :class:`TrainSection` (the fields every training method has, written once), and one
+section per method that adds only its own knobs.
+
+Every field carries its doc string and allowed range (:func:`atlas_lib.core.validate.fld`), and a
+section's :meth:`TrainSection.check` holds the checks that span fields, so everything a parameter
+set can get wrong is refused in one place, before any model loads. Defaults live here and nowhere
+else. Two lengths are kept apart on purpose: a method's ``max_completion_length`` (tokens sampled
+per training completion) and ``evaluation.max_new_tokens`` (the greedy budget of every evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+
+from atlas_lib.core.validate import ParamsError, fld
+
+log = logging.getLogger(__name__)
+
+# Optimizers a training stage may use (atlas_lib.methods.loop.optimizer_args maps them onto TRL's).
+OPTIMIZERS = ("adamw", "adamw_8bit_bf16")
+_OPTIMIZER_DOC = ("adamw: torch AdamW on fp32 master weights (weights, grads and two moments: 16 bytes per "
+                  "parameter; exact). adamw_8bit_bf16: the student's weights and grads in bf16 and torchao's "
+                  "AdamW8bit (block-wise 8-bit moments), which rounds each update into bf16 stochastically so "
+                  "updates below bf16's resolution are kept on average (~6 bytes per parameter; needs torchao).")
+# Reward names GRPO may use (atlas_lib.methods.grpo.rewards.REWARDS implements them; a test pins the two).
+REWARD_NAMES = ("exact_match", "format")
+
+
+@dataclass
+class RunConfig:
+    """Where and how everything runs."""
+
+    seed: int = fld(42, "Seed for data split, sampling and training.", ge=0)
+    device: str = fld("auto", "auto (cuda if present, else cpu), cpu, cuda or mps.",
+                      choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = fld("auto", "Compute dtype: auto = bf16 on CUDA with bf16 and on CPUs with AMX, else fp32.",
+                     choices=("auto", "bf16", "fp16", "fp32"))
+    num_threads: int = fld(0, "torch intra-op threads on CPU (0 = all cores).", ge=0)
+
+
+@dataclass
+class ModelsConfig:
+    """The same-tokenizer student/teacher pair (GKD, GRPO, baselines)."""
+
+    student: str = fld("qwen2.5-coder-0.5b-instruct", "Hub id, local dir or embedded name.")
+    teacher: str = fld("qwen2.5-coder-1.5b-instruct", "Hub id, local dir or embedded name.")
+    trust_remote_code: bool = fld(False, "Allow model repos to run their own code (off: safer).")
+    teacher_device: str = fld("same", "Teacher placement: same device as the student, or a device "
+                              "string such as cuda:1.")
+    teacher_dtype: str = fld("auto", "Teacher weights: auto = run.dtype; bf16 halves the teacher's "
+                             "memory (slower than fp32 on a CPU without AMX).",
+                             choices=("auto", "bf16", "fp16", "fp32"))
+
+
+@dataclass
+class DataConfig:
+    """Which problems, and how they are split."""
+
+    source: str = fld("reasoning_gym", "reasoning_gym (offline), gsm8k, metamathqa (hub) or local.",
+                      choices=("reasoning_gym", "gsm8k", "metamathqa", "local"))
+    task: str = fld("gsm_symbolic", "reasoning-gym task name (source=reasoning_gym only).")
+    task_config: dict = fld({}, "reasoning-gym generator settings for the task (e.g. basic_arithmetic's max_terms, "
+                            "max_digits): the difficulty, so the student sometimes succeeds (GRPO needs that).")
+    size: int = fld(1200, "Problems to generate (reasoning_gym) before the split.", ge=2)
+    path: str | None = fld(None, "File for source=local: .jsonl, .json, .parquet or .csv.")
+    columns: dict = fld({}, "source=local column mapping: keys question, solution, answer, id, group.")
+    eval_limit: int = fld(1000, "Held-out test problems, the reported numbers (the seed's 1,000).", ge=1)
+    val_limit: int = fld(64, "Held-out validation problems: the eval points during training, where the peak "
+                         "is chosen (never the reported test set).", ge=1)
+    eval_per_group: int = fld(1, "Held-out problems kept per group (template / original question); 1 keeps "
+                              "them independent, as the paired tests assume.", ge=1)
+    train_limit: int = fld(2048, "Training problems kept after the split.", ge=1)
+    on_bad_rows: str = fld("drop", "Rows without question/answer: drop (logged, counted) or fail.",
+                           choices=("drop", "fail"))
+
+
+@dataclass
+class PromptConfig:
+    """One prompt template shared by every method and by evaluation."""
+
+    system: str = fld("You are a careful math tutor. Solve the problem step by step, briefly.",
+                      "System message (chat models).")
+    instruction: str = fld("End with a line of the form 'Final Answer: <number>'.",
+                           "Appended to each question; asks for the final-answer line.")
+    few_shot: int = fld(1, "Worked examples placed before the question.", ge=0, le=8)
+
+
+@dataclass
+class EvalConfig:
+    """The shared evaluator."""
+
+    limit: int = fld(1000, "Held-out problems evaluated for the final rows (<= data.eval_limit).", ge=1)
+    during_training_limit: int = fld(64, "Validation problems evaluated at each training eval point "
+                                     "(<= data.val_limit).", ge=1)
+    max_new_tokens: int = fld(256, "Greedy generation budget per problem in every evaluation (training "
+                              "samples have their own: <method>.max_completion_length).", ge=1, le=32768)
+    batch_size: int = fld(16, "Problems generated together (length-sorted).", ge=1)
+    reverse_kl: bool = fld(True, "Score the student's completions with the teacher (mean reverse KL).")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking; the W&B key only ever comes from the environment."""
+
+    wandb: str = fld("offline", "offline (no account/network), online, or disabled.",
+                     choices=("offline", "online", "disabled"))
+    project: str = fld("atlas-distill-kit", "W&B project name.")
+
+
+@dataclass
+class TrainSection:
+    """The fields every training method shares. A method's section subclasses this and adds only
+    its own knobs; :func:`default` changes a shared field's default without repeating its doc."""
+
+    enabled: bool = fld(True, "Run this method in `atlas report` (false: its row is left out).")
+    learning_rate: float = fld(2e-5, "AdamW learning rate.", gt=0.0, le=1.0)
+    per_device_train_batch_size: int = fld(2, "Sequences per device per micro-batch.", ge=1)
+    gradient_accumulation_steps: int = fld(4, "Micro-batches per optimizer step.", ge=1)
+    max_steps: int = fld(500, "Optimizer steps.", ge=1)
+    max_completion_length: int = fld(256, "Tokens sampled per training completion (keep >= "
+                                     "evaluation.max_new_tokens so long answers and their stop are trained).",
+                                     ge=1, le=32768)
+    temperature: float = fld(0.9, "Sampling temperature of the training completions.", gt=0.0, le=10.0)
+    eval_steps: int = fld(50, "Evaluate the validation subset every N steps (and at step 0).", ge=1)
+    save_steps: int = fld(50, "Checkpoint every N steps (safetensors; the resume point).", ge=1)
+    logging_steps: int = fld(1, "Log train metrics every N steps.", ge=1)
+    gradient_checkpointing: bool = fld(False, "Trade compute for memory: recompute the student's forward in "
+                                       "backward (sampling keeps its KV cache).")
+    optimizer: str = fld("adamw", _OPTIMIZER_DOC, choices=OPTIMIZERS)
+    resume: bool = fld(False, "Continue an interrupted run from its last checkpoint.")
+    run_name: str | None = fld(None, "Run directory name under runs/ (default <profile>/<method>).")
+
+    def sequences_per_step(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    def check(self, key: str, eval_budget: int) -> None:
+        """Checks that span fields or the environment (types and ranges are checked per field)."""
+        if self.optimizer == "adamw_8bit_bf16" and importlib.util.find_spec("torchao") is None:
+            raise ParamsError(f"{key}.optimizer = {self.optimizer!r} needs torchao: pip install torchao "
+                              "(or pip install -e '.[lowmem]'), or set optimizer: adamw")
+        if self.max_completion_length < eval_budget:  # allowed (the seed's follow-up sampled 128), never silent
+            log.warning("%s.max_completion_length = %d is below evaluation.max_new_tokens = %d: answers longer "
+                        "than the training samples are never trained on (their stop decision included)",
+                        key, self.max_completion_length, eval_budget)
+
+
+def default(name: str, value, doc: str | None = None):
+    """A :class:`TrainSection` field with another default (and optionally another doc)."""
+    base = TrainSection.__dataclass_fields__[name]
+    meta = {**base.metadata, **({"doc": doc} if doc else {})}
+    if isinstance(value, (list, dict)):
+        return field(default_factory=lambda v=value: type(v)(v), metadata=meta)
+    return field(default=value, metadata=meta)
+
+
+@dataclass
+class GKDConfig(TrainSection):
+    """On-policy distillation (TRL GKD): the student samples, a same-tokenizer teacher scores every
+    token of the sample, and the student minimises the generalized JSD between the two."""
+
+    lmbda: float = fld(1.0, "Fraction of batches built from student samples (1.0 = fully on-policy).",
+                       ge=0.0, le=1.0)
+    beta: float = fld(0.5, "Generalized JSD interpolation: 0 forward KL, 1 reverse KL.", ge=0.0, le=1.0)
+    seq_kd: bool = fld(False, "Sequence-level KD: non-student batches use teacher samples instead of references.")
+    loss_chunk_size: int = fld(0, "Compute the JSD over this many positions at a time (0 = all at "
+                               "once); bounds full-vocabulary logit memory.", ge=0)
+
+
+@dataclass
+class OffPolicyConfig(TrainSection):
+    """Off-policy distillation, the arm on-policy distillation is compared against: the teacher samples
+    the completions and the student is trained on them (GKD with lmbda 0 and seq_kd), same loss."""
+
+    enabled: bool = default("enabled", False)
+    beta: float = fld(0.5, "Generalized JSD interpolation on the teacher's samples (0 forward KL: classic KD).",
+                      ge=0.0, le=1.0)
+    loss_chunk_size: int = fld(0, "Compute the JSD over this many positions at a time (0 = all at once).", ge=0)
+
+
+@dataclass
+class GRPOConfig(TrainSection):
+    """RLVR (TRL GRPOTrainer), no teacher: the group-relative advantage of an exact-match reward."""
+
+    learning_rate: float = default("learning_rate", 1e-6)
+    gradient_accumulation_steps: int = default("gradient_accumulation_steps", 32)
+    max_steps: int = default("max_steps", 300)
+    num_generations: int = fld(8, "Completions per prompt (the group).", ge=2)
+    loss_type: str = fld("dapo", "TRL loss aggregation (pinned: TRL changed its default).",
+                         choices=("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"))
+    beta: float = fld(0.0, "KL coefficient to the reference model (0 = no reference model).", ge=0.0)
+    scale_rewards: str = fld("group", "Reward std normalisation: group, batch or none.",
+                             choices=("group", "batch", "none"))
+    reward_funcs: list = fld(["exact_match"], f"Reward names: {', '.join(REWARD_NAMES)}.")
+    use_vllm: bool = fld(False, "Generate with vLLM (GPU only).")
+    vllm_mode: str = fld("colocate", "vLLM placement when use_vllm.", choices=("colocate", "server"))
+
+    def check(self, key: str, eval_budget: int) -> None:
+        super().check(key, eval_budget)
+        if self.sequences_per_step() % self.num_generations:
+            raise ParamsError(f"{key}: per_device_train_batch_size x gradient_accumulation_steps = "
+                              f"{self.sequences_per_step()} rollouts per step must be a multiple of "
+                              f"{key}.num_generations = {self.num_generations}")
+        bad = [n for n in self.reward_funcs if n not in REWARD_NAMES]
+        if bad or not self.reward_funcs:
+            raise ParamsError(f"{key}.reward_funcs = {self.reward_funcs!r}: choose from {', '.join(REWARD_NAMES)}")
+
+
+@dataclass
+class CrossTokenizerConfig(TrainSection):
+    """On-policy distillation between models with different tokenizers (the kit's text-offset
+    alignment of spans; TRL's GOLD refuses non-ByteLevel tokenizers, and the run records whether
+    GOLD would have accepted the pair)."""
+
+    teacher: str = fld("qwen2.5-coder-1.5b-instruct", "Teacher (hub id, local dir or embedded name).")
+    student: str = fld("smollm2-135m-instruct", "Student with a different tokenizer.")
+    lmbda: float = fld(1.0, "Fraction of on-policy student samples.", ge=0.0, le=1.0)
+    beta: float = fld(0.5, "Generalized JSD interpolation on aligned spans.", ge=0.0, le=1.0)
+
+
+SHARED_SECTIONS: dict[str, type] = {
+    "run": RunConfig, "models": ModelsConfig, "data": DataConfig, "prompt": PromptConfig,
+    "evaluation": EvalConfig, "tracking": TrackingConfig,
+}
+# Keys renamed when the generation-length knobs became one name per idea.
+RENAMED = {"max_new_tokens": "max_completion_length"}
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

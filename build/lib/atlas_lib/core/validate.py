@@ -1,0 +1,74 @@
+"""Field-level validation for the typed parameter sections (types, ranges, choices, unknown keys)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import field
+from typing import Any
+
+
+class ParamsError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range; the message names the field."""
+
+
+def fld(default: Any, doc: str, *, ge: float | None = None, le: float | None = None,
+        gt: float | None = None, choices: tuple | None = None) -> Any:
+    """A documented dataclass field with its allowed range."""
+    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        tp = origin
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def check_field(section: str, f: dataclasses.Field, value: Any, tp: Any) -> Any:
+    where = f"{section}.{f.name}"
+    if isinstance(value, str) and tp in (float, int) and not isinstance(value, bool):
+        # YAML reads 2e-5 as a string; accept numeric strings for numeric fields.
+        try:
+            value = tp(float(value)) if tp is int and float(value).is_integer() else tp(value)
+        except ValueError:
+            pass
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not _type_ok(value, tp):
+        raise ParamsError(f"{where} = {value!r}: expected {_type_name(tp)} ({f.metadata.get('doc', '')})")
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        raise ParamsError(f"{where} = {value!r}: allowed values are {', '.join(map(str, m['choices']))}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for key, ok, text in (("ge", lambda v, b: v >= b, ">="), ("le", lambda v, b: v <= b, "<="),
+                              ("gt", lambda v, b: v > b, ">")):
+            bound = m.get(key)
+            if bound is not None and not ok(value, bound):
+                raise ParamsError(f"{where} = {value!r}: must be {text} {bound} ({m.get('doc', '')})")
+    return value
+
+
+def unknown_key(section: str, key: str, known: list[str]) -> ParamsError:
+    hint = difflib.get_close_matches(key, known, n=1)
+    did = f"; did you mean {hint[0]!r}?" if hint else ""
+    return ParamsError(f"unknown parameter {section + '.' if section else ''}{key!r}{did} "
+                       f"(known: {', '.join(known)})")

@@ -1,0 +1,123 @@
+"""The runner skeleton every method shares: seed -> prepared data -> the method's parts (models,
+dataset view, trainer) -> the bound evaluators -> the shared run loop (:mod:`atlas_lib.methods.loop`).
+
+A method's runner is ``run_method(params, key, build)``, where ``build(params, prepared, device)``
+returns its :class:`Parts`; everything else (evaluation on validation and test, step-0 reuse of
+notebook 01's records, the summary contract) is done here once.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from atlas_lib.core import models, registry
+from atlas_lib.core.config import Params
+from atlas_lib.core.runtime import seed_everything
+from atlas_lib.data import splits
+from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.evaluation.baselines import baseline_records, eval_examples
+from atlas_lib.methods import loop
+
+log = logging.getLogger(__name__)
+
+
+class TokenizerMismatchError(ValueError):
+    """Same-tokenizer distillation was asked for a pair whose tokenizers differ."""
+
+
+@dataclass
+class Parts:
+    """What a method supplies to :func:`run_method`."""
+
+    student: Any
+    tokenizer: Any
+    make_trainer: Callable[[dict, list], Any]  # (TrainingArguments fields, callbacks) -> a Trainer
+    teacher: Any = None  # scores the reverse-KL column at every evaluation (same tokenizer)
+    teacher_tokenizer: Any = None
+    teacher_loader: Callable | None = None  # or: load the teacher only while an evaluation needs it
+    divergence_fn: Callable | None = None  # model -> per-record divergence (cross-tokenizer)
+    extra_summary: dict = field(default_factory=dict)
+
+
+def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: str | None = None,
+              teacher: str | None = None, student_dtype: torch.dtype = torch.float32):
+    """Student (trainable; fp32 master weights unless ``student_dtype``) and teacher
+    (models.teacher_dtype, eval, no grad)."""
+    device = models.resolve_device(params.run.device)
+    s_name, t_name = student or params.models.student, teacher or params.models.teacher
+    trc = params.models.trust_remote_code
+    if require_same_tokenizer:
+        s_tok, t_tok = models.load_tokenizer(s_name, trc), models.load_tokenizer(t_name, trc)
+        if not ev.same_tokenizer(s_tok, t_tok):
+            raise TokenizerMismatchError(
+                f"student {s_name!r} and teacher {t_name!r} use different tokenizers: same-tokenizer GKD "
+                "cannot compare their distributions. Use notebooks/04_cross_tokenizer.ipynb "
+                "(cross_tokenizer section) for this pair.")
+    s_model, s_tok = models.load_model(s_name, dtype=student_dtype, device=device, trust_remote_code=trc,
+                                       for_training=True)
+    teacher_device = device if params.models.teacher_device == "same" else torch.device(params.models.teacher_device)
+    t_model, t_tok = models.load_model(t_name, dtype=models.teacher_dtype(params, teacher_device),
+                                       device=teacher_device, trust_remote_code=trc)
+    return device, s_model, s_tok, t_model, t_tok
+
+
+def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_tok=None, divergence_fn=None,
+                  during_training: bool = True, teacher_loader: Callable | None = None):
+    """The shared evaluator bound to the held-out subset: ``eval_fn(model) -> EvalResult``.
+
+    ``teacher_loader() -> model``: load the teacher only while an evaluation scores against it and
+    free it afterwards (GRPO needs the teacher for the reverse-KL column only, not in training).
+    """
+    examples = eval_examples(params, prepared, during_training)
+    e = params.evaluation
+
+    def eval_fn(model, reuse: list[dict] | None = None):
+        todo = examples
+        if reuse:  # records of a prefix of these examples, from the same model (deterministic greedy)
+            reuse = list(reuse)[:len(examples)]
+            ids = [r["id"] for r in reuse]
+            if ids != [ex["id"] for ex in examples[:len(ids)]]:
+                reuse = None
+            else:
+                todo = examples[len(ids):]
+        if reuse and not todo:  # every problem already evaluated on this model
+            return ev.EvalResult({**ev.aggregate(reuse), "reused_records": len(reuse)}, reuse)
+        t_model = teacher_loader() if teacher_loader is not None and e.reverse_kl else teacher
+        res = ev.evaluate(model, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
+                          batch_size=e.batch_size, teacher=t_model if e.reverse_kl else None,
+                          teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
+        if teacher_loader is not None:
+            del t_model
+            gc.collect()  # hand the teacher's memory back before training resumes
+        if reuse:
+            records = list(reuse) + res.records
+            res = ev.EvalResult({**res.metrics, **ev.aggregate(records), "reused_records": len(reuse)}, records)
+        return res
+
+    return eval_fn
+
+
+def run_method(params: Params, key: str, build: Callable[[Params, Any, torch.device], Parts]) -> dict:
+    """Train registered method ``key``: seed, load the prepared split, ``build`` the method's parts,
+    bind the evaluators (validation for eval points, test for the reported row) and run the loop."""
+    method = registry.get(key)
+    seed_everything(params)
+    prepared = splits.load_prepared(params)
+    device = models.resolve_device(params.run.device)
+    parts = build(params, prepared, device)
+    kw = dict(teacher=parts.teacher, teacher_tok=parts.teacher_tokenizer, teacher_loader=parts.teacher_loader,
+              divergence_fn=parts.divergence_fn)
+    return loop.run(params, key, parts.make_trainer, device=device,
+                    eval_fn=build_eval_fn(params, prepared, parts.tokenizer, **kw),
+                    final_eval_fn=build_eval_fn(params, prepared, parts.tokenizer, during_training=False, **kw),
+                    initial_full_eval=method.own_student,
+                    initial_records=None if method.own_student else baseline_records(params),
+                    model=parts.student,
+                    dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
+                    extra_summary={"divergence_label": method.divergence_label, **parts.extra_summary})

@@ -1,0 +1,35 @@
+"""The generalized Jensen-Shannon divergence GKD minimises (GKD paper, eq. 1), as a pure function."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def generalized_jsd(student_logits_N_V: torch.Tensor, teacher_logits_N_V: torch.Tensor, beta: float,
+                    temperature: float = 1.0, chunk_size: int = 0) -> torch.Tensor:
+    """Sum over N positions of the generalized JSD_beta(teacher || student) (GKD paper, eq. 1).
+
+    beta = 0 -> KL(teacher || student) (forward), beta = 1 -> KL(student || teacher) (reverse),
+    otherwise beta * KL(teacher || m) + (1 - beta) * KL(student || m) with
+    m = beta * teacher + (1 - beta) * student (TRL's convention). Computed in float32, optionally
+    ``chunk_size`` positions at a time so only a chunk of [N, V] float32 tensors lives at once.
+    """
+    n = student_logits_N_V.shape[0]
+    step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
+    total = student_logits_N_V.new_zeros((), dtype=torch.float32)
+    for i in range(0, n, step):
+        s = F.log_softmax(student_logits_N_V[i:i + step].float() / temperature, dim=-1)
+        t = F.log_softmax(teacher_logits_N_V[i:i + step].float() / temperature, dim=-1)
+        if beta == 0:
+            div = F.kl_div(s, t, reduction="none", log_target=True)
+        elif beta == 1:
+            div = F.kl_div(t, s, reduction="none", log_target=True)
+        else:
+            m = torch.logsumexp(torch.stack([s + math.log1p(-beta), t + math.log(beta)]), dim=0)
+            div = beta * F.kl_div(m, t, reduction="none", log_target=True) + (1 - beta) * F.kl_div(
+                m, s, reduction="none", log_target=True)
+        total = total + div.sum()
+    return total

@@ -1,0 +1,133 @@
+"""On-policy distillation: a thin runner over TRL's ``GKDTrainer``.
+
+Why GKDTrainer and not TRL's newer ``DistillationTrainer``: the seed's method is GKD with
+``lmbda`` (mixing on-policy and dataset batches), ``seq_kd`` and a sampling temperature that
+differs from the loss temperature (0.9 vs 1.0); ``DistillationTrainer`` covers only the fully
+on-policy, temperature-1 case. Both are TRL; the kit keeps GKD's semantics and adds three things:
+
+* the loss is computed only at completion positions (``logits_to_keep``): the prompt's
+  full-vocabulary logits are never materialized, for the student or the teacher;
+* the generalized JSD can be chunked over positions (``loss_chunk_size``) to bound memory;
+* a NaN/inf loss stops the run at that step, before the optimizer applies it.
+
+The teacher scores exactly the student's sampled sequence: ``GKDTrainer.training_step`` replaces
+``input_ids`` with the generation, and ``compute_loss`` feeds those same ids to both models.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from datasets import Dataset
+from trl.experimental.gkd import GKDConfig as TRLGKDConfig
+from trl.experimental.gkd import GKDTrainer
+
+from atlas_lib.core.config import Params
+from atlas_lib.data import splits
+from atlas_lib.methods import loop
+from atlas_lib.methods.common import Parts, load_pair, run_method
+from atlas_lib.methods.gkd.loss import generalized_jsd
+from atlas_lib.methods.tracking import NonFiniteError
+
+log = logging.getLogger(__name__)
+
+
+class AtlasGKDTrainer(GKDTrainer):
+    """GKDTrainer with completion-only logits, chunked loss, per-token normalisation and a NaN guard.
+
+    Normalisation: HF Trainer counts ``num_items_in_batch`` from the dataset's reference labels
+    before ``GKDTrainer.training_step`` swaps in the student's samples, so dividing by it weights
+    each step by the references' lengths, not by what was scored. The kit divides each micro-batch's
+    summed JSD by the completion tokens it actually scored, and the Trainer averages micro-batches
+    over gradient accumulation (``loss_is_scaled_for_ga = False``).
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, loss_chunk_size: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        # TRL samples with use_cache=False whenever gradient checkpointing is on, re-encoding the whole
+        # sequence for every sampled token (most of a step's time; bench/RESULTS.md). Generation
+        # runs under no_grad, where transformers' checkpointed layers keep the cache, so keeping it
+        # on is exact: checkpointing then costs a recomputed forward in backward, nothing more.
+        self.generation_config.use_cache = True
+        self.generation_kwargs["use_cache"] = True
+        self.loss_chunk_size = loss_chunk_size
+        self._completion_tokens = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return super().training_step(model, inputs, None)  # the count of reference labels: not what is scored
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels_B_T = inputs["labels"]
+        target_B_T = labels_B_T[:, 1:]  # logits at i predict token i+1
+        valid_B_T = target_B_T != -100
+        if not bool(valid_B_T.any()):
+            raise ValueError("a batch has no completion tokens to distill; check data.max_length / prompts")
+        # Only positions from the first completion token onwards need logits (left-padded prompts
+        # end at the same column, so this is the completion block for every row).
+        first = int(valid_B_T.float().argmax(dim=1).min())
+        keep = target_B_T.shape[1] - first
+        s_out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                      logits_to_keep=keep + 1)
+        self.teacher_model.eval()
+        with torch.no_grad():
+            t_out = self.teacher_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                       logits_to_keep=keep + 1)
+        s_logits_B_K_V = s_out.logits[:, :-1]
+        t_logits_B_K_V = t_out.logits[:, :-1]
+        vocab = min(s_logits_B_K_V.shape[-1], t_logits_B_K_V.shape[-1], len(self.processing_class))
+        mask_B_K = valid_B_T[:, first:]
+        total = generalized_jsd(s_logits_B_K_V[..., :vocab][mask_B_K], t_logits_B_K_V[..., :vocab][mask_B_K],
+                                self.beta, chunk_size=self.loss_chunk_size)
+        loss = total / mask_B_K.sum().clamp_min(1).to(total.device)  # per scored completion token
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"GKD loss became {loss.item()} at step {self.state.global_step + 1}; the run "
+                                 "stopped before applying it and kept its metrics and last checkpoint")
+        self._completion_tokens += int(mask_B_K.sum())
+        return (loss, s_out) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs and self._completion_tokens:
+            logs["atlas/completion_tokens"] = self._completion_tokens / max(self.args.logging_steps, 1)
+            self._completion_tokens = 0
+        super().log(logs, start_time)
+
+
+def trl_config(params: Params, common: dict, key: str = "gkd") -> TRLGKDConfig:
+    """TRL's GKD arguments for section ``key``: ``gkd`` as written; ``off_policy`` is GKD with the
+    teacher's samples only (lmbda 0, seq_kd)."""
+    g = params.section(key)
+    lmbda, seq_kd = (g.lmbda, g.seq_kd) if key == "gkd" else (0.0, True)
+    return TRLGKDConfig(
+        **common, lmbda=lmbda, beta=g.beta, temperature=g.temperature, max_new_tokens=g.max_completion_length,
+        seq_kd=seq_kd, max_length=None, remove_unused_columns=False,
+    )
+
+
+def _build(key: str):
+    def build(params: Params, prepared, device) -> Parts:
+        section = params.section(key)
+        _, student, tok, teacher, teacher_tok = load_pair(params, require_same_tokenizer=True,
+                                                          student_dtype=loop.student_dtype(section))
+        train_ds = Dataset.from_list(splits.distill_view(prepared.train, params.prompt))
+
+        def make(common: dict, callbacks: list):
+            return AtlasGKDTrainer(model=student, teacher_model=teacher, args=trl_config(params, common, key),
+                                   train_dataset=train_ds, processing_class=tok, callbacks=callbacks,
+                                   loss_chunk_size=section.loss_chunk_size)
+
+        return Parts(student, tok, make, teacher=teacher, teacher_tokenizer=teacher_tok)
+
+    return build
+
+
+def run_gkd(params: Params) -> dict:
+    """Train the student by on-policy GKD from the teacher on the prepared data; returns the run summary."""
+    return run_method(params, "gkd", _build("gkd"))
+
+
+def run_off_policy(params: Params) -> dict:
+    """Train the student on the teacher's own samples (off-policy distillation, the same loss)."""
+    return run_method(params, "off_policy", _build("off_policy"))

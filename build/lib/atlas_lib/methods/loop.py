@@ -1,0 +1,211 @@
+"""One run loop for every method: run directory, resume, evaluation points, summary.
+
+GKD, GRPO and cross-tokenizer distillation each build their own TRL trainer; everything around
+``trainer.train()`` (refusing to overwrite, resuming from the last complete checkpoint without
+duplicate metrics, the evaluation callback, device hours, the summary contract read by notebook 05)
+lives here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from atlas_lib.core import models, runtime
+from atlas_lib.core.config import Params
+from atlas_lib.core.paths import relative_to_root, runs_root
+from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, provenance
+from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.methods import outcome
+from atlas_lib.methods.tracking import AtlasCallback, DeviceClock, NonFiniteError, wandb_report_to
+
+log = logging.getLogger(__name__)
+
+
+def autocast_bf16(params: Params, device: torch.device) -> bool:
+    """Mixed precision (fp32 master weights, bf16 compute) where the device supports it."""
+    return models.resolve_dtype(params.run.dtype, device) == torch.bfloat16
+
+
+def low_memory(section) -> bool:
+    """Whether a method's section trains with ``optimizer: adamw_8bit_bf16``."""
+    return section.optimizer == "adamw_8bit_bf16"
+
+
+def student_dtype(section) -> torch.dtype:
+    """The trained student's weight dtype: fp32 master weights, or bf16 for ``adamw_8bit_bf16``
+    (whose torchao dependency the section's ``check`` confirmed when the params were loaded)."""
+    return torch.bfloat16 if low_memory(section) else torch.float32
+
+
+def optimizer_args(section) -> dict:
+    """TrainingArguments fields for ``section.optimizer`` (HF Trainer builds the optimizer).
+
+    adamw_8bit_bf16 -> torchao's AdamW8bit with ``bf16_stochastic_round``: without it an update
+    below |w|/256 rounds away in bf16 (most of a 0.5B student's weights at lr 1e-6, bench/dtype.py);
+    rounding up or down in proportion keeps each update in expectation.
+    """
+    if low_memory(section):
+        return {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"}
+    return {}  # HF Trainer's default: torch AdamW (fused where torch has it)
+
+
+def _allocator(section):
+    """Low-memory training returns what each step frees to the OS (:mod:`atlas_lib.core.runtime`)."""
+    return runtime.return_freed_memory() if low_memory(section) else contextlib.nullcontext()
+
+
+def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], device: torch.device) -> dict:
+    """TrainingArguments fields common to every method (the method adds its own)."""
+    section = getattr(params, stage)
+    return dict(
+        output_dir=str(rd.checkpoints), run_name=params.run_name(stage), seed=params.run.seed,
+        max_steps=section.max_steps, per_device_train_batch_size=section.per_device_train_batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=section.learning_rate, logging_steps=section.logging_steps,
+        # one checkpoint is all resume needs; each holds fp32 weights + two AdamW moments (12 bytes per
+        # parameter), so keeping more fills small disks
+        save_strategy="steps", save_steps=section.save_steps, save_total_limit=1,
+        eval_strategy="no",  # the kit's callback evaluates with the shared evaluator instead
+        report_to=report_to, bf16=autocast_bf16(params, device), use_cpu=device.type == "cpu",
+        logging_nan_inf_filter=False,  # a NaN must reach the callback, not be filtered out
+        gradient_checkpointing=section.gradient_checkpointing,
+        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False, **optimizer_args(section),
+    )
+
+
+def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
+        final_eval_fn: Callable, device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
+        initial_full_eval: bool = False, initial_records: list[dict] | None = None, model=None) -> dict:
+    """Train one stage end to end and return its summary (also written to ``summary.json``).
+
+    ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
+    shared evaluator on the validation subset (the eval points, where the peak is chosen);
+    ``final_eval_fn(model)`` evaluates the trained model on the test split, the reported row (and the
+    untrained model first when ``initial_full_eval``; otherwise the untrained student's test row from
+    notebook 01 is the starting point). ``initial_records``: the
+    untrained student's validation records, reused for the step-0 point. ``model``: the student, to
+    check before anything is written that its checkpoints fit on disk.
+
+    The summary says whether the run trained at all (``did_not_train``: weights bit-identical to the
+    start, loss identically 0, or no GRPO group with reward variance) and carries ``flags`` such as
+    a GKD student that moved away from its teacher.
+    """
+    section = getattr(params, stage)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank != 0:  # under accelerate launch only rank 0 owns the run directory
+        return _follower(params, stage, make_trainer, device, rank)
+    if model is not None:
+        check_disk(runs_root(), model, section)
+    rd = RunDir.open(params, stage, resume=section.resume)
+    try:
+        last = rd.last_checkpoint() if section.resume else None
+        offset = 0.0
+        if last is not None:
+            ckpt, state = last
+            dropped = rd.truncate_after(state["step"])
+            offset = float(state.get("seconds", 0.0))
+            log.info("resuming %s from %s (dropped %d metric points past it)", rd.path.name, ckpt.name, dropped)
+        elif section.resume and rd.metrics():
+            rd.truncate_after(-1)  # nothing to resume from: start clean, without stale points
+        clock = DeviceClock(offset)
+        report_to = wandb_report_to(params.tracking, rd.path, params.run_name(stage))
+        cb = AtlasCallback(rd, clock, eval_fn, section.eval_steps, ev.save_eval, wandb_on="wandb" in report_to)
+        trainer = make_trainer(trainer_args(params, stage, rd, report_to, device), [cb])
+        start_digest = outcome.start_digest(rd, trainer.model, resumed=last is not None)
+        full = {}
+        cb.initial_records = initial_records
+        if initial_full_eval:
+            full["initial"] = _full_eval(rd, "initial_full", final_eval_fn, trainer.model)
+        t0 = time.monotonic()
+        try:
+            with _allocator(section):
+                out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+        except NonFiniteError as e:
+            rd.write_summary({"status": "failed", "error": str(e), "method": stage,
+                              "provenance": provenance(params)})
+            raise
+        finally:
+            if "wandb" in report_to:
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish()
+        if world > 1:
+            _write_rank(rd, trainer, rank)
+        moved = outcome.weights_digest(trainer.model) != start_digest
+        rd.save_model(trainer.model, trainer.processing_class)
+        summary = outcome.summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
+        full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
+        summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
+        summary["initial"] = {**(full.get("initial") or summary.get("baseline") or {}), "step": 0}
+        summary["distilled"] = {**full["distilled"], "step": out.global_step}
+        summary["training"]["weights_changed"] = moved
+        summary.update(extra_summary or {})
+        summary["did_not_train"] = outcome.did_not_train(rd.metrics("train"), moved)
+        summary["flags"] = outcome.flags(summary)
+        rd.write_summary(summary)
+        return summary
+    finally:
+        rd.release()
+
+
+def check_disk(path, model, section) -> None:
+    """Refuse to start when the disk cannot hold the run's checkpoint (weights + AdamW moments,
+    twice while the previous one is rotated out) and final model, instead of failing mid-run."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    saves = section.save_steps <= section.max_steps
+    width = next(model.parameters()).element_size()
+    # weights + two moments per checkpoint: fp32 AdamW 12 bytes per parameter, bf16 + 8-bit moments ~4
+    per_param = width + 2 if low_memory(section) else 12
+    need = (2 * per_param * trainable if saves else 0) + width * total
+    while not path.exists():  # the runs root may not exist yet: ask its disk
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise RunDirError(f"{relative_to_root(path)}: a {section.__class__.__name__} run needs about {need / 1e9:.1f} GB of free disk for its "
+                          f"checkpoint and final model, {free / 1e9:.1f} GB are free. Free space, point ATLAS_RUNS "
+                          f"at a larger disk, or raise save_steps above max_steps to skip checkpoints.")
+
+
+def _write_rank(rd: RunDir, trainer, rank: int) -> None:
+    """Per-rank record (logged losses, parameter checksum) so a test can check the ranks agree."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
+    atomic_write_json(rd.path / "ranks" / f"rank{rank}.json", {"rank": rank, "losses": losses,
+                                                               "param_checksum": checksum})
+
+
+def _follower(params: Params, stage: str, make_trainer: Callable, device: torch.device, rank: int) -> dict:
+    """A non-zero rank: trains in lockstep, writes nothing but its rank record."""
+    rd = RunDir(runs_root() / params.run_name(stage))
+    deadline = time.monotonic() + 300
+    while not (rd.path / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # rank 0 creates (or refuses) the directory first
+    common = trainer_args(params, stage, rd, ["none"], device)
+    last = rd.last_checkpoint() if getattr(params, stage).resume else None
+    trainer = make_trainer(common, [])
+    trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+    _write_rank(rd, trainer, rank)
+    return {"status": "follower", "rank": rank}
+
+
+def _full_eval(rd: RunDir, stem: str, fn: Callable, model) -> dict:
+    """Evaluate on the test split; reuse a result already on disk (resumed runs)."""
+    path = rd.path / "eval" / f"{stem}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    res = fn(model)
+    ev.save_eval(res, rd.path / "eval", stem)
+    return {k: v for k, v in res.metrics.items() if not isinstance(v, (list, dict))}
+
+

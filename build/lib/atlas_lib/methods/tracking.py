@@ -1,0 +1,195 @@
+"""Device-hours accounting, the evaluation callback shared by every trainer, and W&B set-up.
+
+"GPU hours to reach peak accuracy" is computed from the eval points written here: each carries
+the step, wall seconds since the run started (resumed runs continue the clock from their
+checkpoint) and device hours = seconds x devices / 3600. On a CPU the unit is CPU-hours (the
+whole machine counts as one device) and every record says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from atlas_lib.core.rundir import RunDir
+from atlas_lib.core.sections import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+# Keys TRL/Trainer log that are worth keeping in metrics.jsonl, renamed to the kit's names.
+TRAIN_KEYS = {
+    "loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
+    "reward": "reward_mean", "reward_std": "reward_std", "frac_reward_zero_std": "frac_zero_std",
+    "completions/mean_length": "completion_length", "completions/clipped_ratio": "clipped_ratio",
+    "kl": "kl", "entropy": "entropy", "num_tokens": "num_tokens",
+}
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or reward became NaN/inf; the run stops at that step with its metrics kept."""
+
+
+class DeviceClock:
+    """Wall seconds and device hours of one run, continuing across resumes."""
+
+    def __init__(self, offset_seconds: float = 0.0):
+        self.start = time.monotonic()
+        self.offset = offset_seconds
+        if torch.cuda.is_available():
+            self.kind, self.devices = "GPU", int(os.environ.get("WORLD_SIZE", torch.cuda.device_count() or 1))
+        else:
+            self.kind, self.devices = "CPU", 1
+
+    @property
+    def seconds(self) -> float:
+        return self.offset + time.monotonic() - self.start
+
+    @property
+    def device_hours(self) -> float:
+        return self.seconds * self.devices / 3600.0
+
+    def stamp(self) -> dict:
+        return {"seconds": round(self.seconds, 3), "device_hours": self.device_hours,
+                "device_kind": self.kind, "devices": self.devices}
+
+
+def peak_memory_gb() -> dict:
+    """Peak resident memory of this process so far (loaded models included; a papermill kernel is
+    one stage), and on CUDA the peak memory allocated by torch."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_gb": round(rss * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return out
+
+
+def check_finite(name: str, value: float, step: int) -> None:
+    if value is not None and isinstance(value, (int, float)) and not math.isfinite(value):
+        raise NonFiniteError(f"{name} became {value} at step {step}; the run stopped there and kept "
+                             "its metrics and last checkpoint (lower the learning rate or check the data)")
+
+
+class AtlasCallback(TrainerCallback):
+    """Writes train/eval points to the run directory, evaluates on schedule, marks checkpoints.
+
+    ``eval_fn(model) -> EvalResult`` is the shared evaluator bound to the held-out subset.
+    """
+
+    def __init__(self, rundir: RunDir, clock: DeviceClock, eval_fn: Callable, eval_steps: int,
+                 save_eval: Callable, wandb_on: bool = False):
+        self.rd, self.clock, self.eval_fn, self.eval_steps = rundir, clock, eval_fn, eval_steps
+        self.save_eval = save_eval
+        self.wandb_on = wandb_on
+        self.last_loss: float | None = None
+        done = self.rd.metrics("eval")
+        self.evaluated = {r["step"] for r in done}
+        self.model = None
+        self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
+        self.pending: int | None = None  # an eval point due at this step, taken once its loss is logged
+
+    def _log_wandb(self, record: dict) -> None:
+        if not self.wandb_on:
+            return
+        import wandb
+
+        if wandb.run is not None:
+            wandb.log({f"atlas/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
+
+    def evaluate(self, step: int, model) -> dict:
+        if step in self.evaluated:
+            return {}
+        t0 = time.monotonic()
+        # step 0 is the untrained model: a pre-training evaluation of it, when one exists, is reused
+        reuse = self.initial_records if step == 0 and self.initial_records else None
+        result = self.eval_fn(model, reuse=reuse) if reuse else self.eval_fn(model)
+        self.save_eval(result, self.rd.path / "eval", f"step_{step}")
+        record = {"kind": "eval", "step": step, **self.clock.stamp(), "train_loss": self.last_loss,
+                  **{k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict))},
+                  "eval_seconds": round(time.monotonic() - t0, 3)}
+        self.rd.append(record)
+        self.evaluated.add(step)
+        self._log_wandb(record)
+        log.info("eval step %d: accuracy %.3f (n=%s), mean tokens %.1f", step, record.get("accuracy", float("nan")),
+                 record.get("n"), record.get("avg_generated_tokens") or float("nan"))
+        return record
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.model = model
+        if state.global_step == 0:
+            self.evaluate(0, model)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        record = {"kind": "train", "step": state.global_step, **self.clock.stamp()}
+        for key, name in TRAIN_KEYS.items():
+            if key in logs:
+                record[name] = logs[key]
+        for k, v in logs.items():  # method-specific extras (e.g. atlas/ keys from the trainers)
+            if k.startswith("atlas/"):
+                record[k.removeprefix("atlas/")] = v
+        if len(record) <= 6 or "train_runtime" in logs:
+            return  # the end-of-training summary log, not a step
+        record.update(peak_memory_gb())
+        if "loss" in record:
+            self.last_loss = record["loss"]
+        self.rd.append(record)
+        for key in ("loss", "reward_mean"):
+            check_finite(key, record.get(key), state.global_step)
+        self._flush(state.global_step)
+
+    def _flush(self, step: int | None = None) -> None:
+        """Take the pending eval point (HF Trainer calls on_step_end before it logs that step's loss,
+        so the point waits for the log: it then carries its own step's loss, not the previous one)."""
+        if self.pending is not None and (step is None or step >= self.pending):
+            due, self.pending = self.pending, None
+            self.evaluate(due, self.model)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        self.model = model or self.model
+        self._flush()  # a point left pending by a step that logged nothing
+        if state.global_step % self.eval_steps == 0:
+            self.pending = state.global_step
+
+    def on_save(self, args, state, control, **kw):
+        self._flush()  # the checkpoint's metrics include its eval point (resume truncates after it)
+        self.rd.mark_checkpoint(state.global_step, {"seconds": self.clock.seconds})
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        self.model = model or self.model
+        self._flush()
+        self.evaluate(state.global_step, self.model)
+
+
+def wandb_report_to(cfg: TrackingConfig, run_path: Path, run_name: str) -> list[str]:
+    """Configure W&B from params + environment; returns Trainer's ``report_to``.
+
+    The API key is read by wandb itself from ``WANDB_API_KEY`` (or ``wandb login``); the kit never
+    copies it into params, run directories or reports.
+    """
+    if cfg.wandb == "disabled":
+        os.environ["WANDB_MODE"] = "disabled"
+        return ["none"]
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        log.warning("wandb is not installed; tracking disabled")
+        return ["none"]
+    os.environ["WANDB_MODE"] = cfg.wandb
+    os.environ["WANDB_PROJECT"] = cfg.project
+    os.environ["WANDB_NAME"] = run_name.replace("/", "-")
+    os.environ["WANDB_DIR"] = str(run_path)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_DISABLE_CODE", "true")
+    (run_path / "wandb").mkdir(parents=True, exist_ok=True)
+    if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
+        log.warning("tracking.wandb=online but WANDB_API_KEY is not set; wandb will use `wandb login` credentials")
+    return ["wandb"]

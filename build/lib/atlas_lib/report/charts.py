@@ -1,0 +1,261 @@
+"""Matplotlib charts of the comparison (each function returns one Figure).
+
+Charts read :class:`atlas_lib.report.collect.Collected` (``.runs``: key -> RunInfo with ``train``/``evals``
+DataFrames; ``.baseline``). A run or a series that is absent is drawn as a labelled empty panel
+("not run"), never as zeros. Figures are closed before they are returned so a notebook shows each
+one exactly once (as the cell's value); ``stage_figure(..., keep_open=True)`` leaves its figure to
+the inline backend instead, for notebooks that do not return it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from atlas_lib.core import registry
+from atlas_lib.data.splits import length_stats
+from atlas_lib.report.collect import RunInfo
+
+log = logging.getLogger(__name__)
+
+
+def aligned(info: RunInfo) -> bool:
+    return info.spec is not None and info.spec.divergence == "aligned"
+
+
+def figure(ncols: int, title: str, width: float = 5.4) -> tuple[Figure, list]:
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 3.9), squeeze=False)
+    fig.suptitle(title)
+    return fig, list(axes[0])
+
+
+def alt_text(fig: Figure) -> str:
+    """What a chart shows, in words, for its HTML ``alt`` attribute: the title, then each panel's
+    title, axes, series and notes (e.g. "GRPO: not run")."""
+    parts = [fig.get_suptitle()]
+    for i, ax in enumerate(fig.axes, 1):
+        desc = f"{ax.get_title() or f'panel {i}'}: {ax.get_ylabel() or 'value'} against {ax.get_xlabel() or 'x'}"
+        series = [label for label in ax.get_legend_handles_labels()[1] if label]
+        notes = [t.get_text() for t in ax.texts if t.get_text()]
+        desc += "".join(f"; {x}" for x in (["series: " + ", ".join(series)] if series else []) + notes)
+        parts.append(desc)
+    return ". ".join(p for p in parts if p)
+
+
+def _offer_alt_text() -> None:
+    """Inside IPython, a figure's PNG output carries :func:`alt_text` as output metadata (the HTML
+    report puts it on the ``<img>``). Wraps the PNG printer already registered (the inline
+    backend's, with its settings); registered after a figure exists, since creating the first one
+    is what makes the inline backend register its own printer."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    formatter = shell.display_formatter.formatters["image/png"]
+    try:
+        inner = formatter.lookup_by_type(Figure)
+    except KeyError:
+        return
+    if getattr(inner, "adds_alt_text", False):
+        return
+
+    def printer(fig):
+        out = inner(fig)
+        data, md = out if isinstance(out, tuple) else (out, None)
+        return None if data is None else (data, {**(md or {}), "alt": alt_text(fig)})
+
+    printer.adds_alt_text = True
+    formatter.for_type(Figure, printer)
+
+
+def done(fig: Figure, keep_open: bool = False) -> Figure:
+    fig.tight_layout()
+    _offer_alt_text()
+    if not keep_open:
+        plt.close(fig)
+    return fig
+
+
+def absent(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
+
+
+def series(df, *cols):
+    """The rows of ``df`` where every column in ``cols`` (and step) is present, or None."""
+    if df is None or len(df) == 0 or any(c not in df for c in ("step", *cols)):
+        return None
+    d = df.dropna(subset=["step", *cols])
+    return d if len(d) else None
+
+
+def _legend(ax, missing: list[str]) -> None:
+    if missing:
+        ax.plot([], [], " ", label="not run / no data: " + ", ".join(missing))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _hours_unit(runs: dict) -> str:
+    kinds = set()
+    for info in runs.values():
+        if info.evals is not None and "device_kind" in info.evals:
+            kinds |= set(info.evals["device_kind"].dropna())
+    if kinds == {"CPU"}:
+        return "CPU-hours (whole machine = 1 device)"
+    return "GPU-hours" if kinds == {"GPU"} else "device-hours"
+
+
+def acc_errorbar(ax, d, x: str, **kw) -> None:
+    acc = 100 * d["accuracy"]
+    if "ci_low" in d and "ci_high" in d and d[["ci_low", "ci_high"]].notna().all().all():
+        yerr = [acc - 100 * d["ci_low"], 100 * d["ci_high"] - acc]
+    else:
+        yerr = None
+    ax.errorbar(d[x], acc, yerr=yerr, marker="o", capsize=3, **kw)
+
+
+def _curves(runs: dict, column: str, aligned_runs: bool | None = False) -> tuple[list, list[str]]:
+    """``(info, points)`` of each run whose eval points carry ``column``, and the names of those whose do
+    not. ``aligned_runs``: False same-tokenizer runs only, True cross-tokenizer only, None every run."""
+    found, missing = [], []
+    for info in runs.values():
+        if aligned_runs is not None and aligned(info) != aligned_runs:
+            continue
+        d = series(info.evals, column)
+        if d is None:
+            missing.append(info.name)
+        else:
+            found.append((info, d))
+    return found, missing
+
+
+def accuracy_chart(col) -> Figure:
+    """Validation accuracy vs optimizer step and vs device hours (same-tokenizer runs), 95% CI bars;
+    each curve ends with the trained model's test accuracy (a square), the number the table reports."""
+    fig, (a_step, a_hours) = figure(2, "Accuracy during training: validation curve, final test point "
+                                        "(error bars: 95% Wilson CI)")
+    found, missing = _curves(col.runs, "accuracy")
+    for info, d in found:
+        kw = {"color": info.color, "label": f"{info.name} (n={d['n'].iloc[-1]:.0f})" if "n" in d else info.name}
+        acc_errorbar(a_step, d, "step", **kw)
+        if "device_hours" in d:
+            acc_errorbar(a_hours, d.dropna(subset=["device_hours"]), "device_hours", **kw)
+        test = info.summary.get("distilled") or {}
+        if isinstance(test.get("accuracy"), (int, float)):
+            last = d.iloc[-1]
+            a_step.plot([last["step"]], [100 * test["accuracy"]], marker="s", mfc="none", ms=9, ls="none",
+                        color=kw["color"], label=f"{info.name} final, test (n={test.get('n')})")
+            if "device_hours" in d and last.notna()["device_hours"]:
+                a_hours.plot([last["device_hours"]], [100 * test["accuracy"]], marker="s", mfc="none", ms=9,
+                             ls="none", color=kw["color"])
+    for role, style in (("student", ":"), ("teacher", "--")):
+        m = (col.baseline or {}).get(role) or {}
+        if isinstance(m.get("accuracy"), (int, float)):
+            for ax in (a_step, a_hours):
+                ax.axhline(100 * m["accuracy"], color="0.3", ls=style, lw=1,
+                           label=f"{role} before training, test (n={m.get('n')})")
+    a_step.set(xlabel="optimizer step", ylabel="accuracy (%)", title="vs step")
+    a_hours.set(xlabel=_hours_unit(col.runs), ylabel="accuracy (%)", title="vs device time")
+    _legend(a_step, missing)
+    _legend(a_hours, [])
+    return done(fig)
+
+
+def loss_chart(col) -> Figure:
+    """Training loss per method; each method optimises a different objective, so one panel each."""
+    panels = list(dict.fromkeys(info.method for info in col.runs.values())) or registry.keys()[:1]
+    fig, axes = figure(len(panels), "Training loss (each method's own objective; not comparable across panels)",
+                        4.6)
+    for ax, method in zip(axes, panels, strict=True):
+        spec = registry.get(method) if method in registry.keys() else None
+        drawn = False
+        for info in (i for i in col.runs.values() if i.method == method):
+            d = series(info.train, "loss")
+            if d is not None:
+                ax.plot(d["step"], d["loss"], color=info.color, label=info.name)
+                drawn = True
+        if not drawn:
+            absent(ax, f"{spec.name if spec else method}: not run or no loss logged")
+        ax.set(xlabel="optimizer step", ylabel="loss", title=spec.loss_title if spec else method)
+        _legend(ax, [])
+    return done(fig)
+
+
+def reward_chart(col) -> Figure:
+    """Reward (group mean ± std) of the methods that log one (GRPO), and the fraction of groups whose
+    rewards were all equal (no learning signal)."""
+    fig, (a_r, a_z) = figure(2, "Reward during training (RL methods)")
+    info = next((i for i in col.runs.values() if "reward_mean" in i.train), None)
+    color = info.color if info else "C1"
+    d = series(info.train if info else None, "reward_mean")
+    if d is None:
+        absent(a_r, "GRPO: not run or no reward logged")
+    else:
+        a_r.plot(d["step"], d["reward_mean"], color=color, label="mean reward")
+        if "reward_std" in d and d["reward_std"].notna().all():
+            a_r.fill_between(d["step"], d["reward_mean"] - d["reward_std"], d["reward_mean"] + d["reward_std"],
+                             color=color, alpha=0.2, label="± std")
+    a_r.set(xlabel="optimizer step", ylabel="reward (1 = correct answer)", title="reward mean ± std")
+    z = series(info.train if info else None, "frac_zero_std")
+    if z is None:
+        absent(a_z, "GRPO: not run or frac_zero_std not logged")
+    else:
+        a_z.plot(z["step"], 100 * z["frac_zero_std"], color=color, label="groups with zero reward std")
+    a_z.set(xlabel="optimizer step", ylabel="groups (%)", title="groups with no learning signal (all rewards equal)")
+    _legend(a_r, [])
+    _legend(a_z, [])
+    return done(fig)
+
+
+def tokens_chart(col) -> Figure:
+    """Mean generated tokens on the held-out set (greedy) and of training samples, per step."""
+    fig, (ax,) = figure(1, "Generated tokens over training", 8.0)
+    found, missing = _curves(col.runs, "avg_generated_tokens", aligned_runs=None)
+    for info, d in found:
+        ax.plot(d["step"], d["avg_generated_tokens"], marker="o", color=info.color, label=f"{info.name} held-out (greedy)")
+        t = series(info.train, "completion_length")
+        if t is not None:
+            ax.plot(t["step"], t["completion_length"], ls=":", color=info.color, label=f"{info.name} training samples")
+    ax.set(xlabel="optimizer step", ylabel="tokens per completion")
+    _legend(ax, missing)
+    return done(fig)
+
+
+def divergence_chart(col) -> Figure:
+    """Mean reverse KL to the teacher (same tokenizer) and, on its own panel, the aligned divergence."""
+    fig, (a_kl, a_al) = figure(2, "Divergence from the teacher on held-out completions")
+    found, missing = _curves(col.runs, "mean_reverse_kl")
+    for info, d in found:
+        a_kl.plot(d["step"], d["mean_reverse_kl"], marker="o", color=info.color, label=info.name)
+    a_kl.set(xlabel="optimizer step", ylabel="mean reverse KL (nats/token)",
+             title="same tokenizer: reverse KL(student || teacher)")
+    _legend(a_kl, missing)
+    found, _ = _curves(col.runs, "aligned_divergence", aligned_runs=True)
+    for info, d in found:
+        a_al.plot(d["step"], d["aligned_divergence"], marker="o", color=info.color, label=info.name)
+    if not found:
+        absent(a_al, "Cross-tokenizer: not run or no aligned divergence recorded")
+    a_al.set(xlabel="optimizer step", ylabel="aligned span divergence",
+             title="cross-tokenizer (not comparable with reverse KL)")
+    _legend(a_al, [])
+    return done(fig)
+
+
+def data_charts(prepared) -> Figure:
+    """Question length and answer magnitude, train vs held-out (notebook 01)."""
+    stats = length_stats(prepared)
+    fig, (a_len, a_mag) = figure(2, "Problems: train vs validation vs test")
+    for split, color in (("train", "C0"), ("val", "C2"), ("test", "C1")):
+        s = stats[stats["split"] == split]
+        a_len.hist(s["question_words"], bins=30, alpha=0.6, color=color, density=True, label=f"{split} (n={len(s)})")
+        a_mag.hist(s["answer_log10_abs"], bins=30, alpha=0.6, color=color, density=True, label=split)
+    a_len.set(xlabel="question length (words)", ylabel="density", title="question length")
+    a_mag.set(xlabel="log10 |answer| (0 for answer 0)", ylabel="density", title="answer magnitude")
+    a_len.legend(fontsize=8)
+    a_mag.legend(fontsize=8)
+    return done(fig)

@@ -1,0 +1,196 @@
+"""Notebook 05's data layer: read a profile's run directories once, for every method in the registry.
+
+Every piece may be missing (a stage not run, an interrupted or failed run, an older summary
+schema): a missing run is recorded as "not run" with the reason, never as zeros. A directory under
+``runs/<profile>/`` that is no method or sweep of the params file is reported in the notes, not
+skipped silently or mislabelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from atlas_lib.core import config, registry, rundir
+from atlas_lib.core.paths import runs_root
+from atlas_lib.evaluation import stats
+
+log = logging.getLogger(__name__)
+NAN = float("nan")
+# What else lives in a profile directory (not a method's run)
+PROFILE_DIRS = ("data", "baseline", "notebooks", "logs", ".previous")
+
+
+@dataclass
+class RunInfo:
+    """One training run directory as found on disk, with how the report names and draws it."""
+
+    key: str  # a method key, or sweep-<name>
+    rel: str  # the directory relative to the runs root (for messages; never absolute)
+    status: str  # complete, failed, incomplete, unreadable or not run
+    summary: dict = field(default_factory=dict)
+    train: pd.DataFrame = field(default_factory=pd.DataFrame)
+    evals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)
+    method: str = ""  # the registered method it runs (a sweep runs gkd)
+    label: str = ""  # table row
+    name: str = ""  # sentences and legends
+    color: str = "C9"
+
+    @property
+    def spec(self) -> registry.Method | None:
+        return registry.get(self.method) if self.method in registry.keys() else None
+
+
+@dataclass
+class Collected:
+    """Everything notebook 05 shows, read once."""
+
+    profile: str
+    manifest: dict | None
+    baseline: dict | None
+    runs: dict[str, RunInfo]  # registry order; each GKD sweep right after gkd
+    notes: list[str] = field(default_factory=list)
+    # Per table row, {problem id: correct} on the test split (the paired comparisons' input)
+    correct: dict[str, dict] = field(default_factory=dict)
+
+
+def _read_json(path: Path, notes: list[str], what: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        notes.append(f"{what}: unreadable ({type(e).__name__}); treated as missing")
+        return None
+
+
+def _numberish(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+        isinstance(v, str) and v.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"))
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> DataFrame sorted by step. JSON holds NaN/inf as strings (rundir._clean): they become
+    NaN here (an inf loss is a failed step, not a point to plot)."""
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rundir.dedupe_steps(rows)).drop(columns=["kind"], errors="ignore")
+    for c in df.columns:
+        if df[c].dtype == object and df[c].dropna().map(_numberish).all():
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    df = df.replace([math.inf, -math.inf], NAN)
+    return df.sort_values("step").reset_index(drop=True) if "step" in df else df
+
+
+def load_run(path: Path, key: str, method: str | None = None, label: str | None = None,
+             color: str | None = None) -> RunInfo:
+    """Read one run directory. ``method``: the registered method it runs (default: ``key``)."""
+    method = method or key
+    spec = registry.get(method) if method in registry.keys() else None
+    rel = rundir_rel(path)
+    notes: list[str] = []
+    summary = _read_json(path / "summary.json", notes, f"{rel}/summary.json")
+    rows = rundir.read_jsonl(path / "metrics.jsonl")
+    info = RunInfo(key, rel, "not run", summary or {}, _frame([r for r in rows if r.get("kind") == "train"]),
+                   _frame([r for r in rows if r.get("kind") == "eval"]), notes, method,
+                   label or (spec.label if spec else key), label or (spec.name if spec else key),
+                   color or (spec.color if spec else "C9"))
+    if summary is not None:
+        info.status = summary.get("status") or "complete"
+        if "status" not in summary:
+            notes.append("summary.json has no status field (older schema); read as complete")
+        if info.status == "failed":
+            notes.append(f"run failed: {summary.get('error', 'no error recorded')}")
+    elif notes:
+        info.status = "unreadable"
+    elif rows:
+        info.status = "incomplete"
+        notes.append("no summary.json (interrupted or still running); values from the last eval point")
+    else:
+        nb = spec.notebook if spec else "?"
+        notes.append(f"not run: no {rel}/summary.json or metrics.jsonl (run notebook {nb})")
+    return info
+
+
+def rundir_rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(runs_root().resolve()))
+    except ValueError:
+        return Path(path).name
+
+
+def _sweep_colors(n: int) -> list[str]:
+    used = {m.color for m in registry.methods()}
+    free = [f"C{i}" for i in range(10) if f"C{i}" not in used] or ["C9"]
+    return [free[i % len(free)] for i in range(n)]
+
+
+def run_dirs(params: config.Params) -> dict[str, tuple[Path, str, str | None, str | None]]:
+    """key -> (directory, method, label, colour) for each enabled method, each followed by its sweep
+    variants, in table order."""
+    out: dict[str, tuple[Path, str, str | None, str | None]] = {}
+    colors = iter(_sweep_colors(len(params.sweeps)))
+    for key in params.enabled():
+        out[key] = (rundir.stage_dir(params, key), key, None, None)
+        for name, variant in config.sweep_variants(params, key):
+            out[f"sweep-{name}"] = (rundir.stage_dir(variant, key), key, config.sweep_label(params, name),
+                                    next(colors))
+    return out
+
+
+def collect(params: config.Params) -> Collected:
+    """Read manifest, baselines and every enabled method's run directory of ``params``' profile."""
+    profile = runs_root() / params.name
+    notes: list[str] = []
+    manifest = _read_json(profile / "data" / "manifest.json", notes, "data/manifest.json")
+    if manifest is None:
+        notes.append("data/manifest.json not found: notebook 01 (data) was not run for this profile")
+    baseline = _read_json(profile / "baseline" / "summary.json", notes, "baseline/summary.json")
+    if baseline is None:
+        notes.append("baseline/summary.json not found: the pre-distillation student and teacher were not "
+                     "evaluated (notebook 01)")
+    dirs = run_dirs(params)
+    runs = {key: load_run(d, key, method, label, color) for key, (d, method, label, color) in dirs.items()}
+    known = {Path(d).resolve() for d, *_ in dirs.values()}
+    for d in sorted(p for p in profile.glob("*") if p.is_dir() and p.name not in PROFILE_DIRS):
+        if d.resolve() not in known:
+            notes.append(f"{d.name}/ is not an enabled method or sweep of this params file (methods: "
+                         f"{', '.join(params.enabled())}); not shown")
+    for key in registry.keys():
+        if key not in params.enabled():
+            notes.append(f"{registry.get(key).name} is disabled in the params ({key}.enabled: false); no row")
+    for info in runs.values():
+        notes += [f"{info.key}: {n}" for n in info.notes]
+    correct = {"student": _correct(profile / "baseline" / "student.records.jsonl"),
+               "teacher": _correct(profile / "baseline" / "teacher.records.jsonl")}
+    for key, info in runs.items():
+        run_dir = dirs[key][0]
+        if info.spec is not None and info.spec.own_student:
+            correct[f"{key}_pre"] = _correct(run_dir / "eval" / "initial_full.records.jsonl")
+        correct[key] = _correct(run_dir / "eval" / "final_full.records.jsonl")
+    return Collected(params.name, manifest, baseline, runs, notes, {k: v for k, v in correct.items() if v})
+
+
+def _correct(path: Path) -> dict:
+    """{problem id: correct} of an evaluation's records (empty when absent)."""
+    return {r["id"]: bool(r["correct"]) for r in rundir.read_jsonl(path) if "id" in r and "correct" in r}
+
+
+def untrained_row(col: Collected, key: str) -> str:
+    """The row a trained row is paired against: its own untrained student, or the shared one."""
+    info = col.runs.get(key)
+    return f"{key}_pre" if info is not None and info.spec is not None and info.spec.own_student else "student"
+
+
+def paired_vs(col: Collected, key: str, base: str | None = None) -> stats.Paired | None:
+    """Row ``key`` against row ``base`` (default: its untrained student) on the test problems both saw."""
+    a, b = col.correct.get(key), col.correct.get(base or untrained_row(col, key))
+    if not a or not b or not set(a) & set(b):
+        return None
+    return stats.paired(a, b)

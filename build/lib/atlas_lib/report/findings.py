@@ -1,0 +1,206 @@
+"""The report's text: a findings paragraph computed from the table.
+
+Findings lead with the answer: which method changed the student's test accuracy, by how much,
+as a paired difference on the same problems (95% paired-bootstrap interval, exact McNemar p), at
+what device time; then each pair of methods against each other on the same problems, and the
+compute each needed to reach the best validation accuracy the other reached; then what did not
+train and why. A difference is called one only when its paired test says so (p < 0.05);
+otherwise the text says it is not distinguishable at this n and gives the smallest difference
+the run could have detected. Nothing here adds a judgement the numbers do not carry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pandas as pd
+
+from atlas_lib.evaluation import stats
+from atlas_lib.report.collect import Collected, RunInfo, paired_vs
+from atlas_lib.report.table import ALIGNED_COL, pct, results_table
+
+ALPHA = 0.05
+
+
+def _ok(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _acc(r: pd.Series) -> str:
+    extra = []
+    if _ok(r["CI low"]) and _ok(r["CI high"]):
+        extra.append(f"95% CI {pct(r['CI low'])}–{pct(r['CI high'])}")
+    if _ok(r["n"]):
+        extra.append(f"n={r['n']:.0f}")
+    return pct(r["Accuracy"]) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def paired_text(pr: stats.Paired) -> str:
+    """'+4.0 points (paired 95% CI +1.0 to +7.0, exact McNemar p = 0.012, n = 200; 12 vs 4 problems)'."""
+    return (f"{100 * pr.diff:+.1f} points (paired 95% CI {100 * pr.ci_low:+.1f} to {100 * pr.ci_high:+.1f}, exact "
+            f"McNemar {_p(pr.p_value)}, n = {pr.n}; {_count(pr.a_only, 'problem')} gained, {pr.b_only} lost)")
+
+
+def _unit(r: pd.Series) -> str:
+    return f"{r['Device kind']}-hours" if isinstance(r["Device kind"], str) else "device-hours"
+
+
+def _hours(r: pd.Series) -> str:
+    steps = f" over {r['Steps']:.0f} steps" if _ok(r["Steps"]) else ""
+    return f"{r['Device hours']:.3g} {_unit(r)}{steps}" if _ok(r["Device hours"]) else "device time not recorded"
+
+
+def hours_to_reach(info: RunInfo, target: float) -> float | None:
+    """Device hours at the first validation eval point whose accuracy reaches ``target`` (None: never)."""
+    e = info.evals
+    if not len(e) or "accuracy" not in e or "device_hours" not in e:
+        return None
+    hit = e[e["accuracy"] >= target - 1e-12]
+    return float(hit["device_hours"].iloc[0]) if len(hit) else None
+
+
+def compute_ratio(runs: dict[str, RunInfo], a: str, b: str, unit: str) -> str | None:
+    """The on-policy distillation literature's headline: device hours each method needed to reach
+    the best validation accuracy the other reached (or 'not reached')."""
+    ia, ib = runs.get(a), runs.get(b)
+    if ia is None or ib is None or not len(ia.evals) or not len(ib.evals) or "accuracy" not in ia.evals \
+            or "accuracy" not in ib.evals:
+        return None
+    if ia.summary.get("did_not_train") or ib.summary.get("did_not_train"):
+        return None  # a method that did not train has no curve to match
+    parts = []
+    for ix, iy in ((ia, ib), (ib, ia)):
+        best = float(iy.evals["accuracy"].max())
+        h = hours_to_reach(ix, best)
+        start = float(ix.evals["accuracy"].iloc[0])
+        if h is None:
+            parts.append(f"{ix.name} did not reach {iy.name}'s best {pct(best)}")
+        elif best <= start:
+            parts.append(f"{ix.name} started at or above {iy.name}'s best {pct(best)}")
+        else:
+            parts.append(f"{ix.name} reached {iy.name}'s best {pct(best)} after {h:.3g} {unit}")
+    n = ia.evals["n"].iloc[-1] if "n" in ia.evals else None
+    where = f" (validation split, n = {n:.0f})" if _ok(n) else " (validation split)"
+    return (f"Compute to match the other's best validation accuracy, {ia.name} vs {ib.name}" + where + ": "
+            + "; ".join(parts) + ".")
+
+
+def _status_line(info: RunInfo) -> str | None:
+    name = info.name
+    if info.status == "not run":
+        return f"{name} was not run."
+    if info.status == "failed":
+        return f"{name} failed ({info.summary.get('error', 'no error recorded')}); its row shows its last eval point."
+    if info.status in ("incomplete", "unreadable"):
+        return f"{name} is {info.status} (no usable summary.json); its row shows its last eval point."
+    s = info.summary
+    if s.get("did_not_train"):
+        return f"{name} did not train: {s['did_not_train']}; its row is the untrained model, not a result."
+    if s.get("flags"):
+        return f"{name}: " + "; ".join(s["flags"]) + "."
+    return None
+
+
+def _shared_student(col: Collected) -> list[str]:
+    """Runs that train the shared student (paired with its untrained row), that finished and trained."""
+    return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
+            and i.status == "complete" and not i.summary.get("did_not_train")]
+
+
+def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
+    """The answer: each trained method against the untrained student, paired on the test problems;
+    then each pair of methods (sweep variants aside) on the same problems."""
+    results = [(k, pr) for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
+    if not results:
+        return ["No trained method has a test evaluation paired with the untrained student's yet."]
+    sig = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff > 0]
+    worse = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff < 0]
+    lead = max(sig, key=lambda kp: kp[1].diff)[0] if sig else None
+    out = []
+    if lead is not None:
+        pr = dict(results)[lead]
+        out.append(f"**{col.runs[lead].name} improved the student's test accuracy by {paired_text(pr)}**, from "
+                   f"{pct(pr.acc_b)} to {pct(pr.acc_a)}, at {_hours(t.loc[lead])}.")
+    else:
+        out.append("**No method changed the student's test accuracy by more than this run can distinguish "
+                   "from noise** (paired, exact McNemar p >= 0.05).")
+    for k, pr in results:
+        if k == lead:
+            continue
+        verdict = "improved it" if (k, pr) in sig else "lowered it" if (k, pr) in worse else "changed it by"
+        out.append(f"{col.runs[k].name} {verdict} {paired_text(pr)} at {_hours(t.loc[k])}.")
+    for a, b in itertools.combinations([k for k, _ in results if col.runs[k].key == col.runs[k].method], 2):
+        if (pr := paired_vs(col, a, b)) is not None:
+            out.append(f"{col.runs[a].name} minus {col.runs[b].name} on the same test problems: {paired_text(pr)}.")
+    return out
+
+
+def mde_sentence(col: Collected) -> str | None:
+    """The smallest paired difference this run's n can detect (80% power, two-sided 5%)."""
+    base = col.correct.get("student")
+    if not base:
+        return None
+    n = len(base)
+    discord = [pr.a_only + pr.b_only for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
+    if discord and max(discord) > 0:
+        q = max(discord) / n
+        how = f"the discordance observed here ({100 * q:.0f}% of problems)"
+    else:
+        acc = sum(base.values()) / n
+        q = 2 * acc * (1 - acc)
+        how = "independent errors at the student's accuracy"
+    mde = stats.min_detectable_difference(n, q)
+    return (f"Power: with n = {n} test problems and {how}, the smallest paired difference detectable with 80% "
+            f"power at 5% is about {100 * mde:.1f} points; smaller true differences would usually read as noise.")
+
+
+def findings(col: Collected) -> str:
+    """A short Markdown paragraph that states what the collected numbers show, answer first."""
+    t = results_table(col)
+    runs = col.runs
+    lines = _lead(col, t)
+    methods = [k for k, i in runs.items() if i.spec and not i.spec.own_student and i.key == i.method]  # no sweeps
+    for a, b in itertools.combinations(methods, 2):
+        ra, rb = t.loc[a], t.loc[b]
+        unit = _unit(ra) if _ok(ra["Device hours"]) else _unit(rb)
+        if ratio := compute_ratio(runs, a, b, unit):
+            lines.append(ratio)
+    lines += [line for info in runs.values() if (line := _status_line(info))]
+    s, te = t.loc["student"], t.loc["teacher"]
+    if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
+        lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
+    else:
+        lines.append("The pre-distillation student and teacher baselines were not run (notebook 01).")
+    for k, info in runs.items():
+        if info.spec is not None and info.spec.own_student and (pr := paired_vs(col, k)) is not None:
+            lines.append(f"{info.name} changed its own student's test accuracy by {paired_text(pr)}.")
+    shared = [k for k in runs if runs[k].spec is None or not runs[k].spec.own_student]
+    moves = [f"{runs[k].name} {s['Avg Generated Tokens']:.1f} → {t.loc[k, 'Avg Generated Tokens']:.1f}"
+             for k in shared if k in t.index and _ok(s["Avg Generated Tokens"])
+             and _ok(t.loc[k, "Avg Generated Tokens"])]
+    if moves:
+        lines.append("Mean generated tokens on the test split (untrained student → trained): " + "; ".join(moves) + ".")
+    kls = [f"{runs[k].name} {s['Mean Reverse KL']:.3f} → {t.loc[k, 'Mean Reverse KL']:.3f}"
+           for k in shared if k in t.index and _ok(s["Mean Reverse KL"]) and _ok(t.loc[k, "Mean Reverse KL"])]
+    if kls:
+        lines.append("Mean reverse KL to the teacher on the test split (nats/token, same tokenizer): "
+                     + "; ".join(kls) + ".")
+    for k, info in runs.items():
+        pre = f"{k}_pre"
+        if pre in t.index and _ok(t.loc[pre, ALIGNED_COL]) and _ok(t.loc[k, ALIGNED_COL]):
+            lines.append(f"{info.name}: its student's aligned span divergence went {t.loc[pre, ALIGNED_COL]:.3f} → "
+                         f"{t.loc[k, ALIGNED_COL]:.3f} (a different quantity from reverse KL; not comparable).")
+    if (m := mde_sentence(col)) is not None:
+        lines.append(m)
+    lines.append("Table rows are the test split; training curves are the validation split (where the peak is "
+                 "chosen), and end at the trained model's test point.")
+    return " ".join(lines)

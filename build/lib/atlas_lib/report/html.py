@@ -1,0 +1,153 @@
+"""Executed notebook -> one self-contained HTML file, with paths and secrets scrubbed.
+
+Images are inline base64 PNGs (nbconvert's default), so the file can be mailed or committed. The
+scrub pass is defence in depth: the kit never writes a secret or an absolute path on purpose, but
+a traceback or a library's log line might, and a committed report must not carry them.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+from pathlib import Path
+
+from atlas_lib.core.paths import cache_root, project_root, runs_root
+from atlas_lib.core.rundir import atomic_write_text
+
+log = logging.getLogger(__name__)
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # the only places a secret may live
+HIDDEN_INPUT_TAGS = {"parameters", "injected-parameters"}
+_MIN_SECRET_LEN = 6  # a shorter "secret" (e.g. "1") would shred the page and is no real token
+
+
+def _path_forms(run_roots: tuple[Path, ...] = ()) -> list[tuple[str, str]]:
+    """(absolute path as it may appear, replacement), most specific first. ``run_roots``: checkouts
+    the notebook was executed from, when that was not this one (a moved clone, or ``$ATLAS_RUNS``
+    shared between clones): their paths are ``.`` too."""
+    pairs = []
+    for base, label in ((runs_root(), "runs"), (cache_root(), "$ATLAS_CACHE"), (project_root(), "."),
+                        *((r, ".") for r in run_roots), (Path.home(), "~")):
+        for form in {str(base), str(Path(base).resolve())}:
+            if len(form) > 1:  # never replace "/" itself
+                pairs.append((form.rstrip("/"), label))
+    return sorted(set(pairs), key=lambda p: -len(p[0]))
+
+
+def scrub_text(text: str, run_roots: tuple[Path, ...] = ()) -> tuple[str, dict[str, int]]:
+    """Replace absolute project/home/runs/cache paths (and ``run_roots``, see :func:`_path_forms`)
+    with relative forms and secret env values with ``[redacted]``; returns the text and how many of
+    each were replaced (values never logged)."""
+    counts = {"paths": 0, "secrets": 0}
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= _MIN_SECRET_LEN and value in text:
+            counts["secrets"] += text.count(value)
+            text = text.replace(value, "[redacted]")
+    for form, label in _path_forms(run_roots):
+        # only whole path components: /work/main must not eat /work/mainline
+        text, n = re.subn(re.escape(form) + r"(?![\w.-])", lambda _m, lb=label: lb, text)
+        counts["paths"] += n
+    return text, counts
+
+
+def _strip_stderr(nb) -> None:
+    """The reader's version drops log lines (stderr); warnings worth reading are in the findings."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+
+
+def _executed_from(nb) -> tuple[Path, ...]:
+    """The checkout papermill ran the notebook in (``<root>/notebooks/<name>.ipynb`` as recorded in
+    its metadata), if any: tracebacks and warnings carry that checkout's absolute paths."""
+    source = (nb.metadata.get("papermill") or {}).get("input_path") or ""
+    path = Path(source)
+    return (path.parent.parent,) if path.is_absolute() and path.parent.name == "notebooks" else ()
+
+
+def _alt_texts(nb) -> dict[str, str]:
+    """base64 PNG -> its alt text, for image outputs that carry one (charts: atlas_lib.report.charts.alt_text)."""
+    alts = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            alt = ((out.get("metadata") or {}).get("image/png") or {}).get("alt")
+            if isinstance(png, str) and alt:
+                alts[png] = alt
+    return alts
+
+
+def _with_alt_text(body: str, alts: dict[str, str]) -> tuple[str, int]:
+    """Each ``<img>`` whose inline PNG has an alt text gets it (nbconvert's template ignores output
+    metadata and writes a placeholder); returns the HTML and how many images still lack one."""
+    missing = 0
+
+    def one(m: re.Match) -> str:
+        nonlocal missing
+        tag = m.group(0)
+        src = re.search(r'src="data:image/png;base64,([^"]*)"', tag)
+        alt = alts.get(src.group(1)) if src else None
+        if alt is None:
+            missing += 1
+            return tag
+        # the placeholder attribute out (whitespace-led: a base64 src may end in "alt="), ours in
+        tag = re.sub(r'\salt="[^"]*"', "", tag, count=1)
+        return tag.replace("<img", f'<img alt="{html.escape(alt, quote=True)}"', 1)
+
+    return re.sub(r"<img\b[^>]*>", one, body), missing
+
+
+class _DropPlaceholderWarning(logging.Filter):
+    """nbconvert warns about images without alt text before :func:`_with_alt_text` adds it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Alternative text is missing")
+
+
+def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> Path:
+    """Render an executed notebook to ``out_html`` (atomically); ``with_code=False`` shows outputs
+    only. Parameter cells never show their source: it is the run's plumbing, not its content."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+
+    executed_notebook, out_html = Path(executed_notebook), Path(out_html)
+    if not executed_notebook.exists():
+        raise FileNotFoundError(f"executed notebook {executed_notebook.name} not found; run the pipeline "
+                                "(`atlas report`) or papermill first")
+    nb = nbformat.read(executed_notebook, as_version=4)
+    if not with_code:
+        _strip_stderr(nb)
+    c = Config()
+    c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_input_tags = HIDDEN_INPUT_TAGS
+    # progress bars arrive as one stream output per redraw ("\r..." frames); join consecutive
+    # streams and keep what a terminal would show, not every frame
+    c.CoalesceStreamsPreprocessor.enabled = True
+    exporter = HTMLExporter(config=c)
+    exporter.exclude_input = not with_code
+    exporter.exclude_input_prompt = not with_code
+    exporter.exclude_output_prompt = not with_code
+    quiet = _DropPlaceholderWarning()
+    exporter.log.addFilter(quiet)
+    try:
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed_notebook.stem}})
+    finally:
+        exporter.log.removeFilter(quiet)
+    body, missing = _with_alt_text(body, _alt_texts(nb))
+    if missing:
+        log.warning("%s: %d image(s) without alt text (figures not made by atlas_lib.report.charts)", out_html.name, missing)
+    body, counts = scrub_text(body, _executed_from(nb))
+    if counts["paths"] or counts["secrets"]:
+        log.info("scrubbed %s: %d absolute path(s) made relative, %d secret value(s) redacted",
+                 out_html.name, counts["paths"], counts["secrets"])
+    else:
+        log.info("scrubbed %s: no absolute paths or secret values found", out_html.name)
+    atomic_write_text(out_html, body)
+    umask = os.umask(0)
+    os.umask(umask)
+    out_html.chmod(0o666 & ~umask)  # a report is for sharing: not the temp file's private 0600
+    return out_html

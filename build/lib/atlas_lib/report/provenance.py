@@ -1,0 +1,50 @@
+"""The report's provenance block: the parameter set, seed, and each stage's commit, device, date
+and package versions, from what the runs recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from atlas_lib.core import config
+from atlas_lib.report.collect import Collected
+from atlas_lib.report.html import scrub_text
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join("" if c is None else str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def provenance(col: Collected, params: config.Params) -> str:
+    """Markdown: the parameter set, seed, and each stage's commit, device, date and package versions."""
+    blocks = {"baseline": (col.baseline or {}).get("provenance")}
+    blocks.update({k: i.summary.get("provenance") for k, i in col.runs.items()})
+    blocks = {k: v for k, v in blocks.items() if isinstance(v, dict)}
+    recorded = next((p["params_file"] for p in blocks.values() if p.get("params_file")), None)
+    source = Path(params.source_path).name if params.source_path else recorded or "(given in code)"
+    parts = [f"**Parameter set** `{params.name}` from `{source}`, hash `{params.params_hash()}`; "
+             f"seed {params.run.seed}."]
+    if col.manifest:
+        counts = col.manifest.get("counts") or {}
+        parts.append(f"**Data**: source `{col.manifest.get('source')}`, task `{col.manifest.get('task')}`, seed "
+                     f"{col.manifest.get('seed')}, {counts.get('train', '?')} train / {counts.get('eval', '?')} "
+                     f"held-out problems; eval.jsonl sha256 `{(col.manifest.get('sha256') or {}).get('eval.jsonl', '?')[:16]}`.")
+    if blocks:
+        rows = [[k, p.get("date"), (p.get("git_commit") or "unknown")[:12] + (" (dirty)" if p.get("git_dirty") else ""),
+                 p.get("device"), p.get("python"), p.get("params_hash")] for k, p in blocks.items()]
+        parts.append(_table(["run", "date (UTC)", "git commit", "device", "python", "params hash"], rows))
+        pkgs: dict[str, dict[str, list[str]]] = {}
+        for k, p in blocks.items():
+            for name, ver in (p.get("packages") or {}).items():
+                pkgs.setdefault(name, {}).setdefault(str(ver), []).append(k)
+        rows = [[n, "; ".join(v if len(vs) == 1 else f"{v} ({', '.join(ks)})" for v, ks in vs.items())]
+                for n, vs in sorted(pkgs.items())]
+        parts.append(_table(["package", "version"], rows))
+    else:
+        parts.append("No provenance recorded: no stage has written a summary yet.")
+    dump = yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True)
+    parts.append(f"<details><summary>Full parameter set</summary>\n\n```yaml\n{dump}```\n\n</details>")
+    return scrub_text("\n\n".join(parts))[0]

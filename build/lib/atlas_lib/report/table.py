@@ -1,0 +1,193 @@
+"""The comparison table (numeric, then formatted) and notebook 01's small frames.
+
+Rows: the untrained student, the teacher, then each enabled method in registry order (a method
+that trains its own student gets that student's untrained row first; GKD sweeps follow GKD).
+Missing values stay NaN in the numeric table and read "missing" / "not run" in the formatted one,
+with the reason in the row's note: a missing number is never shown as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from atlas_lib.core import registry
+from atlas_lib.report.collect import Collected, RunInfo, paired_vs, untrained_row
+
+NAN = float("nan")
+SAME_TOK_DIV = registry.SAME_TOKENIZER_KL
+ALIGNED_COL = "Aligned divergence (cross-tokenizer)"
+TRAINING_COLS = ("Device hours", "Training seconds", "Device hours to peak", "Steps", "Peak RSS GB",
+                 "Diff vs student", "Diff CI low", "Diff CI high", "p (McNemar)")
+BASE_LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher"}
+
+
+def _num(value) -> float:
+    if isinstance(value, bool) or value is None:
+        return NAN
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return NAN
+    return x if math.isfinite(x) else NAN
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _short(model: str | None) -> str:
+    return Path(str(model)).name if model else ""
+
+
+def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, training: dict | None = None,
+         divergence: str = SAME_TOK_DIV, notes: list[str] | None = None, kind: str = "baseline") -> dict:
+    m, t, notes = m or {}, training or {}, list(notes or [])
+    row = {"Model / Method": label, "Status": status, "Row kind": kind, "Aligned": aligned, "Accuracy": _num(m.get("accuracy")),
+           "CI low": _num(m.get("ci_low")), "CI high": _num(m.get("ci_high")), "n": _num(m.get("n")),
+           "Avg Generated Tokens": _num(m.get("avg_generated_tokens")),
+           "Truncation": _num(m.get("truncation_rate")),
+           "Mean Reverse KL": NAN if aligned else _num(m.get("mean_reverse_kl")),
+           ALIGNED_COL: _num(m.get("aligned_divergence")) if aligned else NAN,
+           "Device hours": _num(t.get("device_hours")), "Device kind": t.get("device_kind"),
+           "Training seconds": _num(t.get("duration_seconds")),
+           "Device hours to peak": _num(t.get("device_hours_to_peak")),
+           "Peak accuracy": _num(t.get("peak_accuracy")), "Peak step": _num(t.get("peak_step")),
+           "Steps": _num(t.get("global_step")),
+           "Peak RSS GB": _num(t.get("peak_rss_gb")), "Divergence kind": divergence}
+    if m and status != "not run":
+        for col, key in (("Accuracy", "accuracy"), ("Avg Generated Tokens", "avg_generated_tokens"),
+                         (ALIGNED_COL if aligned else "Mean Reverse KL",
+                          "aligned_divergence" if aligned else "mean_reverse_kl")):
+            if math.isnan(row[col]):
+                why = m.get("kl_note") if key == "mean_reverse_kl" and m.get("kl_note") else (
+                    "not recorded" if key in m else "key absent (older schema?)")
+                notes.append(f"{key}: {why}")
+    if training is not None and math.isnan(row["Device hours"]):
+        secs, devs = row["Training seconds"], _num(t.get("devices"))
+        if not math.isnan(secs):
+            row["Device hours"] = secs * (1 if math.isnan(devs) else devs) / 3600.0
+            notes.append("device hours derived from duration_seconds")
+        else:
+            notes.append("no training time recorded (older schema?)")
+    row["Note"] = "; ".join(notes)
+    return row
+
+
+def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
+    s = info.summary
+    first = info.evals.iloc[0].to_dict() if len(info.evals) else {}
+    last = info.evals.iloc[-1].to_dict() if len(info.evals) else {}
+    final = s.get("distilled") or last
+    training = s.get("training")
+    if training is None and len(info.evals):  # interrupted / older run: rebuild what the points show
+        training = {"device_hours": last.get("device_hours"), "duration_seconds": last.get("seconds"),
+                    "device_kind": last.get("device_kind"), "global_step": last.get("step")}
+    notes = list(info.notes)
+    status = info.status
+    if s.get("did_not_train"):
+        status = f"did not train: {s['did_not_train']}"
+    elif s.get("flags"):
+        status = f"{info.status}; " + "; ".join(s["flags"])
+    if info.summary and not s.get("distilled") and last:
+        notes.append("summary has no 'distilled' block; values from the last eval point")
+    spec = info.spec
+    aligned = spec is not None and spec.divergence == "aligned"
+    div = s.get("divergence_label") or (spec.divergence_label if spec else SAME_TOK_DIV)
+    if spec is None or not spec.own_student:
+        return {key: _row(info.label, status, final, training=training, notes=notes, divergence=div, kind="trained",
+                          aligned=aligned)}
+    student = _short(s.get("student_model") or (s.get("config") or {}).get(key, {}).get("student"))
+    suffix = f": {student}" if student else ""
+    pre_notes = notes + ([] if s.get("initial") or not first else ["values from the first eval point"])
+    return {f"{key}_pre": _row(f"{info.label} (pre){suffix}", info.status, s.get("initial") or first,
+                               aligned=aligned, divergence=div, notes=pre_notes, kind="untrained"),
+            key: _row(f"{info.label} (post){suffix}", status, final, aligned=aligned, training=training,
+                      divergence=div, notes=notes, kind="trained")}
+
+
+def results_table(collected: Collected) -> pd.DataFrame:
+    """The comparison table, numeric (NaN = missing), indexed by row key."""
+    b = collected.baseline or {}
+    fallback = next((r.summary for r in collected.runs.values() if r.summary.get("baseline")), {})
+    rows: dict[str, dict] = {}
+    for role, key in (("student", "baseline"), ("teacher", "teacher")):
+        m, notes = b.get(role), []
+        if m is None and fallback.get(key):
+            m, notes = fallback[key], ["baseline/summary.json missing; copied from a training summary"]
+        elif m is None:
+            notes = ["not run: no baseline/summary.json (run notebook 01)"]
+        model = _short((b.get("models") or {}).get(role))
+        label = BASE_LABELS[role] + (f": {model}" if model else "")
+        div = "teacher vs itself (0 by definition)" if role == "teacher" else SAME_TOK_DIV
+        rows[role] = _row(label, "complete" if m else "not run", m, divergence=div, notes=notes)
+    for key, info in collected.runs.items():
+        rows.update(_run_rows(key, info))
+    for key, row in rows.items():  # each trained row against its own untrained student, paired by problem
+        pr = paired_vs(collected, key, untrained_row(collected, key)) if row["Row kind"] == "trained" else None
+        row.update({"Diff vs student": pr.diff if pr else NAN, "Diff CI low": pr.ci_low if pr else NAN,
+                    "Diff CI high": pr.ci_high if pr else NAN, "p (McNemar)": pr.p_value if pr else NAN})
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _applies(r: pd.Series, col: str) -> bool:
+    if col in TRAINING_COLS:
+        return r["Row kind"] == "trained"
+    if col == "Mean Reverse KL":
+        return not r["Aligned"]
+    if col == ALIGNED_COL:
+        return bool(r["Aligned"])
+    return True
+
+
+def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
+    """The table as display strings: percentages, 3 decimals, units; 'missing' / 'not run' / '—'."""
+    df = results_table(table) if isinstance(table, Collected) else table
+    out = []
+    for _, r in df.iterrows():
+        def cell(col, fmt, r=r):
+            if not _applies(r, col):
+                return "—"
+            if r["Status"] == "not run":
+                return "not run"
+            return "missing" if pd.isna(r[col]) else fmt(r[col])
+        unit = f" {r['Device kind']}-h" if isinstance(r["Device kind"], str) else " device-h"
+        ci = cell("CI low", lambda lo, hi=r["CI high"]: f"[{pct(lo)}, {pct(hi)}]")
+        diff = cell("Diff vs student", lambda d, r=r: f"{100 * d:+.1f} pts [{100 * r['Diff CI low']:+.1f}, "
+                    f"{100 * r['Diff CI high']:+.1f}]")
+        hours_to_peak = cell("Device hours to peak", lambda x, u=unit: f"{x:.3g}{u}")
+        if hours_to_peak == "missing" and _applies(r, "Device hours to peak") and r["Status"] != "not run" \
+                and r.get("Peak step") == 0:
+            hours_to_peak = "no improvement"
+        out.append({"Model / Method": r["Model / Method"], "Status": r["Status"],
+                    "Accuracy": cell("Accuracy", pct), "95% CI": ci, "n": cell("n", lambda x: f"{x:.0f}"),
+                    "Avg Generated Tokens": cell("Avg Generated Tokens", lambda x: f"{x:.1f}"),
+                    "Truncation": cell("Truncation", pct),
+                    "Paired diff vs untrained (95% CI)": diff,
+                    "p (McNemar)": cell("p (McNemar)", lambda p: f"{p:.3g}"),
+                    "Mean Reverse KL": cell("Mean Reverse KL", lambda x: f"{x:.3f}"),
+                    ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"),
+                    "Device time": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
+                        f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "")),
+                    "Device hours to peak": hours_to_peak,
+                    "Steps": cell("Steps", lambda x: f"{x:.0f}"),
+                    "Peak memory": cell("Peak RSS GB", lambda x: f"{x:.1f} GB RSS"),
+                    "Divergence kind": r["Divergence kind"],
+                    "Note": r["Note"]})
+    return pd.DataFrame(out, index=df.index)
+
+
+def baseline_frame(baselines: dict) -> pd.DataFrame:
+    """Notebook 01's rows (student, teacher) from :func:`atlas_lib.evaluation.baselines.evaluate_baselines`."""
+    b = Collected("", None, baselines, {})
+    return styled_table(results_table(b).loc[["student", "teacher"]]).drop(
+        columns=["Device time", "Device hours to peak", "Steps", "Peak memory", ALIGNED_COL,
+                 "Paired diff vs untrained (95% CI)", "p (McNemar)"])
+
+
+def examples_frame(prepared, n: int = 3) -> pd.DataFrame:
+    """The first ``n`` held-out problems (question, reference answer, worked solution if any)."""
+    return pd.DataFrame([{"id": r["id"], "question": r["question"], "answer": r["answer"],
+                          "solution": r.get("solution")} for r in list(prepared.eval)[:n]]).set_index("id")
