@@ -90,6 +90,13 @@ class Params:
         return custom or f"{self.name}/{stage}"
 
 
+def _renamed(section: str, key: str, fields: list[str]) -> ParamsError | None:
+    if RENAMED.get(key) in fields:
+        return ParamsError(f"{section}.{key} was renamed {section}.{RENAMED[key]} (tokens sampled per training "
+                           "completion; evaluation.max_new_tokens is the evaluation's budget)")
+    return None
+
+
 def build_section(name: str, values: dict | None) -> Any:
     """Validate one section's dict into its dataclass (unknown keys rejected)."""
     cls = section_types()[name]
@@ -101,10 +108,7 @@ def build_section(name: str, values: dict | None) -> Any:
     out = {}
     for key, value in values.items():
         if key not in fields:
-            if RENAMED.get(key) in fields:
-                raise ParamsError(f"{name}.{key} was renamed {name}.{RENAMED[key]} (tokens sampled per training "
-                                  "completion; evaluation.max_new_tokens is the evaluation's budget)")
-            raise unknown_key(name, key, list(fields))
+            raise _renamed(name, key, list(fields)) or unknown_key(name, key, list(fields))
         out[key] = check_field(name, fields[key], value, hints[key])
     return cls(**out)
 
@@ -189,7 +193,8 @@ def resolve_flat(stage: str | None, key: str) -> tuple[str, str]:
         if section not in types_:
             raise unknown_key("", section, list(types_))
         if name not in field_names(types_[section]):
-            raise unknown_key(section, name, field_names(types_[section]))
+            known = field_names(types_[section])
+            raise _renamed(section, name, known) or unknown_key(section, name, known)
         return section, name
     order = ([stage] if stage in types_ else []) + [s for s in SHARED_SECTIONS if s != stage]
     for section in order:

@@ -11,6 +11,7 @@ so a killed process never leaves a half-written file that a later read would tru
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +33,7 @@ from atlas_lib.core.paths import project_root, runs_root
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+FILE_MODE = 0o644
 _PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "math-verify", "reasoning-gym",
              "papermill", "wandb", "atlas-distill-kit")
 
@@ -56,6 +59,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; run files are for collaborators to read too
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -68,22 +72,41 @@ def atomic_write_text(path: Path, text: str) -> None:
                           f"(check free disk space and permissions of {path.parent})") from e
 
 
+def move_aside(path: Path, profile_dir: Path) -> Path:
+    """Move a run's directory to ``<profile>/.previous/<name>-<time>`` (never deleted silently)."""
+    dest = Path(profile_dir) / ".previous" / f"{Path(path).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), dest)
+    log.info("moved previous %s to %s", Path(path).name, dest.relative_to(Path(profile_dir).parent))
+    return dest
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file, skipping a torn last line (a process killed mid-write)."""
+    """Read a JSONL file. Only a torn *last* line (a process killed mid-write) is skipped; an
+    unreadable line anywhere else is an error naming the file and the line."""
     out = []
     if not Path(path).exists():
         return out
-    for i, line in enumerate(Path(path).read_text().splitlines()):
+    lines = Path(path).read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            log.warning("%s: ignoring unreadable line %d (torn write)", path, i + 1)
+            row = None
+        if not isinstance(row, dict):
+            if i == last:
+                log.warning("%s: ignoring unreadable last line %d (torn write)", path, i + 1)
+                continue
+            raise RunDirError(f"{path}: line {i + 1} is not a JSON object; the file was edited or damaged. Fix or "
+                              "delete that line (or move the run aside) and run again")
+        out.append(row)
     return out
 
 
@@ -125,6 +148,14 @@ def provenance(params: Params | None = None) -> dict:
     }
 
 
+def train_hash(params: Params, stage: str) -> str:
+    """What a run's training depends on: its stage hash without the resume switches and run name."""
+    d = params.to_dict()
+    section = {k: v for k, v in (d.get(stage) or {}).items() if k not in ("resume", "resume_changed", "run_name")}
+    keep = {**{k: d[k] for k in ("run", "models", "data", "prompt", "evaluation")}, stage: section}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class RunDir:
     """One stage's run directory. ``open`` creates it, refuses to overwrite, or resumes it."""
 
@@ -145,10 +176,20 @@ class RunDir:
                 f"run directory {params.run_name(stage)} already exists; pass resume=True to continue it, "
                 f"or choose another run_name (nothing was overwritten)")
         if resume and exists:
-            old = rd.read_config()
-            if old and old.get("stage_hash") not in (None, params.stage_hash(stage)):
-                log.warning("resuming %s with parameters that differ from the original run (hash %s -> %s)",
-                            rd.path.name, old.get("stage_hash"), params.stage_hash(stage))
+            summary = load_summary(rd.path) or {}
+            if summary.get("status") == "complete":
+                raise RunDirError(f"run {params.run_name(stage)} finished (summary.json): a finished run is never "
+                                  "modified. To train further, choose another run_name (nothing was changed)")
+            old = rd.read_config() or {}
+            before, now = old.get("train_hash"), train_hash(params, stage)
+            if before is not None and before != now:
+                if not getattr(params.section(stage), "resume_changed", False):
+                    raise RunDirError(f"resuming {params.run_name(stage)} with training parameters that differ from "
+                                      f"the original run's (runs/{params.run_name(stage)}/config.json); set "
+                                      f"{stage}.resume_changed=true to continue anyway, or choose another run_name")
+                log.warning("resuming %s with changed training parameters (%s.resume_changed)", rd.path.name, stage)
+        elif resume:
+            log.info("resume asked for %s, but there is no earlier run: starting fresh", params.run_name(stage))
         try:
             rd.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -157,11 +198,13 @@ class RunDir:
         if not exists:
             atomic_write_json(rd.path / "config.json", {
                 "schema_version": SCHEMA_VERSION, "stage": stage, "profile": params.name,
-                "stage_hash": params.stage_hash(stage), "params": params.to_dict()})
+                "stage_hash": params.stage_hash(stage), "train_hash": train_hash(params, stage),
+                "params": params.to_dict()})
         return rd
 
-    def acquire(self) -> None:
-        """Refuse a second live run in the same directory (a stale lock of a dead process is taken over)."""
+    def acquire(self, busy: str | None = None) -> None:
+        """Refuse a second live run in the same directory (a stale lock of a dead process is taken over).
+        ``busy``: the message when another live process holds it (``{pid}`` is filled in)."""
         try:
             fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
@@ -170,8 +213,8 @@ class RunDir:
             except (OSError, ValueError):
                 pid = 0
             if pid and pid != os.getpid() and _alive(pid):
-                raise RunDirError(f"run directory {self.path.name} is in use by process {pid}; "
-                                  "wait for it or choose another run_name") from None
+                raise RunDirError((busy or "run directory {name} is in use by process {pid}; wait for it or "
+                                   "choose another run_name").format(name=self.path.name, pid=pid)) from None
             self._lock.unlink(missing_ok=True)
             fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except OSError as e:

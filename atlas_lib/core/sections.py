@@ -131,7 +131,10 @@ class TrainSection:
     gradient_checkpointing: bool = fld(False, "Trade compute for memory: recompute the student's forward in "
                                        "backward (sampling keeps its KV cache).")
     optimizer: str = fld("adamw", _OPTIMIZER_DOC, choices=OPTIMIZERS)
-    resume: bool = fld(False, "Continue an interrupted run from its last checkpoint.")
+    resume: bool = fld(False, "Continue an interrupted run from its last checkpoint (a finished run is never "
+                       "resumed).")
+    resume_changed: bool = fld(False, "With resume: continue although the training parameters differ from the "
+                               "interrupted run's (refused otherwise).")
     run_name: str | None = fld(None, "Run directory name under runs/ (default <profile>/<method>).")
 
     def sequences_per_step(self) -> int:

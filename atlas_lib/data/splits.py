@@ -32,7 +32,7 @@ import pandas as pd
 
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import relative_to_root, runs_root
-from atlas_lib.core.rundir import atomic_write_json, atomic_write_text
+from atlas_lib.core.rundir import atomic_write_json, atomic_write_text, move_aside
 from atlas_lib.core.sections import PromptConfig
 from atlas_lib.data.answers import normalize_reference
 from atlas_lib.data.prompts import build_messages, format_solution
@@ -192,6 +192,13 @@ def prepare(params: Params) -> Prepared:
                         "groups for %d per group", name, got, want, d.eval_per_group)
     out = data_dir(params)
     texts = {"train.jsonl": _jsonl(train), "val.jsonl": _jsonl(val), "eval.jsonl": _jsonl(eval_)}
+    sha = {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
+    old = out / "manifest.json"
+    if old.exists() and (json.loads(old.read_text()).get("sha256") or {}) != sha:
+        # another split: the old one and the baselines evaluated on it go aside, never overwritten in place
+        for stale in (out, out.parent / "baseline"):
+            if stale.exists():
+                move_aside(stale, out.parent)
     for name, text in texts.items():
         atomic_write_text(out / name, text)
     manifest = {
@@ -201,7 +208,7 @@ def prepare(params: Params) -> Prepared:
                    "eval": len(eval_), "train_groups": len({r["group"] for r in train}),
                    "val_groups": len({r["group"] for r in val}), "eval_groups": len({r["group"] for r in eval_})},
         "bad_rows": counts_bad, "on_bad_rows": d.on_bad_rows, "overlap": overlap,
-        "sha256": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()},
+        "sha256": sha,
         "params_hash": params.stage_hash("data"), "data_hash": _data_hash(params),
     }
     atomic_write_json(out / "manifest.json", manifest)

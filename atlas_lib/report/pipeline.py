@@ -12,14 +12,30 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from atlas_lib.core import config, registry
-from atlas_lib.core.paths import notebooks_dir, project_root, relative_to_root, reports_root, runs_root
-from atlas_lib.core.rundir import atomic_write_json
+from atlas_lib.core.paths import (
+    notebooks_dir,
+    project_root,
+    relative_to_root,
+    reports_root,
+    resolve_params_path,
+    runs_root,
+)
+from atlas_lib.core.rundir import (
+    RunDir,
+    RunDirError,
+    atomic_write_json,
+    load_summary,
+    move_aside,
+    stage_dir,
+    train_hash,
+)
 from atlas_lib.report.html import render_html
 
 log = logging.getLogger(__name__)
@@ -50,8 +66,19 @@ class PipelineError(RuntimeError):
     """A notebook failed; the message names the cell error and the partial output."""
 
 
-def fingerprint(params: config.Params, step: Step, upstream: str) -> str:
+_INTERRUPTED: list[bool] = []
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.append(True)
+    raise KeyboardInterrupt
+
+
+def fingerprint(params: config.Params, step: Step, upstream: str, profile_dir: Path | None = None) -> str:
+    """What a step's result depends on: its notebook, its params, the steps before it and the
+    prepared split's content (re-preparing data invalidates every stage that used it)."""
     nb = (notebooks_dir() / f"{step.notebook}.ipynb").read_bytes()
+    nb += _data_hash(profile_dir).encode() if profile_dir is not None else b""
     if step.stages == ("report",):
         stage = str(time.time())  # the report is cheap and reads everything: always re-render
     elif step.stages == ("data",):
@@ -63,60 +90,112 @@ def fingerprint(params: config.Params, step: Step, upstream: str) -> str:
 
 
 def _move_aside(profile_dir: Path, step: Step) -> None:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     for pattern in step.run_dirs:
         for d in profile_dir.glob(pattern):
-            dest = profile_dir / ".previous" / f"{d.name}-{stamp}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(d), dest)
-            log.info("moved previous %s to %s", d.name, relative_to_root(dest))
+            move_aside(d, profile_dir)
 
 
-def execute(step: Step, params_file: Path, out_nb: Path) -> None:
+def _data_hash(profile_dir: Path) -> str:
+    """The prepared split's content hashes (so re-preparing data invalidates every stage that used it)."""
+    manifest = profile_dir / "data" / "manifest.json"
+    return json.dumps(json.loads(manifest.read_text()).get("sha256"), sort_keys=True) if manifest.exists() else ""
+
+
+def resumable(params: config.Params, step: Step) -> bool:
+    """Whether ``step`` is one method's interrupted run that can continue from its last checkpoint:
+    no summary yet, a complete checkpoint, and the same training parameters. (A notebook that runs
+    several methods or sweep variants starts over instead; its old runs are moved aside.)"""
+    if len(step.stages) != 1 or step.stages[0] not in registry.keys():
+        return False
+    key = step.stages[0]
+    if any(config.sweep_method(s) == key for s in params.sweeps):
+        return False
+    rd = RunDir(stage_dir(params, key))
+    if not rd.path.exists() or (load_summary(rd.path) or {}).get("status") == "complete":
+        return False
+    return rd.last_checkpoint() is not None and (rd.read_config() or {}).get("train_hash") == train_hash(params, key)
+
+
+def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     try:
         pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
-                            parameters={"params_file": str(params_file)}, kernel_name="python3",
+                            parameters={"params_file": str(params_file), **({"resume": True} if resume else {})},
+                            kernel_name="python3",
                             cwd=str(project_root()), log_output=True, progress_bar=True)
     except PapermillExecutionError as e:
+        if e.ename == "KeyboardInterrupt" or _INTERRUPTED:
+            raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
+                                "the same command again to resume") from None
         raise PipelineError(f"{step.notebook} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                             f"partial output: {relative_to_root(out_nb)}") from None
+
+
+def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Path, force: bool,
+               only: list[str] | None) -> dict:
+    upstream, timings = "", {}
+    for step in steps(params):
+        fp = fingerprint(params, step, upstream, profile_dir)
+        marker = nb_dir / f"{step.notebook}.done.json"
+        done = json.loads(marker.read_text()) if marker.exists() else {}
+        skip = only is not None and not set(step.stages) & {*only, "report"}
+        if skip or (not force and done.get("fingerprint") == fp):
+            log.info("[%s] %s", step.notebook, "skipped (--only)" if skip else
+                     "reusing the finished run (params and inputs unchanged; --force re-runs)")
+            upstream += fp
+            continue
+        resume = not force and resumable(params, step)
+        if resume:
+            log.info("[%s] resuming the interrupted run from its last checkpoint", step.notebook)
+        elif step.run_dirs and any(any(profile_dir.glob(p)) for p in step.run_dirs):
+            _move_aside(profile_dir, step)
+        marker.unlink(missing_ok=True)
+        log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
+        t0 = time.monotonic()
+        execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume)
+        if _INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
+            raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: "
+                                "run the same command again to resume")
+        timings[step.notebook] = round(time.monotonic() - t0, 1)
+        fp = fingerprint(params, step, upstream, profile_dir)  # after the run: with the split it wrote
+        upstream += fp
+        atomic_write_json(marker, {"fingerprint": fp, "seconds": timings[step.notebook]})
+        log.info("[%s] done in %.0f s", step.notebook, timings[step.notebook])
+    return timings
 
 
 def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, force: bool = False,
                  only: list[str] | None = None) -> Path:
     """Run every stage of a parameter set and render its report; returns the HTML path."""
-    path = Path(params_file)
+    path = resolve_params_path(params_file).resolve()  # one resolution; notebooks get this absolute path
     params = config.load(path)  # validate before anything runs
     profile_dir = runs_root() / params.name
     nb_dir = profile_dir / "notebooks"
-    upstream = ""
-    timings = {}
-    plan = steps(params)
-    for step in plan:
-        fp = fingerprint(params, step, upstream)
-        upstream += fp
-        if only is not None and not set(step.stages) & {*only, "report"}:
-            log.info("[%s] skipped (--only)", step.notebook)
-            continue
-        marker = nb_dir / f"{step.notebook}.done.json"
-        done = json.loads(marker.read_text()) if marker.exists() else {}
-        if not force and done.get("fingerprint") == fp:
-            log.info("[%s] reusing the finished run (params and inputs unchanged; --force re-runs)", step.notebook)
-            continue
-        if step.run_dirs and any(any(profile_dir.glob(p)) for p in step.run_dirs):
-            _move_aside(profile_dir, step)
-        marker.unlink(missing_ok=True)
-        log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
-        t0 = time.monotonic()
-        execute(step, path, nb_dir / f"{step.notebook}.ipynb")
-        timings[step.notebook] = round(time.monotonic() - t0, 1)
-        atomic_write_json(marker, {"fingerprint": fp, "seconds": timings[step.notebook]})
-        log.info("[%s] done in %.0f s", step.notebook, timings[step.notebook])
+    try:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create {relative_to_root(profile_dir)}: {e.strerror or e} (point ATLAS_RUNS at a "
+                          "writable directory)") from e
+    lock = RunDir(profile_dir)
+    lock.acquire(busy="profile {name}: another `atlas report` (process {pid}) is running it; wait for it to "
+                      "finish (nothing was changed)")
+    _INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        timings = _run_steps(params, path, profile_dir, nb_dir, force, only)
+    except KeyboardInterrupt:
+        raise PipelineError("interrupted (Ctrl-C); finished stages are kept and an interrupted one keeps its last "
+                            "checkpoint: run the same command again to resume") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        lock.release()
     out_dir = reports_root() / params.name
+    plan = steps(params)
     html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False)
     for step in plan[:-1]:
         nb = nb_dir / f"{step.notebook}.ipynb"

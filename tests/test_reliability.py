@@ -1,0 +1,188 @@
+"""No run is lost or silently replaced: finished runs are never resumed, changed parameters are
+not resumed into, damaged metrics are named, re-prepared data moves the old split aside, one
+report per profile at a time, run files readable by collaborators."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from atlas_lib.core import config, rundir
+from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, read_jsonl
+from atlas_lib.data import splits
+from atlas_lib.report import pipeline
+
+
+def _params(**over):
+    return config.load("params/smoke.yaml", overrides={"tracking.wandb": "disabled", **over})
+
+
+def _tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".lock"):
+        h.update(str(f.relative_to(path)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def _started(params, stage="gkd") -> RunDir:
+    rd = RunDir.open(params, stage)
+    rd.append({"kind": "train", "step": 1, "loss": 0.5})
+    rd.release()
+    return rd
+
+
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(env):
+    p = _params()
+    rd = _started(p)
+    atomic_write_json(rd.path / "summary.json", {"status": "complete"})
+    before = _tree_hash(rd.path)
+    with pytest.raises(RunDirError, match="finished .*never modified"):
+        RunDir.open(_params(**{"gkd.resume": True, "gkd.max_steps": 9}), "gkd", resume=True)
+    assert _tree_hash(rd.path) == before
+
+
+def test_resuming_with_changed_training_parameters_needs_an_explicit_yes(env):
+    rd = _started(_params())
+    before = _tree_hash(rd.path)
+    with pytest.raises(RunDirError, match="resume_changed"):
+        RunDir.open(_params(**{"gkd.resume": True, "gkd.learning_rate": 0.5}), "gkd", resume=True)
+    assert _tree_hash(rd.path) == before
+    RunDir.open(_params(**{"gkd.resume": True, "gkd.learning_rate": 0.5, "gkd.resume_changed": True}), "gkd",
+                resume=True).release()
+
+
+def test_resume_itself_is_not_a_parameter_change(env, caplog):
+    _started(_params())
+    with caplog.at_level(logging.WARNING):
+        RunDir.open(_params(**{"gkd.resume": True}), "gkd", resume=True).release()
+    assert "differ" not in caplog.text and "changed" not in caplog.text
+
+
+def test_resuming_a_run_that_never_existed_says_so(env, caplog):
+    with caplog.at_level(logging.INFO):
+        RunDir.open(_params(**{"gkd.resume": True}), "gkd", resume=True).release()
+    assert "no earlier run: starting fresh" in caplog.text
+
+
+def test_a_damaged_line_inside_metrics_is_an_error_naming_file_and_line(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"kind": "train", "step": 1}\nnot json\n{"kind": "train", "step": 2}\n')
+    with pytest.raises(RunDirError, match=r"metrics.jsonl: line 2 is not a JSON object"):
+        read_jsonl(f)
+
+
+def test_only_a_torn_last_line_is_skipped(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"kind": "train", "step": 1}\n{"kind": "tra')
+    assert read_jsonl(f) == [{"kind": "train", "step": 1}]
+
+
+def test_run_files_are_readable_by_the_group(tmp_path):
+    atomic_write_json(tmp_path / "x.json", {"a": 1})
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == rundir.FILE_MODE
+
+
+def test_re_preparing_another_split_moves_the_old_one_aside(env):
+    first = splits.prepare(_params())
+    old_eval = (first.dir / "eval.jsonl").read_text()
+    (first.dir.parent / "baseline").mkdir()
+    (first.dir.parent / "baseline" / "summary.json").write_text("{}")
+    splits.prepare(_params(**{"run.seed": 8}))
+    moved = list((first.dir.parent / ".previous").glob("data-*"))
+    assert len(moved) == 1 and (moved[0] / "eval.jsonl").read_text() == old_eval
+    assert list((first.dir.parent / ".previous").glob("baseline-*"))
+    assert not (first.dir.parent / "baseline").exists()
+
+
+def test_re_preparing_the_same_split_moves_nothing(env):
+    first = splits.prepare(_params())
+    splits.prepare(_params())
+    assert not (first.dir.parent / ".previous").exists()
+
+
+def test_a_new_split_changes_every_stage_fingerprint(env):
+    p = _params()
+    profile = env / "runs" / p.name
+    splits.prepare(p)
+    before = [pipeline.fingerprint(p, s, "", profile) for s in pipeline.steps(p)[:-1]]
+    splits.prepare(_params(**{"run.seed": 8}))
+    after = [pipeline.fingerprint(p, s, "", profile) for s in pipeline.steps(p)[:-1]]
+    assert all(a != b for a, b in zip(before, after, strict=True))
+
+
+def test_a_second_report_on_a_profile_is_refused_naming_the_holder(env):
+    profile = env / "runs" / "smoke"
+    profile.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (profile / ".lock").write_text(str(holder.pid))
+        with pytest.raises(RunDirError, match=f"another `atlas report` \\(process {holder.pid}\\)"):
+            pipeline.run_pipeline("params/smoke.yaml")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (profile / ".lock").read_text() == str(holder.pid)  # the holder's lock was left alone
+
+
+def test_a_dead_holders_profile_lock_is_taken_over(env):
+    profile = env / "runs" / "smoke"
+    profile.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (profile / ".lock").write_text(str(dead.pid))
+    lock = RunDir(profile)
+    lock.acquire()
+    assert (profile / ".lock").read_text() == str(os.getpid())
+    lock.release()
+
+
+def test_the_cli_turns_a_kit_error_into_one_message_and_exit_2(env):
+    proc = subprocess.run([sys.executable, "-m", "atlas_lib.cli", "train", "gkd", "--params", "params/smoke.yaml",
+                           "--set", "gkd.max_new_tokens=8"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ATLAS_RUNS": str(env / "runs")})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "gkd.max_new_tokens" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_summary_files_round_trip(tmp_path):
+    atomic_write_json(tmp_path / "summary.json", {"status": "complete", "x": float("nan")})
+    assert json.loads((tmp_path / "summary.json").read_text())["x"] == "nan"
+
+
+def _interrupted_run(params, key="grpo") -> RunDir:
+    rd = _started(params, key)
+    ckpt = rd.checkpoints / "checkpoint-1"
+    ckpt.mkdir(parents=True)
+    rd.mark_checkpoint(1, {"seconds": 1.0})
+    return rd
+
+
+def test_report_resumes_an_interrupted_single_method_stage(env):
+    p = _params()
+    _interrupted_run(p)
+    step = next(s for s in pipeline.steps(p) if s.stages == ("grpo",))
+    assert pipeline.resumable(p, step)
+
+
+def test_a_finished_or_changed_stage_is_not_resumed(env):
+    p = _params()
+    rd = _interrupted_run(p)
+    step = next(s for s in pipeline.steps(p) if s.stages == ("grpo",))
+    assert not pipeline.resumable(_params(**{"grpo.learning_rate": 0.5}), step)
+    atomic_write_json(rd.path / "summary.json", {"status": "complete"})
+    assert not pipeline.resumable(p, step)
+
+
+def test_a_notebook_of_several_runs_starts_over(env):
+    p = _params()
+    _interrupted_run(p, "gkd")
+    step = next(s for s in pipeline.steps(p) if "gkd" in s.stages)
+    assert not pipeline.resumable(p, step)  # gkd, off_policy and a sweep share notebook 02
