@@ -118,7 +118,9 @@ def test_lowmem_gkd_trains_bf16_and_resumes(tmp_path, monkeypatch):
         assert f.get_tensor(name).dtype == torch.bfloat16
     state = torch.load(run / "checkpoints" / "checkpoint-2" / "optimizer.pt", weights_only=True)
     assert {int(s["step"]) for s in state["state"].values()} == {2}
-    resumed = run_gkd(config.load("params/smoke.yaml", overrides={**base, "gkd.max_steps": 3, "gkd.resume": True}))
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint: a finished run is never resumed
+    resumed = run_gkd(config.load("params/smoke.yaml", overrides={**base, "gkd.max_steps": 3, "gkd.resume": True,
+                                                                   "gkd.resume_changed": True}))
     assert resumed["training"]["global_step"] == 3
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in rows if r["kind"] == "train") == [1, 2, 3]

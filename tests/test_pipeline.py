@@ -6,6 +6,7 @@ anywhere under runs/ or reports/ (executed notebooks, HTML, JSON, logs, W&B offl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -47,6 +48,16 @@ def test_pipeline_writes_every_row_and_the_charts(smoke, monkeypatch):
         assert 0.05 < table.loc[row, "Peak RSS GB"] < 64
     for row in ("cross_tokenizer_pre", "cross_tokenizer"):
         assert math.isfinite(table.loc[row, "Aligned divergence (cross-tokenizer)"])
+    numbers = json.loads((tmp / "reports/smoke/table.json").read_text())
+    assert set(numbers) == set(table.index)
+    assert numbers["gkd"]["Accuracy"] == pytest.approx(table.loc["gkd", "Accuracy"])
+    csv_rows = [line.split(",")[0] for line in (tmp / "reports/smoke/table.csv").read_text().splitlines()[1:]]
+    assert csv_rows == list(table.index)
+    page = (tmp / "reports/smoke/problems.html").read_text()
+    first = json.loads((tmp / "runs/smoke/data/eval.jsonl").read_text().splitlines()[0])
+    assert first["id"] in page and "GKD at temperature 0.6 (6 tokens)" in page
+    assert "Off-policy distilled student" in page
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"http", page)  # self-contained
     html = (tmp / "reports/smoke/index.html").read_text()
     assert len(re.findall(r"<img[^>]+src=\"data:image/png;base64,", html)) >= 5
     for nb in ("01_data", "02_gkd", "03_grpo", "04_cross_tokenizer"):

@@ -20,8 +20,8 @@ import yaml
 
 from atlas_lib.core import config
 from atlas_lib.core.paths import project_root
+from atlas_lib.core.provenance import provenance as run_provenance
 from atlas_lib.core.rundir import RunDir, atomic_write_json
-from atlas_lib.core.rundir import provenance as run_provenance
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.methods import outcome
 from atlas_lib.methods.tracking import DeviceClock

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from atlas_lib.core import config
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, provenance, read_jsonl
+from atlas_lib.core.provenance import provenance
+from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, read_jsonl
 
 
 @pytest.fixture

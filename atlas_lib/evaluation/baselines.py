@@ -8,7 +8,8 @@ import logging
 from atlas_lib.core import models
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import runs_root
-from atlas_lib.core.rundir import atomic_write_json, load_summary, provenance
+from atlas_lib.core.provenance import provenance
+from atlas_lib.core.rundir import atomic_write_json, load_summary
 from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import splits
 from atlas_lib.evaluation import evaluate as ev

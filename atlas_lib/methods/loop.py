@@ -22,7 +22,8 @@ import torch
 from atlas_lib.core import models, runtime
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import relative_to_root, runs_root
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, provenance
+from atlas_lib.core.provenance import provenance
+from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.methods import outcome
 from atlas_lib.methods.tracking import AtlasCallback, DeviceClock, NonFiniteError, wandb_report_to

@@ -31,12 +31,16 @@ from atlas_lib.core.rundir import (
     RunDir,
     RunDirError,
     atomic_write_json,
+    atomic_write_text,
     load_summary,
     move_aside,
     stage_dir,
     train_hash,
 )
+from atlas_lib.report import problems
+from atlas_lib.report.collect import collect
 from atlas_lib.report.html import render_html
+from atlas_lib.report.table import results_table
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +171,16 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
     return timings
 
 
+def write_table_files(params: config.Params, out_dir: Path) -> None:
+    """``table.csv`` and ``table.json`` beside ``index.html`` (the numbers a reader would re-plot) and
+    ``problems.html`` (every test problem's completions, right or wrong, per model)."""
+    col = collect(params)
+    numbers = results_table(col)
+    atomic_write_text(out_dir / "table.csv", numbers.to_csv(index_label="row"))
+    atomic_write_text(out_dir / "table.json", numbers.to_json(orient="index", indent=1) + "\n")
+    problems.render(params, col, out_dir / "problems.html")
+
+
 def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, force: bool = False,
                  only: list[str] | None = None) -> Path:
     """Run every stage of a parameter set and render its report; returns the HTML path."""
@@ -197,6 +211,7 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
     out_dir = reports_root() / params.name
     plan = steps(params)
     html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False)
+    write_table_files(params, out_dir)
     for step in plan[:-1]:
         nb = nb_dir / f"{step.notebook}.ipynb"
         if nb.exists():
