@@ -100,6 +100,20 @@ def _with_alt_text(body: str, alts: dict[str, str]) -> tuple[str, int]:
     return re.sub(r"<img\b[^>]*>", one, body), missing
 
 
+# A page that reads in a browser, prints to PDF with every column, and follows a dark system theme.
+PAGE_CSS = """body{font:15px/1.5 system-ui,-apple-system,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%;height:auto}h1,h2,h3{line-height:1.2}
+table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;
+vertical-align:top}thead th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
+.jp-OutputArea-output{overflow-x:auto}pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
+code{font-size:.92em}.jp-InputPrompt,.jp-OutputPrompt{display:none}
+@media (prefers-color-scheme: dark){body{background:#121212;color:#ddd}thead th{background:#222}
+tbody tr:nth-child(even){background:#1a1a1a}th,td{border-color:#444}pre{background:#1e1e1e}
+img{background:#fff}a{color:#8ab4f8}}
+@media print{body{max-width:none;margin:0;font-size:10pt}table{font-size:7.5pt;width:100%;table-layout:auto}
+th,td{padding:1px 3px;word-break:break-word}pre{white-space:pre-wrap}img{page-break-inside:avoid}}"""
+
+
 class _DropPlaceholderWarning(logging.Filter):
     """nbconvert warns about images without alt text before :func:`_with_alt_text` adds it."""
 
@@ -127,7 +141,7 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> 
     # progress bars arrive as one stream output per redraw ("\r..." frames); join consecutive
     # streams and keep what a terminal would show, not every frame
     c.CoalesceStreamsPreprocessor.enabled = True
-    exporter = HTMLExporter(config=c)
+    exporter = HTMLExporter(config=c, template_name="basic")  # the body only: no remote scripts, no 270 KB of CSS
     exporter.exclude_input = not with_code
     exporter.exclude_input_prompt = not with_code
     exporter.exclude_output_prompt = not with_code
@@ -146,7 +160,10 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> 
                  out_html.name, counts["paths"], counts["secrets"])
     else:
         log.info("scrubbed %s: no absolute paths or secret values found", out_html.name)
-    atomic_write_text(out_html, body)
+    title = html.escape(executed_notebook.stem.replace("_", " "))
+    atomic_write_text(out_html, f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+                                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                                f"<title>{title}</title><style>{PAGE_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
     umask = os.umask(0)
     os.umask(umask)
     out_html.chmod(0o666 & ~umask)  # a report is for sharing: not the temp file's private 0600
