@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             if args.set:
                 raise config.ParamsError("atlas report takes a params file; put overrides in a YAML file")
-            print(run_pipeline(args.params, force=args.force, only=args.only))
+            print(run_pipeline(args.params, force=args.force, only=args.only, verbose=args.verbose))
         elif args.cmd == "data":
             print(json.dumps(splits.prepare(_params(args, "data")).manifest, indent=2))
         elif args.cmd == "baseline":

@@ -186,3 +186,10 @@ def test_a_notebook_of_several_runs_starts_over(env):
     _interrupted_run(p, "gkd")
     step = next(s for s in pipeline.steps(p) if "gkd" in s.stages)
     assert not pipeline.resumable(p, step)  # gkd, off_policy and a sweep share notebook 02
+
+
+def test_a_key_written_twice_in_a_params_file_is_refused(tmp_path):
+    f = tmp_path / "twice.yaml"
+    f.write_text("name: twice\ngkd:\n  learning_rate: 1.0e-6\n  max_steps: 3\n  learning_rate: 1.0e-5\n")
+    with pytest.raises(config.ParamsError, match=r"twice.yaml: key 'learning_rate' appears twice .*line 5"):
+        config.load(f)

@@ -176,10 +176,30 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     return params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys silently; a params file must not (which one applies?)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ParamsError(f"key {key!r} appears twice in one section (line {key_node.start_mark.line + 1}); "
+                              "keep one")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path) -> dict:
     p = resolve_params_path(path)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+    except ParamsError as e:
+        raise ParamsError(f"{p.name}: {e}") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{p.name}: not valid YAML: {e}") from e
     return raw

@@ -26,6 +26,8 @@ _OPTIMIZER_DOC = ("adamw: torch AdamW on fp32 master weights (weights, grads and
                   "parameter; exact). adamw_8bit_bf16: the student's weights and grads in bf16 and torchao's "
                   "AdamW8bit (block-wise 8-bit moments), which rounds each update into bf16 stochastically so "
                   "updates below bf16's resolution are kept on average (~6 bytes per parameter; needs torchao).")
+# LoRA (peft) settings a method's `lora` block may hold, with their defaults.
+LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 # Reward names GRPO may use (atlas_lib.methods.grpo.rewards.REWARDS implements them; a test pins the two).
 REWARD_NAMES = ("exact_match", "format")
 
@@ -136,12 +138,37 @@ class TrainSection:
     resume_changed: bool = fld(False, "With resume: continue although the training parameters differ from the "
                                "interrupted run's (refused otherwise).")
     run_name: str | None = fld(None, "Run directory name under runs/ (default <profile>/<method>).")
+    lora: dict = fld({}, "LoRA adapters (peft) instead of a full fine-tune, e.g. {r: 16, alpha: 32, dropout: 0.0, "
+                     "target_modules: all-linear}; unset keys take those defaults; empty (default): full fine-tune.")
 
     def sequences_per_step(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
+    def lora_settings(self, key: str = "") -> dict | None:
+        """The LoRA settings with defaults filled in, or None for a full fine-tune."""
+        if not self.lora:
+            return None
+        where = f"{key}.lora" if key else "lora"
+        unknown = [k for k in self.lora if k not in LORA_DEFAULTS]
+        if unknown:
+            raise ParamsError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(LORA_DEFAULTS)})")
+        s = {**LORA_DEFAULTS, **self.lora}
+        if not isinstance(s["r"], int) or isinstance(s["r"], bool) or s["r"] < 1:
+            raise ParamsError(f"{where}.r = {s['r']!r}: the adapter rank, an integer >= 1")
+        if not isinstance(s["alpha"], (int, float)) or s["alpha"] <= 0:
+            raise ParamsError(f"{where}.alpha = {s['alpha']!r}: the scale numerator (alpha / r), a number > 0")
+        if not isinstance(s["dropout"], (int, float)) or not 0 <= s["dropout"] < 1:
+            raise ParamsError(f"{where}.dropout = {s['dropout']!r}: a probability in [0, 1)")
+        tm = s["target_modules"]
+        if not (tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(m, str) for m in tm))):
+            raise ParamsError(f"{where}.target_modules = {tm!r}: all-linear, or a list of module names "
+                              "(e.g. [q_proj, k_proj, v_proj, o_proj])")
+        return s
+
     def check(self, key: str, eval_budget: int) -> None:
         """Checks that span fields or the environment (types and ranges are checked per field)."""
+        if self.lora_settings(key) is not None and importlib.util.find_spec("peft") is None:
+            raise ParamsError(f"{key}.lora needs peft: pip install peft (or pip install -e .), or remove {key}.lora")
         if self.optimizer == "adamw_8bit_bf16" and importlib.util.find_spec("torchao") is None:
             raise ParamsError(f"{key}.optimizer = {self.optimizer!r} needs torchao: pip install torchao "
                               "(or pip install -e '.[lowmem]'), or set optimizer: adamw")

@@ -45,6 +45,23 @@ class Parts:
     extra_summary: dict = field(default_factory=dict)
 
 
+def with_lora(model, section, key: str = ""):
+    """The student wrapped in LoRA adapters when ``section.lora`` asks for them (peft): the base
+    weights stay frozen, only the adapters train, and checkpoints hold the adapters alone."""
+    settings = section.lora_settings(key)
+    if settings is None:
+        return model
+    from peft import LoraConfig, get_peft_model  # optional until a params file asks for LoRA
+
+    model = get_peft_model(model, LoraConfig(r=settings["r"], lora_alpha=settings["alpha"],
+                                             lora_dropout=settings["dropout"], task_type="CAUSAL_LM",
+                                             target_modules=settings["target_modules"]))
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("LoRA r=%d on %s: %d trainable of %d parameters", settings["r"], settings["target_modules"],
+             trainable, total)
+    return model
+
+
 def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: str | None = None,
               teacher: str | None = None, student_dtype: torch.dtype = torch.float32):
     """Student (trainable; fp32 master weights unless ``student_dtype``) and teacher

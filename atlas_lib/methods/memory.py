@@ -60,6 +60,18 @@ def n_params(a: dict) -> int:
     return a["layers"] * (attn + mlp + 2 * a["hidden"]) + a["hidden"] + emb  # + final norm
 
 
+def lora_params(a: dict, r: int, target_modules="all-linear") -> int:
+    """Adapter parameters of LoRA rank ``r``: r x (in + out) per adapted projection and layer
+    (all-linear: q, k, v, o, gate, up, down; the output head is never adapted)."""
+    head_dim = a["hidden"] // a["heads"]
+    kv = a["kv"] * head_dim
+    shapes = {"q_proj": (a["hidden"], a["hidden"]), "k_proj": (a["hidden"], kv), "v_proj": (a["hidden"], kv),
+              "o_proj": (a["hidden"], a["hidden"]), "gate_proj": (a["hidden"], a["inter"]),
+              "up_proj": (a["hidden"], a["inter"]), "down_proj": (a["inter"], a["hidden"])}
+    names = list(shapes) if target_modules == "all-linear" else [m for m in target_modules if m in shapes]
+    return a["layers"] * sum(r * (shapes[m][0] + shapes[m][1]) for m in names)
+
+
 @dataclass
 class Plan:
     rows: list[tuple[str, float, str]]  # (component, GiB, note)
@@ -88,7 +100,13 @@ def estimate(params: Params, gpu_gb: float = 80.0) -> Plan:
     rows_logit = min(keep * b, g.loss_chunk_size) if g.loss_chunk_size else keep * b
     logits = (keep * b * (s["vocab"] + t["vocab"]) * act_b  # both models' completion logits
               + 4 * rows_logit * max(s["vocab"], t["vocab"]) * 4)  # float32 log-softmaxes, mixture, grad
-    if g.optimizer == "adamw_8bit_bf16":  # bf16 weights and grads, two 8-bit moments (+ a scale per 256)
+    lora = g.lora_settings("gkd")
+    if lora is not None:  # frozen base weights in the compute dtype; fp32 adapters with grads and AdamW moments
+        pa = lora_params(s, lora["r"], lora["target_modules"])
+        state = [(f"student weights ({'bf16' if bf16 else 'fp32'}, frozen)", ps * act_b / GiB, "LoRA: no grads"),
+                 ("LoRA adapters + grads", pa * 8 / GiB, f"r={lora['r']}, {pa / 1e6:.0f}M parameters, fp32"),
+                 ("AdamW moments (adapters)", pa * 8 / GiB, "two fp32 moments per adapter parameter")]
+    elif g.optimizer == "adamw_8bit_bf16":  # bf16 weights and grads, two 8-bit moments (+ a scale per 256)
         state = [("student weights (bf16)", ps * 2 / GiB, "updates stochastically rounded"),
                  ("student grads", ps * 2 / GiB, "bf16, same shape as the weights"),
                  ("AdamW moments", ps * 2 * (1 + 4 / 256) / GiB, "torchao AdamW8bit: two 8-bit moments")]
@@ -111,8 +129,10 @@ def estimate(params: Params, gpu_gb: float = 80.0) -> Plan:
         advice.append(f"ZeRO-3 over N GPUs divides the student's {state:.0f} GiB of trainable state "
                       f"(and the teacher's {rows[3][1]:.0f} GiB if sharded) by N: "
                       f"N >= {max(2, int((state + rows[3][1]) // max(usable - rows[4][1] - rows[6][1], 1)) + 1)}")
-        advice.append("LoRA (peft) keeps only adapter grads/moments: the student's trainable state drops to "
-                      f"~{ps * 2 / GiB:.0f} GiB of frozen bf16 weights")
+        if lora is None:
+            advice.append("gkd.lora (peft adapters, e.g. {r: 16}) keeps only adapter grads/moments: the student's "
+                          f"trainable state drops to ~{ps * 2 / GiB:.0f} GiB of frozen bf16 weights "
+                          "(params/paper-1gpu.yaml)")
         if not g.gradient_checkpointing:
             advice.append("gradient_checkpointing: true cuts activations to the layer inputs")
         if g.optimizer == "adamw":

@@ -120,26 +120,42 @@ def resumable(params: config.Params, step: Step) -> bool:
     return rd.last_checkpoint() is not None and (rd.read_config() or {}).get("train_hash") == train_hash(params, key)
 
 
-def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False) -> None:
+def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, log_file: Path | None = None,
+            verbose: bool = False) -> None:
+    """Run one notebook with papermill. Its cell-by-cell output (every library warning and progress
+    frame) goes to ``log_file``; the terminal shows it too only when ``verbose``."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     out_nb.parent.mkdir(parents=True, exist_ok=True)
+    pm_log, handler, propagate = logging.getLogger("papermill"), None, None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        pm_log.addHandler(handler)
+        propagate, pm_log.propagate = pm_log.propagate, verbose
+    where = f"\nfull log: {relative_to_root(log_file)}" if log_file is not None else ""
     try:
         pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
                             parameters={"params_file": str(params_file), **({"resume": True} if resume else {})},
-                            kernel_name="python3",
-                            cwd=str(project_root()), log_output=True, progress_bar=True)
+                            kernel_name="python3", cwd=str(project_root()), log_output=True,
+                            progress_bar=verbose or log_file is None)
     except PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt" or _INTERRUPTED:
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
                                 "the same command again to resume") from None
         raise PipelineError(f"{step.notebook} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                            f"partial output: {relative_to_root(out_nb)}") from None
+                            f"partial output: {relative_to_root(out_nb)}{where}") from None
+    finally:
+        if handler is not None:
+            pm_log.removeHandler(handler)
+            handler.close()
+            pm_log.propagate = propagate
 
 
 def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Path, force: bool,
-               only: list[str] | None) -> dict:
+               only: list[str] | None, verbose: bool = False) -> dict:
     upstream, timings = "", {}
     for step in steps(params):
         fp = fingerprint(params, step, upstream, profile_dir)
@@ -159,7 +175,8 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         marker.unlink(missing_ok=True)
         log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
         t0 = time.monotonic()
-        execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume)
+        execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
+                log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose)
         if _INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: "
                                 "run the same command again to resume")
@@ -182,8 +199,10 @@ def write_table_files(params: config.Params, out_dir: Path) -> None:
 
 
 def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, force: bool = False,
-                 only: list[str] | None = None) -> Path:
-    """Run every stage of a parameter set and render its report; returns the HTML path."""
+                 only: list[str] | None = None, verbose: bool = False) -> Path:
+    """Run every stage of a parameter set and render its report; returns the HTML path. Each
+    notebook's full output goes to ``runs/<profile>/logs/<notebook>.log`` (and the terminal when
+    ``verbose``)."""
     path = resolve_params_path(params_file).resolve()  # one resolution; notebooks get this absolute path
     params = config.load(path)  # validate before anything runs
     profile_dir = runs_root() / params.name
@@ -200,7 +219,7 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
     previous = signal.signal(signal.SIGINT, _on_sigint) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        timings = _run_steps(params, path, profile_dir, nb_dir, force, only)
+        timings = _run_steps(params, path, profile_dir, nb_dir, force, only, verbose)
     except KeyboardInterrupt:
         raise PipelineError("interrupted (Ctrl-C); finished stages are kept and an interrupted one keeps its last "
                             "checkpoint: run the same command again to resume") from None

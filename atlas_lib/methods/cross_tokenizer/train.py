@@ -18,7 +18,7 @@ from atlas_lib.core.config import Params
 from atlas_lib.core.sections import CrossTokenizerConfig
 from atlas_lib.data.prompts import build_messages, render_prompt
 from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, load_pair, run_method
+from atlas_lib.methods.common import Parts, load_pair, run_method, with_lora
 from atlas_lib.methods.cross_tokenizer import alignment, step
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def _build(params: Params, prepared, device) -> Parts:
     c = params.cross_tokenizer
     _, student, s_tok, teacher, t_tok = load_pair(params, student=c.student, teacher=c.teacher,
                                                   student_dtype=loop.student_dtype(c))
+    student = with_lora(student, c, "cross_tokenizer")
     ok, reason = step.gold_supported(s_tok, t_tok)  # recorded: would TRL's GOLD accept this pair?
     rows = []
     for r in prepared.train:

@@ -26,7 +26,7 @@ from trl.experimental.gkd import GKDTrainer
 from atlas_lib.core.config import Params
 from atlas_lib.data import splits
 from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, load_pair, run_method
+from atlas_lib.methods.common import Parts, load_pair, run_method, with_lora
 from atlas_lib.methods.gkd.loss import generalized_jsd
 from atlas_lib.methods.tracking import NonFiniteError
 
@@ -111,6 +111,7 @@ def _build(key: str):
         section = params.section(key)
         _, student, tok, teacher, teacher_tok = load_pair(params, require_same_tokenizer=True,
                                                           student_dtype=loop.student_dtype(section))
+        student = with_lora(student, section, key)
         train_ds = Dataset.from_list(splits.distill_view(prepared.train, params.prompt))
 
         def make(common: dict, callbacks: list):

@@ -15,7 +15,7 @@ from atlas_lib.core import models
 from atlas_lib.core.config import Params
 from atlas_lib.data import splits
 from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, run_method
+from atlas_lib.methods.common import Parts, run_method, with_lora
 from atlas_lib.methods.grpo.rewards import reward_functions
 
 
@@ -33,6 +33,7 @@ def _build(params: Params, prepared, device) -> Parts:
     trc = params.models.trust_remote_code
     student, tok = models.load_model(params.models.student, dtype=loop.student_dtype(g), device=device,
                                      trust_remote_code=trc, for_training=True)
+    student = with_lora(student, g, "grpo")
     loader = t_tok = None
     if params.evaluation.reverse_kl:  # loaded at each eval point and freed after: training memory stays the student's
         t_tok = models.load_tokenizer(params.models.teacher, trc)
