@@ -25,7 +25,7 @@ import time
 import torch
 
 from atlas_lib.core import models
-from atlas_lib.evaluation import generation as gen
+from atlas_lib.evaluation import forward
 
 
 def _timed(fn, reps: int = 2) -> float:
@@ -49,14 +49,14 @@ def generation(model, ids_B_T: torch.Tensor, autocast: bool, new: int = 32) -> f
 
 def decode_step(model, batch: int, hi: int, prompt: int = 200, steps: int = 8) -> float:
     ids = torch.randint(3, hi, (batch, prompt))
-    arg = gen._cache_arg(model)
+    arg = forward.cache_arg(model)
     with torch.inference_mode():
         out = model(ids, use_cache=True)
-        cache, nxt = gen._out_cache(out), out.logits[:, -1:].argmax(-1)
+        cache, nxt = forward.out_cache(out), out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(steps):
             out = model(nxt, use_cache=True, **{arg: cache})
-            cache, nxt = gen._out_cache(out), out.logits[:, -1:].argmax(-1)
+            cache, nxt = forward.out_cache(out), out.logits[:, -1:].argmax(-1)
     return (time.perf_counter() - t0) / steps
 
 

@@ -45,7 +45,7 @@ from rates import cold_matmul_rate, matmul_flops
 
 from atlas_lib.core import models, runtime
 from atlas_lib.core.sections import PromptConfig
-from atlas_lib.data.prompts import DEFAULT_SHOTS, build_messages, render_prompt
+from atlas_lib.data.prompts import build_messages, render_prompt
 from atlas_lib.evaluation import forward, generation
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -56,7 +56,7 @@ def gsm_prompts(tokenizer, n: int) -> list[str]:
 
     data = reasoning_gym.create_dataset("gsm_symbolic", seed=0, size=n)
     cfg = PromptConfig()
-    return [render_prompt(tokenizer, build_messages(x["question"], cfg, DEFAULT_SHOTS)) for x in data]
+    return [render_prompt(tokenizer, build_messages(x["question"], cfg)) for x in data]
 
 
 class ForwardClock:
@@ -227,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{same_l}/{len(outs)} completions identical")
                 rows.append((f"{name} {label}", bs, tps_l, tps_l / tps_naive))
             if args.compare_generate:  # the sliding-window fallback: fixed batches, every row to the longest
-                full_attention = generation.full_attention
-                generation.full_attention = lambda model: False
+                full_attention = generation.full_attention, forward.full_attention
+                generation.full_attention = forward.full_attention = lambda model: False  # no prefix cache either
                 try:
                     t0 = time.perf_counter()
                     fixed = generation.generate_greedy(model, tok, prompts, max_new_tokens=args.max_new_tokens,
                                                batch_size=bs, desc=f"{name} generate bs={bs}")
                     secs_g = time.perf_counter() - t0
                 finally:
-                    generation.full_attention = full_attention
+                    generation.full_attention, forward.full_attention = full_attention
                 tps_g = sum(o["n_tokens"] for o in fixed) / secs_g
                 same_g = sum(a["completion_ids"] == b["completion_ids"] for a, b in zip(outs, fixed, strict=True))
                 print(f"  generate() bs={bs:<3}: {tps_g:.1f} tok/s, x{tps_g / tps_naive:.2f} vs naive; continuous "

@@ -49,7 +49,7 @@ def fixed_batch(tok, batch: int):
         rows = [{"question": f"Tom has {i} apples and buys {i + 3} more. How many apples?", "answer": str(2 * i + 3),
                  "solution": f"{i} + {i + 3} = {2 * i + 3}. Final Answer: {2 * i + 3}"} for i in range(batch)]
     seqs, masks = [], []
-    for r in data.distill_view(rows, p.prompt, None):
+    for r in data.distill_view(rows, p.prompt):
         prompt = tok.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, tokenize=False)
         full = tok.apply_chat_template(r["messages"], tokenize=False)
         a, b = tok(prompt, add_special_tokens=False).input_ids, tok(full, add_special_tokens=False).input_ids

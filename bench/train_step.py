@@ -156,7 +156,7 @@ def _run_variant(args) -> dict:
         from atlas_lib.methods.gkd.trainer import AtlasGKDTrainer
 
         teacher = _load(args.teacher, v, for_training=False)
-        ds = Dataset.from_list(data.distill_view(rows, p.prompt, None))
+        ds = Dataset.from_list(data.distill_view(rows, p.prompt))
         cfg = GKDConfig(**common, lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=args.new_tokens)
         kit = v.startswith("kit")
         kw = {"loss_chunk_size": p.gkd.loss_chunk_size} if kit else {}
@@ -172,9 +172,9 @@ def _run_variant(args) -> dict:
     else:
         from trl import GRPOConfig, GRPOTrainer
 
-        from atlas_lib.methods.grpo.trainer import exact_match_reward
+        from atlas_lib.methods.grpo.rewards import exact_match_reward
 
-        ds = Dataset.from_list([{"prompt": build_messages(r["question"], p.prompt, ()), "answer": r["answer"]}
+        ds = Dataset.from_list([{"prompt": build_messages(r["question"], p.prompt), "answer": r["answer"]}
                                 for r in rows])
         cfg = GRPOConfig(**common, num_generations=args.batch, max_completion_length=args.new_tokens,
                          temperature=0.9, beta=0.0, loss_type="dapo")

@@ -77,3 +77,9 @@ def test_template_without_system_role_gets_it_merged(tiny):
                          "<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>")
     text = render_prompt(tok, build_messages(Q, PromptConfig(few_shot=0)))
     assert text.startswith("<user>" + PromptConfig().system) and text.endswith("<assistant>")
+
+
+def test_the_few_shot_range_matches_the_worked_examples():
+    from atlas_lib.core.sections import MAX_FEW_SHOT
+
+    assert MAX_FEW_SHOT == len(DEFAULT_SHOTS)

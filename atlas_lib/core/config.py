@@ -24,7 +24,7 @@ import yaml
 from atlas_lib.core import registry
 from atlas_lib.core.paths import resolve_params_path
 from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
-from atlas_lib.core.validate import ParamsError, check_field, fld, unknown_key
+from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
 
 log = logging.getLogger(__name__)
 __all__ = ["ParamsError", "Params", "load", "from_dict", "build_section", "describe", "fld"]
@@ -166,9 +166,8 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     if e.during_training_limit > d.val_limit:
         raise ParamsError(f"evaluation.during_training_limit = {e.during_training_limit}: must be "
                           f"<= data.val_limit = {d.val_limit} (eval points use the validation split)")
-    for key, section in methods.items():
-        if section.enabled:
-            section.check(key, e.max_new_tokens)
+    for key, section in methods.items():  # a disabled method may still be run by hand (atlas train <key>)
+        section.check(key, e.max_new_tokens)
     if d.source == "local" and not d.path:
         raise ParamsError("data.path: required when data.source = 'local' (a .jsonl/.json/.parquet/.csv file)")
     if d.source == "local" and not Path(d.path).expanduser().exists():
@@ -176,28 +175,10 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     return params
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML keeps the last of two equal keys silently; a params file must not (which one applies?)."""
-
-
-def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ParamsError(f"key {key!r} appears twice in one section (line {key_node.start_mark.line + 1}); "
-                              "keep one")
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
 def read_yaml(path: str | Path) -> dict:
     p = resolve_params_path(path)
     try:
-        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+        raw = load_yaml(p.read_text()) or {}
     except ParamsError as e:
         raise ParamsError(f"{p.name}: {e}") from None
     except yaml.YAMLError as e:
@@ -216,6 +197,9 @@ def resolve_flat(stage: str | None, key: str) -> tuple[str, str]:
             known = field_names(types_[section])
             raise _renamed(section, name, known) or unknown_key(section, name, known)
         return section, name
+    if stage in registry.keys() and RENAMED.get(key) in field_names(types_[stage]):
+        raise ParamsError(f"{key!r} is ambiguous since the rename: {stage}.{RENAMED[key]} (tokens sampled per training "
+                          f"completion) or evaluation.{key} (the evaluation's budget)? Name the section")
     order = ([stage] if stage in types_ else []) + [s for s in SHARED_SECTIONS if s != stage]
     for section in order:
         if key in field_names(types_[section]):
@@ -264,7 +248,8 @@ def sweep_method(sweep: dict) -> str:
 
 def sweep_variants(params: Params, method: str | None = None) -> list[tuple[str, Params]]:
     """Each sweep variant (of ``method``, or all) as a full Params; ``name`` stays, and the swept
-    method's runs go to <profile>/sweep-<name>."""
+    method's runs go to <profile>/sweep-<name> (or <run_name>-sweep-<name> when the method's run is
+    named by hand)."""
     base = params.to_dict()
     out = []
     for s in params.sweeps:
@@ -275,7 +260,8 @@ def sweep_variants(params: Params, method: str | None = None) -> list[tuple[str,
         for k, v in s.items():
             if k not in ("name", "label"):
                 raw[k] = _deep_merge(base.get(k) or {}, v)
-        raw[key] = {**raw[key], "run_name": f"{params.name}/sweep-{s['name']}"}
+        custom = params.section(key).run_name  # a run named by hand takes its variants along: <run_name>-sweep-<name>
+        raw[key] = {**raw[key], "run_name": f"{custom}-sweep-{s['name']}" if custom else f"{params.name}/sweep-{s['name']}"}
         out.append((str(s["name"]), from_dict(raw, params.source_path)))
     return out
 

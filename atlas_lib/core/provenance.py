@@ -16,7 +16,7 @@ from atlas_lib.core.config import Params
 from atlas_lib.core.paths import project_root
 
 _PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "math-verify", "reasoning-gym",
-             "papermill", "wandb", "atlas-distill-kit")
+             "papermill", "wandb", "peft", "atlas-distill-kit")
 
 
 def provenance(params: Params | None = None) -> dict:

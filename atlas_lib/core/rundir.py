@@ -103,10 +103,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def train_hash(params: Params, stage: str) -> str:
-    """What a run's training depends on: its stage hash without the resume switches and run name."""
+    """What a run's training depends on: its section and the shared ones (without the resume switches
+    and run name), and the prepared split's content."""
     d = params.to_dict()
     section = {k: v for k, v in (d.get(stage) or {}).items() if k not in ("resume", "resume_changed", "run_name")}
     keep = {**{k: d[k] for k in ("run", "models", "data", "prompt", "evaluation")}, stage: section}
+    manifest = runs_root() / params.name / "data" / "manifest.json"
+    if manifest.exists():  # the split's content too: a re-prepared split is not the run's split
+        keep["split"] = json.loads(manifest.read_text()).get("sha256")
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -26,6 +26,8 @@ _OPTIMIZER_DOC = ("adamw: torch AdamW on fp32 master weights (weights, grads and
                   "parameter; exact). adamw_8bit_bf16: the student's weights and grads in bf16 and torchao's "
                   "AdamW8bit (block-wise 8-bit moments), which rounds each update into bf16 stochastically so "
                   "updates below bf16's resolution are kept on average (~6 bytes per parameter; needs torchao).")
+# Worked examples the prompt can hold (len(atlas_lib.data.prompts.DEFAULT_SHOTS); a test pins the two).
+MAX_FEW_SHOT = 2
 # LoRA (peft) settings a method's `lora` block may hold, with their defaults.
 LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 # Reward names GRPO may use (atlas_lib.methods.grpo.rewards.REWARDS implements them; a test pins the two).
@@ -88,7 +90,7 @@ class PromptConfig:
                       "System message (chat models).")
     instruction: str = fld("End with a line of the form 'Final Answer: <number>'.",
                            "Appended to each question; asks for the final-answer line.")
-    few_shot: int = fld(1, "Worked examples placed before the question.", ge=0, le=8)
+    few_shot: int = fld(1, "Worked examples placed before the question.", ge=0, le=MAX_FEW_SHOT)
 
 
 @dataclass

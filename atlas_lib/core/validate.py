@@ -10,6 +10,8 @@ import typing
 from dataclasses import field
 from typing import Any
 
+import yaml
+
 
 class ParamsError(ValueError):
     """A parameter is unknown, of the wrong type or out of range; the message names the field."""
@@ -72,3 +74,26 @@ def unknown_key(section: str, key: str, known: list[str]) -> ParamsError:
     did = f"; did you mean {hint[0]!r}?" if hint else ""
     return ParamsError(f"unknown parameter {section + '.' if section else ''}{key!r}{did} "
                        f"(known: {', '.join(known)})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys silently; a params file must not (which one applies?)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ParamsError(f"key {key!r} appears twice in one section (line {key_node.start_mark.line + 1}); "
+                              "keep one")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (YAML keeps the last silently)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)

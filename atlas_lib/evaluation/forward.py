@@ -102,7 +102,10 @@ def prefill(model, prefix: list[int], decoding: bool = False):
 
 
 def accepts(model, name: str) -> bool:
-    return name in inspect.signature(model.forward).parameters
+    """Whether the model's forward takes ``name`` (a peft wrapper's ``**kwargs`` forward passes it on
+    to its base model, whose signature is the one that counts)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
 
 
 def cache_arg(model) -> str:
@@ -160,4 +163,4 @@ def completion_logits(model, seqs: list[list[int]], n_completion: list[int], pad
     c = max(max(n_completion), 1)
     ids, cache = prefix
     out = forward_batch(model, batch_inputs(model, seqs, pad, ids, cache), len(ids), keep=c + 1, use_cache=bool(ids))
-    return out.logits[:, :-1]
+    return out.logits[:, -(c + 1):-1]  # the last c + 1 positions even if the model ignored logits_to_keep

@@ -41,9 +41,12 @@ def low_memory(section) -> bool:
     return section.optimizer == "adamw_8bit_bf16"
 
 
-def student_dtype(section) -> torch.dtype:
-    """The trained student's weight dtype: fp32 master weights, or bf16 for ``adamw_8bit_bf16``
-    (whose torchao dependency the section's ``check`` confirmed when the params were loaded)."""
+def student_dtype(section, params: Params | None = None, device: torch.device | None = None) -> torch.dtype:
+    """The trained student's weight dtype: fp32 master weights; bf16 for ``adamw_8bit_bf16`` (whose
+    torchao dependency the section's ``check`` confirmed when the params were loaded); with LoRA the
+    frozen base weights in the run's compute dtype (peft keeps the adapters in fp32)."""
+    if section.lora and params is not None:
+        return models.resolve_dtype(params.run.dtype, device or models.resolve_device(params.run.device))
     return torch.bfloat16 if low_memory(section) else torch.float32
 
 

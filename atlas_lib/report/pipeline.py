@@ -138,7 +138,8 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
     where = f"\nfull log: {relative_to_root(log_file)}" if log_file is not None else ""
     try:
         pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
-                            parameters={"params_file": str(params_file), **({"resume": True} if resume else {})},
+                            parameters={"params_file": str(params_file),
+                                        **({step.stages[0]: {"resume": True}} if resume else {})},
                             kernel_name="python3", cwd=str(project_root()), log_output=True,
                             progress_bar=verbose or log_file is None)
     except PapermillExecutionError as e:

@@ -49,7 +49,7 @@ pre{white-space:pre-wrap;margin:0;font:12px/1.3 ui-monospace,monospace}.q{max-wi
 td{border-color:#444}td.ok{background:#15301a}td.bad{background:#3a1717}}"""
 _SCRIPT = """function f(){const a=document.getElementById('a').value,b=document.getElementById('b').value,
 m=document.getElementById('m').value;let n=0;for(const r of document.querySelectorAll('tbody tr')){
-const x=r.dataset['c_'+a],y=r.dataset['c_'+b];let s=true;if(m==='ab')s=x==='1'&&y==='0';
+const x=r.getAttribute('data-c-'+a),y=r.getAttribute('data-c-'+b);let s=true;if(m==='ab')s=x==='1'&&y==='0';
 else if(m==='ba')s=x==='0'&&y==='1';r.style.display=s?'':'none';if(s)n++;}
 document.getElementById('n').textContent=n+' problems shown';}"""
 
@@ -61,11 +61,11 @@ def render(params: config.Params, col: Collected, path: Path) -> Path | None:
         return None
     data = {r["id"]: r for r in rundir.read_jsonl(runs_root() / params.name / "data" / "eval.jsonl")}
     ids = list(next(iter(recs.values())))
-    options = "".join(f'<option value="{k}">{html.escape(label)}</option>' for k, label in rows)
+    options = "".join(f'<option value="{i}">{html.escape(label)}</option>' for i, (_, label) in enumerate(rows))
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in rows)
     body = []
     for pid in ids:
-        flags = " ".join(f'data-c_{k}="{int(bool(recs[k].get(pid, {}).get("correct")))}"' for k, _ in rows)
+        flags = " ".join(f'data-c-{i}="{int(bool(recs[k].get(pid, {}).get("correct")))}"' for i, (k, _) in enumerate(rows))
         q = data.get(pid, {}).get("question", "")
         ref = data.get(pid, {}).get("answer", next((recs[k][pid].get("reference") for k, _ in rows
                                                      if pid in recs[k]), ""))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -41,8 +40,6 @@ _CONTEXT_TOKENS = 4  # prompt tokens decoded before a completion so its first to
 
 def gold_supported(student_tok, teacher_tok) -> tuple[bool, str]:
     """Whether TRL GOLD's cross-tokenizer ULD (``use_extended_uld=True``) accepts this pair, and why."""
-    with warnings.catch_warnings():  # "experimental API" warning; the rule itself is pinned by a test
-        warnings.simplefilter("ignore")
     for role, tok in (("student", student_tok), ("teacher", teacher_tok)):
         backend = getattr(tok, "backend_tokenizer", None)
         if backend is None:

@@ -57,7 +57,7 @@ def _collate(rows: list[dict]) -> dict:
 def _build(params: Params, prepared, device) -> Parts:
     c = params.cross_tokenizer
     _, student, s_tok, teacher, t_tok = load_pair(params, student=c.student, teacher=c.teacher,
-                                                  student_dtype=loop.student_dtype(c))
+                                                  student_dtype=loop.student_dtype(c, params, device))
     student = with_lora(student, c, "cross_tokenizer")
     ok, reason = step.gold_supported(s_tok, t_tok)  # recorded: would TRL's GOLD accept this pair?
     rows = []

@@ -110,7 +110,7 @@ def _build(key: str):
     def build(params: Params, prepared, device) -> Parts:
         section = params.section(key)
         _, student, tok, teacher, teacher_tok = load_pair(params, require_same_tokenizer=True,
-                                                          student_dtype=loop.student_dtype(section))
+                                                          student_dtype=loop.student_dtype(section, params, device))
         student = with_lora(student, section, key)
         train_ds = Dataset.from_list(splits.distill_view(prepared.train, params.prompt))
 

@@ -31,7 +31,7 @@ def trl_config(params: Params, common: dict) -> TRLGRPOConfig:
 def _build(params: Params, prepared, device) -> Parts:
     g = params.grpo
     trc = params.models.trust_remote_code
-    student, tok = models.load_model(params.models.student, dtype=loop.student_dtype(g), device=device,
+    student, tok = models.load_model(params.models.student, dtype=loop.student_dtype(g, params, device), device=device,
                                      trust_remote_code=trc, for_training=True)
     student = with_lora(student, g, "grpo")
     loader = t_tok = None
