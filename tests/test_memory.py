@@ -27,7 +27,7 @@ def test_parameter_count_matches_a_real_model(tiny):
 def test_paper_profile_needs_more_than_one_80gb_gpu_and_says_how():
     plan = memory.estimate(config.load("params/paper.yaml"), gpu_gb=80)
     assert not plan.fits and plan.total_gib > 100
-    assert any("ZeRO-3" in a for a in plan.advice) and any("LoRA" in a for a in plan.advice)
+    assert any("ZeRO-3" in a for a in plan.advice) and any("gkd.lora" in a for a in plan.advice)
     text = memory.format_plan(plan)
     assert "does NOT fit" in text and "logits" in text
 
