@@ -193,3 +193,14 @@ def test_a_key_written_twice_in_a_params_file_is_refused(tmp_path):
     f.write_text("name: twice\ngkd:\n  learning_rate: 1.0e-6\n  max_steps: 3\n  learning_rate: 1.0e-5\n")
     with pytest.raises(config.ParamsError, match=r"twice.yaml: key 'learning_rate' appears twice .*line 5"):
         config.load(f)
+
+
+def test_a_token_typed_into_free_text_params_is_warned_about_and_scrubbed(caplog):
+    from atlas_lib.report.html import scrub_text
+
+    token = "hf_" + "a1B2c3D4e5" * 4
+    with caplog.at_level(logging.WARNING):
+        config.load("params/smoke.yaml", overrides={"tracking.project": f"team {token}"})
+    assert "tracking.project looks like it holds an access token" in caplog.text
+    text, counts = scrub_text(f"<p>project team {token}</p>")
+    assert token not in text and counts["secrets"] == 1

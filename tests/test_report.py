@@ -185,6 +185,17 @@ def test_charts_render_with_labels(complete):
     assert list(points["step"]) == [0, 4, 8] and fig.axes
 
 
+def test_step_axes_have_whole_number_ticks_and_rewards_their_own_range(complete):
+    col = collect.collect(complete)
+    for fn in (charts.accuracy_chart, charts.loss_chart, charts.reward_chart, charts.tokens_chart):
+        for ax in fn(col).axes:
+            if ax.get_xlabel() == "optimizer step":
+                ticks = [x for x in ax.get_xticks() if ax.get_xlim()[0] <= x <= ax.get_xlim()[1]]
+                assert all(float(x).is_integer() for x in ticks), (fn.__name__, ticks)
+    reward_ax = charts.reward_chart(col).axes[0]
+    assert reward_ax.get_ylim() == (-0.05, 1.05)
+
+
 def test_missing_stage_and_old_schema_still_render(tmp_path, monkeypatch):
     params = build_runs(tmp_path, monkeypatch, with_grpo=False, old_gkd=True, baseline=False)
     col = collect.collect(params)

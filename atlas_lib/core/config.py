@@ -24,7 +24,7 @@ import yaml
 from atlas_lib.core import registry
 from atlas_lib.core.paths import resolve_params_path
 from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
-from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
+from atlas_lib.core.validate import TOKEN_LIKE, ParamsError, check_field, fld, load_yaml, unknown_key
 
 log = logging.getLogger(__name__)
 __all__ = ["ParamsError", "Params", "load", "from_dict", "build_section", "describe", "fld"]
@@ -160,6 +160,11 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     methods = {m.key: build_section(m.key, raw.get(m.key)) for m in registry.methods()}
     params = Params(name=name, description=str(raw.get("description", "")), sweeps=sweeps,
                     source_path=source_path, methods=methods, **shared)
+    for where, value in (("description", params.description), ("tracking.project", params.tracking.project)):
+        if TOKEN_LIKE.search(value or ""):
+            log.warning("%s looks like it holds an access token; secrets belong in the environment (WANDB_API_KEY, "
+                        "HF_TOKEN), never in params: it is copied into run files and W&B, and scrubbed from the "
+                        "HTML report", where)
     e, d = params.evaluation, params.data
     if e.limit > d.eval_limit:
         raise ParamsError(f"evaluation.limit = {e.limit}: must be <= data.eval_limit = {d.eval_limit}")

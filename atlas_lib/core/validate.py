@@ -5,12 +5,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import field
 from typing import Any
 
 import yaml
+
+# Shapes of access tokens (Hugging Face, 40-hex W&B-style keys, OpenAI-style, GitHub): warned about in
+# free-text params, scrubbed from shared HTML.
+TOKEN_LIKE = re.compile(r"\b(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|[0-9a-f]{40})\b")
 
 
 class ParamsError(ValueError):

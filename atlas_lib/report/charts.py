@@ -13,6 +13,7 @@ import logging
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from atlas_lib.core import registry
 from atlas_lib.data.splits import length_stats
@@ -74,6 +75,9 @@ def _offer_alt_text() -> None:
 
 
 def done(fig: Figure, keep_open: bool = False) -> Figure:
+    for ax in fig.axes:  # optimizer steps are whole numbers: no tick at step 0.5
+        if ax.get_xlabel() == "optimizer step":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     _offer_alt_text()
     if not keep_open:
@@ -200,13 +204,15 @@ def reward_chart(col) -> Figure:
         if "reward_std" in d and d["reward_std"].notna().all():
             a_r.fill_between(d["step"], d["reward_mean"] - d["reward_std"], d["reward_mean"] + d["reward_std"],
                              color=color, alpha=0.2, label="± std")
-    a_r.set(xlabel="optimizer step", ylabel="reward (1 = correct answer)", title="reward mean ± std")
+    a_r.set(xlabel="optimizer step", ylabel="reward (1 = correct answer)", title="reward mean ± std",
+            ylim=(-0.05, 1.05))  # the reward's own range, so a constant series reads as what it is
     z = series(info.train if info else None, "frac_zero_std")
     if z is None:
         absent(a_z, "GRPO: not run or frac_zero_std not logged")
     else:
         a_z.plot(z["step"], 100 * z["frac_zero_std"], color=color, label="groups with zero reward std")
-    a_z.set(xlabel="optimizer step", ylabel="groups (%)", title="groups with no learning signal (all rewards equal)")
+    a_z.set(xlabel="optimizer step", ylabel="groups (%)", title="groups with no learning signal (all rewards equal)",
+            ylim=(-5, 105))
     _legend(a_r, [])
     _legend(a_z, [])
     return done(fig)

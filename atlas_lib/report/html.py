@@ -15,6 +15,7 @@ from pathlib import Path
 
 from atlas_lib.core.paths import cache_root, project_root, runs_root
 from atlas_lib.core.rundir import atomic_write_text
+from atlas_lib.core.validate import TOKEN_LIKE
 
 log = logging.getLogger(__name__)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # the only places a secret may live
@@ -45,6 +46,8 @@ def scrub_text(text: str, run_roots: tuple[Path, ...] = ()) -> tuple[str, dict[s
         if len(value) >= _MIN_SECRET_LEN and value in text:
             counts["secrets"] += text.count(value)
             text = text.replace(value, "[redacted]")
+    text, n = TOKEN_LIKE.subn("[redacted]", text)  # a token typed into free-text params (description, project)
+    counts["secrets"] += n
     for form, label in _path_forms(run_roots):
         # only whole path components: /work/main must not eat /work/mainline
         text, n = re.subn(re.escape(form) + r"(?![\w.-])", lambda _m, lb=label: lb, text)
@@ -112,6 +115,8 @@ tbody tr:nth-child(even){background:#1a1a1a}th,td{border-color:#444}pre{backgrou
 img{background:#fff}a{color:#8ab4f8}}
 @media print{body{max-width:none;margin:0;font-size:10pt}table{font-size:7.5pt;width:100%;table-layout:auto}
 th,td{padding:1px 3px;word-break:break-word}pre{white-space:pre-wrap}img{page-break-inside:avoid}}"""
+
+
 
 
 class _DropPlaceholderWarning(logging.Filter):
