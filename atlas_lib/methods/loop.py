@@ -26,7 +26,13 @@ from atlas_lib.core.provenance import provenance
 from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.methods import outcome
-from atlas_lib.methods.tracking import AtlasCallback, DeviceClock, NonFiniteError, wandb_report_to
+from atlas_lib.methods.tracking import (
+    AtlasCallback,
+    DeviceClock,
+    NonFiniteError,
+    finish_wandb,
+    wandb_report_to,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +116,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     if model is not None:
         check_disk(runs_root(), model, section)
     rd = RunDir.open(params, stage, resume=section.resume)
+    report_to: list[str] = []
     try:
         last = rd.last_checkpoint() if section.resume else None
         offset = 0.0
@@ -137,12 +144,6 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
             rd.write_summary({"status": "failed", "error": str(e), "method": stage,
                               "provenance": provenance(params)})
             raise
-        finally:
-            if "wandb" in report_to:
-                import wandb
-
-                if wandb.run is not None:
-                    wandb.finish()
         if world > 1:
             _write_rank(rd, trainer, rank)
         moved = outcome.weights_digest(trainer.model) != start_digest
@@ -157,8 +158,13 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         summary["did_not_train"] = outcome.did_not_train(rd.metrics("train"), moved)
         summary["flags"] = outcome.flags(summary)
         rd.write_summary(summary)
+        if "wandb" in report_to:  # the W&B summary carries the reported (test) row, not the last subset point
+            finish_wandb({f"atlas/test/{k}": v for k, v in summary["distilled"].items() if isinstance(v, (int, float))}
+                         | {"atlas/did_not_train": summary["did_not_train"] or ""})
         return summary
     finally:
+        if "wandb" in report_to:
+            finish_wandb()  # a run that stopped early (no-op when finished above)
         rd.release()
 
 

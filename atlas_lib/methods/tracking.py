@@ -96,13 +96,23 @@ class AtlasCallback(TrainerCallback):
         self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
         self.pending: int | None = None  # an eval point due at this step, taken once its loss is logged
 
-    def _log_wandb(self, record: dict) -> None:
+    def _log_wandb(self, record: dict, records: list[dict] | None = None) -> None:
+        """An eval point on W&B at its own optimizer step (``train/global_step``, the axis transformers'
+        W&B callback defines), with a table of its completions (question, completion, right or wrong)."""
         if not self.wandb_on:
             return
         import wandb
 
-        if wandb.run is not None:
-            wandb.log({f"atlas/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
+        if wandb.run is None:
+            return
+        row = {f"atlas/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+        row["train/global_step"] = record["step"]
+        if records:
+            row["atlas/completions"] = wandb.Table(
+                columns=["step", "id", "prompt", "completion", "reference", "correct"],
+                data=[[record["step"], r.get("id"), r.get("prompt"), r.get("completion"), r.get("reference"),
+                       bool(r.get("correct"))] for r in records])
+        wandb.log(row)
 
     def evaluate(self, step: int, model) -> dict:
         if step in self.evaluated:
@@ -117,7 +127,7 @@ class AtlasCallback(TrainerCallback):
                   "eval_seconds": round(time.monotonic() - t0, 3)}
         self.rd.append(record)
         self.evaluated.add(step)
-        self._log_wandb(record)
+        self._log_wandb(record, result.records)
         log.info("eval step %d: accuracy %.3f (n=%s), mean tokens %.1f", step, record.get("accuracy", float("nan")),
                  record.get("n"), record.get("avg_generated_tokens") or float("nan"))
         return record
@@ -167,6 +177,16 @@ class AtlasCallback(TrainerCallback):
         self.model = model or self.model
         self._flush()
         self.evaluate(state.global_step, self.model)
+
+
+def finish_wandb(summary: dict | None = None) -> None:
+    """Close the run's W&B run (adding ``summary`` to it first), if one is open."""
+    import wandb
+
+    if wandb.run is not None:
+        if summary:
+            wandb.run.summary.update(summary)
+        wandb.finish()
 
 
 def wandb_report_to(cfg: TrackingConfig, run_path: Path, run_name: str) -> list[str]:

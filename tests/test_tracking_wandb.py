@@ -1,0 +1,50 @@
+"""W&B sees each eval point at its own optimizer step with a table of its completions, and the run's
+W&B summary gets the reported test row before the run closes (a stub stands in for wandb)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from atlas_lib.core.rundir import RunDir
+from atlas_lib.methods import tracking
+
+
+class _Table:
+    def __init__(self, columns, data):
+        self.columns, self.data = columns, data
+
+
+def _stub_wandb(monkeypatch):
+    calls = {"log": [], "summary": {}, "finished": 0}
+    run = types.SimpleNamespace(summary=types.SimpleNamespace(update=calls["summary"].update))
+    stub = types.SimpleNamespace(run=run, Table=_Table, log=calls["log"].append)
+
+    def finish():
+        calls["finished"] += 1
+        stub.run = None
+
+    stub.finish = finish
+    monkeypatch.setitem(sys.modules, "wandb", stub)
+    return calls
+
+
+def test_an_eval_point_reaches_wandb_at_its_step_with_its_completions(monkeypatch, tmp_path):
+    calls = _stub_wandb(monkeypatch)
+    cb = tracking.AtlasCallback(RunDir(tmp_path), tracking.DeviceClock(), lambda m: None, 1, lambda *a: None,
+                                wandb_on=True)
+    records = [{"id": "p1", "prompt": "2+2?", "completion": "Final Answer: 4", "reference": "4", "correct": True}]
+    cb._log_wandb({"kind": "eval", "step": 3, "accuracy": 1.0, "n": 1}, records)
+    (row,) = calls["log"]
+    assert row["train/global_step"] == 3 and row["atlas/accuracy"] == 1.0
+    table = row["atlas/completions"]
+    assert table.data == [[3, "p1", "2+2?", "Final Answer: 4", "4", True]]
+
+
+def test_finishing_adds_the_test_row_to_the_summary(monkeypatch):
+    calls = _stub_wandb(monkeypatch)
+    tracking.finish_wandb({"atlas/test/accuracy": 0.475, "atlas/test/n": 200})
+    assert calls["summary"] == {"atlas/test/accuracy": 0.475, "atlas/test/n": 200}
+    assert calls["finished"] == 1
+    tracking.finish_wandb()  # closing twice is a no-op
+    assert calls["finished"] == 1
