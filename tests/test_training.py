@@ -147,14 +147,15 @@ def _train_cmd(*sets):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(env):
+@pytest.mark.parametrize("extra", [(), ("gkd.lora={r: 4, alpha: 8}",)], ids=["full", "lora"])
+def test_sigkill_then_resume_matches_uninterrupted(env, extra):
     cwd = Path(__file__).resolve().parent.parent
     e = dict(os.environ)
     subprocess.run([sys.executable, "-m", "atlas_lib.cli", "data", "--params", "params/smoke.yaml"], cwd=cwd,
                    env=e, check=True, capture_output=True)
-    ref = subprocess.run(_train_cmd("gkd.run_name=smoke/ref"), cwd=cwd, env=e, capture_output=True, text=True)
+    ref = subprocess.run(_train_cmd("gkd.run_name=smoke/ref", *extra), cwd=cwd, env=e, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    proc = subprocess.Popen(_train_cmd(), cwd=cwd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(*extra), cwd=cwd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = env / "runs/smoke/gkd/checkpoints/checkpoint-2/.complete"
     deadline = time.time() + 240
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -162,7 +163,7 @@ def test_sigkill_then_resume_matches_uninterrupted(env):
     assert proc.poll() is None, "run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # mid-run, no cleanup
     proc.wait()
-    res = subprocess.run(_train_cmd("gkd.resume=true"), cwd=cwd, env=e, capture_output=True, text=True)
+    res = subprocess.run(_train_cmd("gkd.resume=true", *extra), cwd=cwd, env=e, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [json.loads(x) for x in (env / "runs/smoke/gkd/metrics.jsonl").read_text().splitlines()]
     keys = [(r["kind"], r["step"]) for r in rows]
