@@ -15,7 +15,6 @@ message and exit 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -57,9 +56,7 @@ def _params(args, stage: str | None = None) -> config.Params:
 def _fields_help(key: str) -> str:
     """A method section's fields with their defaults and docs (from the typed config)."""
     lines = [f"{key} parameters (--set {key}.<field>=<value>):"]
-    for f in dataclasses.fields(config.section_types()[key]):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  {f.name} = {default!r}: {f.metadata.get('doc', '')}")
+    lines += [f"  {name} = {default!r}: {meta.get('doc', '')}" for name, default, meta in config.section_fields(key)]
     return "\n".join(lines)
 
 

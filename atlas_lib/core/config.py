@@ -279,13 +279,17 @@ def sweep_label(params: Params, name: str) -> str:
     return f"variant {name}"
 
 
+def section_fields(section: str) -> list[tuple[str, Any, dict]]:
+    """``(name, default, metadata)`` of each field of a section, in declaration order."""
+    return [(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory(), f.metadata)
+            for f in dataclasses.fields(section_types()[section])]
+
+
 def describe(section: str) -> str:
     """A Markdown table of a section's fields (docs are generated from the code, never copied)."""
     rows = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(section_types()[section]):
-        m = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    for name, default, m in section_fields(section):
         allowed = ", ".join(map(str, m["choices"])) if m.get("choices") else " ".join(
             f"{op}{m[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<=")) if m.get(k) is not None)
-        rows.append(f"| `{f.name}` | `{default}` | {allowed} | {m.get('doc', '')} |")
+        rows.append(f"| `{name}` | `{default}` | {allowed} | {m.get('doc', '')} |")
     return "\n".join(rows)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 from atlas_lib.core import config, rundir
 from atlas_lib.core.paths import runs_root
-from atlas_lib.report.collect import Collected, run_dirs
+from atlas_lib.report.collect import Collected
 from atlas_lib.report.html import scrub_text
-
-BASE_ROWS = {"student": ("Student (untrained)", "student"), "teacher": ("Teacher", "teacher")}
+from atlas_lib.report.table import BASE_LABELS
 
 
 def _records(path: Path) -> dict[str, dict]:
@@ -25,13 +24,11 @@ def completions(params: config.Params, col: Collected) -> tuple[list[tuple[str, 
     base = runs_root() / params.name / "baseline"
     rows: list[tuple[str, str]] = []
     recs: dict[str, dict] = {}
-    for key, (label, stem) in BASE_ROWS.items():
-        recs[key] = _records(base / f"{stem}.records.jsonl")
+    for key, label in BASE_LABELS.items():
+        recs[key] = _records(base / f"{key}.records.jsonl")
         rows.append((key, label))
-    for key, (d, _, _, _) in run_dirs(params).items():
-        info = col.runs.get(key)
-        if info is None:
-            continue
+    for key, info in col.runs.items():  # the directories collect() already resolved
+        d = runs_root() / info.rel
         if info.spec is not None and info.spec.own_student:
             recs[f"{key}_pre"] = _records(d / "eval" / "initial_full.records.jsonl")
             rows.append((f"{key}_pre", f"{info.name} (untrained student)"))
