@@ -152,6 +152,18 @@ def test_the_cli_turns_a_kit_error_into_one_message_and_exit_2(env):
     assert "gkd.max_new_tokens" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_papermill_with_an_unknown_notebook_parameter_fails_before_training(env):
+    # papermill itself only warns "Passed unknown parameter" and injects it; the notebook refuses it
+    out = env / "out.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", "notebooks/02_gkd.ipynb", str(out), "-p", "params_file",
+                           "params/smoke.yaml", "-p", "lerning_rate", "1e-6"], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, "ATLAS_RUNS": str(env / "runs"), "WANDB_MODE": "disabled"})
+    assert proc.returncode != 0
+    assert "unknown notebook parameter 'lerning_rate' (did you mean 'learning_rate'?)" in proc.stderr
+    assert not (env / "runs" / "smoke" / "gkd").exists()
+
+
 def test_summary_files_round_trip(tmp_path):
     atomic_write_json(tmp_path / "summary.json", {"status": "complete", "x": float("nan")})
     assert json.loads((tmp_path / "summary.json").read_text())["x"] == "nan"

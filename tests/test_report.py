@@ -385,6 +385,27 @@ def test_render_html_puts_each_charts_alt_text_on_its_image(tmp_path, caplog):
     assert "1 image(s) without alt text" in caplog.text and "Alternative text is missing" not in caplog.text
 
 
+def test_a_chart_reaches_the_html_page_as_svg_with_its_description(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from atlas_lib.report import charts
+    fig, (ax,) = charts.figure(1, "Tokens & <more>")
+    ax.plot([0, 1, 2], [3, 2, 1], label="GKD")
+    ax.set(xlabel="optimizer step", ylabel="tokens")
+    charts._legend(ax)
+    svg = charts.svg(charts.done(fig))
+    plt.close("all")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("chart()", outputs=[
+        nbformat.v4.new_output("display_data", data={"image/svg+xml": svg, "text/plain": "<Figure>"})])])
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    html = render_html(src, tmp_path / "out.html", with_code=False).read_text()
+    assert "<title>Tokens &amp; &lt;more&gt;. panel 1: tokens against optimizer step; series: GKD</title>" in html
+    assert re.search(r'<svg\b[^>]*role="img"[^>]*aria-label="Tokens', html)
+    assert "<text" in svg  # labels stay text (svg.fonttype none), not glyph paths
+    assert "<?xml" not in html and "<img" not in html
+
+
 def test_render_html_scrubs_the_checkout_the_notebook_ran_in(tmp_path, monkeypatch):
     """Runs executed from another clone (shared $ATLAS_RUNS, or a moved checkout) carry that
     clone's paths in warnings; the render relativizes them as it does this checkout's."""
@@ -425,17 +446,20 @@ def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
                         parameters={"params_file": str(pfile)}, kernel_name="python3", cwd=str(project_root()),
                         progress_bar=False)
     executed = nbformat.read(out_nb, as_version=4)
-    pngs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) == 5  # each chart exactly once
-    alts = [o.metadata["image/png"]["alt"] for o in pngs]  # set inside the kernel by atlas_lib.report.charts
+    outputs = [o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    svgs = [d["image/svg+xml"] for d in outputs if "image/svg+xml" in d]
+    assert len(svgs) == 5  # each chart exactly once
+    assert not any("image/png" in d for d in outputs)  # and no PNG copy beside it
+    # the description is set inside the kernel by atlas_lib.report.charts.svg
+    alts = [re.search(r"<title>(.*?)</title>", s, re.S).group(1) for s in svgs]
     assert alts[0].startswith("Accuracy during training: validation curve") and "series: " in alts[0] and "GKD (n=" in alts[0]
     assert "GRPO: not run or no reward logged" in alts[2]
     report_html = render_html(out_nb, tmp_path / "report" / "index.html", with_code=False).read_text()
     code_html = render_html(out_nb, tmp_path / "report" / "05.html", with_code=True).read_text()
     for html in (report_html, code_html):
-        assert len(IMG.findall(html)) == 5
-        assert "No description has been provided" not in html
-        assert all(f'alt="{escape(a, quote=True)}"' in html for a in alts)
+        assert len(re.findall(r"<svg\b[^>]*role=\"img\"", html)) == 5
+        assert "<img" not in html
+        assert all(f"<title>{a}</title>" in html for a in alts)
         assert str(project_root()) not in html and str(tmp_path) not in html and CANARY not in html
         assert "GRPO was not run" in html
         assert "embedded.yaml" not in html  # the parameters cell's source is hidden

@@ -9,11 +9,14 @@ the inline backend instead, for notebooks that do not return it.
 
 from __future__ import annotations
 
+import html
+import io
 import logging
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import offset_copy
 
 from atlas_lib.core import registry
 from atlas_lib.data.splits import length_stats
@@ -45,11 +48,24 @@ def alt_text(fig: Figure) -> str:
     return ". ".join(p for p in parts if p)
 
 
-def _offer_alt_text() -> None:
-    """Inside IPython, a figure's PNG output carries :func:`alt_text` as output metadata (the HTML
-    report puts it on the ``<img>``). Wraps the PNG printer already registered (the inline
-    backend's, with its settings); registered after a figure exists, since creating the first one
-    is what makes the inline backend register its own printer."""
+def svg(fig: Figure) -> str:
+    """The figure as SVG text (crisp at any zoom, and smaller than a PNG of these line charts: text
+    stays text, rendered in the page's sans-serif font), its :func:`alt_text` as ``<title>`` and
+    ``aria-label`` so screen readers and the HTML report get the description."""
+    buf = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none", "font.family": "sans-serif"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]  # no XML prolog or DOCTYPE: it is inlined into HTML pages
+    alt = html.escape(alt_text(fig), quote=True)
+    head_end = text.index(">") + 1
+    return (text[:head_end - 1] + f' role="img" aria-label="{alt}">' + f"<title>{alt}</title>" + text[head_end:])
+
+
+def _offer_svg() -> None:
+    """Inside IPython, figures display as :func:`svg` only (no PNG copy), in the notebook and so in
+    the HTML pages nbconvert renders from it. Registered after a figure exists, since creating the
+    first one is what makes the inline backend register its own printers."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -57,29 +73,27 @@ def _offer_alt_text() -> None:
     shell = get_ipython()
     if shell is None:
         return
-    formatter = shell.display_formatter.formatters["image/png"]
-    try:
-        inner = formatter.lookup_by_type(Figure)
-    except KeyError:
+    formatters = shell.display_formatter.formatters
+    if getattr(formatters["image/svg+xml"].type_printers.get(Figure), "is_atlas", False):
         return
-    if getattr(inner, "adds_alt_text", False):
-        return
+    formatters["image/png"].type_printers.pop(Figure, None)
 
     def printer(fig):
-        out = inner(fig)
-        data, md = out if isinstance(out, tuple) else (out, None)
-        return None if data is None else (data, {**(md or {}), "alt": alt_text(fig)})
+        return svg(fig) if fig.axes else None
 
-    printer.adds_alt_text = True
-    formatter.for_type(Figure, printer)
+    printer.is_atlas = True
+    formatters["image/svg+xml"].for_type(Figure, printer)
 
 
 def done(fig: Figure, keep_open: bool = False) -> Figure:
     for ax in fig.axes:  # optimizer steps are whole numbers: no tick at step 0.5
         if ax.get_xlabel() == "optimizer step":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # legends sit under the panels: the figure grows by their rows so the panels keep their height
+    rows = max((len(ax.get_legend().get_texts()) for ax in fig.axes if ax.get_legend()), default=0)
+    fig.set_figheight(fig.get_figheight() + 0.17 * rows)
     fig.tight_layout()
-    _offer_alt_text()
+    _offer_svg()
     if not keep_open:
         plt.close(fig)
     return fig
@@ -97,11 +111,14 @@ def series(df, *cols):
     return d if len(d) else None
 
 
-def _legend(ax, missing: list[str]) -> None:
+def _legend(ax, missing: list[str] = ()) -> None:
+    """The panel's legend below its x-axis label, never over the data (error bars, constant series)."""
     if missing:
         ax.plot([], [], " ", label="not run / no data: " + ", ".join(missing))
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        # anchored a fixed 34 pt under the axes (tick labels + axis label), whatever the panel's height
+        below = offset_copy(ax.transAxes, fig=ax.figure, y=-34, units="points")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below, frameon=False)
 
 
 def _hours_unit(runs: dict) -> str:
@@ -262,6 +279,6 @@ def data_charts(prepared) -> Figure:
         a_mag.hist(s["answer_log10_abs"], bins=30, alpha=0.6, color=color, density=True, label=split)
     a_len.set(xlabel="question length (words)", ylabel="density", title="question length")
     a_mag.set(xlabel="log10 |answer| (0 for answer 0)", ylabel="density", title="answer magnitude")
-    a_len.legend(fontsize=8)
-    a_mag.legend(fontsize=8)
+    _legend(a_len)
+    _legend(a_mag)
     return done(fig)

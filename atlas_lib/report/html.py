@@ -7,6 +7,7 @@ a traceback or a library's log line might, and a committed report must not carry
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import os
@@ -85,12 +86,18 @@ def _alt_texts(nb) -> dict[str, str]:
 
 def _with_alt_text(body: str, alts: dict[str, str]) -> tuple[str, int]:
     """Each ``<img>`` whose inline PNG has an alt text gets it (nbconvert's template ignores output
-    metadata and writes a placeholder); returns the HTML and how many images still lack one."""
+    metadata and writes a placeholder), and each chart's SVG (described by its own ``<title>``)
+    replaces its ``<img>``; returns the HTML and how many images still lack a description."""
     missing = 0
 
     def one(m: re.Match) -> str:
         nonlocal missing
         tag = m.group(0)
+        svg = re.search(r'src="data:image/svg\+xml;base64,([^"]*)"', tag)
+        if svg:  # a chart (atlas_lib.report.charts.svg) goes in as itself: crisp, its text selectable
+            text = base64.b64decode(svg.group(1)).decode("utf-8", errors="replace")
+            if re.match(r'<svg\b[^>]*\srole="img"', text) and "<title>" in text and "<script" not in text:
+                return text
         src = re.search(r'src="data:image/png;base64,([^"]*)"', tag)
         alt = alts.get(src.group(1)) if src else None
         if alt is None:
@@ -105,16 +112,16 @@ def _with_alt_text(body: str, alts: dict[str, str]) -> tuple[str, int]:
 
 # A page that reads in a browser, prints to PDF with every column, and follows a dark system theme.
 PAGE_CSS = """body{font:15px/1.5 system-ui,-apple-system,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;color:#222}
-img{max-width:100%;height:auto}h1,h2,h3{line-height:1.2}
+img,svg{max-width:100%;height:auto}h1,h2,h3{line-height:1.2}
 table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;
 vertical-align:top}thead th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
 .jp-OutputArea-output{overflow-x:auto}pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
 code{font-size:.92em}.jp-InputPrompt,.jp-OutputPrompt{display:none}
 @media (prefers-color-scheme: dark){body{background:#121212;color:#ddd}thead th{background:#222}
 tbody tr:nth-child(even){background:#1a1a1a}th,td{border-color:#444}pre{background:#1e1e1e}
-img{background:#fff}a{color:#8ab4f8}}
+img,svg{background:#fff}a{color:#8ab4f8}}
 @media print{body{max-width:none;margin:0;font-size:10pt}table{font-size:7.5pt;width:100%;table-layout:auto}
-th,td{padding:1px 3px;word-break:break-word}pre{white-space:pre-wrap}img{page-break-inside:avoid}}"""
+th,td{padding:1px 3px;word-break:break-word}pre{white-space:pre-wrap}img,svg{page-break-inside:avoid}}"""
 
 
 
