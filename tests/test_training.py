@@ -147,7 +147,8 @@ def _train_cmd(*sets):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("gkd.lora={r: 4, alpha: 8}",)], ids=["full", "lora"])
+@pytest.mark.parametrize("extra", [(), ("gkd.lora={r: 4, alpha: 8}",), ("gkd.engine=distillation",)],
+                         ids=["full", "lora", "distillation"])
 def test_sigkill_then_resume_matches_uninterrupted(env, extra):
     cwd = Path(__file__).resolve().parent.parent
     e = dict(os.environ)

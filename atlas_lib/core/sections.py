@@ -30,6 +30,8 @@ _OPTIMIZER_DOC = ("adamw: torch AdamW on fp32 master weights (weights, grads and
 MAX_FEW_SHOT = 2
 # LoRA (peft) settings a method's `lora` block may hold, with their defaults.
 LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+# TRL trainers the gkd section may run on (atlas_lib.methods.gkd.trainer picks one).
+GKD_ENGINES = ("gkd", "distillation")
 # Reward names GRPO may use (atlas_lib.methods.grpo.rewards.REWARDS implements them; a test pins the two).
 REWARD_NAMES = ("exact_match", "format")
 
@@ -191,15 +193,38 @@ def default(name: str, value, doc: str | None = None):
 
 @dataclass
 class GKDConfig(TrainSection):
-    """On-policy distillation (TRL GKD): the student samples, a same-tokenizer teacher scores every
-    token of the sample, and the student minimises the generalized JSD between the two."""
+    """On-policy distillation (TRL's GKDTrainer, or its DistillationTrainer: ``engine``): the student
+    samples, a same-tokenizer teacher scores every token of the sample, and the student minimises
+    the generalized JSD between the two."""
 
     lmbda: float = fld(1.0, "Fraction of batches built from student samples (1.0 = fully on-policy).",
                        ge=0.0, le=1.0)
     beta: float = fld(0.5, "Generalized JSD interpolation: 0 forward KL, 1 reverse KL.", ge=0.0, le=1.0)
     seq_kd: bool = fld(False, "Sequence-level KD: non-student batches use teacher samples instead of references.")
     loss_chunk_size: int = fld(0, "Compute the JSD over this many positions at a time (0 = all at "
-                               "once); bounds full-vocabulary logit memory.", ge=0)
+                               "once); bounds full-vocabulary logit memory. Engine gkd only: the distillation "
+                               "engine always projects and scores in tiles (TRL's chunked kernel).", ge=0)
+    engine: str = fld("gkd", "TRL trainer that runs the same objective: gkd (GKDTrainer; any lmbda, seq_kd) or "
+                      "distillation (DistillationTrainer, the stable TRL trainer: fully on-policy only, lmbda 1 "
+                      "and seq_kd false; can generate with vLLM). Both sample at `temperature` and score the JSD "
+                      "at temperature 1 over the sampled completion tokens (atlas_lib/methods/gkd/trainer.py).",
+                      choices=GKD_ENGINES)
+    use_vllm: bool = fld(False, "Generate the student's samples with vLLM (GPU; pip install vllm). Engine "
+                         "distillation only.")
+    vllm_mode: str = fld("colocate", "vLLM placement when use_vllm: colocate (in the training process) or server "
+                         "(a `trl vllm-serve` process). Engine distillation only.", choices=("colocate", "server"))
+
+    def check(self, key: str, eval_budget: int) -> None:
+        super().check(key, eval_budget)
+        if self.engine == "distillation" and (self.lmbda != 1.0 or self.seq_kd):
+            raise ParamsError(f"{key}.engine = 'distillation' is fully on-policy: it needs {key}.lmbda = 1.0 and "
+                              f"{key}.seq_kd = false (got lmbda = {self.lmbda}, seq_kd = {str(self.seq_kd).lower()}); "
+                              f"set {key}.engine: gkd for a mixed or sequence-level run")
+        if self.use_vllm and self.engine != "distillation":
+            raise ParamsError(f"{key}.use_vllm = true needs {key}.engine = 'distillation' (GKDTrainer samples "
+                              f"with transformers only); set {key}.engine: distillation or {key}.use_vllm: false")
+        if self.use_vllm and importlib.util.find_spec("vllm") is None:
+            raise ParamsError(f"{key}.use_vllm = true needs vllm (GPU): pip install vllm, or set {key}.use_vllm: false")
 
 
 @dataclass

@@ -1,17 +1,29 @@
-"""On-policy distillation: a thin runner over TRL's ``GKDTrainer``.
+"""On-policy distillation: a thin runner over TRL, on one of two engines (``gkd.engine``).
 
-Why GKDTrainer and not TRL's newer ``DistillationTrainer``: the seed's method is GKD with
-``lmbda`` (mixing on-policy and dataset batches), ``seq_kd`` and a sampling temperature that
-differs from the loss temperature (0.9 vs 1.0); ``DistillationTrainer`` covers only the fully
-on-policy, temperature-1 case. Both are TRL; the kit keeps GKD's semantics and adds three things:
+* ``gkd`` (default): TRL's ``GKDTrainer`` (experimental in TRL 1.x). It is the only TRL trainer
+  with GKD's ``lmbda`` (mixing on-policy and dataset batches) and ``seq_kd``, and it samples at
+  the section's ``temperature`` (0.9 in the seed) while scoring the JSD at temperature 1. The
+  off-policy arm (``lmbda 0, seq_kd``) always runs on it.
+* ``distillation``: TRL's stable ``DistillationTrainer``, for the fully on-policy case only
+  (``lmbda = 1``, no ``seq_kd``; the params refuse anything else). It adds vLLM generation
+  (``gkd.use_vllm``, ``gkd.vllm_mode``) and a tiled loss that never materializes the logits. Its
+  own temperature is the sampling *and* the loss temperature; the kit keeps the loss at
+  temperature 1 and normalises per micro-batch as the gkd engine does, so both engines run the same
+  experiment (:mod:`atlas_lib.methods.gkd.distillation` lists what is mapped and what still differs;
+  ``tests/test_gkd_engines.py`` pins both to the same loss on the same batch).
+
+Either engine runs inside the same runner (:func:`atlas_lib.methods.common.run_method`): the same
+run directory, evaluation points, checkpoints and resume, LoRA and report. On the gkd engine the kit
+adds three things to ``GKDTrainer``:
 
 * the loss is computed only at completion positions (``logits_to_keep``): the prompt's
   full-vocabulary logits are never materialized, for the student or the teacher;
 * the generalized JSD can be chunked over positions (``loss_chunk_size``) to bound memory;
-* a NaN/inf loss stops the run at that step, before the optimizer applies it.
+* a NaN/inf loss stops the run at that step, before the optimizer applies it (both engines).
 
 The teacher scores exactly the student's sampled sequence: ``GKDTrainer.training_step`` replaces
-``input_ids`` with the generation, and ``compute_loss`` feeds those same ids to both models.
+``input_ids`` with the generation, and ``compute_loss`` feeds those same ids to both models
+(``DistillationTrainer`` feeds prompt + sampled completion to both by construction).
 """
 
 from __future__ import annotations
@@ -112,14 +124,22 @@ def _build(key: str):
         _, student, tok, teacher, teacher_tok = load_pair(params, require_same_tokenizer=True,
                                                           student_dtype=loop.student_dtype(section, params, device))
         student = with_lora(student, section, key)
-        train_ds = Dataset.from_list(splits.distill_view(prepared.train, params.prompt))
+        rows = splits.distill_view(prepared.train, params.prompt)
+        engine = getattr(section, "engine", "gkd")  # off_policy: always GKDTrainer
+        if engine == "distillation":
+            from atlas_lib.methods.gkd import distillation  # imports trl.DistillationTrainer only when used
 
-        def make(common: dict, callbacks: list):
-            return AtlasGKDTrainer(model=student, teacher_model=teacher, args=trl_config(params, common, key),
-                                   train_dataset=train_ds, processing_class=tok, callbacks=callbacks,
-                                   loss_chunk_size=section.loss_chunk_size)
+            make = distillation.make_trainer(params, student, teacher, tok, rows)
+        else:
+            train_ds = Dataset.from_list(rows)
 
-        return Parts(student, tok, make, teacher=teacher, teacher_tokenizer=teacher_tok)
+            def make(common: dict, callbacks: list):
+                return AtlasGKDTrainer(model=student, teacher_model=teacher, args=trl_config(params, common, key),
+                                       train_dataset=train_ds, processing_class=tok, callbacks=callbacks,
+                                       loss_chunk_size=section.loss_chunk_size)
+
+        return Parts(student, tok, make, teacher=teacher, teacher_tokenizer=teacher_tok,
+                     extra_summary={"engine": engine})
 
     return build
 
