@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from atlas_lib.core import config
+from atlas_lib.core import config, notebook_params
 from atlas_lib.core.config import ParamsError
 
 
@@ -78,17 +78,17 @@ def test_papermill_f_sections_replace_the_file(tmp_path):
 
 def test_injected_sections_pick_only_params_names():
     ns = {"gkd": {"beta": 0.1}, "np": pytest, "max_steps": 3, "name": "x", "In": [], "_i1": ""}
-    assert config.injected_sections(ns, "02_gkd") == {"gkd": {"beta": 0.1}, "name": "x"}
+    assert notebook_params.injected_sections(ns, "02_gkd") == {"gkd": {"beta": 0.1}, "name": "x"}
 
 
 def test_an_undeclared_notebook_parameter_is_refused_with_a_hint():
     with pytest.raises(ParamsError, match=r"'lerning_rate' \(did you mean 'learning_rate'\?\) for notebooks/02_gkd"):
-        config.injected_sections({"lerning_rate": 1e-6}, "02_gkd")
+        notebook_params.injected_sections({"lerning_rate": 1e-6}, "02_gkd")
 
 
 def test_a_parameter_of_another_notebook_is_refused():
     with pytest.raises(ParamsError, match="'num_generations'"):
-        config.injected_sections({"num_generations": 8}, "02_gkd")
+        notebook_params.injected_sections({"num_generations": 8}, "02_gkd")
 
 
 def test_missing_file_and_local_source_errors(tmp_path):

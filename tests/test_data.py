@@ -140,6 +140,13 @@ def test_empty_file_is_a_clear_error(tmp_path):
         data.prepare(_params(source="local", path=str(tmp_path / "e.jsonl")))
 
 
+def test_a_file_that_is_not_utf8_names_the_line_and_the_fix(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b'{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "Caf\xe9 bill?", "answer": "3"}\n')
+    with pytest.raises(DataError, match=r"line 2 is not UTF-8 \(byte 0xe9 at column 18\); save the file as UTF-8"):
+        data.prepare(_params(source="local", path=str(path)))
+
+
 # -- bad rows --------------------------------------------------------------------------------------
 def _bad_file(tmp_path):
     rows = [{"id": f"ok{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(20)]

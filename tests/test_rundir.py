@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -67,6 +68,40 @@ def test_incomplete_checkpoint_is_never_chosen(params):
     rd.mark_checkpoint(2, {"seconds": 5.0})  # checkpoint-4 has no marker: half-written
     ckpt, state = rd.last_checkpoint()
     assert ckpt.name == "checkpoint-2" and state["seconds"] == 5.0
+
+
+def _checkpoint(rd, step, payload=b"x" * 64):
+    ckpt = rd.checkpoints / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(payload)
+    rd.mark_checkpoint(step, {"seconds": float(step)})
+    return ckpt
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(params, caplog):
+    rd = RunDir.open(params, "gkd")
+    _checkpoint(rd, 1)
+    newest = _checkpoint(rd, 2)
+    (newest / "model.safetensors").write_bytes(b"x" * 10)  # truncated after it was marked complete
+    with caplog.at_level(logging.WARNING):
+        ckpt, state = rd.last_checkpoint()
+    assert ckpt.name == "checkpoint-1"
+    assert "checkpoint-2 is damaged (model.safetensors has 10 bytes, 64 were written)" in caplog.text
+
+
+def test_a_damaged_only_checkpoint_is_named_with_what_to_do(params):
+    rd = RunDir.open(params, "gkd")
+    ckpt = _checkpoint(rd, 2)
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(RunDirError, match=r"checkpoint-2 is damaged \(model.safetensors is missing\).*Delete checkpoint-2"):
+        rd.last_checkpoint()
+
+
+def test_an_undamaged_checkpoint_is_chosen_with_its_state(params):
+    rd = RunDir.open(params, "gkd")
+    _checkpoint(rd, 2)
+    ckpt, state = rd.last_checkpoint()
+    assert (ckpt.name, state) == ("checkpoint-2", {"step": 2, "seconds": 2.0})
 
 
 def test_nan_is_stored_readably(params):

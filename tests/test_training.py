@@ -140,6 +140,31 @@ def test_a_full_disk_refuses_before_anything_is_written(env, monkeypatch):
     assert not (env / "runs" / "smoke" / "gkd").exists()
 
 
+def test_a_disk_that_fills_mid_run_ends_with_a_message_and_the_run_resumes(env, monkeypatch):
+    import transformers
+
+    from atlas_lib.methods.gkd.trainer import run_gkd
+
+    p = _params(**{"gkd.max_steps": 2, "gkd.save_steps": 1, "gkd.eval_steps": 2})
+    _prepare(p)
+    real, saves = transformers.Trainer._save_checkpoint, []
+
+    def fills_at_the_second(self, *a, **kw):
+        saves.append(1)
+        if len(saves) == 2:  # what torch's zip writer raises on a full disk
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                               "file data/3: file write failed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", fills_at_the_second)
+    with pytest.raises(RunDirError, match=r"filled while training or writing a checkpoint.*resumes from its last "
+                                          r"complete checkpoint \(checkpoint-1\)"):
+        run_gkd(p)
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", real)
+    summary = run_gkd(_params(**{"gkd.max_steps": 2, "gkd.save_steps": 1, "gkd.eval_steps": 2, "gkd.resume": True}))
+    assert summary["training"]["global_step"] == 2
+
+
 def _train_cmd(*sets):
     return [sys.executable, "-m", "atlas_lib.cli", "train", "gkd", "--params", "params/smoke.yaml",
             "--set", "tracking.wandb=disabled", "--set", "gkd.max_steps=4", "--set", "gkd.eval_steps=2",

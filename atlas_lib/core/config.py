@@ -10,13 +10,10 @@ reading the params file, so bad parameters fail before anything expensive happen
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import Any
 import yaml
 
 from atlas_lib.core import registry
-from atlas_lib.core.paths import notebooks_dir, resolve_params_path
+from atlas_lib.core.paths import resolve_params_path
 from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
 from atlas_lib.core.validate import TOKEN_LIKE, ParamsError, check_field, fld, load_yaml, unknown_key
 
@@ -241,41 +238,6 @@ def load(params: str | Path | dict = "params/embedded.yaml", stage: str | None =
         raw.setdefault(section, {})
         raw[section] = {**(raw.get(section) or {}), name: value}
     return from_dict(raw, source_path=source)
-
-
-# What IPython itself puts in a kernel's globals (names starting with "_" are skipped as well).
-_KERNEL_GLOBALS = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
-
-
-def declared_parameters(notebook: str) -> set[str]:
-    """The names the ``parameters`` cell of ``notebooks/<notebook>.ipynb`` assigns."""
-    path = notebooks_dir() / f"{notebook}.ipynb"
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        raise ParamsError(f"{path} has no cell tagged 'parameters'")
-    tree = ast.parse("".join(cell["source"]))
-    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
-
-
-def injected_sections(namespace: dict, notebook: str) -> dict:
-    """The sections papermill ``-f params.yaml`` injected into a notebook's globals.
-
-    Refuses a name the notebook's ``parameters`` cell does not declare: papermill only warns about
-    ``-p lerning_rate 1e-6`` and injects it, and the run would silently train with the file's value.
-    """
-    declared = declared_parameters(notebook)
-    extra = sorted(k for k, v in namespace.items()
-                   if not k.startswith("_") and k not in _KERNEL_GLOBALS and k not in declared
-                   and not isinstance(v, types.ModuleType) and not callable(v))
-    if extra:
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, sorted(declared), n=1))
-                             else "") for k in extra]
-        raise ParamsError(f"unknown notebook parameter {', '.join(hints)} for notebooks/{notebook}.ipynb; its "
-                          f"parameters cell declares: {', '.join(sorted(declared))}. Other settings go in the "
-                          f"params file or `atlas report --set section.key=value`")
-    keys = ("name", "description", *section_types(), "sweeps")
-    return {k: namespace[k] for k in keys if k in namespace and isinstance(namespace[k], (dict, list, str))}
 
 
 def sweep_method(sweep: dict) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from atlas_lib.core import checkpoints
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import runs_root
 
@@ -220,26 +221,14 @@ class RunDir:
 
     # -- checkpoints -------------------------------------------------------------------------
     def mark_checkpoint(self, step: int, state: dict) -> None:
-        ckpt = self.checkpoints / f"checkpoint-{step}"
-        if ckpt.is_dir():
-            atomic_write_json(ckpt / ".complete", {"step": step, **state})
+        checkpoints.mark(self.checkpoints / f"checkpoint-{step}", step, state, atomic_write_json)
 
     def last_checkpoint(self) -> tuple[Path, dict] | None:
-        """The newest checkpoint whose ``.complete`` marker exists; half-written ones are skipped."""
-        found = []
-        for ckpt in self.checkpoints.glob("checkpoint-*"):
-            marker = ckpt / ".complete"
-            if marker.exists():
-                try:
-                    found.append((json.loads(marker.read_text())["step"], ckpt))
-                except (ValueError, KeyError):
-                    continue
-            else:
-                log.warning("ignoring incomplete checkpoint %s", ckpt.name)
-        if not found:
-            return None
-        step, ckpt = max(found)
-        return ckpt, json.loads((ckpt / ".complete").read_text())
+        """The newest complete, undamaged checkpoint (:func:`atlas_lib.core.checkpoints.newest`)."""
+        try:
+            return checkpoints.newest(self.checkpoints)
+        except checkpoints.DamagedCheckpoint as e:
+            raise RunDirError(str(e)) from None
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})

@@ -31,6 +31,17 @@ def hub_dataset(name: str, config: str | None, split: str):
     return datasets.load_dataset(name, config, split=split)
 
 
+def _check_utf8(p: Path, shown: str) -> None:
+    """Text files must be UTF-8: name the first line that is not, instead of a decoder traceback."""
+    with p.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"data.path = {shown!r}: line {n} is not UTF-8 (byte 0x{line[e.start]:02x} at column "
+                                f"{e.start + 1}); save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in > out`") from None
+
+
 def load_file(path: str | Path):
     """A local .jsonl/.json/.parquet/.csv file as a ``datasets.Dataset`` (clear error when empty)."""
     import datasets
@@ -44,6 +55,8 @@ def load_file(path: str | Path):
         raise DataError(f"data.path = {str(path)!r}: file does not exist")
     if p.stat().st_size == 0 or (builder != "parquet" and not p.read_text(errors="ignore").strip()):
         raise DataError(f"data.path = {str(path)!r}: the file is empty; it needs one problem per row")
+    if builder != "parquet":
+        _check_utf8(p, str(path))
     try:
         ds = datasets.load_dataset(builder, data_files=str(p), split="train")
     except Exception as e:  # datasets wraps parser errors in DatasetGenerationError

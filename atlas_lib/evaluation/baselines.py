@@ -13,6 +13,7 @@ from atlas_lib.core.rundir import atomic_write_json, load_summary
 from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import splits
 from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.evaluation.context import check_context
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
     out_dir = runs_root() / params.name / "baseline"
     examples = eval_examples(params, prepared, during_training=False)
     e = params.evaluation
+    check_context(params, prepared, [params.models.student, params.models.teacher], e.max_new_tokens,
+                  "evaluation.max_new_tokens")
     teacher, t_tok = models.load_model(params.models.teacher, dtype=models.teacher_dtype(params, device),
                                        device=device, trust_remote_code=params.models.trust_remote_code)
     results = {}

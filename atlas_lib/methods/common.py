@@ -22,6 +22,7 @@ from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import splits
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation.baselines import baseline_records, eval_examples
+from atlas_lib.evaluation.context import check_context
 from atlas_lib.methods import loop
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,11 @@ def run_method(params: Params, key: str, build: Callable[[Params, Any, torch.dev
     method = registry.get(key)
     seed_everything(params)
     prepared = splits.load_prepared(params)
+    section = params.section(key)
+    budget = max((params.evaluation.max_new_tokens, "evaluation.max_new_tokens"),
+                 (section.max_completion_length, f"{key}.max_completion_length"))
+    check_context(params, prepared, [getattr(section, "student", None) or params.models.student,
+                                     getattr(section, "teacher", None) or params.models.teacher], *budget)
     device = models.resolve_device(params.run.device)
     parts = build(params, prepared, device)
     kw = dict(teacher=parts.teacher, teacher_tok=parts.teacher_tokenizer, teacher_loader=parts.teacher_loader,

@@ -9,6 +9,7 @@ lives here once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -138,7 +139,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
             full["initial"] = _full_eval(rd, "initial_full", final_eval_fn, trainer.model)
         t0 = time.monotonic()
         try:
-            with _allocator(section):
+            with _allocator(section), _disk_full_is_a_message(rd, stage, "training or writing a checkpoint"):
                 out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
         except NonFiniteError as e:
             rd.write_summary({"status": "failed", "error": str(e), "method": stage,
@@ -147,7 +148,8 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         if world > 1:
             _write_rank(rd, trainer, rank)
         moved = outcome.weights_digest(trainer.model) != start_digest
-        rd.save_model(trainer.model, trainer.processing_class)
+        with _disk_full_is_a_message(rd, stage, "writing the final model"):
+            rd.save_model(trainer.model, trainer.processing_class)
         summary = outcome.summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
         full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
         summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
@@ -166,6 +168,29 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         if "wandb" in report_to:
             finish_wandb()  # a run that stopped early (no-op when finished above)
         rd.release()
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a full disk: ``OSError`` ENOSPC, or torch's zip writer failing on one (it
+    reports a RuntimeError from ``inline_container`` with the OS error in its text)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    return isinstance(e, RuntimeError) and ("No space left on device" in str(e) or "file write failed" in str(e))
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_message(rd: RunDir, stage: str, doing: str):
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not disk_full(e):
+            raise
+        free = shutil.disk_usage(rd.path).free / 1e9
+        last = rd.last_checkpoint()
+        back = f"from its last complete checkpoint ({last[0].name})" if last else "from the start (no complete checkpoint)"
+        raise RunDirError(f"the disk under {relative_to_root(rd.path)} filled while {doing} ({free:.1f} GB free now). "
+                          f"Free space (or point ATLAS_RUNS at a larger disk) and run the same `atlas report` again (`atlas "
+                          f"train`: add --set {stage}.resume=true): the run resumes {back}") from None
 
 
 def check_disk(path, model, section) -> None:
