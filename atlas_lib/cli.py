@@ -30,7 +30,7 @@ from atlas_lib.data.sources import DataError
 from atlas_lib.evaluation.baselines import evaluate_baselines
 from atlas_lib.methods.common import TokenizerMismatchError
 from atlas_lib.methods.memory import estimate, format_plan
-from atlas_lib.methods.tracking import NonFiniteError
+from atlas_lib.methods.tracking import NonFiniteError, log_baselines
 from atlas_lib.report.pipeline import PipelineError, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "data":
             print(json.dumps(splits.prepare(_params(args, "data")).manifest, indent=2))
         elif args.cmd == "baseline":
-            s = evaluate_baselines(_params(args, "data"))
+            params = _params(args, "data")
+            s = evaluate_baselines(params)
+            log_baselines(params, s)
             print(json.dumps({k: s[k] for k in ("student", "teacher")}, indent=2, default=str))
         elif args.cmd == "train":
             s = registry.get(args.method).run(_params(args, args.method))

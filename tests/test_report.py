@@ -169,6 +169,19 @@ def test_complete_table_has_every_row_and_finite_numbers(complete):
     assert not s.isin(["missing", "not run"]).any().any()
 
 
+def test_the_table_view_shows_full_names_and_long_text_as_footnotes(complete):
+    col = collect.collect(complete)
+    s = table.styled_table(col)
+    page = table.table_view(col)._repr_html_()
+    longest = max(s["Model / Method"], key=len)
+    assert len(longest) > 50  # pandas' notebook display would cut it
+    assert escape(longest) in page
+    assert "Divergence kind</th>" not in page and "Note</th>" not in page
+    kind = s.loc["gkd", "Divergence kind"]
+    assert f"<li>{escape(kind)}</li>" in page
+    assert re.search(r"GKD[^<]*\[\d+(, \d+)*\]</td>", page)  # the row points at its footnotes
+
+
 def test_charts_render_with_labels(complete):
     col = collect.collect(complete)
     for fn in (charts.accuracy_chart, charts.loss_chart, charts.reward_chart, charts.tokens_chart,

@@ -187,6 +187,12 @@ def finish_wandb(summary: dict | None = None) -> None:
         if summary:
             wandb.run.summary.update(summary)
         wandb.finish()
+        # wandb reads WANDB_DIR/NAME once per process session and then ignores changes ("Changes to
+        # your wandb environment variables will be ignored"): without this, the next run in the same
+        # notebook (a sweep variant, the off-policy arm) would write into this run's wandb/ folder
+        teardown = getattr(wandb, "teardown", None)
+        if teardown is not None:
+            teardown()
 
 
 def wandb_report_to(cfg: TrackingConfig, run_path: Path, run_name: str) -> list[str]:
@@ -213,3 +219,30 @@ def wandb_report_to(cfg: TrackingConfig, run_path: Path, run_name: str) -> list[
     if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
         log.warning("tracking.wandb=online but WANDB_API_KEY is not set; wandb will use `wandb login` credentials")
     return ["wandb"]
+
+
+def log_baselines(params, summary: dict) -> bool:
+    """A W&B run ``<profile>-baseline`` (in ``runs/<profile>/baseline/wandb``) holding the rows every
+    trained run is compared with: the untrained student's and the teacher's test metrics, the
+    student's validation metrics, and a completions table per row. Returns whether one was written."""
+    from atlas_lib.core.paths import runs_root
+    from atlas_lib.evaluation.evaluate import load_eval
+
+    out = runs_root() / params.name / "baseline"
+    if "wandb" not in wandb_report_to(params.tracking, out, f"{params.name}/baseline"):
+        return False
+    import wandb
+
+    run = wandb.init(project=params.tracking.project, name=f"{params.name}-baseline", dir=str(out),
+                     config=params.to_dict(), job_type="baseline", reinit="finish_previous")
+    for role in ("student", "teacher", "student_val"):
+        metrics = summary.get(role) or {}
+        run.summary.update({f"atlas/{role}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        rows = load_eval(out, role).records if (out / f"{role}.records.jsonl").exists() else None
+        if rows:
+            run.log({f"atlas/{role}/completions": wandb.Table(
+                columns=["id", "prompt", "completion", "reference", "correct"],
+                data=[[r.get("id"), r.get("prompt"), r.get("completion"), r.get("reference"), bool(r.get("correct"))]
+                      for r in rows])})
+    finish_wandb()
+    return True

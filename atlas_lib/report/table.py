@@ -8,6 +8,7 @@ with the reason in the row's note: a missing number is never shown as zero.
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -191,3 +192,37 @@ def examples_frame(prepared, n: int = 3) -> pd.DataFrame:
     """The first ``n`` held-out problems (question, reference answer, worked solution if any)."""
     return pd.DataFrame([{"id": r["id"], "question": r["question"], "answer": r["answer"],
                           "solution": r.get("solution")} for r in list(prepared.eval)[:n]]).set_index("id")
+
+
+class TableView:
+    """:func:`styled_table` as the report shows it: every name in full (pandas' notebook display cuts
+    cells at 50 characters), and the two long text columns (divergence kind, note) as numbered
+    footnotes under the table, so the numbers fit a 1280 px page and print with every column."""
+
+    FOOTNOTED = ("Divergence kind", "Note")
+
+    def __init__(self, table: pd.DataFrame | Collected):
+        self.frame = styled_table(table)
+
+    def _repr_html_(self) -> str:
+        df = self.frame.drop(columns=list(self.FOOTNOTED))
+        notes: list[str] = []
+        marks = []
+        for _, r in self.frame.iterrows():
+            refs = []
+            for col in self.FOOTNOTED:
+                text = r[col]
+                if isinstance(text, str) and text.strip():
+                    if text not in notes:
+                        notes.append(text)
+                    refs.append(str(notes.index(text) + 1))
+            marks.append(f" [{', '.join(refs)}]" if refs else "")
+        df["Model / Method"] = [f"{name}{m}" for name, m in zip(df["Model / Method"], marks, strict=True)]
+        body = df.to_html(escape=True, border=0, classes="atlas-table")
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        return body + (f'<ol class="atlas-notes">{items}</ol>' if notes else "")
+
+
+def table_view(table: pd.DataFrame | Collected) -> TableView:
+    """The results table for display in notebook 05 and its HTML page (:class:`TableView`)."""
+    return TableView(table)
