@@ -22,6 +22,9 @@ batch, lengths, lmbda/beta and seed:
   in bf16, torchao's 8-bit AdamW with stochastic rounding (``bench/optimizer.py`` measures whether it
   still trains like fp32 AdamW), and freed buffers returned to the OS as the kit's training loop
   does with that optimizer (``runtime.return_freed_memory``).
+- kit-lora: kit-bf16-teacher with the student wrapped in LoRA adapters (``gkd.lora`` at its
+  defaults: r 16, alpha 32, every linear layer; :func:`atlas_lib.methods.common.with_lora`): the
+  base weights frozen, AdamW state for the adapters only.
 - kit-heap: the kit with its evaluator's allocator setting (:mod:`atlas_lib.core.runtime`: large
   buffers from glibc's heap) left on for the whole step, to show why the kit scopes it to evaluation.
 
@@ -47,8 +50,8 @@ from pathlib import Path
 from isolated import emit, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem", "kit-8bit", "kit-heap")
-LOWMEM = ("kit-bf16-teacher", "kit-lowmem", "kit-8bit")  # bf16 teacher
+VARIANTS = ("stock", "stock-fp32", "kit", "kit-bf16-teacher", "kit-lowmem", "kit-8bit", "kit-heap", "kit-lora")
+LOWMEM = ("kit-bf16-teacher", "kit-lowmem", "kit-8bit", "kit-lora")  # bf16 teacher
 sys.path.insert(0, str(ROOT))
 
 
@@ -121,6 +124,11 @@ def _run_variant(args) -> dict:
     device = models.resolve_device("auto")
     tok = models.load_tokenizer(args.student)
     student = _load(args.student, v, for_training=True)
+    if v == "kit-lora":
+        from atlas_lib.core.sections import GKDConfig as Section
+        from atlas_lib.methods.common import with_lora
+
+        student = with_lora(student, Section(lora={"r": 16}), "gkd")
     rows = data.load_prepared(p).train[: 4 * args.batch] if (runs_root() / "embedded/data/manifest.json").exists() \
         else [{"question": f"Tom has {i} apples and buys {i + 3} more. How many apples?", "answer": str(2 * i + 3),
                "solution": f"{i} + {i + 3} = {2 * i + 3}. Final Answer: {2 * i + 3}"} for i in range(4 * args.batch)]
