@@ -216,3 +216,38 @@ def test_a_token_typed_into_free_text_params_is_warned_about_and_scrubbed(caplog
     assert "tracking.project looks like it holds an access token" in caplog.text
     text, counts = scrub_text(f"<p>project team {token}</p>")
     assert token not in text and counts["secrets"] == 1
+
+
+def _make_read_only(path: Path) -> bool:
+    """``chattr -R +i``: nobody may write under ``path``, root included; False where not allowed."""
+    import shutil
+
+    return shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "-R", "+i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["data"], ["baseline"], ["train", "gkd"], ["report"]])
+def test_a_read_only_runs_directory_is_one_message_from_every_command(tmp_path, command):
+    runs = tmp_path / "ro-runs"
+    runs.mkdir()
+    env = {**os.environ, "ATLAS_RUNS": str(runs), "WANDB_MODE": "disabled"}
+
+    def atlas(*args):
+        return subprocess.run([sys.executable, "-m", "atlas_lib.cli", *args, "--params", "params/smoke.yaml"],
+                              capture_output=True, text=True, timeout=300, env=env,
+                              cwd=Path(__file__).resolve().parent.parent)
+
+    if command != ["data"]:  # the others need a prepared split to get as far as writing
+        assert atlas("data").returncode == 0
+    before = _tree_hash(runs)
+    if not _make_read_only(runs):
+        pytest.skip("cannot make a directory read-only for this user (chattr +i)")
+    try:
+        proc = atlas(*command)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(runs)], check=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "cannot write" in last and str(runs) in last, last
+    assert _tree_hash(runs) == before
