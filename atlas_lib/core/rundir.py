@@ -61,8 +61,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     except OSError as e:
         if "tmp" in locals() and os.path.exists(tmp):
             os.unlink(tmp)
-        raise RunDirError(f"cannot write {path}: {e.strerror or e}; earlier files are intact "
-                          f"(check free disk space and permissions of {path.parent})") from e
+        raise unwritable(path, e) from e
 
 
 def move_aside(path: Path, profile_dir: Path) -> Path:
@@ -72,6 +71,12 @@ def move_aside(path: Path, profile_dir: Path) -> Path:
     shutil.move(str(path), dest)
     log.info("moved previous %s to %s", Path(path).name, dest.relative_to(Path(profile_dir).parent))
     return dest
+
+
+def unwritable(path: Path, e: OSError) -> RunDirError:
+    """The one message every command gives when it cannot write under the runs directory."""
+    return RunDirError(f"cannot write {path}: {e.strerror or e}; files already there are intact (check free disk "
+                       f"space and the permissions of {Path(path).parent}, or point ATLAS_RUNS elsewhere)")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -152,7 +157,7 @@ class RunDir:
         try:
             rd.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(f"cannot create run directory {rd.path}: {e.strerror or e}") from e
+            raise unwritable(rd.path, e) from e
         rd.acquire()
         if not exists:
             atomic_write_json(rd.path / "config.json", {
@@ -177,7 +182,7 @@ class RunDir:
             self._lock.unlink(missing_ok=True)
             fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except OSError as e:
-            raise RunDirError(f"run directory {self.path} is not writable: {e.strerror or e}") from e
+            raise unwritable(self.path, e) from e
         with os.fdopen(fd, "w") as fh:
             fh.write(str(os.getpid()))
 
