@@ -251,3 +251,27 @@ def test_a_read_only_runs_directory_is_one_message_from_every_command(tmp_path, 
     last = proc.stderr.strip().splitlines()[-1]
     assert "cannot write" in last and str(runs) in last, last
     assert _tree_hash(runs) == before
+
+
+def test_ctrl_c_in_a_terminal_stops_the_report_with_one_message(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (the kernel gets it too)."""
+    import signal
+    import time
+
+    env = {**os.environ, "ATLAS_RUNS": str(tmp_path / "runs"), "ATLAS_REPORTS": str(tmp_path / "reports"),
+           "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "atlas_lib.cli", "report", "--params", "params/smoke.yaml"],
+                            cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "runs" / "smoke" / "logs" / "02_gkd.log"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and "Executing" in log.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "interrupted (Ctrl-C)" in err.strip().splitlines()[-1], err[-3000:]
+    assert "Traceback" not in err  # the kernel's own teardown noise goes to the stage's log
+    assert len(err.strip().splitlines()) <= 6
+    assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_data.done.json").exists()  # finished stage kept

@@ -8,11 +8,13 @@ directories to ``runs/<profile>/.previous/`` (never deleted silently), then re-r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -75,6 +77,10 @@ _INTERRUPTED: list[bool] = []
 
 def _on_sigint(signum, frame) -> None:
     _INTERRUPTED.append(True)
+    # The kernel got the same Ctrl-C and died; nbclient's pending cell task then reports "Kernel died"
+    # through asyncio's "Task exception was never retrieved" when the process exits, after the
+    # kit's own message. That is expected here, not news for the terminal.
+    logging.getLogger("asyncio").disabled = True
     raise KeyboardInterrupt
 
 
@@ -120,6 +126,27 @@ def resumable(params: config.Params, step: Step) -> bool:
     return rd.last_checkpoint() is not None and (rd.read_config() or {}).get("train_hash") == train_hash(params, key)
 
 
+@contextlib.contextmanager
+def _stderr_to(log_file: Path | None):
+    """While a notebook runs, file descriptor 2 points at its log: the kernel process inherits it, so
+    the kernel's own chatter (its TCP warning, the traceback ipykernel prints when Ctrl-C tears it
+    down) lands in the log, not on the terminal, which keeps one line per stage."""
+    if log_file is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
 def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, log_file: Path | None = None,
             verbose: bool = False) -> None:
     """Run one notebook with papermill. Its cell-by-cell output (every library warning and progress
@@ -131,17 +158,19 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
     pm_log, handler, propagate = logging.getLogger("papermill"), None, None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        log_file.write_text("")  # this run's log; the handler and the kernel's stderr both append to it
+        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         pm_log.addHandler(handler)
         propagate, pm_log.propagate = pm_log.propagate, verbose
     where = f"\nfull log: {relative_to_root(log_file)}" if log_file is not None else ""
     try:
-        pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
-                            parameters={"params_file": str(params_file),
-                                        **({step.stages[0]: {"resume": True}} if resume else {})},
-                            kernel_name="python3", cwd=str(project_root()), log_output=True,
-                            progress_bar=verbose or log_file is None)
+        with _stderr_to(log_file if not verbose else None):
+            pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
+                                parameters={"params_file": str(params_file),
+                                            **({step.stages[0]: {"resume": True}} if resume else {})},
+                                kernel_name="python3", cwd=str(project_root()), log_output=True,
+                                progress_bar=verbose or log_file is None)
     except PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt" or _INTERRUPTED:
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
