@@ -33,18 +33,17 @@ its import with ``is_vllm_available``); nothing here imports it.
 
 from __future__ import annotations
 
-import torch
 from datasets import Dataset
 from trl import DistillationConfig, DistillationTrainer
 
 from atlas_lib.core.config import Params
-from atlas_lib.methods.tracking import NonFiniteError
+from atlas_lib.methods.gkd.guard import ScoredLoss
 
 # GKDTrainer's fixed sampling and dropout settings, given to DistillationConfig explicitly.
 GKD_SAMPLING = {"top_k": 0, "top_p": 1.0, "disable_dropout": True}
 
 
-class AtlasDistillationTrainer(DistillationTrainer):
+class AtlasDistillationTrainer(ScoredLoss, DistillationTrainer):
     """DistillationTrainer scoring at temperature 1, normalised per micro-batch, with the NaN guard."""
 
     loss_is_scaled_for_ga = False  # a per-micro-batch mean: HF Trainer averages over accumulation
@@ -54,25 +53,15 @@ class AtlasDistillationTrainer(DistillationTrainer):
         # TRL reads self.temperature for the loss only after __init__ (sampling settings are built)
         self.sampling_temperature = self.generation_config.temperature
         self.temperature = loss_temperature
-        self._completion_tokens = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # without the generation batch's token count TRL divides by this micro-batch's scored tokens
         inputs = {k: v for k, v in inputs.items() if k != "num_items_in_batch"}
         loss = super().compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None)
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"GKD loss became {loss.item()} at step {self.state.global_step + 1}; the run "
-                                 "stopped before applying it and kept its metrics and last checkpoint")
-        if self.model.training:
-            mask = inputs["completion_mask"]
-            self._completion_tokens += int((mask * inputs["tool_mask"] if "tool_mask" in inputs else mask).sum())
+        mask = inputs["completion_mask"]
+        scored = int((mask * inputs["tool_mask"] if "tool_mask" in inputs else mask).sum()) if self.model.training else 0
+        loss = self.checked(loss, scored)
         return (loss, None) if return_outputs else loss
-
-    def log(self, logs: dict, start_time: float | None = None) -> None:
-        if "loss" in logs and self._completion_tokens:
-            logs["atlas/completion_tokens"] = self._completion_tokens / max(self.args.logging_steps, 1)
-            self._completion_tokens = 0
-        super().log(logs, start_time)
 
 
 def trl_config(params: Params, common: dict) -> DistillationConfig:

@@ -39,13 +39,13 @@ from atlas_lib.core.config import Params
 from atlas_lib.data import splits
 from atlas_lib.methods import loop
 from atlas_lib.methods.common import Parts, load_pair, run_method, with_lora
+from atlas_lib.methods.gkd.guard import ScoredLoss
 from atlas_lib.methods.gkd.loss import generalized_jsd
-from atlas_lib.methods.tracking import NonFiniteError
 
 log = logging.getLogger(__name__)
 
 
-class AtlasGKDTrainer(GKDTrainer):
+class AtlasGKDTrainer(ScoredLoss, GKDTrainer):
     """GKDTrainer with completion-only logits, chunked loss, per-token normalisation and a NaN guard.
 
     Normalisation: HF Trainer counts ``num_items_in_batch`` from the dataset's reference labels
@@ -66,7 +66,6 @@ class AtlasGKDTrainer(GKDTrainer):
         self.generation_config.use_cache = True
         self.generation_kwargs["use_cache"] = True
         self.loss_chunk_size = loss_chunk_size
-        self._completion_tokens = 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         return super().training_step(model, inputs, None)  # the count of reference labels: not what is scored
@@ -94,17 +93,8 @@ class AtlasGKDTrainer(GKDTrainer):
         total = generalized_jsd(s_logits_B_K_V[..., :vocab][mask_B_K], t_logits_B_K_V[..., :vocab][mask_B_K],
                                 self.beta, chunk_size=self.loss_chunk_size)
         loss = total / mask_B_K.sum().clamp_min(1).to(total.device)  # per scored completion token
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"GKD loss became {loss.item()} at step {self.state.global_step + 1}; the run "
-                                 "stopped before applying it and kept its metrics and last checkpoint")
-        self._completion_tokens += int(mask_B_K.sum())
+        loss = self.checked(loss, int(mask_B_K.sum()))
         return (loss, s_out) if return_outputs else loss
-
-    def log(self, logs: dict, start_time: float | None = None) -> None:
-        if "loss" in logs and self._completion_tokens:
-            logs["atlas/completion_tokens"] = self._completion_tokens / max(self.args.logging_steps, 1)
-            self._completion_tokens = 0
-        super().log(logs, start_time)
 
 
 def trl_config(params: Params, common: dict, key: str = "gkd") -> TRLGKDConfig:
