@@ -108,10 +108,7 @@ class AtlasCallback(TrainerCallback):
         row = {f"atlas/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
         row["train/global_step"] = record["step"]
         if records:
-            row["atlas/completions"] = wandb.Table(
-                columns=["step", "id", "prompt", "completion", "reference", "correct"],
-                data=[[record["step"], r.get("id"), r.get("prompt"), r.get("completion"), r.get("reference"),
-                       bool(r.get("correct"))] for r in records])
+            row["atlas/completions"] = completions_table(records, step=record["step"])
         wandb.log(row)
 
     def evaluate(self, step: int, model) -> dict:
@@ -179,6 +176,19 @@ class AtlasCallback(TrainerCallback):
         self.evaluate(state.global_step, self.model)
 
 
+def completions_table(records: list[dict], step: int | None = None):
+    """A W&B table of evaluation records: id, prompt, completion, reference, right or wrong (and the
+    eval point's optimizer step first, when there is one)."""
+    import wandb
+
+    columns = ["id", "prompt", "completion", "reference", "correct"]
+    data = [[r.get("id"), r.get("prompt"), r.get("completion"), r.get("reference"), bool(r.get("correct"))]
+            for r in records]
+    if step is not None:
+        columns, data = ["step", *columns], [[step, *row] for row in data]
+    return wandb.Table(columns=columns, data=data)
+
+
 def finish_wandb(summary: dict | None = None) -> None:
     """Close the run's W&B run (adding ``summary`` to it first), if one is open."""
     import wandb
@@ -240,9 +250,6 @@ def log_baselines(params, summary: dict) -> bool:
         run.summary.update({f"atlas/{role}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         rows = load_eval(out, role).records if (out / f"{role}.records.jsonl").exists() else None
         if rows:
-            run.log({f"atlas/{role}/completions": wandb.Table(
-                columns=["id", "prompt", "completion", "reference", "correct"],
-                data=[[r.get("id"), r.get("prompt"), r.get("completion"), r.get("reference"), bool(r.get("correct"))]
-                      for r in rows])})
+            run.log({f"atlas/{role}/completions": completions_table(rows)})
     finish_wandb()
     return True

@@ -51,7 +51,6 @@ class AtlasDistillationTrainer(ScoredLoss, DistillationTrainer):
     def __init__(self, *args, loss_temperature: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         # TRL reads self.temperature for the loss only after __init__ (sampling settings are built)
-        self.sampling_temperature = self.generation_config.temperature
         self.temperature = loss_temperature
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
