@@ -445,6 +445,26 @@ def test_render_html_shows_a_progress_bar_once_not_every_redraw(tmp_path):
     assert html.count("eval: 3/3") == 1 and "eval: 1/3" not in html and "INFO done" in html
 
 
+def test_notebook_pages_leave_library_warnings_to_the_log(tmp_path):
+    streams = ["INFO atlas_lib.core.models: loaded the student\n",
+               "/x/site-packages/transformers/modeling_utils.py:3312: FutureWarning: `is_gradient_checkpointing` "
+               "is deprecated\n",
+               "  warnings.warn(\n",
+               "[transformers] Passing `generation_config` together with generation-related arguments\n",
+               "INFO atlas_lib.methods.tracking: eval step 3: accuracy 0.5\n"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=t) for t in streams])])
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    page = render_html(src, tmp_path / "out.html", with_code=True).read_text()
+    assert "loaded the student" in page
+    assert "eval step 3: accuracy 0.5" in page
+    assert "FutureWarning" not in page
+    assert "warnings.warn(" not in page
+    assert "generation_config" not in page
+    assert "FutureWarning" in src.read_text()  # the executed notebook (and the run's log) keep them
+
+
 def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     """End to end: papermill runs notebook 05 on the synthetic runs; both HTML renders are clean (~8 s)."""
     import papermill as pm
@@ -491,3 +511,20 @@ def test_findings_moves_compare_the_test_rows(tmp_path, monkeypatch):
     text = findings.findings(collect.collect(params))
     assert "GKD 121.0 → 50.0" in text and "GKD 0.450 → 0.123" in text
     assert "→ 96.0" not in text and "→ 0.350" not in text
+
+
+def test_a_lora_run_says_so_in_its_row_and_the_findings(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch)
+    path = tmp_path / "runs" / params.name / "grpo" / "summary.json"
+    s = json.loads(path.read_text())
+    s["config"]["grpo"]["lora"] = {"r": 8}
+    path.write_text(json.dumps(s))
+    full = tmp_path / "runs" / params.name / "gkd" / "summary.json"  # a full fine-tune
+    s = json.loads(full.read_text())
+    s["config"]["gkd"]["lora"] = {}
+    full.write_text(json.dumps(s))
+    col = collect.collect(params)
+    t = table.results_table(col)
+    assert "LoRA adapters (r 8, alpha 32, on all-linear)" in t.loc["grpo", "Note"]
+    assert "LoRA" not in t.loc["gkd", "Note"]
+    assert "GRPO trained LoRA adapters (r 8" in findings.findings(col)

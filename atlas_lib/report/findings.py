@@ -18,7 +18,7 @@ import pandas as pd
 
 from atlas_lib.evaluation import stats
 from atlas_lib.report.collect import Collected, RunInfo, paired_vs
-from atlas_lib.report.table import ALIGNED_COL, pct, results_table
+from atlas_lib.report.table import ALIGNED_COL, lora_text, pct, results_table
 
 ALPHA = 0.05
 
@@ -164,7 +164,9 @@ def mde_sentence(col: Collected) -> str | None:
 
 
 def findings(col: Collected) -> str:
-    """A short Markdown paragraph that states what the collected numbers show, answer first."""
+    """Markdown that states what the collected numbers show: the answer as one paragraph (each method
+    against the untrained student, the methods against each other, the compute to match), then the
+    context as a list (what did not train, baselines, tokens, KL, power, which split is which)."""
     t = results_table(col)
     runs = col.runs
     lines = _lead(col, t)
@@ -174,7 +176,10 @@ def findings(col: Collected) -> str:
         unit = _unit(ra) if _ok(ra["Device hours"]) else _unit(rb)
         if ratio := compute_ratio(runs, a, b, unit):
             lines.append(ratio)
+    n_answer = len(lines)  # the answer reads as one paragraph; the context under it as a list
     lines += [line for info in runs.values() if (line := _status_line(info))]
+    lines += [f"{info.name} trained {text}." for info in runs.values()
+              if (text := lora_text(info.summary, info.method))]
     s, te = t.loc["student"], t.loc["teacher"]
     if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
         lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
@@ -203,4 +208,4 @@ def findings(col: Collected) -> str:
         lines.append(m)
     lines.append("Table rows are the test split; training curves are the validation split (where the peak is "
                  "chosen), and end at the trained model's test point.")
-    return " ".join(lines)
+    return " ".join(lines[:n_answer]) + "\n\n" + "\n".join(f"- {line}" for line in lines[n_answer:])

@@ -64,6 +64,39 @@ def _strip_stderr(nb) -> None:
                             if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
 
 
+# A Python warning as `warnings` prints it ("<file>:<line>: <Category>Warning: ..."), and a library
+# logger's own warning prefix; a warning's source-line echo follows it indented.
+_LIBRARY_WARNING = re.compile(r"^(\S.*:\d+: \w*Warning: |\[transformers\] )")
+
+
+def _drop_library_warnings(nb) -> int:
+    """Notebook pages keep the kit's log lines (what loaded, what was evaluated) but not library
+    warnings: deprecations and the like are for the run's log (``runs/<profile>/logs/``, where papermill
+    copies every stream), not for a reader. Returns the number of lines dropped."""
+    dropped = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs, in_warning = [], False
+        for o in cell.get("outputs", []):
+            if not (o.get("output_type") == "stream" and o.get("name") == "stderr"):
+                outputs.append(o)
+                in_warning = False
+                continue
+            kept = []
+            for line in o.get("text", "").splitlines(keepends=True):
+                if _LIBRARY_WARNING.match(line) or (in_warning and line[:1] in (" ", "\t")):
+                    in_warning, dropped = True, dropped + 1
+                    continue
+                in_warning = False
+                kept.append(line)
+            if "".join(kept).strip():
+                o["text"] = "".join(kept)
+                outputs.append(o)
+        cell.outputs = outputs
+    return dropped
+
+
 def _executed_from(nb) -> tuple[Path, ...]:
     """The checkout papermill ran the notebook in (``<root>/notebooks/<name>.ipynb`` as recorded in
     its metadata), if any: tracebacks and warnings carry that checkout's absolute paths."""
@@ -117,11 +150,15 @@ table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}th,td{border:1px s
 vertical-align:top}thead th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
 .jp-OutputArea-output{overflow-x:auto}pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
 code{font-size:.92em}.jp-InputPrompt,.jp-OutputPrompt{display:none}
+.anchor-link{visibility:hidden;text-decoration:none;margin-left:.25em;color:#888}
+h1:hover>.anchor-link,h2:hover>.anchor-link,h3:hover>.anchor-link{visibility:visible}
 @media (prefers-color-scheme: dark){body{background:#121212;color:#ddd}thead th{background:#222}
 tbody tr:nth-child(even){background:#1a1a1a}th,td{border-color:#444}pre{background:#1e1e1e}
 img,svg{background:#fff}a{color:#8ab4f8}}
+@page{size:A4 landscape;margin:10mm}
 @media print{body{max-width:none;margin:0;font-size:10pt}table{font-size:7.5pt;width:100%;table-layout:auto}
-th,td{padding:1px 3px;word-break:break-word}pre{white-space:pre-wrap}img,svg{page-break-inside:avoid}}"""
+th,td{padding:1px 3px;word-break:normal;overflow-wrap:normal;hyphens:none}thead{display:table-header-group}
+tr{break-inside:avoid}.anchor-link{display:none}pre{white-space:pre-wrap}img,svg{page-break-inside:avoid}}"""
 
 
 
@@ -147,6 +184,8 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> 
     nb = nbformat.read(executed_notebook, as_version=4)
     if not with_code:
         _strip_stderr(nb)
+    elif dropped := _drop_library_warnings(nb):
+        log.info("%s: %d library warning line(s) left to the run's log", out_html.name, dropped)
     c = Config()
     c.TagRemovePreprocessor.enabled = True
     c.TagRemovePreprocessor.remove_input_tags = HIDDEN_INPUT_TAGS

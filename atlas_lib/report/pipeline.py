@@ -42,6 +42,7 @@ from atlas_lib.core.rundir import (
 from atlas_lib.report import problems
 from atlas_lib.report.collect import collect
 from atlas_lib.report.html import render_html
+from atlas_lib.report.progress import StageProgress
 from atlas_lib.report.table import results_table
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,30 @@ def _stderr_to(log_file: Path | None):
         os.close(fd)
 
 
+def _terminal():
+    """The terminal the user watches, as a text stream on a copy of stderr taken before the kernel's
+    output is sent to the stage's log; None when stderr is not a terminal (CI, a file, a pipe)."""
+    try:
+        return os.fdopen(os.dup(2), "w", buffering=1) if os.isatty(2) else None
+    except OSError:
+        return None
+
+
+def stage_progress(params: config.Params, step: Step, profile_dir: Path, stream) -> StageProgress:
+    """The live bar for ``step``: its training steps when it trains (the sum of its methods' max_steps),
+    else its notebook's cells."""
+    import nbformat
+
+    # + papermill's injected-parameters cell, which it counts with the rest
+    cells = len(nbformat.read(notebooks_dir() / f"{step.notebook}.ipynb", as_version=4).cells) + 1
+    trained = [k for k in step.stages if k in registry.keys()]
+    total = sum(params.section(k).max_steps for k in trained) or None
+    return StageProgress(step.notebook, cells=cells, metrics=[profile_dir / k / "metrics.jsonl" for k in trained],
+                         total_steps=total, stream=stream)
+
+
 def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, log_file: Path | None = None,
-            verbose: bool = False) -> None:
+            verbose: bool = False, progress: StageProgress | None = None) -> None:
     """Run one notebook with papermill. Its cell-by-cell output (every library warning and progress
     frame) goes to ``log_file``; the terminal shows it too only when ``verbose``."""
     import papermill as pm
@@ -165,7 +188,7 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
         propagate, pm_log.propagate = pm_log.propagate, verbose
     where = f"\nfull log: {relative_to_root(log_file)}" if log_file is not None else ""
     try:
-        with _stderr_to(log_file if not verbose else None):
+        with _stderr_to(log_file if not verbose else None), progress or contextlib.nullcontext():
             pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
                                 parameters={"params_file": str(params_file),
                                             **({step.stages[0]: {"resume": True}} if resume else {})},
@@ -205,8 +228,14 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         marker.unlink(missing_ok=True)
         log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
         t0 = time.monotonic()
-        execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
-                log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose)
+        term = None if verbose else _terminal()
+        try:
+            execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
+                    log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose,
+                    progress=stage_progress(params, step, profile_dir, term) if term is not None else None)
+        finally:
+            if term is not None:
+                term.close()
         if _INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: "
                                 "run the same command again to resume")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from atlas_lib.core import registry
+from atlas_lib.core.sections import LORA_DEFAULTS
 from atlas_lib.report.collect import Collected, RunInfo, paired_vs, untrained_row
 
 NAN = float("nan")
@@ -77,6 +78,16 @@ def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, trai
     return row
 
 
+def lora_text(summary: dict, key: str) -> str | None:
+    """How a run trained, when it trained LoRA adapters rather than every weight (its summary's config)."""
+    lora = ((summary.get("config") or {}).get(key) or {}).get("lora")
+    if not lora:
+        return None
+    s = {**LORA_DEFAULTS, **lora}
+    return (f"LoRA adapters (r {s['r']}, alpha {s['alpha']}, on {s['target_modules']}); the student's own "
+            f"weights stayed frozen")
+
+
 def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
     s = info.summary
     first = info.evals.iloc[0].to_dict() if len(info.evals) else {}
@@ -87,6 +98,8 @@ def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
         training = {"device_hours": last.get("device_hours"), "duration_seconds": last.get("seconds"),
                     "device_kind": last.get("device_kind"), "global_step": last.get("step")}
     notes = list(info.notes)
+    if lora := lora_text(s, info.method):
+        notes.append(lora)
     status = info.status
     if s.get("did_not_train"):
         status = f"did not train: {s['did_not_train']}"
@@ -218,7 +231,7 @@ class TableView:
                     refs.append(str(notes.index(text) + 1))
             marks.append(f" [{', '.join(refs)}]" if refs else "")
         df["Model / Method"] = [f"{name}{m}" for name, m in zip(df["Model / Method"], marks, strict=True)]
-        body = df.to_html(escape=True, border=0, classes="atlas-table")
+        body = df.to_html(escape=True, border=0, classes="atlas-table", index=False)  # the label names the row
         items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
         return body + (f'<ol class="atlas-notes">{items}</ol>' if notes else "")
 

@@ -1,0 +1,77 @@
+"""The terminal's live bar for a running stage (atlas_lib.report.progress): fed by the stage's own
+metrics.jsonl and papermill's cell log, shown only on a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from atlas_lib.core import config
+from atlas_lib.report import pipeline
+from atlas_lib.report.progress import StageProgress, read_progress
+
+
+def _metrics(path, records, tail=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+
+
+def test_read_progress_counts_steps_and_eval_points_and_skips_a_half_written_line(tmp_path):
+    _metrics(tmp_path / "gkd" / "metrics.jsonl",
+             [{"kind": "eval", "step": 0}, {"kind": "train", "step": 1}, {"kind": "train", "step": 2}],
+             tail='{"kind": "eval", "st')
+    _metrics(tmp_path / "grpo" / "metrics.jsonl", [{"kind": "train", "step": 1}, {"kind": "eval", "step": 1}])
+    got = read_progress([tmp_path / "gkd" / "metrics.jsonl", tmp_path / "grpo" / "metrics.jsonl",
+                         tmp_path / "missing" / "metrics.jsonl"])
+    assert got == (3, 2)
+
+
+def test_the_bar_shows_steps_eval_points_and_the_current_cell(tmp_path):
+    metrics = tmp_path / "gkd" / "metrics.jsonl"
+    out = io.StringIO()
+    with StageProgress("02_gkd", cells=15, metrics=[metrics], total_steps=3, stream=out, interval=3600) as bar:
+        logging.getLogger("papermill").info("Executing Cell 7-------------")
+        _metrics(metrics, [{"kind": "eval", "step": 0}, {"kind": "train", "step": 1}, {"kind": "train", "step": 2}])
+        bar.poll()
+        shown = out.getvalue().split("\r")[-1]
+    assert "[02_gkd] 2/3 steps" in shown
+    assert "eval points 1" in shown
+    assert "cell 7/15" in shown
+
+
+def test_after_the_last_step_the_bar_says_the_final_evaluation_is_running(tmp_path):
+    metrics = tmp_path / "gkd" / "metrics.jsonl"
+    _metrics(metrics, [{"kind": "train", "step": s} for s in (1, 2, 3)])
+    out = io.StringIO()
+    with StageProgress("02_gkd", cells=15, metrics=[metrics], total_steps=3, stream=out, interval=3600) as bar:
+        bar.poll()
+        shown = out.getvalue().split("\r")[-1]
+    assert "3/3 steps" in shown
+    assert "final evaluation" in shown
+
+
+def test_a_stage_without_training_counts_cells(tmp_path):
+    out = io.StringIO()
+    with StageProgress("01_data", cells=12, metrics=[], total_steps=None, stream=out, interval=3600) as bar:
+        logging.getLogger("papermill").info("Executing Cell 5-------------")
+        bar.poll()
+        shown = out.getvalue().split("\r")[-1]
+    assert "[01_data] 5/12 cells" in shown
+
+
+def test_without_a_terminal_nothing_is_drawn(tmp_path):
+    with StageProgress("02_gkd", cells=15, metrics=[], total_steps=3, stream=None) as bar:
+        bar.poll()
+    assert bar.bar is None
+
+
+def test_each_stage_gets_its_methods_steps_or_its_cells(tmp_path):
+    params = config.load("params/embedded.yaml")
+    plan = {s.notebook: s for s in pipeline.steps(params)}
+    gkd = pipeline.stage_progress(params, plan["02_gkd"], tmp_path, None)
+    data = pipeline.stage_progress(params, plan["01_data"], tmp_path, None)
+    assert gkd.total_steps == params.gkd.max_steps
+    assert gkd.metrics == [tmp_path / "gkd" / "metrics.jsonl"]
+    assert data.total_steps is None
+    assert data.cells > 5
