@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: setup models report study smoke test test-all lint bench clean-runs
+.PHONY: setup models report study smoke test test-all lint bench clean-runs kernel lab
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -34,6 +34,17 @@ report: models
 # long enough to move; under 2 h on 2 CPU cores. Writes reports/study/.
 study: models
 	$(BIN)/atlas report --params params/study.yaml
+
+# A Jupyter kernel named after the project, "Python (atlas-distill-kit)", for a JupyterLab installed
+# outside .venv (conda base, a system install): it runs .venv's Python, so the notebooks see atlas_lib
+# and the pinned stack. Per user by default; KERNEL_INSTALL="--prefix DIR" or "--sys-prefix" elsewhere.
+KERNEL_INSTALL ?= --user
+kernel: setup
+	$(BIN)/python -m ipykernel install $(KERNEL_INSTALL) --name atlas-distill-kit --display-name "Python (atlas-distill-kit)"
+
+# JupyterLab from the project root (notebooks/, params/, runs/ and reports/ all in reach)
+lab: setup
+	$(BIN)/jupyter lab
 
 smoke: setup
 	$(BIN)/atlas report --params params/smoke.yaml

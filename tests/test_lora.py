@@ -13,7 +13,7 @@ from atlas_lib.core import config, models
 from atlas_lib.core.rundir import RunDir
 from atlas_lib.data import splits
 from atlas_lib.methods import loop, memory
-from atlas_lib.methods.common import merged_adapters, with_lora
+from atlas_lib.methods.common import with_lora
 from atlas_lib.methods.gkd import trainer as gkd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,36 +69,6 @@ def test_the_memory_plan_counts_what_peft_counts(tiny):
     wrapped = with_lora(model, p.gkd, "gkd")
     trainable, _ = wrapped.get_nb_trainable_parameters()
     assert memory.lora_params(memory.arch(tiny["student"]), LORA["r"]) == trainable
-
-
-def test_evaluation_sees_a_merged_copy_and_leaves_the_trained_model_as_it_was(tiny):
-    model, tok = models.load_model(tiny["student"], dtype=torch.float32, device="cpu", for_training=True)
-    wrapped = with_lora(model, _params().gkd, "gkd")
-    with torch.no_grad():  # adapters as after training (B starts at zero, which would make the test vacuous)
-        for n, w in wrapped.named_parameters():
-            if "lora_B" in n:
-                w.normal_(0, 0.5)
-    before = {n: w.detach().clone() for n, w in wrapped.named_parameters()}
-    ids = torch.tensor([tok.encode("a short prompt to score")])
-    wrapped.eval()
-    with torch.no_grad():
-        want = wrapped(input_ids=ids).logits
-        with wrapped.disable_adapter():
-            base = wrapped(input_ids=ids).logits
-        with merged_adapters(wrapped) as m:
-            plain = not hasattr(m, "peft_config")
-            got = m(input_ids=ids).logits
-    assert plain  # plain nn.Linear layers: the evaluator's fast decode path applies
-    assert not torch.allclose(want, base, atol=1e-3)  # the adapters change the output
-    assert torch.allclose(got, want, atol=1e-5)
-    after = dict(wrapped.named_parameters())
-    assert all(torch.equal(after[n], w) for n, w in before.items())
-
-
-def test_a_model_without_adapters_is_evaluated_as_it_is(tiny):
-    model, _ = models.load_model(tiny["student"], dtype=torch.float32, device="cpu")
-    with merged_adapters(model) as m:
-        assert m is model
 
 
 def test_the_seed_gkd_stage_fits_one_80_gb_gpu_with_the_one_gpu_profile():

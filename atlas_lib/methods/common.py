@@ -8,11 +8,9 @@ notebook 01's records, the summary contract) is done here once.
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,26 +85,6 @@ def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: 
     return device, s_model, s_tok, t_model, t_tok
 
 
-@contextmanager
-def merged_adapters(model) -> Iterator[Any]:
-    """``model``, or for a peft model a merged copy of it (base weights + scaled adapter product) for the
-    duration of an evaluation. Why: the evaluator's decode path (weight-major products, shared-prefix
-    cache) works on plain ``nn.Linear`` layers, while peft's wrappers add two small products per layer and
-    per token; the trained model itself (frozen base, adapters, optimizer state) is left untouched, where
-    ``merge_adapter()`` / ``unmerge_adapter()`` would add and subtract in place and leave rounding in
-    the base weights. Costs one copy of the student's weights while it lives."""
-    if not hasattr(model, "merge_and_unload"):  # not a peft model
-        yield model
-        return
-    merged = copy.deepcopy(model).merge_and_unload()
-    merged.eval()
-    try:
-        yield merged
-    finally:
-        del merged
-        gc.collect()
-
-
 def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_tok=None, divergence_fn=None,
                   during_training: bool = True, teacher_loader: Callable | None = None):
     """The shared evaluator bound to the held-out subset: ``eval_fn(model) -> EvalResult``.
@@ -129,10 +107,9 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
         if reuse and not todo:  # every problem already evaluated on this model
             return ev.EvalResult({**ev.aggregate(reuse), "reused_records": len(reuse)}, reuse)
         t_model = teacher_loader() if teacher_loader is not None and e.reverse_kl else teacher
-        with merged_adapters(model) as m:
-            res = ev.evaluate(m, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
-                              batch_size=e.batch_size, teacher=t_model if e.reverse_kl else None,
-                              teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(m) if divergence_fn else None)
+        res = ev.evaluate(model, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
+                          batch_size=e.batch_size, teacher=t_model if e.reverse_kl else None,
+                          teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
         if teacher_loader is not None:
             del t_model
             gc.collect()  # hand the teacher's memory back before training resumes
