@@ -445,6 +445,17 @@ def test_render_html_shows_a_progress_bar_once_not_every_redraw(tmp_path):
     assert html.count("eval: 3/3") == 1 and "eval: 1/3" not in html and "INFO done" in html
 
 
+def test_a_progress_bar_that_cleared_itself_stays_cleared_on_the_page(tmp_path):
+    frames = ["\reval:  50%| 6/12", "\reval: 100%| 12/12", "\r" + " " * 40, "\r", "INFO eval step 3: accuracy 0.5\n"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=f) for f in frames])])
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    page = render_html(src, tmp_path / "out.html", with_code=True).read_text()
+    assert "12/12" not in page
+    assert "eval step 3" in page
+
+
 def test_notebook_pages_leave_library_warnings_to_the_log(tmp_path):
     streams = ["INFO atlas_lib.core.models: loaded the student\n",
                "/x/site-packages/transformers/modeling_utils.py:3312: FutureWarning: `is_gradient_checkpointing` "

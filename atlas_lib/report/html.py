@@ -83,14 +83,14 @@ def _drop_library_warnings(nb) -> int:
                 outputs.append(o)
                 in_warning = False
                 continue
-            kept = []
-            for line in o.get("text", "").splitlines(keepends=True):
-                if _LIBRARY_WARNING.match(line) or (in_warning and line[:1] in (" ", "\t")):
+            kept, lines = [], [x for x in re.split(r"(?<=\n)", o.get("text", "")) if x]  # "\r" frames stay in their line
+            for line in lines:
+                if _LIBRARY_WARNING.match(line) or (in_warning and line[:1] in (" ", "\t") and line.strip()):
                     in_warning, dropped = True, dropped + 1
                     continue
                 in_warning = False
                 kept.append(line)
-            if "".join(kept).strip():
+            if len(kept) == len(lines) or "".join(kept).strip():  # a progress bar's clearing frame stays
                 o["text"] = "".join(kept)
                 outputs.append(o)
         cell.outputs = outputs
