@@ -75,3 +75,17 @@ def test_each_stage_gets_its_methods_steps_or_its_cells(tmp_path):
     assert gkd.metrics == [tmp_path / "gkd" / "metrics.jsonl"]
     assert data.total_steps is None
     assert data.cells > 5
+
+
+def test_tqdm_advice_to_install_ipywidgets_is_not_shown_and_other_warnings_are():
+    """In a fresh interpreter (pytest manages warning filters around each test): after ``import atlas_lib``
+    tqdm's missing-ipywidgets advice is filtered, another tqdm warning is not."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, atlas_lib\nfrom tqdm import TqdmWarning\n"
+            "for i, m in enumerate(['IProgress not found. Please update jupyter and ipywidgets.', 'something else']):\n"
+            "    warnings.warn_explicit(m, TqdmWarning, 'tqdm/auto.py', 21 + i, module='tqdm.auto')\n")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "IProgress not found" not in err
+    assert "something else" in err
