@@ -3,8 +3,9 @@ itself writes (the cells papermill starts, the training steps and evaluation poi
 ``metrics.jsonl``), so a 20-minute report says where it is and roughly how long is left.
 
 Only on a terminal: logs, CI and ``-v`` (where papermill's own bar runs) print the stage lines alone.
-The estimate extrapolates the stage's steps so far; the final test evaluation comes after the last
-step, so the bar reads "eval" then rather than pretending to know.
+The time left is tqdm's extrapolation of the steps so far (after a resume, the steps already done
+count as instant, so it reads low at first); the test evaluation comes after the last step, where the
+bar reads "final evaluation" rather than pretending to know how long that takes.
 """
 
 from __future__ import annotations
