@@ -66,15 +66,31 @@ def test_without_a_terminal_nothing_is_drawn(tmp_path):
     assert bar.bar is None
 
 
-def test_each_stage_gets_its_methods_steps_or_its_cells(tmp_path):
+def test_each_stage_gets_its_methods_steps_or_its_cells(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path))
     params = config.load("params/embedded.yaml")
     plan = {s.notebook: s for s in pipeline.steps(params)}
-    gkd = pipeline.stage_progress(params, plan["02_gkd"], tmp_path, None)
-    data = pipeline.stage_progress(params, plan["01_data"], tmp_path, None)
+    gkd = pipeline.stage_progress(params, plan["02_gkd"], None)
+    data = pipeline.stage_progress(params, plan["01_data"], None)
     assert gkd.total_steps == params.gkd.max_steps
-    assert gkd.metrics == [tmp_path / "gkd" / "metrics.jsonl"]
+    assert gkd.metrics == [tmp_path / "embedded" / "gkd" / "metrics.jsonl"]
     assert data.total_steps is None
     assert data.cells > 5
+
+
+def test_the_bar_reads_a_renamed_run_and_counts_sweep_variants(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path))
+    params = config.load("params/smoke.yaml", overrides={"gkd.run_name": "smoke/gkd-long"})
+    variants = config.sweep_variants(params, "gkd")
+    step = next(s for s in pipeline.steps(params) if "gkd" in s.stages)
+    bar = pipeline.stage_progress(params, step, None)
+    assert variants  # the smoke profile sweeps gkd, so the sweep branch is exercised
+    assert bar.metrics[0] == tmp_path / "smoke" / "gkd-long" / "metrics.jsonl"
+    assert tmp_path / "smoke" / "gkd-long-sweep-t0.6" / "metrics.jsonl" in bar.metrics
+    others = [k for k in step.stages if k != "gkd"]  # the off-policy arm shares notebook 02
+    assert len(bar.metrics) == 1 + len(variants) + len(others)
+    assert bar.total_steps == (params.gkd.max_steps + sum(v.gkd.max_steps for _, v in variants)
+                               + sum(params.section(k).max_steps for k in others))
 
 
 def test_tqdm_advice_to_install_ipywidgets_is_not_shown_and_other_warnings_are():

@@ -180,6 +180,8 @@ def test_the_table_view_shows_full_names_and_long_text_as_footnotes(complete):
     kind = s.loc["gkd", "Divergence kind"]
     assert f"<li>{escape(kind)}</li>" in page
     assert re.search(r"GKD[^<]*\[\d+(, \d+)*\]</td>", page)  # the row points at its footnotes
+    assert re.search(r"<tr[^>]*>\s*<th>Model / Method</th>", page)  # no index column before the label
+    assert ">gkd</th>" not in page
 
 
 def test_charts_render_with_labels(complete):
@@ -274,6 +276,17 @@ def test_findings_lead_with_the_paired_difference(tmp_path, monkeypatch, gkd_k, 
     assert f"GKD minus GRPO on the same test problems: {100 * (gkd_k - grpo_k) / N:+.1f} points" in text
     assert "CPU-hours" in text  # the cost is stated in its unit
     assert "smallest paired difference detectable" in text
+
+
+def test_findings_give_the_answer_as_a_paragraph_and_the_context_as_a_list(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 12), grpo=(6, 8))
+    answer, _, context = findings.findings(collect.collect(params)).partition("\n\n")
+    items = context.split("\n")
+    assert "GKD minus GRPO on the same test problems" in answer
+    assert "\n" not in answer
+    assert all(item.startswith("- ") for item in items)
+    assert any(item.startswith("- Before training, the student scored") for item in items)
+    assert any("smallest paired difference detectable" in item for item in items)
 
 
 def test_findings_state_the_compute_to_match_the_other_method(tmp_path, monkeypatch):

@@ -157,16 +157,17 @@ def _terminal():
         return None
 
 
-def stage_progress(params: config.Params, step: Step, profile_dir: Path, stream) -> StageProgress:
-    """The live bar for ``step``: its training steps when it trains (the sum of its methods' max_steps),
-    else its notebook's cells."""
+def stage_progress(params: config.Params, step: Step, stream) -> StageProgress:
+    """The live bar for ``step``: its training steps when it trains (the sum of max_steps over its
+    methods and their sweep variants, each read from its own run directory), else its notebook's cells."""
     import nbformat
 
     # + papermill's injected-parameters cell, which it counts with the rest
     cells = len(nbformat.read(notebooks_dir() / f"{step.notebook}.ipynb", as_version=4).cells) + 1
-    trained = [k for k in step.stages if k in registry.keys()]
-    total = sum(params.section(k).max_steps for k in trained) or None
-    return StageProgress(step.notebook, cells=cells, metrics=[profile_dir / k / "metrics.jsonl" for k in trained],
+    runs = [(p, k) for k in step.stages if k in registry.keys()
+            for p in (params, *(v for _, v in config.sweep_variants(params, k)))]
+    total = sum(p.section(k).max_steps for p, k in runs) or None
+    return StageProgress(step.notebook, cells=cells, metrics=[stage_dir(p, k) / "metrics.jsonl" for p, k in runs],
                          total_steps=total, stream=stream)
 
 
@@ -232,7 +233,7 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         try:
             execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
                     log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose,
-                    progress=stage_progress(params, step, profile_dir, term) if term is not None else None)
+                    progress=stage_progress(params, step, term) if term is not None else None)
         finally:
             if term is not None:
                 term.close()

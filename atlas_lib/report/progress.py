@@ -22,6 +22,7 @@ from typing import IO
 from tqdm import tqdm
 
 _CELL = re.compile(r"Executing Cell (\d+)")
+log = logging.getLogger(__name__)
 
 
 def read_progress(metrics_files: Sequence[Path]) -> tuple[int, int]:
@@ -106,14 +107,17 @@ class StageProgress:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.poll()
+            try:
+                self.poll()
+            except Exception:  # a display must not end the stage; fd 2 is the stage's log here
+                log.debug("progress bar for %s stopped updating", self.name, exc_info=True)
+                return
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join()  # a poll is a file read: the thread ends within one interval
         if self.bar is not None:
             logging.getLogger("papermill").removeHandler(self._counter)
             logging.getLogger("papermill").setLevel(self._level)
-        if self.bar is not None:
             self.bar.close()

@@ -84,8 +84,8 @@ def lora_text(summary: dict, key: str) -> str | None:
     if not lora:
         return None
     s = {**LORA_DEFAULTS, **lora}
-    return (f"LoRA adapters (r {s['r']}, alpha {s['alpha']}, on {s['target_modules']}); the student's own "
-            f"weights stayed frozen")
+    where = s["target_modules"] if isinstance(s["target_modules"], str) else ", ".join(s["target_modules"])
+    return f"LoRA adapters (r {s['r']}, alpha {s['alpha']}, on {where}); the student's own weights stayed frozen"
 
 
 def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
