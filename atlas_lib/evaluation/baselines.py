@@ -4,6 +4,7 @@ untrained student on the validation subset, which every method's step-0 eval poi
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from atlas_lib.core import models
 from atlas_lib.core.config import Params
@@ -16,6 +17,11 @@ from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation.context import check_context
 
 log = logging.getLogger(__name__)
+
+
+def baseline_dir(params: Params) -> Path:
+    """``runs/<profile>/baseline``: notebook 01's untrained-student and teacher evaluations."""
+    return runs_root() / params.name / "baseline"
 
 
 def eval_examples(params: Params, prepared, during_training: bool = True) -> list[dict]:
@@ -34,7 +40,7 @@ def baseline_records(params: Params) -> list[dict] | None:
     again. Valid only when every shared section (run, models, data, prompt, evaluation, tracking)
     is unchanged, which the baseline's ``stage_hash`` records.
     """
-    out_dir = runs_root() / params.name / "baseline"
+    out_dir = baseline_dir(params)
     summary = load_summary(out_dir) or {}
     if summary.get("stage_hash") != params.stage_hash("data") or not (out_dir / "student_val.records.jsonl").exists():
         return None
@@ -44,7 +50,7 @@ def baseline_records(params: Params) -> list[dict] | None:
 
 def baseline_metrics(params: Params) -> dict:
     """The pre-training student and teacher rows written by notebook 01 (empty if not run)."""
-    s = load_summary(runs_root() / params.name / "baseline") or {}
+    s = load_summary(baseline_dir(params)) or {}
     if s.get("stage_hash") != params.stage_hash("data"):
         return {"baseline": None, "teacher": None}  # evaluated under other params: not this run's baseline
     return {"baseline": s.get("student"), "teacher": s.get("teacher")}
@@ -57,7 +63,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
     prepared = splits.load_prepared(params)
     device = models.resolve_device(params.run.device)
     dtype = models.resolve_dtype(params.run.dtype, device)
-    out_dir = runs_root() / params.name / "baseline"
+    out_dir = baseline_dir(params)
     examples = eval_examples(params, prepared, during_training=False)
     e = params.evaluation
     check_context(params, prepared, [params.models.student, params.models.teacher], e.max_new_tokens,

@@ -235,10 +235,10 @@ def log_baselines(params, summary: dict) -> bool:
     """A W&B run ``<profile>-baseline`` (in ``runs/<profile>/baseline/wandb``) holding the rows every
     trained run is compared with: the untrained student's and the teacher's test metrics, the
     student's validation metrics, and a completions table per row. Returns whether one was written."""
-    from atlas_lib.core.paths import runs_root
+    from atlas_lib.evaluation.baselines import baseline_dir
     from atlas_lib.evaluation.evaluate import load_eval
 
-    out = runs_root() / params.name / "baseline"
+    out = baseline_dir(params)
     if "wandb" not in wandb_report_to(params.tracking, out, f"{params.name}/baseline"):
         return False
     import wandb

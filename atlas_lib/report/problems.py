@@ -10,6 +10,7 @@ from pathlib import Path
 
 from atlas_lib.core import config, rundir
 from atlas_lib.core.paths import runs_root
+from atlas_lib.evaluation.baselines import baseline_dir
 from atlas_lib.report.collect import Collected
 from atlas_lib.report.html import scrub_text
 from atlas_lib.report.table import BASE_LABELS
@@ -21,7 +22,7 @@ def _records(path: Path) -> dict[str, dict]:
 
 def completions(params: config.Params, col: Collected) -> tuple[list[tuple[str, str]], dict[str, dict]]:
     """``([(row key, label)], {row key: {problem id: record}})`` for every row that has test records."""
-    base = runs_root() / params.name / "baseline"
+    base = baseline_dir(params)
     rows: list[tuple[str, str]] = []
     recs: dict[str, dict] = {}
     for key, label in BASE_LABELS.items():
