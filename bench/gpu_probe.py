@@ -16,9 +16,9 @@ the step counts and the evaluation sizes. The weights are random (initialised on
   rarely emit a stop token, so every sample runs to ``max_completion_length`` (an upper bound);
 - losses, rewards and accuracies are noise, and are not reported.
 
-Written to ``--out``: ``probe.json`` (per stage: wall time, the kit's ``peak_gpu_mem_gb``, seconds per
-optimizer step from the trainer's log, and the memory plan's estimate) and each stage's
-``summary.json``. ``--tiny`` swaps in a 2-layer model of the same family to test the probe on a CPU.
+Written to ``--out``: ``probe.json`` (the memory plan's estimate; per stage: wall time, torch's peak
+allocated and reserved GiB, seconds per optimizer step and per eval point from the run's
+``metrics.jsonl``) and each stage's ``summary.json``. ``--tiny`` swaps in a 2-layer model of the same family to test the probe on a CPU.
 """
 
 from __future__ import annotations
