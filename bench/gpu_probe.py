@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 STUDENT, TEACHER = "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct"
+NAME = "gpu-probe"  # the probe's profile name: its runs are <work>/runs/gpu-probe/<stage>
 MARKER = "RANDOM_WEIGHTS"  # a model dir holding this file is built from its config.json, on the run's device
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "vocab.json", "merges.txt")
@@ -87,7 +88,7 @@ def probe_params(student: Path, teacher: Path, data: Path, steps: int, tiny: boo
     import yaml
 
     p = yaml.safe_load((ROOT / "params" / f"{profile}.yaml").read_text())
-    p["name"] = "gpu-probe"
+    p["name"] = NAME
     p["description"] = "paper-1gpu settings, random weights of the real shapes (bench/gpu_probe.py)"
     p["models"].update(student=str(student), teacher=str(teacher))
     p["cross_tokenizer"]["teacher"] = str(teacher)
@@ -102,16 +103,19 @@ def probe_params(student: Path, teacher: Path, data: Path, steps: int, tiny: boo
         p["data"].update(eval_limit=4, val_limit=2, train_limit=16)
         p["gkd"].update(max_completion_length=16, gradient_accumulation_steps=2)
         p["grpo"].update(max_completion_length=16, gradient_accumulation_steps=4)
-    for kv in sets:  # section.key=value, the value read as YAML (as `atlas --set` does)
-        key, value = kv.split("=", 1)
+    from atlas_lib.cli import parse_sets
+
+    for key, value in parse_sets(list(sets)).items():  # as `atlas --set` reads them
         section, field = key.split(".", 1)
-        p[section][field] = yaml.safe_load(value)
+        p[section][field] = value
     return p
 
 
 def read_metrics(run: Path) -> dict:
     """Seconds per optimizer step and per eval point, from the run's ``metrics.jsonl``."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from atlas_lib.core.rundir import read_jsonl
+
+    rows = read_jsonl(run / "metrics.jsonl")
     train = [r for r in rows if r.get("kind") == "train"]
     secs = [r["seconds"] for r in train]
     return {"step_seconds": [round(b - a, 1) for a, b in zip([0.0, *secs], secs, strict=False)],
@@ -165,7 +169,7 @@ def main() -> int:
         t0 = time.monotonic()
         rc = subprocess.run(cmd, env=env, cwd=ROOT).returncode
         rec = {"rc": rc, "wall_s": round(time.monotonic() - t0, 1)}
-        run = args.work / "runs" / "gpu-probe" / stage
+        run = args.work / "runs" / NAME / stage
         if (run / "cuda_memory.json").exists():
             rec.update(json.loads((run / "cuda_memory.json").read_text()))
         if stage != "data" and (run / "summary.json").exists():
@@ -189,7 +193,7 @@ def run_stage(stage: str, params_file: str) -> int:
     rc = cli.main(argv)
     import torch
     if torch.cuda.is_available():  # the whole stage's peaks, evaluation included, in GiB like the plan
-        out = Path(os.environ["ATLAS_RUNS"]) / "gpu-probe" / stage
+        out = Path(os.environ["ATLAS_RUNS"]) / NAME / stage
         out.mkdir(parents=True, exist_ok=True)
         (out / "cuda_memory.json").write_text(json.dumps({
             "max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
