@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas_lib.data.answers import extract_answer, final_marker_text, is_correct, normalize_reference
+from atlas_lib.data.answers import (
+    answer_form,
+    extract_answer,
+    final_marker_text,
+    is_correct,
+    normalize_reference,
+    restates_question,
+)
+from atlas_lib.methods.grpo.rewards import exact_match_reward
 
 CASES = [  # (completion, reference, expected)
     ("Step 1: 3 + 4 = 7.\nFinal Answer: 7", "7", True),
@@ -62,6 +70,106 @@ def test_is_correct_cases(completion, reference, expected):
     assert is_correct(completion, reference) is expected
 
 
+# -- what counts as a stated value (the module doc's table; every example of the reward-hack report) --
+STATED = [  # (final answer, reference): credited
+    ("Final Answer: 2496", "2496"),
+    ("Final Answer: 26 * 96 = 2496", "2496"),
+    ("Final Answer: -110", "-110"),
+    ("Final Answer: (-5)", "-5"),
+    ("Final Answer: 3.75", "3.75"),
+    ("Final Answer: .5", "0.5"),
+    ("Final Answer: 3/4", "0.75"),
+    ("Final Answer: -1/2", "-0.5"),
+    ("Final Answer: \\frac{3}{4}", "3/4"),
+    ("Final Answer: $-\\dfrac{1}{2}$", "-1/2"),
+    ("The final answer is $\\boxed{24}$.", "24"),
+    ("Final Answer: \\(24\\)", "24"),
+    ("Final Answer: $1,234.50", "1234.5"),
+    ("Final Answer: 12 apples", "12"),
+    ("Final Answer: 5 cm^2", "5"),
+    ("Final Answer: 50%", "50"),
+    ("Final Answer: **42**.", "42"),
+    ("Final Answer: \\text{42 marbles}", "42"),
+    ("Final Answer: 2\\sqrt{4}", "4"),  # a closed form math_verify evaluates
+    ("Adding up, she has 18 apples left.", "18"),  # no marker: the last stated number
+]
+UNSTATED = [  # (final answer, reference it evaluates to): never credited, whatever it evaluates to
+    ("Final Answer: 26 * 96", "2496"),
+    ("Final Answer: -87 + 59 - 82", "-110"),
+    ("Final Answer: 8 * 3", "24"),
+    ("Final Answer: 6 + (-5 * 6)", "-24"),
+    ("Final Answer: ( 8 / 1 ) * 3", "24"),
+    ("Final Answer: 2^10", "1024"),
+    ("Final Answer: 26 x 96", "2496"),
+    ("Final Answer: 26 × 96", "2496"),
+    ("Final Answer: 26 \\times 96", "2496"),
+    ("Final Answer: 3 \\cdot 8", "24"),
+    ("Final Answer: 3 · 8", "24"),
+    ("Final Answer: 3 . 8", "24"),
+    ("Final Answer: 48 ÷ 2", "24"),
+    ("Final Answer: 48 \\div 2", "24"),
+    ("Final Answer: 26 times 96", "2496"),
+    ("Final Answer: 20 plus 4", "24"),
+    ("Final Answer: \\boxed{20 + 4}", "24"),
+    ("Final Answer: $\\frac{48}{2}$", "24"),
+    ("Final Answer: 84/7", "12"),  # a fraction not in lowest terms is a division left undone
+    ("Final Answer: 6/8", "0.75"),
+    ("Final Answer: \\frac{26 \\times 96}{1}", "2496"),
+    ("Final Answer: 2496 (26 * 96)", "2496"),
+    ("Final Answer: 26 * 96 =", "2496"),
+    # cut at the budget with no final-answer marker: the last line is an expression
+    ("= -(-23 - -65 / 65) = -(-23 - -65 / 65) = -(-23 - -65 / 65) = ...", "22"),
+    ("Let me compute -(-23 - -65 / 65)", "22"),
+]
+
+
+@pytest.mark.parametrize(("completion", "reference"), STATED)
+def test_stated_value_is_credited(completion, reference):
+    assert is_correct(completion, reference) is True
+
+
+@pytest.mark.parametrize(("completion", "reference"), STATED)
+def test_stated_value_earns_the_reward(completion, reference):
+    assert exact_match_reward([completion], [reference]) == [1.0]
+
+
+@pytest.mark.parametrize(("completion", "reference"), UNSTATED)
+def test_unevaluated_arithmetic_is_not_credited(completion, reference):
+    assert is_correct(completion, reference) is False
+
+
+@pytest.mark.parametrize(("completion", "reference"), UNSTATED)
+def test_unevaluated_arithmetic_earns_no_reward(completion, reference):
+    assert exact_match_reward([completion], [reference]) == [0.0]
+
+
+@pytest.mark.parametrize(("completion", "reference"), UNSTATED)
+def test_unevaluated_arithmetic_has_no_extracted_value(completion, reference):
+    assert extract_answer(completion) is None
+
+
+@pytest.mark.parametrize(("completion", "form"), [
+    ("Final Answer: 2496", "value"), ("Final Answer: 26 * 96", "expression"),
+    ("Final Answer: \\pi/2", "closed_form"), ("Final Answer: 3\\sqrt{2}/2", "closed_form"),
+    ("I do not know.", "none"), ("Final Answer: none", "none"),
+])
+def test_answer_form(completion, form):
+    assert answer_form(completion) == form
+
+
+@pytest.mark.parametrize(("question", "completion", "expected"), [
+    ("Calculate 26 * 96.", "Final Answer: 26 * 96", True),
+    ("Calculate -87 + 59 - 82.", "Final Answer: -87 + 59 - 82", True),
+    ("Calculate ( 8 / 1 ) * 3.", "Final Answer: 8 * 3", True),
+    ("Calculate 6 + -5 * 6.", "Final Answer: 6 + (-5 * 6)", True),
+    ("Calculate 26 * 96.", "Final Answer: 2496", False),
+    ("Calculate 26 * 96.", "26 * 96 = 2496\nFinal Answer: 2496", False),
+    ("Calculate 26 * 96.", "Final Answer: 26 * 95", False),  # undone, but not the question's numbers
+])
+def test_restates_question(question, completion, expected):
+    assert restates_question(completion, question) is expected
+
+
 @pytest.mark.parametrize("completion", ["", "I do not know.", "Final Answer: none", "Final Answer:", None, 42,
                                         "\\boxed{}", "Final Answer: \\frac{", "#### x + y"])
 def test_no_answer_is_wrong_never_an_exception(completion):
@@ -71,7 +179,7 @@ def test_no_answer_is_wrong_never_an_exception(completion):
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("Final Answer: 1,000", "1000"), ("#### $12.50.", "12.5"), ("The answer is: -7 apples", "-7"),
-    ("\\boxed{\\frac{6}{8}}", "3/4"), ("so 3 + 5 = 8", "8"), ("Final Answer: 50%", "50"),
+    ("\\boxed{\\frac{3}{4}}", "3/4"), ("so 3 + 5 = 8", "8"), ("Final Answer: 50%", "50"),
     ("Final Answer: 7.0", "7"),
 ])
 def test_extract_answer_canonical_text(text, expected):
@@ -104,8 +212,8 @@ def test_power_tower_is_rejected_fast_off_the_main_thread():
 
     def work():
         t0 = time.perf_counter()
-        results["tower"] = is_correct("Final Answer: 9^9^9^9", "70")
-        results["ok"] = is_correct("Final Answer: 2^10", "1024")
+        results["tower"] = is_correct("Final Answer: 2\\pi^{\\pi^{\\pi^{\\pi}}}", "70")  # a closed form: parsed
+        results["ok"] = is_correct("Final Answer: 2\\sqrt{4}", "4")
         results["s"] = time.perf_counter() - t0
 
     thread = threading.Thread(target=work)
