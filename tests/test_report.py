@@ -41,10 +41,24 @@ def _raw(name: str = "synth") -> dict:
     return raw
 
 
+def _question(i: int) -> str:
+    return f"Calculate {i + 2} * {i + 3}."
+
+
+def _answer(i: int, right: bool) -> str:
+    """A completion that states a value: the product when ``right``, one more otherwise."""
+    return f"{i + 2} * {i + 3} = {(i + 2) * (i + 3) + (not right)}\nFinal Answer: {(i + 2) * (i + 3) + (not right)}"
+
+
+def _echo(i: int) -> str:
+    """What a policy that learned to restate the question writes."""
+    return f"Final Answer: {i + 2} * {i + 3}"
+
+
 def _records(k: int, n: int, tokens: float, *, kl: float | None = None, div: float | None = None) -> list[dict]:
     """Evaluator records on test problems t0..t{n-1}, the first ``k`` correct."""
     return [{"id": f"t{i}", "correct": i < k, "generated_tokens": tokens + (i % 3), "prompt_tokens": 60,
-             "truncated": i == 0, "extracted": "1", "reverse_kl": kl,
+             "truncated": i == 0, "extracted": "1", "reverse_kl": kl, "completion": _answer(i, i < k),
              **({"aligned_divergence": div} if div is not None else {})} for i in range(n)]
 
 
@@ -102,6 +116,9 @@ def build_runs(tmp_path, monkeypatch, *, gkd=(6, 9, 12), grpo=(6, 7, 8), with_gr
     atomic_write_json(prof / "data" / "manifest.json", {
         "source": "reasoning_gym", "task": "gsm_symbolic", "seed": params.run.seed,
         "counts": {"train": 256, "eval": 200}, "sha256": {"eval.jsonl": "ab" * 32, "train.jsonl": "cd" * 32}})
+    (prof / "data" / "eval.jsonl").write_text("".join(
+        json.dumps({"id": f"t{i}", "question": _question(i), "answer": str((i + 2) * (i + 3))}) + "\n"
+        for i in range(N)))
     if baseline:
         for role, k in (("student", BASE_K), ("teacher", TEACHER_K)):
             (prof / "baseline").mkdir(parents=True, exist_ok=True)
@@ -552,3 +569,43 @@ def test_a_lora_run_says_so_in_its_row_and_the_findings(tmp_path, monkeypatch):
     assert "LoRA adapters (r 8, alpha 32, on all-linear)" in t.loc["grpo", "Note"]
     assert "LoRA" not in t.loc["gkd", "Note"]
     assert "GRPO trained LoRA adapters (r 8" in findings.findings(col)
+
+
+def _echoing_grpo(params, tmp_path, echoed: int):
+    """GRPO's test records rewritten as a policy that restates the first ``echoed`` questions and a
+    lenient grader that credited every one of them (what the study's GRPO did under the old grader)."""
+    path = tmp_path / "runs" / params.name / "grpo" / "eval" / "final_full.records.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, r in enumerate(recs):
+        if i < echoed:
+            r.update(completion=_echo(i), correct=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_the_audit_flags_a_policy_that_echoes_the_question(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 9), grpo=(6, 8))
+    _echoing_grpo(params, tmp_path, echoed=20)
+    col = collect.collect(params)
+    t = table.results_table(col)
+    assert t.loc["grpo", "Status"].startswith("reward hacking suspected")
+    assert t.loc["grpo", table.RESTATE_COL] == pytest.approx(20 / N)
+    assert t.loc["grpo", table.PLAIN_COL] == pytest.approx(0 / 20)  # all 20 credited answers are arithmetic
+    text = findings.findings(col)
+    assert "GRPO: reward hacking suspected" in text and "is not a gain" in text
+    assert not text.startswith("**GRPO improved")
+
+
+def test_the_audit_does_not_flag_policies_that_state_values(complete):
+    col = collect.collect(complete)
+    t = table.results_table(col)
+    assert not t["Status"].str.contains("reward hacking").any()
+    assert t.loc["grpo", table.RESTATE_COL] == 0
+    assert t.loc["grpo", table.PLAIN_COL] == 1
+    assert "Answer-form audit on the test split" in findings.findings(col)
+
+
+def test_findings_give_grpo_steps_and_groups_without_signal(complete):
+    text = findings.findings(collect.collect(complete))
+    # build_runs logs frac_zero_std 0.25 and 0.5/3 at GRPO's two train points
+    assert f"GRPO: 0 of 2 logged steps (0%) and {100 * (0.25 + 0.5 / 3) / 2:.0f}% of groups carried no learning signal" \
+        in text

@@ -19,6 +19,7 @@ import pandas as pd
 from atlas_lib.core import config, registry, rundir
 from atlas_lib.core.paths import runs_root
 from atlas_lib.evaluation import stats
+from atlas_lib.evaluation.audit import FormAudit, audit, hacking_suspected
 
 log = logging.getLogger(__name__)
 NAN = float("nan")
@@ -58,6 +59,8 @@ class Collected:
     notes: list[str] = field(default_factory=list)
     # Per table row, {problem id: correct} on the test split (the paired comparisons' input)
     correct: dict[str, dict] = field(default_factory=dict)
+    # Per table row, the answer-form audit of its test completions (evaluation.audit)
+    audits: dict[str, FormAudit] = field(default_factory=dict)
 
 
 def _read_json(path: Path, notes: list[str], what: str) -> dict | None:
@@ -167,25 +170,33 @@ def collect(params: config.Params) -> Collected:
             notes.append(f"{registry.get(key).name} is disabled in the params ({key}.enabled: false); no row")
     for info in runs.values():
         notes += [f"{info.key}: {n}" for n in info.notes]
-    correct = {"student": _correct(profile / "baseline" / "student.records.jsonl"),
-               "teacher": _correct(profile / "baseline" / "teacher.records.jsonl")}
+    paths = {"student": profile / "baseline" / "student.records.jsonl",
+             "teacher": profile / "baseline" / "teacher.records.jsonl"}
     for key, info in runs.items():
         run_dir = dirs[key][0]
         if info.spec is not None and info.spec.own_student:
-            correct[f"{key}_pre"] = _correct(run_dir / "eval" / "initial_full.records.jsonl")
-        correct[key] = _correct(run_dir / "eval" / "final_full.records.jsonl")
-    return Collected(params.name, manifest, baseline, runs, notes, {k: v for k, v in correct.items() if v})
-
-
-def _correct(path: Path) -> dict:
-    """{problem id: correct} of an evaluation's records (empty when absent)."""
-    return {r["id"]: bool(r["correct"]) for r in rundir.read_jsonl(path) if "id" in r and "correct" in r}
+            paths[f"{key}_pre"] = run_dir / "eval" / "initial_full.records.jsonl"
+        paths[key] = run_dir / "eval" / "final_full.records.jsonl"
+    questions = {r["id"]: r.get("question", "") for r in rundir.read_jsonl(profile / "data" / "eval.jsonl")
+                 if "id" in r}
+    correct, audits = {}, {}
+    for key, path in paths.items():
+        records = rundir.read_jsonl(path)
+        correct[key] = {r["id"]: bool(r["correct"]) for r in records if "id" in r and "correct" in r}
+        audits[key] = audit(records, questions)
+    return Collected(params.name, manifest, baseline, runs, notes, {k: v for k, v in correct.items() if v},
+                     {k: v for k, v in audits.items() if v is not None})
 
 
 def untrained_row(col: Collected, key: str) -> str:
     """The row a trained row is paired against: its own untrained student, or the shared one."""
     info = col.runs.get(key)
     return f"{key}_pre" if info is not None and info.spec is not None and info.spec.own_student else "student"
+
+
+def hacking_flag(col: Collected, key: str) -> str | None:
+    """The answer-form audit's flag for a trained row against its untrained student (or None)."""
+    return hacking_suspected(col.audits.get(key), col.audits.get(untrained_row(col, key)))
 
 
 def paired_vs(col: Collected, key: str, base: str | None = None) -> stats.Paired | None:

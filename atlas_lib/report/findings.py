@@ -17,8 +17,8 @@ import math
 import pandas as pd
 
 from atlas_lib.evaluation import stats
-from atlas_lib.report.collect import Collected, RunInfo, paired_vs
-from atlas_lib.report.table import ALIGNED_COL, lora_text, pct, results_table
+from atlas_lib.report.collect import Collected, RunInfo, hacking_flag, paired_vs
+from atlas_lib.report.table import ALIGNED_COL, PLAIN_COL, RESTATE_COL, lora_text, pct, results_table
 
 ALPHA = 0.05
 
@@ -122,7 +122,8 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     results = [(k, pr) for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
     if not results:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
-    sig = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff > 0]
+    hacked = {k for k, _ in results if hacking_flag(col, k)}  # its accuracy is not presented as a gain
+    sig = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff > 0 and k not in hacked]
     worse = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff < 0]
     lead = max(sig, key=lambda kp: kp[1].diff)[0] if sig else None
     out = []
@@ -135,6 +136,10 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
                    "from noise** (paired, exact McNemar p >= 0.05).")
     for k, pr in results:
         if k == lead:
+            continue
+        if k in hacked:
+            out.append(f"**{col.runs[k].name}: {hacking_flag(col, k)}**; its accuracy change of {paired_text(pr)} "
+                       "is not a gain.")
             continue
         verdict = "improved it" if (k, pr) in sig else "lowered it" if (k, pr) in worse else "changed it by"
         out.append(f"{col.runs[k].name} {verdict} {paired_text(pr)} at {_hours(t.loc[k])}.")
@@ -161,6 +166,29 @@ def mde_sentence(col: Collected) -> str | None:
     mde = stats.min_detectable_difference(n, q)
     return (f"Power: with n = {n} test problems and {how}, the smallest paired difference detectable with 80% "
             f"power at 5% is about {100 * mde:.1f} points; smaller true differences would usually read as noise.")
+
+
+def audit_sentence(col: Collected, t: pd.DataFrame) -> str | None:
+    """The answer-form audit of every row that has one (evaluation.audit)."""
+    parts = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {pct(t.loc[k, PLAIN_COL]) if _ok(t.loc[k, PLAIN_COL]) else '—'}"
+             f" / {pct(t.loc[k, RESTATE_COL])}" for k in t.index if k in col.audits and _ok(t.loc[k, RESTATE_COL])]
+    if not parts:
+        return None
+    return ("Answer-form audit on the test split (credited answers that state a plain value / completions whose "
+            "final answer restates the question's arithmetic): " + "; ".join(parts) + ".")
+
+
+def signal_sentence(info: RunInfo) -> str | None:
+    """How many GRPO steps and groups carried a learning signal (reward variance within the group)."""
+    tr = info.train
+    if info.status != "complete" or not len(tr) or "frac_zero_std" not in tr:
+        return None
+    z = tr["frac_zero_std"].dropna()
+    if not len(z):
+        return None
+    dead = int((z >= 1.0).sum())
+    return (f"{info.name}: {dead} of {len(z)} logged steps ({100 * dead / len(z):.0f}%) and {100 * z.mean():.0f}% of "
+            "groups carried no learning signal (every rollout of the group equally rewarded).")
 
 
 def findings(col: Collected) -> str:
@@ -204,6 +232,9 @@ def findings(col: Collected) -> str:
         if pre in t.index and _ok(t.loc[pre, ALIGNED_COL]) and _ok(t.loc[k, ALIGNED_COL]):
             lines.append(f"{info.name}: its student's aligned span divergence went {t.loc[pre, ALIGNED_COL]:.3f} → "
                          f"{t.loc[k, ALIGNED_COL]:.3f} (a different quantity from reverse KL; not comparable).")
+    if (a := audit_sentence(col, t)) is not None:
+        lines.append(a)
+    lines += [text for info in runs.values() if (text := signal_sentence(info))]
     if (m := mde_sentence(col)) is not None:
         lines.append(m)
     lines.append("Table rows are the test split; training curves are the validation split (where the peak is "

@@ -16,7 +16,7 @@ import pandas as pd
 
 from atlas_lib.core import registry
 from atlas_lib.core.sections import LORA_DEFAULTS
-from atlas_lib.report.collect import Collected, RunInfo, paired_vs, untrained_row
+from atlas_lib.report.collect import Collected, RunInfo, hacking_flag, paired_vs, untrained_row
 
 NAN = float("nan")
 SAME_TOK_DIV = registry.SAME_TOKENIZER_KL
@@ -24,6 +24,8 @@ ALIGNED_COL = "Aligned divergence (cross-tokenizer)"
 TRAINING_COLS = ("Device hours", "Training seconds", "Device hours to peak", "Steps", "Peak RSS GB",
                  "Diff vs student", "Diff CI low", "Diff CI high", "p (McNemar)")
 BASE_LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher"}
+PLAIN_COL = "Plain-value answers (of credited)"  # the answer-form audit (evaluation.audit)
+RESTATE_COL = "Restates the question"
 
 
 def _num(value) -> float:
@@ -143,6 +145,11 @@ def results_table(collected: Collected) -> pd.DataFrame:
         pr = paired_vs(collected, key, untrained_row(collected, key)) if row["Row kind"] == "trained" else None
         row.update({"Diff vs student": pr.diff if pr else NAN, "Diff CI low": pr.ci_low if pr else NAN,
                     "Diff CI high": pr.ci_high if pr else NAN, "p (McNemar)": pr.p_value if pr else NAN})
+        a = collected.audits.get(key)
+        row.update({PLAIN_COL: a.plain_share if a else NAN, RESTATE_COL: a.restate_share if a else NAN,
+                    "Hacking flag": hacking_flag(collected, key) if row["Row kind"] == "trained" else None})
+        if row["Hacking flag"]:
+            row["Status"] = f"{row['Hacking flag']}; {row['Status']}"
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -181,6 +188,7 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
                     "Truncation": cell("Truncation", pct),
                     "Paired diff vs untrained (95% CI)": diff,
                     "p (McNemar)": cell("p (McNemar)", lambda p: f"{p:.3g}"),
+                    PLAIN_COL: cell(PLAIN_COL, pct), RESTATE_COL: cell(RESTATE_COL, pct),
                     "Mean Reverse KL": cell("Mean Reverse KL", lambda x: f"{x:.3f}"),
                     ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"),
                     "Device time": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
@@ -198,7 +206,7 @@ def baseline_frame(baselines: dict) -> pd.DataFrame:
     b = Collected("", None, baselines, {})
     return styled_table(results_table(b).loc[["student", "teacher"]]).drop(
         columns=["Device time", "Device hours to peak", "Steps", "Peak memory", ALIGNED_COL,
-                 "Paired diff vs untrained (95% CI)", "p (McNemar)"])
+                 "Paired diff vs untrained (95% CI)", "p (McNemar)", PLAIN_COL, RESTATE_COL])
 
 
 def examples_frame(prepared, n: int = 3) -> pd.DataFrame:
