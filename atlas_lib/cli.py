@@ -23,19 +23,27 @@ from pathlib import Path
 
 import yaml
 
-from atlas_lib.core import config, embedded, models, registry
-from atlas_lib.core.rundir import RunDirError
-from atlas_lib.data import splits
-from atlas_lib.data.sources import DataError
-from atlas_lib.evaluation.baselines import evaluate_baselines
-from atlas_lib.methods.common import TokenizerMismatchError
-from atlas_lib.methods.memory import estimate, format_plan
-from atlas_lib.methods.tracking import NonFiniteError, log_baselines
-from atlas_lib.report.pipeline import PipelineError, run_pipeline
+# Light imports only: `atlas --help` and argument errors answer at once. The commands import what
+# they run (torch, transformers, papermill) when they run it.
+from atlas_lib.core import config, embedded, registry
 
 log = logging.getLogger(__name__)
-KIT_ERRORS = (config.ParamsError, DataError, RunDirError, embedded.ModelError, TokenizerMismatchError,
-              NonFiniteError, PipelineError, FileNotFoundError)
+# The kit's own errors, as (module, class): one message and exit 2. Looked up in sys.modules when an
+# error arrives, so none of these modules is imported only to be able to catch its error.
+KIT_ERRORS = (("atlas_lib.core.validate", "ParamsError"), ("atlas_lib.data.sources", "DataError"),
+              ("atlas_lib.core.rundir", "RunDirError"), ("atlas_lib.core.embedded", "ModelError"),
+              ("atlas_lib.methods.common", "TokenizerMismatchError"),
+              ("atlas_lib.methods.tracking", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"))
+
+
+def is_kit_error(e: BaseException) -> bool:
+    if isinstance(e, FileNotFoundError):
+        return True
+    for module, name in KIT_ERRORS:
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(e, getattr(mod, name)):
+            return True
+    return False
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -53,11 +61,31 @@ def _params(args, stage: str | None = None) -> config.Params:
     return config.load(args.params, stage=stage, overrides=parse_sets(getattr(args, "set", [])))
 
 
-def _fields_help(key: str) -> str:
-    """A method section's fields with their defaults and docs (from the typed config)."""
-    lines = [f"{key} parameters (--set {key}.<field>=<value>):"]
-    lines += [f"  {name} = {default!r}: {meta.get('doc', '')}" for name, default, meta in config.section_fields(key)]
+def _fields_help(key: str, params: config.Params | None = None, source: str | None = None) -> str:
+    """A method section's fields with their values and docs: the params file's when it loads (``params``),
+    else the built-in defaults."""
+    section = getattr(params, key, None) if params is not None else None
+    where = f"as {source} sets them" if section is not None else "built-in defaults"
+    lines = [f"{key} parameters, {where} (--set {key}.<field>=<value>):"]
+    for name, default, meta in config.section_fields(key):
+        value = getattr(section, name, default) if section is not None else default
+        mark = "" if section is None or value == default else f"  (default {default!r})"
+        lines.append(f"  {name} = {value!r}: {meta.get('doc', '')}{mark}")
     return "\n".join(lines)
+
+
+def _help_params(argv: list[str]) -> tuple[config.Params | None, str | None]:
+    """For ``atlas train <method> --params FILE --help``: the file's values (None if it does not load)."""
+    if not {"-h", "--help"} & set(argv) or "train" not in argv:
+        return None, None
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--params", default="params/embedded.yaml")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        return config.load(known.params), known.params
+    except Exception as e:  # noqa: BLE001 -- help must still print; it says why the values are the defaults
+        print(f"atlas: {known.params} did not load ({e}); showing the built-in defaults", file=sys.stderr)
+        return None, None
 
 
 def _models(args) -> int:
@@ -69,6 +97,8 @@ def _models(args) -> int:
         t0 = time.monotonic()
         d = embedded.convert(n)
         t1 = time.monotonic()
+        from atlas_lib.core import models
+
         models.load_model(n, device="cpu")
         size = sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file()) / 1e6
         log.info("%s ready: convert/verify %.0f s, cache %s %.0f MB, load from cache %.1f s", n, t1 - t0, d, size,
@@ -76,7 +106,8 @@ def _models(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    shown, source = _help_params(list(argv if argv is not None else sys.argv[1:]))
     p = argparse.ArgumentParser(prog="atlas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -97,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one method (works under accelerate launch)")
     methods = t.add_subparsers(dest="method", required=True, metavar="METHOD")
     for m in registry.methods():
-        add(methods, m.key, f"{m.label}: {m.section.__doc__.strip().splitlines()[0]}", epilog=_fields_help(m.key))
+        add(methods, m.key, f"{m.label}: {m.section.__doc__.strip().splitlines()[0]}", epilog=_fields_help(m.key, shown, source))
     mem = add(sub, "memory", "estimate whether a parameter set fits on a device")
     mem.add_argument("--gpu-gb", type=float, default=80.0, help="device memory in GiB")
     em = sub.add_parser("models", help="the embedded offline models (pip requirements; convert and cache)")
@@ -107,31 +138,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        if args.cmd == "report":
-            if args.set:
-                raise config.ParamsError("atlas report takes a params file; put overrides in a YAML file")
-            print(run_pipeline(args.params, force=args.force, only=args.only, verbose=args.verbose))
-        elif args.cmd == "data":
-            print(json.dumps(splits.prepare(_params(args, "data")).manifest, indent=2))
-        elif args.cmd == "baseline":
-            params = _params(args, "data")
-            s = evaluate_baselines(params)
-            log_baselines(params, s)
-            print(json.dumps({k: s[k] for k in ("student", "teacher")}, indent=2, default=str))
-        elif args.cmd == "train":
-            s = registry.get(args.method).run(_params(args, args.method))
-            print(json.dumps(s.get("training", s), indent=2, default=str))
-        elif args.cmd == "memory":
-            print(format_plan(estimate(_params(args), gpu_gb=args.gpu_gb)))
-        elif args.cmd == "models":
-            return _models(args)
-    except KIT_ERRORS as e:
+        return _run(args)
+    except Exception as e:
+        if not is_kit_error(e):
+            raise
         print(f"atlas: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args) -> int:
+    if args.cmd == "report":
+        from atlas_lib.report.pipeline import run_pipeline
+
+        if args.set:
+            raise config.ParamsError("atlas report takes a params file; put overrides in a YAML file")
+        print(run_pipeline(args.params, force=args.force, only=args.only, verbose=args.verbose))
+    elif args.cmd == "data":
+        from atlas_lib.data import splits
+
+        print(json.dumps(splits.prepare(_params(args, "data")).manifest, indent=2))
+    elif args.cmd == "baseline":
+        from atlas_lib.evaluation.baselines import evaluate_baselines
+        from atlas_lib.methods.tracking import log_baselines
+
+        params = _params(args, "data")
+        s = evaluate_baselines(params)
+        log_baselines(params, s)
+        print(json.dumps({k: s[k] for k in ("student", "teacher")}, indent=2, default=str))
+    elif args.cmd == "train":
+        s = registry.get(args.method).run(_params(args, args.method))
+        print(json.dumps(s.get("training", s), indent=2, default=str))
+    elif args.cmd == "memory":
+        from atlas_lib.methods.memory import estimate, format_plan
+
+        print(format_plan(estimate(_params(args), gpu_gb=args.gpu_gb)))
+    elif args.cmd == "models":
+        return _models(args)
     return 0
 
 

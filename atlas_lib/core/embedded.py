@@ -12,6 +12,8 @@ are the smoke profile's random models.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -23,11 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
 from atlas_lib.core.paths import cache_root
-from atlas_lib.core.tiny import TINY_NAMES
 
 log = logging.getLogger(__name__)
 MARKER = "atlas_source.json"
@@ -92,6 +90,8 @@ def pip_requirements(names: list[str] | None = None) -> list[str]:
 
 def model_source(name: str) -> str:
     """'embedded', 'local', 'hub' or 'tiny' (the smoke profile's random models)."""
+    from atlas_lib.core.tiny import TINY_NAMES  # torch and transformers: not on `atlas --help`'s path
+
     if name in EMBEDDED:
         return "embedded"
     if name in TINY_NAMES:
@@ -198,12 +198,33 @@ def _cached(target: Path, m: EmbeddedModel) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """One process at a time (two `make models` at once once raced: one deleted the assembled GGUF
+    the other was reading)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def convert(name: str) -> Path:
     """Dequantize an embedded GGUF into the safetensors cache (once); returns the directory."""
     m = EMBEDDED[name]
     target = cache_root() / "models" / name
     if _cached(target, m):
         return target
+    with _exclusive(cache_root() / "models" / f".{name}.lock"):
+        return target if _cached(target, m) else _convert(name, m, target)
+
+
+def _convert(name: str, m: EmbeddedModel, target: Path) -> Path:
+    import torch  # here, not at import: `atlas --help` must not wait for torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
     gguf = gguf_path(name)
     t0 = time.monotonic()
     log.info("converting %s from GGUF to safetensors (first use only)", name)
