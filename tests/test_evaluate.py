@@ -408,3 +408,20 @@ def test_real_student_batched_equals_naive_and_kl_layouts_agree(monkeypatch):
     monkeypatch.setattr(forward, "PREFIX_MIN_TOKENS", 10**9)
     plain = ev.mean_reverse_kl(model, teacher, out, batch_size=4, vocab_size=len(tok))
     assert all(k > 0 for k in cached) and cached == pytest.approx(plain, rel=0.02, abs=1e-4)
+
+
+def test_records_carry_each_tokens_reverse_kl_for_the_per_problem_page(pair):
+    s, tok, t, t_tok = pair
+    res = ev.evaluate(s, tok, EXAMPLES, prompt_cfg=PromptConfig(few_shot=1), max_new_tokens=8, batch_size=2,
+                      teacher=t, teacher_tokenizer=t_tok)
+    for r in res.records:
+        pieces = [p for p, _ in r["token_kl"]]
+        assert "".join(pieces) == r["completion"]  # the shaded tokens spell the completion
+        assert len(pieces) == r["generated_tokens"]
+        assert sum(k for _, k in r["token_kl"]) / len(pieces) == pytest.approx(r["reverse_kl"], abs=1e-3)
+
+
+def test_token_pieces_complete_split_characters(pair):
+    _, tok, _, _ = pair
+    ids = tok("7 × 8 = 56 ✓", add_special_tokens=False)["input_ids"]
+    assert "".join(ev.token_pieces(tok, ids)) == tok.decode(ids, skip_special_tokens=True)

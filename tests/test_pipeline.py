@@ -84,6 +84,61 @@ def test_no_secret_or_absolute_path_in_outputs(smoke):
         assert str(ROOT) not in text and str(tmp) not in text, f"absolute path in {f.name}"
 
 
+PAGES = ("index.html", "problems.html", "notebooks/01_data.html", "notebooks/02_gkd.html", "notebooks/03_grpo.html",
+         "notebooks/04_cross_tokenizer.html")
+
+
+def _page(tmp, name: str) -> str:
+    return (tmp / "reports/smoke" / name).read_text()
+
+
+def test_the_first_screen_names_the_comparison_and_leads_with_the_answer(smoke):
+    tmp, _ = smoke
+    html = _page(tmp, "index.html")
+    body = html.split("<body>", 1)[1]
+    first_heading = re.search(r"<h1[^>]*>(.*?)</h1>", body, re.S).group(1)
+    assert "tiny-qwen2-student" in first_heading and "tiny-qwen2-teacher" in first_heading
+    first_paragraph = re.sub(r"<[^>]+>", "", re.search(r"</h1>.*?<p>(.*?)</p>\s*<p>(.*?)</p>", body, re.S).group(2))
+    assert re.match(r"(No method changed|\w[\w -]* improved) the student's test accuracy", first_paragraph)
+    assert body.index("How to read it: a difference counts only when the exact McNemar") < body.index("About this report")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_has_a_viewport_and_links_to_the_others(smoke, page):
+    tmp, _ = smoke
+    html = _page(tmp, page)
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    up = "../" * page.count("/")
+    for other in PAGES:
+        if other != page:
+            assert f'href="{up}{other}"' in html, other
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_loads_a_remote_resource(smoke, page):
+    tmp, _ = smoke
+    html = _page(tmp, page)
+    assert not re.search(r"""<(script|img|link|iframe)\b[^>]*(src|href)=["']?(https?:)?//""", html, re.I)
+    assert "@import" not in html
+
+
+def test_math_renders_as_mathml_on_the_method_pages(smoke):
+    tmp, _ = smoke
+    html = _page(tmp, "notebooks/02_gkd.html")
+    assert "<math" in html
+    assert "$$\\mathrm{JSD}" not in html
+
+
+def test_the_per_problem_page_shades_tokens_of_same_tokenizer_rows(smoke):
+    tmp, _ = smoke
+    html = _page(tmp, "problems.html")
+    levels = json.loads(re.search(r'<script type="application/json" id="kl">(.*?)</script>', html, re.S).group(1))
+    assert levels  # the untrained student, GKD and GRPO rows were scored by the same-tokenizer teacher
+    assert all(0 <= q <= 9 for lv in levels.values() for _, q in lv)
+    assert 'id="sh" onchange="shade(this.checked)"' in html
+    assert "&quot;" not in re.search(r'id="rows">(.*?)</script>', html, re.S).group(1)
+
+
 def test_second_run_reuses_finished_stages(smoke):
     tmp, _ = smoke
     env = {**os.environ, "ATLAS_RUNS": str(tmp / "runs"), "ATLAS_REPORTS": str(tmp / "reports"),

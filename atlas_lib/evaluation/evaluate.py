@@ -80,17 +80,40 @@ def reverse_kl_per_token(student_logits_B_T_V: torch.Tensor, teacher_logits_B_T_
     return torch.where(mask_B_T.to(kl_B_T.device).bool(), kl_B_T, torch.zeros_like(kl_B_T))  # masked NaN stays out
 
 
-@torch.inference_mode()
 def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: int,
                     vocab_size: int | None = None) -> list[float | None]:
     """Per example: mean reverse KL over every position that predicts a generated token (the last
-    included), with the teacher scoring exactly the student's ids (``prompt_ids + completion_ids``).
+    included); see :func:`reverse_kl_tokens`. ``None`` for an empty completion."""
+    return [None if kl is None else float(sum(kl) / len(kl))
+            for kl in reverse_kl_tokens(student, teacher, generations, batch_size=batch_size, vocab_size=vocab_size)]
+
+
+def token_pieces(tokenizer, completion_ids: list[int]) -> list[str]:
+    """The text each completion token adds (incremental decoding, so a character split across
+    byte-level tokens lands on the token that completes it; special tokens add nothing)."""
+    pieces, done = [], ""
+    for i in range(len(completion_ids)):
+        text = tokenizer.decode(completion_ids[: i + 1], skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the token that completes it
+            pieces.append("")
+            continue
+        pieces.append(text[len(done):])
+        done = text
+    return pieces
+
+
+@torch.inference_mode()
+def reverse_kl_tokens(student, teacher, generations: list[dict], *, batch_size: int,
+                      vocab_size: int | None = None) -> list[list[float] | None]:
+    """Per example: the reverse KL ``KL(p_student || p_teacher)`` at every position that predicts a
+    generated token (the last included), with the teacher scoring exactly the student's ids
+    (``prompt_ids + completion_ids``): the per-token quantity GKD minimises at ``beta`` = 1.
 
     Batches are laid out as in generation (shared prefix cached, left padding, positions from the
     mask), so all completions end in the same column and only the last ``max completion + 1``
     logits are computed. ``None`` for an empty completion.
     """
-    out: list[float | None] = [None] * len(generations)
+    out: list[list[float] | None] = [None] * len(generations)
     bs = max(1, batch_size)
     # Rows batched by length, so a short completion is not padded to a long neighbour's length
     # (greedy answers vary from ~10 to the full budget); results go back in the callers' order.
@@ -118,7 +141,7 @@ def mean_reverse_kl(student, teacher, generations: list[dict], *, batch_size: in
                 sl = slice(c_max - c, c_max)
                 kl_1_C = reverse_kl_per_token(s_B_C_V[r:r + 1, sl], t_B_C_V[r:r + 1, sl], torch.ones(1, c),
                                               vocab_size)
-                out[i] = float(kl_1_C.mean())
+                out[i] = [float(x) for x in kl_1_C[0]]
     return out
 
 
@@ -179,10 +202,13 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     if teacher is not None:
         if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
             with heap_for_large_buffers():  # the teacher scores prompt + completion: prefill-sized buffers
-                kls = mean_reverse_kl(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
-                                      vocab_size=len(tokenizer))
-            for r, kl in zip(records, kls, strict=True):
-                r["reverse_kl"] = kl
+                per_token = reverse_kl_tokens(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
+                                              vocab_size=len(tokenizer))
+            for r, g, kl in zip(records, gens, per_token, strict=True):
+                r["reverse_kl"] = None if kl is None else float(sum(kl) / len(kl))
+                if kl is not None:  # the per-problem page shades each token by it (report.problems)
+                    r["token_kl"] = [[piece, round(x, 3)] for piece, x in
+                                     zip(token_pieces(tokenizer, g["completion_ids"]), kl, strict=True)]
         else:
             kl_note = KL_UNDEFINED
     kl_seconds = time.monotonic() - t_kl

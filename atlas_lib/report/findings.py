@@ -88,10 +88,7 @@ def compute_ratio(runs: dict[str, RunInfo], a: str, b: str, unit: str) -> str | 
             parts.append(f"{ix.name} started at or above {iy.name}'s best {pct(best)}")
         else:
             parts.append(f"{ix.name} reached {iy.name}'s best {pct(best)} after {h:.3g} {unit}")
-    n = ia.evals["n"].iloc[-1] if "n" in ia.evals else None
-    where = f" (validation split, n = {n:.0f})" if _ok(n) else " (validation split)"
-    return (f"Compute to match the other's best validation accuracy, {ia.name} vs {ib.name}" + where + ": "
-            + "; ".join(parts) + ".")
+    return "; ".join(parts)
 
 
 def _status_line(info: RunInfo) -> str | None:
@@ -116,9 +113,21 @@ def _shared_student(col: Collected) -> list[str]:
             and i.status == "complete" and not i.summary.get("did_not_train")]
 
 
+def short_paired(pr: stats.Paired) -> str:
+    """'+4.0 points (p = 0.012; 12 gained, 4 lost)': a paired difference in a sentence that lists several."""
+    return f"{100 * pr.diff:+.1f} points ({_p(pr.p_value)}; {pr.a_only} gained, {pr.b_only} lost)"
+
+
+DECISION_RULE = ("How to read it: a difference counts only when the exact McNemar test on the problems where exactly "
+                 f"one of the two models is right gives p < {ALPHA} (exact at any number of problems). The paired-bootstrap "
+                 "95% interval beside it shows the size only: with few such problems it can exclude zero while the exact "
+                 "test cannot tell the difference from noise.")
+
+
 def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
-    """The answer: each trained method against the untrained student, paired on the test problems;
-    then each pair of methods (sweep variants aside) on the same problems."""
+    """The answer in at most three sentences: the method that changed the student's test accuracy
+    most (or that none did), the other methods against the untrained student in one sentence, the
+    methods against each other in one sentence; every comparison paired on the same test problems."""
     results = [(k, pr) for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
     if not results:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
@@ -133,20 +142,41 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
                    f"{pct(pr.acc_b)} to {pct(pr.acc_a)}, at {_hours(t.loc[lead])}.")
     else:
         out.append("**No method changed the student's test accuracy by more than this run can distinguish "
-                   "from noise** (paired, exact McNemar p >= 0.05).")
+                   f"from noise** (paired, exact McNemar p >= {ALPHA}).")
+    others = []
     for k, pr in results:
         if k == lead:
             continue
+        name = col.runs[k].name
         if k in hacked:
-            out.append(f"**{col.runs[k].name}: {hacking_flag(col, k)}**; its accuracy change of {paired_text(pr)} "
-                       "is not a gain.")
+            others.append(f"**{name}: {hacking_flag(col, k)}**, so its accuracy change ({100 * pr.diff:+.1f} points) "
+                          "is not a gain")
             continue
-        verdict = "improved it" if (k, pr) in sig else "lowered it" if (k, pr) in worse else "changed it by"
-        out.append(f"{col.runs[k].name} {verdict} {paired_text(pr)} at {_hours(t.loc[k])}.")
-    for a, b in itertools.combinations([k for k, _ in results if col.runs[k].key == col.runs[k].method], 2):
-        if (pr := paired_vs(col, a, b)) is not None:
-            out.append(f"{col.runs[a].name} minus {col.runs[b].name} on the same test problems: {paired_text(pr)}.")
+        verdict = "improved it by" if (k, pr) in sig else "lowered it by" if (k, pr) in worse else "changed it by"
+        others.append(f"{name} {verdict} {short_paired(pr)} at {_hours(t.loc[k])}")
+    if others:
+        out.append("; ".join(others) + ".")
+    pairs = [f"{col.runs[a].name} minus {col.runs[b].name} on the same test problems: {short_paired(pr)}"
+             for a, b in itertools.combinations([k for k, _ in results if col.runs[k].key == col.runs[k].method], 2)
+             if (pr := paired_vs(col, a, b)) is not None]
+    if pairs:
+        out.append("; ".join(pairs) + ".")
     return out
+
+
+def headline(col: Collected, params) -> str:
+    """The report's title, naming the comparison: methods, student, teacher, task, profile, steps."""
+    t = results_table(col)
+    names = [i.name for k, i in col.runs.items() if i.key == i.method and i.status != "not run"]
+    what = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "No method")
+    task = params.data.task if params.data.source == "reasoning_gym" else params.data.source
+    steps = "; ".join(f"{i.name} {t.loc[k, 'Steps']:.0f} steps" for k, i in col.runs.items()
+                      if k in t.index and _ok(t.loc[k, "Steps"]) and i.key == i.method)
+    n = t.loc["student", "n"] if "student" in t.index and _ok(t.loc["student", "n"]) else None
+    sub = [f"{n:.0f} held-out test problems" if n else None, steps or None,
+           f"device: {t['Device kind'].dropna().iloc[0]}" if t["Device kind"].notna().any() else None]
+    return (f"# {what} on {params.models.student}, taught by {params.models.teacher}\n\n"
+            f"*Task {task}, profile `{params.name}`: " + "; ".join(x for x in sub if x) + ".*")
 
 
 def mde_sentence(col: Collected) -> str | None:
@@ -198,13 +228,19 @@ def findings(col: Collected) -> str:
     t = results_table(col)
     runs = col.runs
     lines = _lead(col, t)
+    n_answer = len(lines)  # the answer reads as one paragraph (at most three sentences); the context as a list
+    lines.append(DECISION_RULE)
     methods = [k for k, i in runs.items() if i.spec and not i.spec.own_student and i.key == i.method]  # no sweeps
+    ratios = []
     for a, b in itertools.combinations(methods, 2):
         ra, rb = t.loc[a], t.loc[b]
         unit = _unit(ra) if _ok(ra["Device hours"]) else _unit(rb)
         if ratio := compute_ratio(runs, a, b, unit):
-            lines.append(ratio)
-    n_answer = len(lines)  # the answer reads as one paragraph; the context under it as a list
+            ratios.append(ratio)
+    if ratios:
+        n = next((float(i.evals["n"].iloc[-1]) for i in runs.values() if len(i.evals) and "n" in i.evals), None)
+        where = f"validation split, n = {n:.0f}" if _ok(n) else "validation split"
+        lines.append(f"Compute to match the other's best validation accuracy ({where}): " + "; ".join(ratios) + ".")
     lines += [line for info in runs.values() if (line := _status_line(info))]
     lines += [f"{info.name} trained {text}." for info in runs.values()
               if (text := lora_text(info.summary, info.method))]

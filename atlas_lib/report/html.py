@@ -143,9 +143,78 @@ def _with_alt_text(body: str, alts: dict[str, str]) -> tuple[str, int]:
     return re.sub(r"<img\b[^>]*>", one, body), missing
 
 
-# A page that reads in a browser, prints to PDF with every column, and follows a dark system theme.
+VIEWPORT = '<meta name="viewport" content="width=device-width, initial-scale=1">'
+# The report's pages, relative to its folder (reports/<profile>/), in the order the site nav lists them
+SITE_PAGES = (("index.html", "Report"), ("problems.html", "Every problem"),
+              ("notebooks/01_data.html", "01 data"), ("notebooks/02_gkd.html", "02 GKD"),
+              ("notebooks/03_grpo.html", "03 GRPO"), ("notebooks/04_cross_tokenizer.html", "04 cross-tokenizer"))
+
+
+def site_nav(current: str, pages: list[tuple[str, str]] | tuple = SITE_PAGES) -> str:
+    """The links every page of a report carries (``current``: this page's path in the folder), so a
+    published folder reads as one site and no page is stranded."""
+    up = "../" * current.count("/")
+    links = [f"<strong>{html.escape(label)}</strong>" if href == current else
+             f'<a href="{up}{href}">{html.escape(label)}</a>' for href, label in pages]
+    return f'<nav class="atlas-nav" aria-label="report pages">{" · ".join(links)}</nav>'
+
+
+# Math in Markdown cells ($...$, $$...$$) becomes MathML when the page is built: every browser
+# renders it, and the page loads no script from anywhere.
+_MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$\w])\$(?=[^\s$])([^$\n]+?)(?<=[^\s$])\$(?![\w$])", re.S)
+_NO_MATH = re.compile(r"(<(pre|code|script|style|svg|textarea|table)\b.*?</\2>)", re.S | re.I)
+
+
+def _mathml(tex: str, display: bool) -> str | None:
+    from latex2mathml.converter import convert
+
+    try:
+        return convert(html.unescape(tex), display="block" if display else "inline")
+    except Exception:  # noqa: BLE001 -- text that only looks like math stays as it was
+        return None
+
+
+def math_to_mathml(body: str) -> tuple[str, int]:
+    """``$...$`` / ``$$...$$`` in text (not in code, tables or charts) -> MathML; returns the body and
+    how many were converted. A single-dollar span must look like TeX (a backslash, ``_``, ``^`` or
+    one letter), so prices such as "$12 and $15" are left alone."""
+    count = 0
+
+    def one(m: re.Match) -> str:
+        nonlocal count
+        display = m.group(1) is not None
+        tex = m.group(1) if display else m.group(2)
+        if not display and not (re.search(r"[\\_^]", tex) or re.fullmatch(r"[A-Za-z]", tex)):
+            return m.group(0)
+        out = _mathml(tex, display)
+        if out is None:
+            return m.group(0)
+        count += 1
+        return out
+
+    parts = _NO_MATH.split(body)
+    out = []
+    for i, part in enumerate(parts):
+        kind = i % 3  # re.split with two groups: text, the whole protected element, its tag name
+        if kind == 0:
+            out.append(_MATH.sub(one, part))
+        elif kind == 1:
+            out.append(part)
+    return "".join(out), count
+
+
+# Print: a <details> block (the full parameter set) opens for printing; links show their target.
+PRINT_SCRIPT = ("<script>addEventListener('beforeprint',()=>document.querySelectorAll('details')"
+                ".forEach(d=>d.open=true))</script>")
+
+# A page that reads in a browser and on a phone, prints to PDF with every column, and follows a dark
+# system theme. Wide tables and charts scroll inside their own box (at 390 px a chart keeps a
+# legible size instead of shrinking its labels); headings and captions stay with what follows them.
 PAGE_CSS = """body{font:15px/1.5 system-ui,-apple-system,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;color:#222}
 img,svg{max-width:100%;height:auto}h1,h2,h3{line-height:1.2}
+.atlas-nav{font-size:14px;margin:0 0 1em;padding:.4em 0;border-bottom:1px solid #ddd}
+.output_subarea,.jp-OutputArea-output,.atlas-scroll{overflow-x:auto;max-width:100%}
+.output_subarea svg{min-width:560px}math{font-size:1.05em}math[display=block]{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;
 vertical-align:top}thead th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
 .jp-OutputArea-output{overflow-x:auto}pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
@@ -158,7 +227,11 @@ img,svg{background:#fff}a{color:#8ab4f8}}
 @page{size:A4 landscape;margin:10mm}
 @media print{body{max-width:none;margin:0;font-size:10pt}table{font-size:7.5pt;width:100%;table-layout:auto}
 th,td{padding:1px 3px;word-break:normal;overflow-wrap:normal;hyphens:none}thead{display:table-header-group}
-tr{break-inside:avoid}.anchor-link{display:none}pre{white-space:pre-wrap}img,svg{page-break-inside:avoid}}"""
+tr{break-inside:avoid}.anchor-link{display:none}pre{white-space:pre-wrap}img,svg{page-break-inside:avoid;break-inside:avoid}
+.text_cell,h1,h2,h3{break-after:avoid;page-break-after:avoid}
+.output_subarea{overflow:visible}.output_subarea svg{min-width:0}ol.atlas-notes{break-before:avoid;page-break-before:avoid}
+.atlas-nav{display:none}a[href$=".html"]::after,a[href$=".csv"]::after,a[href$=".json"]::after{content:" (" attr(href) ")"}}
+@media (max-width:600px){body{margin:.5em auto;padding:0 .6em;font-size:14px}h1{font-size:1.5em}}"""
 
 
 
@@ -170,9 +243,12 @@ class _DropPlaceholderWarning(logging.Filter):
         return not str(record.msg).startswith("Alternative text is missing")
 
 
-def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> Path:
+def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool, nav: str = "",
+                title: str | None = None) -> Path:
     """Render an executed notebook to ``out_html`` (atomically); ``with_code=False`` shows outputs
-    only. Parameter cells never show their source: it is the run's plumbing, not its content."""
+    only. Parameter cells never show their source: it is the run's plumbing, not its content.
+    ``nav``: the report's links (:func:`site_nav`); ``title``: the page title (default: the
+    notebook's name)."""
     import nbformat
     from nbconvert import HTMLExporter
     from traitlets.config import Config
@@ -205,16 +281,20 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool) -> 
     body, missing = _with_alt_text(body, _alt_texts(nb))
     if missing:
         log.warning("%s: %d image(s) without alt text (figures not made by atlas_lib.report.charts)", out_html.name, missing)
+    body, n_math = math_to_mathml(body)
+    if n_math:
+        log.info("%s: %d formula(s) rendered as MathML", out_html.name, n_math)
+    body = re.sub(r"(<table\b.*?</table>)", r'<div class="atlas-scroll">\1</div>', body, flags=re.S)
     body, counts = scrub_text(body, _executed_from(nb))
     if counts["paths"] or counts["secrets"]:
         log.info("scrubbed %s: %d absolute path(s) made relative, %d secret value(s) redacted",
                  out_html.name, counts["paths"], counts["secrets"])
     else:
         log.info("scrubbed %s: no absolute paths or secret values found", out_html.name)
-    title = html.escape(executed_notebook.stem.replace("_", " "))
-    atomic_write_text(out_html, f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-                                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                                f"<title>{title}</title><style>{PAGE_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    title = html.escape(title or executed_notebook.stem.replace("_", " "))
+    atomic_write_text(out_html, f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{VIEWPORT}'
+                                f"<title>{title}</title><style>{PAGE_CSS}</style>{PRINT_SCRIPT}</head>\n<body>\n"
+                                f"{nav}\n{body}\n</body></html>\n")
     umask = os.umask(0)
     os.umask(umask)
     out_html.chmod(0o666 & ~umask)  # a report is for sharing: not the temp file's private 0600

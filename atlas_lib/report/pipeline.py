@@ -40,8 +40,9 @@ from atlas_lib.core.rundir import (
     train_hash,
 )
 from atlas_lib.report import problems
-from atlas_lib.report.collect import collect
-from atlas_lib.report.html import render_html
+from atlas_lib.report.collect import Collected, collect
+from atlas_lib.report.findings import headline
+from atlas_lib.report.html import render_html, site_nav
 from atlas_lib.report.progress import StageProgress
 from atlas_lib.report.table import results_table
 
@@ -248,14 +249,19 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
     return timings
 
 
-def write_table_files(params: config.Params, out_dir: Path) -> None:
+def write_table_files(params: config.Params, out_dir: Path, col: Collected | None = None, nav: str = "") -> None:
     """``table.csv`` and ``table.json`` beside ``index.html`` (the numbers a reader would re-plot) and
     ``problems.html`` (every test problem's completions, right or wrong, per model)."""
-    col = collect(params)
+    col = col if col is not None else collect(params)
     numbers = results_table(col)
     atomic_write_text(out_dir / "table.csv", numbers.to_csv(index_label="row"))
     atomic_write_text(out_dir / "table.json", numbers.to_json(orient="index", indent=1) + "\n")
-    problems.render(params, col, out_dir / "problems.html")
+    problems.render(params, col, out_dir / "problems.html", nav=nav)
+
+
+def page_title(col: Collected, params: config.Params) -> str:
+    """The report page's title: its headline without the Markdown."""
+    return headline(col, params).split("\n")[0].lstrip("# ").strip()
 
 
 def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, force: bool = False,
@@ -289,11 +295,17 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
         lock.release()
     out_dir = reports_root() / params.name
     plan = steps(params)
-    html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False)
-    write_table_files(params, out_dir)
+    pages = [("index.html", "Report"), ("problems.html", "Every problem")] + [
+        (f"notebooks/{s.notebook}.html", s.notebook.replace("_", " ").replace("gkd", "GKD").replace("grpo", "GRPO"))
+        for s in plan[:-1] if (nb_dir / f"{s.notebook}.ipynb").exists()]
+    col = collect(params)
+    html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False,
+                       nav=site_nav("index.html", pages), title=page_title(col, params))
+    write_table_files(params, out_dir, col, nav=site_nav("problems.html", pages))
     for step in plan[:-1]:
         nb = nb_dir / f"{step.notebook}.ipynb"
         if nb.exists():
-            render_html(nb, out_dir / "notebooks" / f"{step.notebook}.html", with_code=True)
+            page = f"notebooks/{step.notebook}.html"
+            render_html(nb, out_dir / page, with_code=True, nav=site_nav(page, pages))
     log.info("report: %s (stage times this run: %s)", relative_to_root(html), timings or "all reused")
     return html
