@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +229,28 @@ def test_an_unknown_model_name_exits_2(action, prepared):
 
 def test_names_and_params_together_exit_2(prepared):
     assert cli.main(["models", "prepare", "smollm2-135m-instruct", "--params", "params/embedded.yaml"]) == 2
+
+
+def _make_dry_run(*args: str, venv: Path) -> str:
+    """The commands `make` would run (nothing runs: -n), with a .venv path that does not exist."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["make", "-n", *args, f"VENV={venv}"], cwd=root, check=True, capture_output=True,
+                          text=True, timeout=60).stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("args, params", [
+    (["models"], "params/embedded.yaml"), (["report"], "params/embedded.yaml"),
+    (["report", "PARAMS=params/paper.yaml"], "params/paper.yaml"),
+    (["study"], "params/study.yaml"), (["smoke"], "params/smoke.yaml"),
+])
+def test_make_prepares_the_models_of_the_params_it_runs(args, params, tmp_path):
+    assert f"models prepare --params {params}\n" in _make_dry_run(*args, venv=tmp_path / "venv")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_models_all_prepares_every_embedded_model(tmp_path):
+    assert "atlas_lib.cli models prepare\n" in _make_dry_run("models-all", venv=tmp_path / "venv")
 
 
 def test_pip_requirements_pin_every_wheel(capsys):
