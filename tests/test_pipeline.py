@@ -98,7 +98,9 @@ def test_the_first_screen_names_the_comparison_and_leads_with_the_answer(smoke):
     body = html.split("<body>", 1)[1]
     first_heading = re.search(r"<h1[^>]*>(.*?)</h1>", body, re.S).group(1)
     assert "tiny-qwen2-student" in first_heading and "tiny-qwen2-teacher" in first_heading
-    first_paragraph = re.sub(r"<[^>]+>", "", re.search(r"</h1>.*?<p>(.*?)</p>\s*<p>(.*?)</p>", body, re.S).group(2))
+    subtitle, answer = re.findall(r"<p>(.*?)</p>", body.split("</h1>", 1)[1], re.S)[:2]
+    assert "held-out test problems" in subtitle and "steps" in subtitle
+    first_paragraph = re.sub(r"<[^>]+>", "", answer)
     assert re.match(r"(No method changed|\w[\w -]* improved) the student's test accuracy", first_paragraph)
     assert body.index("How to read it: a difference counts only when the exact McNemar") < body.index("About this report")
 

@@ -214,7 +214,7 @@ PAGE_CSS = """body{font:15px/1.5 system-ui,-apple-system,sans-serif;max-width:12
 img,svg{max-width:100%;height:auto}h1,h2,h3{line-height:1.2}
 .atlas-nav{font-size:14px;margin:0 0 1em;padding:.4em 0;border-bottom:1px solid #ddd}
 .output_subarea,.jp-OutputArea-output,.atlas-scroll{overflow-x:auto;max-width:100%}
-.output_subarea svg{min-width:560px}math{font-size:1.05em}math[display=block]{overflow-x:auto;max-width:100%}
+.output_subarea svg{min-width:720px}math{font-size:1.05em}math[display=block]{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;
 vertical-align:top}thead th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
 .jp-OutputArea-output{overflow-x:auto}pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
