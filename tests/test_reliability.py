@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,15 +208,58 @@ def test_a_key_written_twice_in_a_params_file_is_refused(tmp_path):
         config.load(f)
 
 
-def test_a_token_typed_into_free_text_params_is_warned_about_and_scrubbed(caplog):
+TOKEN = "hf_" + "a1B2c3D4e5" * 4  # a canary shaped like a Hugging Face token
+WANDB_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 hex digits, the shape of a W&B key
+
+
+@pytest.mark.parametrize("field, value, home", [
+    ("description", f"my run {TOKEN}", "HF_TOKEN"),
+    ("tracking.project", f"team {WANDB_KEY}", "WANDB_API_KEY"),
+    ("prompt.system", f"key {WANDB_KEY}", "WANDB_API_KEY"),
+])
+def test_a_token_typed_into_any_params_field_is_refused_naming_field_and_variable(field, value, home):
+    with pytest.raises(config.ParamsError, match=rf"^{re.escape(field)} looks like it holds an access token.*{home}") as e:
+        config.load("params/smoke.yaml", overrides={field: value})
+    assert TOKEN not in str(e.value) and WANDB_KEY not in str(e.value)  # the message never repeats the key
+
+
+def test_a_token_in_a_params_file_is_refused_at_load(tmp_path):
+    f = tmp_path / "leaky.yaml"
+    f.write_text(f"name: leaky\ndescription: shared with {TOKEN}\n")
+    with pytest.raises(config.ParamsError, match="description looks like it holds an access token"):
+        config.load(f)
+
+
+def test_a_token_in_a_sweep_variant_is_refused():
+    raw = config.read_yaml("params/smoke.yaml")
+    raw["sweeps"] = [{"name": "t", "label": TOKEN, "gkd": {"temperature": 0.6}}]
+    with pytest.raises(config.ParamsError, match=r"sweeps\[0\]\.label looks like"):
+        config.from_dict(raw)
+
+
+def test_a_hub_snapshot_directory_is_not_mistaken_for_a_key(tmp_path):
+    snap = tmp_path / "snapshots" / WANDB_KEY
+    snap.mkdir(parents=True)
+    assert config.load("params/smoke.yaml", overrides={"models.student": str(snap)}).models.student == str(snap)
+
+
+@pytest.mark.parametrize("key, home", [("tracking.api_key", "WANDB_API_KEY"), ("models.hf_token", "HF_TOKEN")])
+def test_a_key_field_points_at_its_environment_variable(key, home):
+    with pytest.raises(config.ParamsError, match=rf"{re.escape(key)}: .*set the environment variable {home}"):
+        config.load("params/smoke.yaml", overrides={key: "x"})
+
+
+def test_a_key_field_in_a_params_file_points_at_its_environment_variable():
+    raw = {**config.read_yaml("params/smoke.yaml"), "tracking": {"api_key": "x"}}
+    with pytest.raises(config.ParamsError, match="tracking.api_key: .*WANDB_API_KEY"):
+        config.from_dict(raw)
+
+
+def test_the_html_scrubber_still_removes_a_token(caplog):
     from atlas_lib.report.html import scrub_text
 
-    token = "hf_" + "a1B2c3D4e5" * 4
-    with caplog.at_level(logging.WARNING):
-        config.load("params/smoke.yaml", overrides={"tracking.project": f"team {token}"})
-    assert "tracking.project looks like it holds an access token" in caplog.text
-    text, counts = scrub_text(f"<p>project team {token}</p>")
-    assert token not in text and counts["secrets"] == 1
+    text, counts = scrub_text(f"<p>project team {TOKEN}</p>")
+    assert TOKEN not in text and counts["secrets"] == 1
 
 
 def _make_read_only(path: Path) -> bool:

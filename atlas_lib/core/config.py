@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from atlas_lib.core import registry
+from atlas_lib.core import registry, validate
 from atlas_lib.core.paths import resolve_params_path
 from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
-from atlas_lib.core.validate import TOKEN_LIKE, ParamsError, check_field, fld, load_yaml, unknown_key
+from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
 
 log = logging.getLogger(__name__)
 __all__ = ["ParamsError", "Params", "load", "from_dict", "build_section", "describe", "fld"]
@@ -108,7 +108,8 @@ def build_section(name: str, values: dict | None) -> Any:
     out = {}
     for key, value in values.items():
         if key not in fields:
-            raise _renamed(name, key, list(fields)) or unknown_key(name, key, list(fields))
+            raise (validate.secret_field(name, key) or _renamed(name, key, list(fields))
+                   or unknown_key(name, key, list(fields)))
         out[key] = check_field(name, fields[key], value, hints[key])
     return cls(**out)
 
@@ -147,6 +148,7 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     """Validate a whole parameter-set dict. Without ``name``, the profile is the file's stem."""
     if not isinstance(raw, dict):
         raise ParamsError("a params file must be a YAML mapping of sections")
+    validate.refuse_secrets(raw)  # first: no later message may echo the key
     top_known = ["name", "description", *section_types(), "sweeps"]
     for key in raw:
         if key not in top_known:
@@ -160,11 +162,6 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     methods = {m.key: build_section(m.key, raw.get(m.key)) for m in registry.methods()}
     params = Params(name=name, description=str(raw.get("description", "")), sweeps=sweeps,
                     source_path=source_path, methods=methods, **shared)
-    for where, value in (("description", params.description), ("tracking.project", params.tracking.project)):
-        if TOKEN_LIKE.search(value or ""):
-            log.warning("%s looks like it holds an access token; secrets belong in the environment (WANDB_API_KEY, "
-                        "HF_TOKEN), never in params: it is copied into run files and W&B, and scrubbed from the "
-                        "HTML report", where)
     e, d = params.evaluation, params.data
     if e.limit > d.eval_limit:
         raise ParamsError(f"evaluation.limit = {e.limit}: must be <= data.eval_limit = {d.eval_limit}")
@@ -200,7 +197,7 @@ def resolve_flat(stage: str | None, key: str) -> tuple[str, str]:
             raise unknown_key("", section, list(types_))
         if name not in field_names(types_[section]):
             known = field_names(types_[section])
-            raise _renamed(section, name, known) or unknown_key(section, name, known)
+            raise validate.secret_field(section, name) or _renamed(section, name, known) or unknown_key(section, name, known)
         return section, name
     if stage in registry.keys() and RENAMED.get(key) in field_names(types_[stage]):
         raise ParamsError(f"{key!r} is ambiguous since the rename: {stage}.{RENAMED[key]} (tokens sampled per training "
@@ -231,8 +228,8 @@ def load(params: str | Path | dict = "params/embedded.yaml", stage: str | None =
         raw = _deep_merge(raw, sections)
     updates = {**(overrides or {}), **{k: v for k, v in flat.items() if v is not None}}
     for key, value in updates.items():
-        if key == "name":
-            raw["name"] = value
+        if key in ("name", "description"):  # the two top-level fields
+            raw[key] = value
             continue
         section, name = resolve_flat(stage, key)
         raw.setdefault(section, {})
