@@ -25,7 +25,7 @@ import yaml
 
 # Light imports only: `atlas --help` and argument errors answer at once. The commands import what
 # they run (torch, transformers, papermill) when they run it.
-from atlas_lib.core import config, embedded, registry
+from atlas_lib.core import advice, config, embedded, registry
 
 log = logging.getLogger(__name__)
 # The kit's own errors, as (module, class): one message and exit 2. Looked up in sys.modules when an
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return _run(args)
+        with advice.using("report" if args.cmd == "report" else "cli"):  # messages give the fix as typed here
+            return _run(args)
     except Exception as e:
         if not is_kit_error(e):
             raise

@@ -10,6 +10,7 @@ so a killed process never leaves a half-written file that a later read would tru
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,9 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from atlas_lib.core import checkpoints
+from atlas_lib.core import advice, checkpoints
 from atlas_lib.core.config import Params
-from atlas_lib.core.paths import runs_root
+from atlas_lib.core.paths import root_variable, runs_root
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -73,10 +74,28 @@ def move_aside(path: Path, profile_dir: Path) -> Path:
     return dest
 
 
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a full disk: ``OSError`` ENOSPC, or torch's zip writer failing on one (it
+    reports a RuntimeError from ``inline_container`` with the OS error in its text)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    return isinstance(e, RuntimeError) and ("No space left on device" in str(e) or "file write failed" in str(e))
+
+
+def elsewhere(path: Path) -> str:
+    """"point ATLAS_RUNS elsewhere", naming the variable that moves the root ``path`` is under."""
+    var = root_variable(path)
+    return f"point {var} at another directory" if var else f"write to another directory than {Path(path).parent}"
+
+
 def unwritable(path: Path, e: OSError) -> RunDirError:
-    """The one message every command gives when it cannot write under the runs directory."""
+    """The one message every command gives when it cannot write a file of the kit (runs, reports, cache)."""
+    if disk_full(e):
+        return RunDirError(f"cannot write {path}: the disk is full ({e.strerror or e}); files already there are "
+                           f"intact. Free space on "
+                           f"the disk holding {Path(path).parent} (or {elsewhere(path)}) and {advice.run_again()}")
     return RunDirError(f"cannot write {path}: {e.strerror or e}; files already there are intact (check free disk "
-                       f"space and the permissions of {Path(path).parent}, or point ATLAS_RUNS elsewhere)")
+                       f"space and the permissions of {Path(path).parent}, or {elsewhere(path)})")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -135,22 +154,23 @@ class RunDir:
         """Create ``runs/<run_name>`` or resume it; a finished or foreign run is never overwritten."""
         rd = cls(runs_root() / params.run_name(stage))
         exists = rd.path.exists() and any(p.name != ".lock" for p in rd.path.iterdir())
+        finished = exists and (load_summary(rd.path) or {}).get("status") == "complete"
+        another = f"choose another run name ({advice.set_field(f'{stage}.run_name', params.run_name(stage) + '-2')})"
+        if finished:
+            raise RunDirError(f"run {params.run_name(stage)} finished (summary.json): a finished run is never "
+                              f"modified. To train again, {another} (nothing was changed)")
         if exists and not resume:
             raise RunDirError(
-                f"run directory {params.run_name(stage)} already exists; pass resume=True to continue it, "
-                f"or choose another run_name (nothing was overwritten)")
+                f"run directory {params.run_name(stage)} already exists, unfinished; to continue it "
+                f"{advice.set_field(f'{stage}.resume', True)}, or {another} (nothing was overwritten)")
         if resume and exists:
-            summary = load_summary(rd.path) or {}
-            if summary.get("status") == "complete":
-                raise RunDirError(f"run {params.run_name(stage)} finished (summary.json): a finished run is never "
-                                  "modified. To train further, choose another run_name (nothing was changed)")
             old = rd.read_config() or {}
             before, now = old.get("train_hash"), train_hash(params, stage)
             if before is not None and before != now:
                 if not getattr(params.section(stage), "resume_changed", False):
                     raise RunDirError(f"resuming {params.run_name(stage)} with training parameters that differ from "
-                                      f"the original run's (runs/{params.run_name(stage)}/config.json); set "
-                                      f"{stage}.resume_changed=true to continue anyway, or choose another run_name")
+                                      f"the original run's (runs/{params.run_name(stage)}/config.json); to continue "
+                                      f"anyway {advice.set_field(f'{stage}.resume_changed', True)}, or {another}")
                 log.warning("resuming %s with changed training parameters (%s.resume_changed)", rd.path.name, stage)
         elif resume:
             log.info("resume asked for %s, but there is no earlier run: starting fresh", params.run_name(stage))

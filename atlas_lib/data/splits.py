@@ -162,6 +162,18 @@ def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
 
 
+def _more_problems(params: Params, usable: int, bad: dict[str, int]) -> str:
+    """What to change when the source leaves too few problems, for the source the params name."""
+    d = params.data
+    dropped = f" ({', '.join(f'{k}: {n}' for k, n in bad.items())} rows dropped)" if bad else ""
+    if d.source == "local" and not usable:
+        return (f"no row of data.path {d.path!r} has a usable question and answer{dropped}: check its columns "
+                "(data.columns maps yours onto question, answer, solution, id, group) and its answer values")
+    more = {"reasoning_gym": "raise data.size", "local": f"add problems to data.path {d.path!r}"}.get(
+        d.source, "use a larger source")
+    return f"lower the limits or {more}{dropped}"
+
+
 def prepare(params: Params) -> Prepared:
     """Load the source, drop or refuse bad rows, split by group, write train/eval/manifest."""
     d, seed = params.data, params.run.seed
@@ -184,8 +196,7 @@ def prepare(params: Params) -> Prepared:
         raise DataError(f"{len(normalized)} usable problems in {len({r['group'] for r in normalized})} groups leave "
                         f"{len(train)} for training, {len(val)} for validation and {len(eval_)} for test "
                         f"(data.eval_limit = {d.eval_limit}, data.val_limit = {d.val_limit}, "
-                        f"data.eval_per_group = {d.eval_per_group}); lower the limits or add problems "
-                        "(data.size for reasoning_gym)")
+                        f"data.eval_per_group = {d.eval_per_group}); {_more_problems(params, len(normalized), counts_bad)}")
     for name, got, want in (("test", len(eval_), d.eval_limit), ("validation", len(val), d.val_limit)):
         if got < want:
             log.warning("the %s split holds %d problems, fewer than the %d asked: the source has too few "
