@@ -90,6 +90,18 @@ def test_run_files_are_readable_by_the_group(tmp_path):
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == rundir.FILE_MODE
 
 
+def test_a_library_written_tree_gets_the_run_file_modes_less_the_umask(tmp_path):
+    (tmp_path / "final").mkdir(mode=0o700)
+    (tmp_path / "final" / "model.safetensors").touch(mode=0o600)
+    old = os.umask(0o027)
+    try:
+        rundir.share_tree(tmp_path / "final")
+    finally:
+        os.umask(old)
+    modes = [oct(p.stat().st_mode & 0o777) for p in (tmp_path / "final", tmp_path / "final" / "model.safetensors")]
+    assert modes == ["0o750", "0o640"]
+
+
 def test_re_preparing_another_split_moves_the_old_one_aside(env):
     first = splits.prepare(_params())
     old_eval = (first.dir / "eval.jsonl").read_text()

@@ -30,6 +30,7 @@ from atlas_lib.core.paths import root_variable, runs_root
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 class RunDirError(RuntimeError):
@@ -63,6 +64,23 @@ def atomic_write_text(path: Path, text: str) -> None:
         if "tmp" in locals() and os.path.exists(tmp):
             os.unlink(tmp)
         raise unwritable(path, e) from e
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_tree(path: Path) -> None:
+    """Give a tree written by a library (transformers' safetensors writer makes 0600 files, mkdtemp a 0700
+    directory) the modes of every run file: files 0644, directories 0755, less what the umask removes."""
+    mask = _umask()
+    path = Path(path)
+    for p in (path, *path.rglob("*")):
+        if p.is_symlink():
+            continue
+        p.chmod((DIR_MODE if p.is_dir() else FILE_MODE) & ~mask)
 
 
 def move_aside(path: Path, profile_dir: Path) -> Path:
@@ -246,6 +264,9 @@ class RunDir:
 
     # -- checkpoints -------------------------------------------------------------------------
     def mark_checkpoint(self, step: int, state: dict) -> None:
+        ckpt = self.checkpoints / f"checkpoint-{step}"
+        if ckpt.is_dir():
+            share_tree(ckpt)  # before the marker: a checkpoint is complete with its final modes
         checkpoints.mark(self.checkpoints / f"checkpoint-{step}", step, state, atomic_write_json)
 
     def last_checkpoint(self) -> tuple[Path, dict] | None:
@@ -265,6 +286,7 @@ class RunDir:
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            share_tree(tmp)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
