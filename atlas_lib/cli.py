@@ -151,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _writable(params: config.Params, stage: str) -> config.Params:
+    """Check the command can write its run directory before it loads a model or evaluates anything."""
+    from atlas_lib.core import rundir
+
+    rundir.check_writable(rundir.stage_dir(params, stage).parent)
+    return params
+
+
 def _run(args) -> int:
     if args.cmd == "report":
         from atlas_lib.report.pipeline import run_pipeline
@@ -161,17 +169,17 @@ def _run(args) -> int:
     elif args.cmd == "data":
         from atlas_lib.data import splits
 
-        print(json.dumps(splits.prepare(_params(args, "data")).manifest, indent=2))
+        print(json.dumps(splits.prepare(_writable(_params(args, "data"), "data")).manifest, indent=2))
     elif args.cmd == "baseline":
         from atlas_lib.evaluation.baselines import evaluate_baselines
         from atlas_lib.methods.tracking import log_baselines
 
-        params = _params(args, "data")
+        params = _writable(_params(args, "data"), "baseline")
         s = evaluate_baselines(params)
         log_baselines(params, s)
         print(json.dumps({k: s[k] for k in ("student", "teacher")}, indent=2, default=str))
     elif args.cmd == "train":
-        s = registry.get(args.method).run(_params(args, args.method))
+        s = registry.get(args.method).run(_writable(_params(args, args.method), args.method))
         print(json.dumps(s.get("training", s), indent=2, default=str))
     elif args.cmd == "memory":
         from atlas_lib.methods.memory import estimate, format_plan

@@ -331,3 +331,55 @@ def test_ctrl_c_in_a_terminal_stops_the_report_with_one_message(tmp_path):
     assert "Traceback" not in err  # the kernel's own teardown noise goes to the stage's log
     assert len(err.strip().splitlines()) <= 6
     assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_data.done.json").exists()  # finished stage kept
+
+
+def _finished_profile(p, profile: Path) -> None:
+    """Done markers as a finished `atlas report` leaves them, and its executed report notebook."""
+    nb_dir = profile / "notebooks"
+    nb_dir.mkdir(parents=True)
+    upstream = ""
+    for step in pipeline.steps(p)[:-1]:
+        fp = pipeline.fingerprint(p, step, upstream, profile)
+        atomic_write_json(nb_dir / f"{step.notebook}.done.json", {"fingerprint": fp, "seconds": 1})
+        upstream += fp
+    (nb_dir / "05_comparison.ipynb").write_text("{}")
+
+
+def _cannot_lock(self, busy=None):
+    raise rundir.unwritable(self.path / ".lock", PermissionError(1, "Operation not permitted")) \
+        from PermissionError(1, "Operation not permitted")
+
+
+def test_a_report_renders_finished_runs_it_cannot_lock(env, monkeypatch):
+    p = config.load("params/smoke.yaml")  # as the report reads it
+    _finished_profile(p, env / "runs" / "smoke")
+    rendered = []
+    monkeypatch.setattr(RunDir, "acquire", _cannot_lock)
+    monkeypatch.setattr(pipeline, "render_html", lambda nb, out, with_code: rendered.append(nb.name) or out)
+    monkeypatch.setattr(pipeline, "write_table_files", lambda params, out: None)
+    pipeline.run_pipeline("params/smoke.yaml")
+    assert "05_comparison.ipynb" in rendered
+
+
+def test_a_report_that_would_have_to_run_a_stage_it_cannot_write_says_so(env, monkeypatch):
+    p = config.load("params/smoke.yaml")
+    _finished_profile(p, env / "runs" / "smoke")
+    (env / "runs" / "smoke" / "notebooks" / "03_grpo.done.json").unlink()
+    monkeypatch.setattr(RunDir, "acquire", _cannot_lock)
+    with pytest.raises(RunDirError, match=r"cannot write .*\(03_grpo would have to run"):
+        pipeline.run_pipeline("params/smoke.yaml")
+
+
+@pytest.mark.parametrize("command", ["baseline", "train"])
+def test_a_command_checks_it_can_write_before_it_computes(tmp_path, monkeypatch, capsys, command):
+    from atlas_lib import cli
+    from atlas_lib.core import registry
+    from atlas_lib.evaluation import baselines
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "file" / "runs"))  # under a file: nothing can be written
+    computed = []
+    monkeypatch.setattr(baselines, "evaluate_baselines", lambda params: computed.append(params))
+    monkeypatch.setattr(registry, "get", lambda key: type("M", (), {"run": staticmethod(computed.append)}))
+    assert cli.main([command, *(["gkd"] if command == "train" else []), "--params", "params/smoke.yaml"]) == 2
+    assert computed == [] and "cannot write" in capsys.readouterr().err

@@ -116,6 +116,19 @@ def unwritable(path: Path, e: OSError) -> RunDirError:
                        f"space and the permissions of {Path(path).parent}, or {elsewhere(path)})")
 
 
+def check_writable(directory: Path) -> None:
+    """Before a command computes anything: can it write under ``directory`` (created if missing)? The
+    one unwritable message otherwise, instead of an evaluation's or a training's worth of work lost."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise unwritable(directory, e) from e
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True, default=str) + "\n")
 

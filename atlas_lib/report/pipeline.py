@@ -209,7 +209,10 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
 
 
 def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Path, force: bool,
-               only: list[str] | None, verbose: bool = False) -> dict:
+               only: list[str] | None, verbose: bool = False, read_only: RunDirError | None = None) -> dict:
+    """Run or reuse each step. ``read_only``: the runs directory cannot be written (the error that said
+    so): finished stages are reused and the last executed report notebook rendered again; a stage that
+    would have to run raises that error instead."""
     upstream, timings = "", {}
     for step in steps(params):
         fp = fingerprint(params, step, upstream, profile_dir)
@@ -221,6 +224,13 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
                      "reusing the finished run (params and inputs unchanged; --force re-runs)")
             upstream += fp
             continue
+        if read_only is not None:
+            if step.stages == ("report",) and (nb_dir / f"{step.notebook}.ipynb").exists() and not force:
+                log.info("[%s] runs directory read-only: rendering its last execution over the finished runs",
+                         step.notebook)
+                continue
+            raise RunDirError(f"{read_only} ({step.notebook} would have to run: "
+                              f"{'--force' if force else 'its stage is unfinished or its inputs changed'})")
         resume = not force and resumable(params, step)
         if resume:
             log.info("[%s] resuming the interrupted run from its last checkpoint", step.notebook)
@@ -272,21 +282,27 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
     except OSError as e:
         raise RunDirError(f"cannot create {relative_to_root(profile_dir)}: {e.strerror or e} (point ATLAS_RUNS at a "
                           "writable directory)") from e
-    lock = RunDir(profile_dir)
-    lock.acquire(busy="profile {name}: another `atlas report` (process {pid}) is running it; wait for it to "
-                      "finish (nothing was changed)")
+    lock, read_only = RunDir(profile_dir), None
+    try:
+        lock.acquire(busy="profile {name}: another `atlas report` (process {pid}) is running it; wait for it to "
+                          "finish (nothing was changed)")
+    except RunDirError as e:
+        if not isinstance(e.__cause__, OSError):  # another report holds it
+            raise
+        read_only = e  # finished runs can still be rendered; nothing under runs/ is written then
     _INTERRUPTED.clear()
     previous = signal.signal(signal.SIGINT, _on_sigint) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        timings = _run_steps(params, path, profile_dir, nb_dir, force, only, verbose)
+        timings = _run_steps(params, path, profile_dir, nb_dir, force, only, verbose, read_only)
     except KeyboardInterrupt:
         raise PipelineError("interrupted (Ctrl-C); finished stages are kept and an interrupted one keeps its last "
                             "checkpoint: run the same command again to resume") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        lock.release()
+        if read_only is None:
+            lock.release()
     out_dir = reports_root() / params.name
     plan = steps(params)
     html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False)
