@@ -383,3 +383,21 @@ def test_a_command_checks_it_can_write_before_it_computes(tmp_path, monkeypatch,
     monkeypatch.setattr(registry, "get", lambda key: type("M", (), {"run": staticmethod(computed.append)}))
     assert cli.main([command, *(["gkd"] if command == "train" else []), "--params", "params/smoke.yaml"]) == 2
     assert computed == [] and "cannot write" in capsys.readouterr().err
+
+
+def test_a_report_keeps_the_split_atlas_data_just_prepared(env, monkeypatch):
+    p = config.load("params/smoke.yaml")
+    prepared = splits.prepare(p)
+    profile = env / "runs" / "smoke"
+    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: None)  # the notebooks themselves are not the point
+    pipeline._run_steps(p, Path("params/smoke.yaml"), profile, profile / "notebooks", force=False, only=["data"])
+    assert not (profile / ".previous").exists() and (prepared.dir / "manifest.json").exists()
+
+
+def test_a_report_still_moves_a_split_prepared_with_other_parameters(env, monkeypatch):
+    splits.prepare(config.load("params/smoke.yaml", overrides={"run.seed": 8}))
+    profile = env / "runs" / "smoke"
+    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: None)
+    pipeline._run_steps(config.load("params/smoke.yaml"), Path("params/smoke.yaml"), profile, profile / "notebooks",
+                        force=False, only=["data"])
+    assert list((profile / ".previous").glob("data-*"))

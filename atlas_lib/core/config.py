@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Params:
     methods: dict[str, TrainSection] = field(default_factory=dict)
     sweeps: list = field(default_factory=list)
     source_path: str | None = None  # the params file this came from (for provenance)
+    base_dir: str | None = None  # where relative paths in it are read from: the params file's directory
 
     def __getattr__(self, item: str):
         methods = self.__dict__.get("methods") or {}
@@ -144,7 +146,42 @@ def _check_sweeps(raw: dict) -> list:
     return sweeps
 
 
-def from_dict(raw: dict, source_path: str | None = None) -> Params:
+def base_dir_of(source_path: str | None) -> Path:
+    """Where a parameter set's relative paths are read from: its params file's directory; for a dict
+    or papermill ``-f`` sections, the directory the command ran in."""
+    if source_path and source_path != "papermill -f":
+        try:
+            return resolve_params_path(source_path).resolve().parent
+        except FileNotFoundError:
+            pass
+    return Path.cwd()
+
+
+def resolve_file(params: Params, value: str) -> Path:
+    """A file a parameter set names (``data.path``): absolute as given, else relative to the params
+    file (:func:`base_dir_of`), so the CLI, ``atlas report`` (notebooks run from the project root) and
+    papermill all read the same file."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(params.base_dir or base_dir_of(params.source_path)) / p
+
+
+def data_file(params: Params) -> Path | None:
+    """``data.path`` resolved (:func:`resolve_file`), or None when the source is not a file."""
+    return resolve_file(params, params.data.path) if params.data.path else None
+
+
+def _relative_hint(value: str, base_dir: str) -> str:
+    """For a relative path not found: where it was looked for, and the path to write when it exists
+    relative to the directory the command ran in instead."""
+    if Path(value).expanduser().is_absolute():
+        return ""
+    hint = f" in {base_dir} (a relative data.path is read relative to the params file)"
+    if (Path.cwd() / value).exists() and Path(base_dir) != Path.cwd():
+        hint += f"; for the file relative to the directory you ran in, write data.path: {os.path.relpath(Path.cwd() / value, base_dir)}"
+    return hint
+
+
+def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = None) -> Params:
     """Validate a whole parameter-set dict. Without ``name``, the profile is the file's stem."""
     if not isinstance(raw, dict):
         raise ParamsError("a params file must be a YAML mapping of sections")
@@ -161,7 +198,8 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     shared = {k: build_section(k, raw.get(k)) for k in SHARED_SECTIONS}
     methods = {m.key: build_section(m.key, raw.get(m.key)) for m in registry.methods()}
     params = Params(name=name, description=str(raw.get("description", "")), sweeps=sweeps,
-                    source_path=source_path, methods=methods, **shared)
+                    source_path=source_path, methods=methods, **shared,
+                    base_dir=str(base_dir or base_dir_of(source_path)))
     e, d = params.evaluation, params.data
     if e.limit > d.eval_limit:
         raise ParamsError(f"evaluation.limit = {e.limit}: must be <= data.eval_limit = {d.eval_limit}")
@@ -172,8 +210,8 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
         section.check(key, e.max_new_tokens)
     if d.source == "local" and not d.path:
         raise ParamsError("data.path: required when data.source = 'local' (a .jsonl/.json/.parquet/.csv file)")
-    if d.source == "local" and not Path(d.path).expanduser().exists():
-        raise ParamsError(f"data.path = {d.path!r}: file does not exist")
+    if d.source == "local" and not data_file(params).exists():
+        raise ParamsError(f"data.path = {d.path!r}: file does not exist{_relative_hint(d.path, params.base_dir)}")
     return params
 
 
@@ -232,6 +270,8 @@ def load(params: str | Path | dict = "params/embedded.yaml", stage: str | None =
             raw[key] = value
             continue
         section, name = resolve_flat(stage, key)
+        if (section, name) == ("data", "path") and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            value = str(Path.cwd() / Path(value).expanduser())  # typed on a command line: where it ran
         raw.setdefault(section, {})
         raw[section] = {**(raw.get(section) or {}), name: value}
     return from_dict(raw, source_path=source)
@@ -258,7 +298,7 @@ def sweep_variants(params: Params, method: str | None = None) -> list[tuple[str,
                 raw[k] = _deep_merge(base.get(k) or {}, v)
         custom = params.section(key).run_name  # a run named by hand takes its variants along: <run_name>-sweep-<name>
         raw[key] = {**raw[key], "run_name": f"{custom}-sweep-{s['name']}" if custom else f"{params.name}/sweep-{s['name']}"}
-        out.append((str(s["name"]), from_dict(raw, params.source_path)))
+        out.append((str(s["name"]), from_dict(raw, params.source_path, params.base_dir)))
     return out
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from atlas_lib.core.config import Params
+from atlas_lib.core.config import Params, data_file
 from atlas_lib.core.paths import relative_to_root, runs_root
 from atlas_lib.core.rundir import atomic_write_json, atomic_write_text, move_aside
 from atlas_lib.core.sections import PromptConfig
@@ -150,7 +150,7 @@ def _data_hash(params: Params) -> str:
     """What the prepared files depend on (not models/evaluation, which share the data stage hash)."""
     d = params.to_dict()["data"] | {"seed": params.run.seed}
     if params.data.source == "local":
-        d["file_sha256"] = hashlib.sha256(Path(params.data.path).expanduser().read_bytes()).hexdigest()
+        d["file_sha256"] = hashlib.sha256(data_file(params).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -214,7 +214,7 @@ def prepare(params: Params) -> Prepared:
         atomic_write_text(out / name, text)
     manifest = {
         "schema_version": SCHEMA_VERSION, "source": d.source, "task": d.task if d.source == "reasoning_gym" else None,
-        "path": relative_to_root(d.path) if d.path else None, "seed": seed,
+        "path": relative_to_root(data_file(params)) if d.path else None, "seed": seed,
         "counts": {"raw": sum(map(len, pools)), "usable": len(normalized), "train": len(train), "val": len(val),
                    "eval": len(eval_), "train_groups": len({r["group"] for r in train}),
                    "val_groups": len({r["group"] for r in val}), "eval_groups": len({r["group"] for r in eval_})},

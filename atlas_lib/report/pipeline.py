@@ -100,8 +100,25 @@ def fingerprint(params: config.Params, step: Step, upstream: str, profile_dir: P
     return hashlib.sha256(nb + stage.encode() + upstream.encode()).hexdigest()[:16]
 
 
-def _move_aside(profile_dir: Path, step: Step) -> None:
+def _split_is_current(params: config.Params) -> bool:
+    """Whether the prepared split is the one notebook 01 would prepare (same data parameters and source
+    file, files intact): then it stays where it is (``atlas data`` then ``atlas report``)."""
+    from atlas_lib.data import splits
+    from atlas_lib.data.sources import DataError
+
+    try:
+        splits.load_prepared(params)
+    except (DataError, OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _move_aside(profile_dir: Path, step: Step, params: config.Params | None = None) -> None:
+    keep = {"data"} if params is not None and "data" in step.run_dirs and _split_is_current(params) else set()
     for pattern in step.run_dirs:
+        if pattern in keep:
+            log.info("[%s] keeping the prepared split: it is the one this stage prepares", step.notebook)
+            continue
         for d in profile_dir.glob(pattern):
             move_aside(d, profile_dir)
 
@@ -235,7 +252,7 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         if resume:
             log.info("[%s] resuming the interrupted run from its last checkpoint", step.notebook)
         elif step.run_dirs and any(any(profile_dir.glob(p)) for p in step.run_dirs):
-            _move_aside(profile_dir, step)
+            _move_aside(profile_dir, step, params)
         marker.unlink(missing_ok=True)
         log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
         t0 = time.monotonic()
