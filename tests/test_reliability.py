@@ -401,3 +401,32 @@ def test_a_report_still_moves_a_split_prepared_with_other_parameters(env, monkey
     pipeline._run_steps(config.load("params/smoke.yaml"), Path("params/smoke.yaml"), profile, profile / "notebooks",
                         force=False, only=["data"])
     assert list((profile / ".previous").glob("data-*"))
+
+
+def _papermill_fills_the_disk(monkeypatch):
+    """papermill writing the executed notebook on a full disk: half a JSON file, then ENOSPC."""
+    import errno
+
+    import papermill
+
+    def execute_notebook(src, out, **kw):
+        Path(out).write_text('{"cells": [{"cell_type": "code", "sou')
+        raise OSError(errno.ENOSPC, "No space left on device", out)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+
+
+def test_a_full_disk_under_atlas_report_is_the_kits_disk_message_and_exit_2(env, monkeypatch, capsys):
+    from atlas_lib import cli
+
+    _papermill_fills_the_disk(monkeypatch)
+    assert cli.main(["report", "--params", "params/smoke.yaml"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "disk is full" in last and "point ATLAS_RUNS at another directory" in last, last
+
+
+def test_a_full_disk_under_atlas_report_leaves_no_truncated_notebook(env, monkeypatch):
+    _papermill_fills_the_disk(monkeypatch)
+    with pytest.raises(RunDirError):
+        pipeline.run_pipeline("params/smoke.yaml")
+    assert [f.name for f in (env / "runs" / "smoke" / "notebooks").iterdir()] == []

@@ -34,10 +34,12 @@ from atlas_lib.core.rundir import (
     RunDirError,
     atomic_write_json,
     atomic_write_text,
+    disk_full,
     load_summary,
     move_aside,
     stage_dir,
     train_hash,
+    unwritable,
 )
 from atlas_lib.report import problems
 from atlas_lib.report.collect import collect
@@ -205,13 +207,25 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
         pm_log.addHandler(handler)
         propagate, pm_log.propagate = pm_log.propagate, verbose
     where = f"\nfull log: {relative_to_root(log_file)}" if log_file is not None else ""
+    # papermill rewrites the executed notebook after every cell: into a temp file renamed when it is whole,
+    # so a full disk or a kill never leaves a truncated out_nb
+    running = out_nb.with_name(f".{out_nb.stem}.running.ipynb")
     try:
-        with _stderr_to(log_file if not verbose else None), progress or contextlib.nullcontext():
-            pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
-                                parameters={"params_file": str(params_file),
-                                            **({step.stages[0]: {"resume": True}} if resume else {})},
-                                kernel_name="python3", cwd=str(project_root()), log_output=True,
-                                progress_bar=verbose or log_file is None)
+        with _stderr_to(log_file if not verbose else None), progress or contextlib.nullcontext(), \
+                _disk_full_is_a_message(running, target=out_nb):
+            try:
+                pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(running),
+                                    parameters={"params_file": str(params_file),
+                                                **({step.stages[0]: {"resume": True}} if resume else {})},
+                                    kernel_name="python3", cwd=str(project_root()), log_output=True,
+                                    progress_bar=verbose or log_file is None)
+            except PapermillExecutionError:  # papermill wrote the failed notebook whole: the partial output
+                os.replace(running, out_nb)
+                raise
+            except BaseException:  # a write cut short (a full disk) or an interrupt: never a truncated file
+                running.unlink(missing_ok=True)
+                raise
+            os.replace(running, out_nb)
     except PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt" or _INTERRUPTED:
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
@@ -223,6 +237,23 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
             pm_log.removeHandler(handler)
             handler.close()
             pm_log.propagate = propagate
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_message(*partial: Path, target: Path | None = None):
+    """A full disk while the report writes (an executed notebook, a page) is the kit's one disk message,
+    exit 2, and the partial files are removed instead of left truncated."""
+    try:
+        yield
+    except RunDirError:  # already the kit's message, naming its file
+        raise
+    except Exception as e:
+        cause = e if disk_full(e) else e.__cause__ or e.__context__
+        if cause is None or not disk_full(cause):
+            raise
+        for f in partial:
+            f.unlink(missing_ok=True)
+        raise unwritable(target or partial[-1], cause) from None
 
 
 def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Path, force: bool,
@@ -322,11 +353,12 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
             lock.release()
     out_dir = reports_root() / params.name
     plan = steps(params)
-    html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False)
-    write_table_files(params, out_dir)
-    for step in plan[:-1]:
-        nb = nb_dir / f"{step.notebook}.ipynb"
-        if nb.exists():
-            render_html(nb, out_dir / "notebooks" / f"{step.notebook}.html", with_code=True)
+    with _disk_full_is_a_message(target=out_dir):
+        html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False)
+        write_table_files(params, out_dir)
+        for step in plan[:-1]:
+            nb = nb_dir / f"{step.notebook}.ipynb"
+            if nb.exists():
+                render_html(nb, out_dir / "notebooks" / f"{step.notebook}.html", with_code=True)
     log.info("report: %s (stage times this run: %s)", relative_to_root(html), timings or "all reused")
     return html
