@@ -161,3 +161,9 @@ def test_the_cli_entry_point_says_which_interface_raised(monkeypatch, capsys, co
     monkeypatch.setattr(cli, "_run", fails)
     assert cli.main([command, "--params", "params/smoke.yaml"]) == 2
     assert fix in capsys.readouterr().err
+
+
+def test_papermill_advice_uses_p_for_a_name_the_notebook_declares():
+    """-p run_name x overrides -y '{gkd: {run_name: ...}}', so advice for a declared name is -p."""
+    with advice.using("papermill"):
+        assert advice.set_field("gkd.run_name", "smoke/gkd-2") == "set -p run_name smoke/gkd-2 in the papermill command"

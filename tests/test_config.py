@@ -161,3 +161,18 @@ def test_a_data_path_typed_on_the_command_line_is_relative_to_where_it_ran(tmp_p
     monkeypatch.chdir(tmp_path / "p")
     p = config.load("params/smoke.yaml", overrides={"data.source": "local", "data.path": "d/good.jsonl"})
     assert config.data_file(p) == tmp_path / "p" / "d" / "good.jsonl"
+
+
+def test_a_run_named_by_hand_takes_its_notebooks_other_arm_along():
+    p = config.load("params/smoke.yaml", overrides={"gkd.run_name": "smoke/gkd-alt"})
+    assert p.run_name("off_policy") == "smoke/gkd-alt-off_policy"
+
+
+def test_a_run_named_by_hand_leaves_other_notebooks_runs_alone():
+    p = config.load("params/smoke.yaml", overrides={"gkd.run_name": "smoke/gkd-alt"})
+    assert p.run_name("grpo") == "smoke/grpo"
+
+
+def test_an_arm_named_by_hand_keeps_its_own_name():
+    p = config.load("params/smoke.yaml", overrides={"gkd.run_name": "a/x", "off_policy.run_name": "a/y"})
+    assert p.run_name("off_policy") == "a/y"

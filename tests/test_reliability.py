@@ -4,6 +4,7 @@ report per profile at a time, run files readable by collaborators."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -380,7 +381,7 @@ def test_a_command_checks_it_can_write_before_it_computes(tmp_path, monkeypatch,
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "file" / "runs"))  # under a file: nothing can be written
     computed = []
     monkeypatch.setattr(baselines, "evaluate_baselines", lambda params: computed.append(params))
-    monkeypatch.setattr(registry, "get", lambda key: type("M", (), {"run": staticmethod(computed.append)}))
+    monkeypatch.setitem(registry._METHODS, "gkd", dataclasses.replace(registry.get("gkd"), runner=computed.append))
     assert cli.main([command, *(["gkd"] if command == "train" else []), "--params", "params/smoke.yaml"]) == 2
     assert computed == [] and "cannot write" in capsys.readouterr().err
 

@@ -76,6 +76,19 @@ def _yaml(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def _notebook_parameter(section: str, key: str) -> bool:
+    """Whether ``section.key`` is a flat parameter of the notebook that runs ``section`` (its parameters
+    cell declares ``key`` and flat names resolve to the notebook's first method)."""
+    from atlas_lib.core import config, notebook_params, registry
+
+    if section not in registry.keys() or config.notebook_lead(section) is not None:
+        return False
+    try:
+        return key in notebook_params.declared_parameters(registry.get(section).notebook)
+    except (OSError, ValueError):
+        return False
+
+
 def set_field(field: str, value) -> str:
     """How to set ``field`` (``section.key``) to ``value`` in the current interface, as an instruction."""
     section, _, key = field.partition(".")
@@ -85,6 +98,8 @@ def set_field(field: str, value) -> str:
     if how == "report":
         return f"set {key}: {_yaml(value)} under {section}: in the params file (atlas report takes no --set)"
     if how == "papermill":
+        if _notebook_parameter(section, key):  # -p wins over -y, so a declared name is set with -p
+            return f"set -p {key} {value} in the papermill command"
         return f"add -y '{{{section}: {{{key}: {_yaml(value)}}}}}' to the papermill command"
     return f"set {section} = {{{key!r}: {value!r}}} in the notebook's parameters cell (Python: " \
            f"config.load(..., overrides={{{field!r}: {value!r}}}))"

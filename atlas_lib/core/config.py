@@ -88,8 +88,26 @@ class Params:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def run_name(self, stage: str) -> str:
+        """``<profile>/<stage>``, or the section's ``run_name``. A method that shares its notebook with one
+        named by hand goes along: ``<that run_name>-<stage>`` (papermill ``-p run_name x`` on notebook 02
+        names the off-policy arm ``x-off_policy`` too, as its sweep variants ``x-sweep-<name>``, instead of
+        running into the profile's finished ``off_policy``)."""
         custom = getattr(self.methods.get(stage), "run_name", None)
-        return custom or f"{self.name}/{stage}"
+        if custom:
+            return custom
+        lead = notebook_lead(stage)
+        named = getattr(self.methods.get(lead), "run_name", None) if lead else None
+        return f"{named}-{stage}" if named else f"{self.name}/{stage}"
+
+
+def notebook_lead(stage: str) -> str | None:
+    """The first method of ``stage``'s notebook (the one its ``run_name`` parameter names), when that is
+    another method; None for the lead itself and for stages that are not methods."""
+    if stage not in registry.keys():
+        return None
+    notebook = registry.get(stage).notebook
+    lead = next(m.key for m in registry.methods() if m.notebook == notebook)
+    return lead if lead != stage else None
 
 
 def _renamed(section: str, key: str, fields: list[str]) -> ParamsError | None:

@@ -188,8 +188,8 @@ class RunDir:
         finished = exists and (load_summary(rd.path) or {}).get("status") == "complete"
         another = f"choose another run name ({advice.set_field(f'{stage}.run_name', params.run_name(stage) + '-2')})"
         if finished:
-            raise RunDirError(f"run {params.run_name(stage)} finished (summary.json): a finished run is never "
-                              f"modified. To train again, {another} (nothing was changed)")
+            raise RunDirError(f"run directory {params.run_name(stage)} already exists and finished (summary.json): a "
+                              f"finished run is never modified. To train again, {another} (nothing was changed)")
         if exists and not resume:
             raise RunDirError(
                 f"run directory {params.run_name(stage)} already exists, unfinished; to continue it "
