@@ -207,11 +207,45 @@ def test_a_finished_or_changed_stage_is_not_resumed(env):
     assert not pipeline.resumable(p, step)
 
 
-def test_a_notebook_of_several_runs_starts_over(env):
+def _notebook_02(p):
+    return next(s for s in pipeline.steps(p) if "gkd" in s.stages)  # gkd, off_policy and a sweep
+
+
+def test_a_notebook_of_several_runs_resumes_its_interrupted_method(env):
     p = _params()
     _interrupted_run(p, "gkd")
-    step = next(s for s in pipeline.steps(p) if "gkd" in s.stages)
-    assert not pipeline.resumable(p, step)  # gkd, off_policy and a sweep share notebook 02
+    assert pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_notebook_of_several_runs_resumes_after_its_finished_ones(env):
+    p = _params()
+    atomic_write_json(_started(p, "gkd").path / "summary.json", {"status": "complete"})
+    _started(p, "off_policy")  # interrupted before its first checkpoint
+    assert pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_notebook_whose_runs_all_finished_starts_over_when_its_fingerprint_changed(env):
+    p = _params()
+    for key, variant in [("gkd", p), ("off_policy", p), *(("gkd", v) for _, v in config.sweep_variants(p, "gkd"))]:
+        atomic_write_json(_started(variant, key).path / "summary.json", {"status": "complete"})
+    assert not pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_notebook_with_one_run_of_other_parameters_starts_over(env):
+    p = _params()
+    _interrupted_run(p, "gkd")
+    _interrupted_run(_params(**{"off_policy.learning_rate": 0.5}), "off_policy")
+    assert not pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_resumed_notebook_asks_every_method_to_resume(env, monkeypatch):
+    import papermill
+
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, parameters, **kw: seen.update(parameters))
+    pipeline.execute(_notebook_02(_params()), Path("params/smoke.yaml"), env / "02.ipynb", resume=True)
+    assert {k: v for k, v in seen.items() if k != "params_file"} == {"gkd": {"resume": True},
+                                                                      "off_policy": {"resume": True}}
 
 
 def test_a_key_written_twice_in_a_params_file_is_refused(tmp_path):

@@ -323,6 +323,29 @@ def stage_dir(params: Params, stage: str) -> Path:
     return runs_root() / params.run_name(stage)
 
 
+def run_state(params: Params, stage: str) -> str:
+    """Where ``stage``'s run stands for these parameters: ``absent``; ``finished`` (complete, same training
+    parameters); ``interrupted`` (no summary, same training parameters, a complete checkpoint);
+    ``started`` (the same, no checkpoint yet); ``other`` (failed, or trained with other parameters)."""
+    rd = RunDir(stage_dir(params, stage))
+    if not rd.path.exists() or not any(p.name != ".lock" for p in rd.path.iterdir()):
+        return "absent"
+    summary = load_summary(rd.path)
+    if (rd.read_config() or {}).get("train_hash") != train_hash(params, stage):
+        return "other"
+    if summary is not None:
+        return "finished" if summary.get("status") == "complete" else "other"
+    try:
+        return "interrupted" if rd.last_checkpoint() is not None else "started"
+    except RunDirError:
+        return "other"
+
+
+def finished_summary(params: Params, stage: str) -> dict | None:
+    """The summary of ``stage``'s finished run when it trained with these parameters, else None."""
+    return load_summary(stage_dir(params, stage)) if run_state(params, stage) == "finished" else None
+
+
 def load_summary(path: Path) -> dict | None:
     p = Path(path) / "summary.json"
     return json.loads(p.read_text()) if p.exists() else None

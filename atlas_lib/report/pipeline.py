@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas_lib.core import config, registry
+from atlas_lib.core import config, registry, rundir
 from atlas_lib.core.paths import (
     notebooks_dir,
     project_root,
@@ -35,10 +35,8 @@ from atlas_lib.core.rundir import (
     atomic_write_json,
     atomic_write_text,
     disk_full,
-    load_summary,
     move_aside,
     stage_dir,
-    train_hash,
     unwritable,
 )
 from atlas_lib.report import problems
@@ -131,19 +129,23 @@ def _data_hash(profile_dir: Path) -> str:
     return json.dumps(json.loads(manifest.read_text()).get("sha256"), sort_keys=True) if manifest.exists() else ""
 
 
+def _step_runs(params: config.Params, step: Step) -> list[tuple[config.Params, str]]:
+    """Every run a step trains: each of its methods, then their sweep variants (the notebook's order)."""
+    keys = [k for k in step.stages if k in registry.keys()]
+    return [(params, k) for k in keys] + [(v, k) for k in keys for _, v in config.sweep_variants(params, k)]
+
+
 def resumable(params: config.Params, step: Step) -> bool:
-    """Whether ``step`` is one method's interrupted run that can continue from its last checkpoint:
-    no summary yet, a complete checkpoint, and the same training parameters. (A notebook that runs
-    several methods or sweep variants starts over instead; its old runs are moved aside.)"""
-    if len(step.stages) != 1 or step.stages[0] not in registry.keys():
+    """Whether ``step`` was interrupted and can go on where it stopped: every run it trains either
+    finished, was interrupted, or has not started, with the same training parameters, and one of them
+    was interrupted after a complete checkpoint, or one finished while a later one did not. Then the
+    notebook runs again with ``resume`` for each method: a finished run is reused, the interrupted one
+    continues from its last checkpoint, the rest start. (A stage whose runs all finished but whose
+    fingerprint changed, or any run with other parameters, starts over; its old runs are moved aside.)"""
+    states = [rundir.run_state(p, k) for p, k in _step_runs(params, step)]
+    if not states or "other" in states:
         return False
-    key = step.stages[0]
-    if any(config.sweep_method(s) == key for s in params.sweeps):
-        return False
-    rd = RunDir(stage_dir(params, key))
-    if not rd.path.exists() or (load_summary(rd.path) or {}).get("status") == "complete":
-        return False
-    return rd.last_checkpoint() is not None and (rd.read_config() or {}).get("train_hash") == train_hash(params, key)
+    return "interrupted" in states or ("finished" in states and bool({"started", "absent"} & set(states)))
 
 
 @contextlib.contextmanager
@@ -216,16 +218,18 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
             try:
                 pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(running),
                                     parameters={"params_file": str(params_file),
-                                                **({step.stages[0]: {"resume": True}} if resume else {})},
+                                            **({k: {"resume": True} for k in step.stages} if resume else {})},
                                     kernel_name="python3", cwd=str(project_root()), log_output=True,
                                     progress_bar=verbose or log_file is None)
             except PapermillExecutionError:  # papermill wrote the failed notebook whole: the partial output
-                os.replace(running, out_nb)
+                if running.exists():
+                    os.replace(running, out_nb)
                 raise
             except BaseException:  # a write cut short (a full disk) or an interrupt: never a truncated file
                 running.unlink(missing_ok=True)
                 raise
-            os.replace(running, out_nb)
+            if running.exists():
+                os.replace(running, out_nb)
     except PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt" or _INTERRUPTED:
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
