@@ -25,7 +25,7 @@ import yaml
 
 # Light imports only: `atlas --help` and argument errors answer at once. The commands import what
 # they run (torch, transformers, papermill) when they run it.
-from atlas_lib.core import config, embedded, registry
+from atlas_lib.core import advice, config, embedded, registry
 
 log = logging.getLogger(__name__)
 # The kit's own errors, as (module, class): one message and exit 2. Looked up in sys.modules when an
@@ -159,12 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return _run(args)
+        with advice.using("report" if args.cmd == "report" else "cli"):  # messages give the fix as typed here
+            return _run(args)
     except Exception as e:
         if not is_kit_error(e):
             raise
         print(f"atlas: error: {e}", file=sys.stderr)
         return 2
+
+
+def _writable(params: config.Params, stage: str) -> config.Params:
+    """Check the command can write its run directory before it loads a model or evaluates anything."""
+    from atlas_lib.core import rundir
+
+    rundir.check_writable(rundir.stage_dir(params, stage).parent)
+    return params
 
 
 def _run(args) -> int:
@@ -177,17 +186,17 @@ def _run(args) -> int:
     elif args.cmd == "data":
         from atlas_lib.data import splits
 
-        print(json.dumps(splits.prepare(_params(args, "data")).manifest, indent=2))
+        print(json.dumps(splits.prepare(_writable(_params(args, "data"), "data")).manifest, indent=2))
     elif args.cmd == "baseline":
         from atlas_lib.evaluation.baselines import evaluate_baselines
         from atlas_lib.methods.tracking import log_baselines
 
-        params = _params(args, "data")
+        params = _writable(_params(args, "data"), "baseline")
         s = evaluate_baselines(params)
         log_baselines(params, s)
         print(json.dumps({k: s[k] for k in ("student", "teacher")}, indent=2, default=str))
     elif args.cmd == "train":
-        s = registry.get(args.method).run(_params(args, args.method))
+        s = registry.get(args.method).run(_writable(_params(args, args.method), args.method))
         print(json.dumps(s.get("training", s), indent=2, default=str))
     elif args.cmd == "memory":
         from atlas_lib.methods.memory import estimate_stages, format_plans

@@ -124,3 +124,55 @@ def test_describe_documents_every_field():
     table = config.describe("gkd")
     for name in ("lmbda", "beta", "temperature", "max_completion_length", "seq_kd", "max_steps"):
         assert f"`{name}`" in table
+
+
+def _profile_with_local_data(tmp_path, data_path: str):
+    """tmp/p/mine.yaml naming tmp/p/d/good.jsonl as ``data_path``."""
+    (tmp_path / "p" / "d").mkdir(parents=True)
+    (tmp_path / "p" / "d" / "good.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
+    f = tmp_path / "p" / "mine.yaml"
+    f.write_text(f"name: mine\ndata: {{source: local, path: {data_path}}}\n")
+    return f
+
+
+def test_a_relative_data_path_is_read_relative_to_the_params_file(tmp_path, monkeypatch):
+    f = _profile_with_local_data(tmp_path, "d/good.jsonl")
+    monkeypatch.chdir(tmp_path)  # not where the params file is (notebooks run from the project root)
+    assert config.data_file(config.load(f)) == tmp_path / "p" / "d" / "good.jsonl"
+
+
+def test_a_relative_data_path_reads_the_same_file_from_any_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    f = _profile_with_local_data(tmp_path, "d/good.jsonl")
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # where atlas report runs notebooks
+    assert config.data_file(config.load(f.resolve())).read_text().startswith('{"question"')
+
+
+def test_a_path_relative_to_the_working_directory_is_told_what_to_write(tmp_path, monkeypatch):
+    _profile_with_local_data(tmp_path, "p/d/good.jsonl")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError, match=r"relative to the params file.*write data.path: d/good.jsonl"):
+        config.load("p/mine.yaml")
+
+
+def test_a_data_path_typed_on_the_command_line_is_relative_to_where_it_ran(tmp_path, monkeypatch):
+    _profile_with_local_data(tmp_path, "d/good.jsonl")
+    monkeypatch.chdir(tmp_path / "p")
+    p = config.load("params/smoke.yaml", overrides={"data.source": "local", "data.path": "d/good.jsonl"})
+    assert config.data_file(p) == tmp_path / "p" / "d" / "good.jsonl"
+
+
+def test_a_run_named_by_hand_takes_its_notebooks_other_arm_along():
+    p = config.load("params/smoke.yaml", overrides={"gkd.run_name": "smoke/gkd-alt"})
+    assert p.run_name("off_policy") == "smoke/gkd-alt-off_policy"
+
+
+def test_a_run_named_by_hand_leaves_other_notebooks_runs_alone():
+    p = config.load("params/smoke.yaml", overrides={"gkd.run_name": "smoke/gkd-alt"})
+    assert p.run_name("grpo") == "smoke/grpo"
+
+
+def test_an_arm_named_by_hand_keeps_its_own_name():
+    p = config.load("params/smoke.yaml", overrides={"gkd.run_name": "a/x", "off_policy.run_name": "a/y"})
+    assert p.run_name("off_policy") == "a/y"

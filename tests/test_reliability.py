@@ -4,10 +4,12 @@ report per profile at a time, run files readable by collaborators."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +89,18 @@ def test_only_a_torn_last_line_is_skipped(tmp_path):
 def test_run_files_are_readable_by_the_group(tmp_path):
     atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == rundir.FILE_MODE
+
+
+def test_a_library_written_tree_gets_the_run_file_modes_less_the_umask(tmp_path):
+    (tmp_path / "final").mkdir(mode=0o700)
+    (tmp_path / "final" / "model.safetensors").touch(mode=0o600)
+    old = os.umask(0o027)
+    try:
+        rundir.share_tree(tmp_path / "final")
+    finally:
+        os.umask(old)
+    modes = [oct(p.stat().st_mode & 0o777) for p in (tmp_path / "final", tmp_path / "final" / "model.safetensors")]
+    assert modes == ["0o750", "0o640"]
 
 
 def test_re_preparing_another_split_moves_the_old_one_aside(env):
@@ -193,11 +207,45 @@ def test_a_finished_or_changed_stage_is_not_resumed(env):
     assert not pipeline.resumable(p, step)
 
 
-def test_a_notebook_of_several_runs_starts_over(env):
+def _notebook_02(p):
+    return next(s for s in pipeline.steps(p) if "gkd" in s.stages)  # gkd, off_policy and a sweep
+
+
+def test_a_notebook_of_several_runs_resumes_its_interrupted_method(env):
     p = _params()
     _interrupted_run(p, "gkd")
-    step = next(s for s in pipeline.steps(p) if "gkd" in s.stages)
-    assert not pipeline.resumable(p, step)  # gkd, off_policy and a sweep share notebook 02
+    assert pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_notebook_of_several_runs_resumes_after_its_finished_ones(env):
+    p = _params()
+    atomic_write_json(_started(p, "gkd").path / "summary.json", {"status": "complete"})
+    _started(p, "off_policy")  # interrupted before its first checkpoint
+    assert pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_notebook_whose_runs_all_finished_starts_over_when_its_fingerprint_changed(env):
+    p = _params()
+    for key, variant in [("gkd", p), ("off_policy", p), *(("gkd", v) for _, v in config.sweep_variants(p, "gkd"))]:
+        atomic_write_json(_started(variant, key).path / "summary.json", {"status": "complete"})
+    assert not pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_notebook_with_one_run_of_other_parameters_starts_over(env):
+    p = _params()
+    _interrupted_run(p, "gkd")
+    _interrupted_run(_params(**{"off_policy.learning_rate": 0.5}), "off_policy")
+    assert not pipeline.resumable(p, _notebook_02(p))
+
+
+def test_a_resumed_notebook_asks_every_method_to_resume(env, monkeypatch):
+    import papermill
+
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, parameters, **kw: seen.update(parameters))
+    pipeline.execute(_notebook_02(_params()), Path("params/smoke.yaml"), env / "02.ipynb", resume=True)
+    assert {k: v for k, v in seen.items() if k != "params_file"} == {"gkd": {"resume": True},
+                                                                      "off_policy": {"resume": True}}
 
 
 def test_a_key_written_twice_in_a_params_file_is_refused(tmp_path):
@@ -207,15 +255,58 @@ def test_a_key_written_twice_in_a_params_file_is_refused(tmp_path):
         config.load(f)
 
 
-def test_a_token_typed_into_free_text_params_is_warned_about_and_scrubbed(caplog):
+TOKEN = "hf_" + "a1B2c3D4e5" * 4  # a canary shaped like a Hugging Face token
+WANDB_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 hex digits, the shape of a W&B key
+
+
+@pytest.mark.parametrize("field, value, home", [
+    ("description", f"my run {TOKEN}", "HF_TOKEN"),
+    ("tracking.project", f"team {WANDB_KEY}", "WANDB_API_KEY"),
+    ("prompt.system", f"key {WANDB_KEY}", "WANDB_API_KEY"),
+])
+def test_a_token_typed_into_any_params_field_is_refused_naming_field_and_variable(field, value, home):
+    with pytest.raises(config.ParamsError, match=rf"^{re.escape(field)} looks like it holds an access token.*{home}") as e:
+        config.load("params/smoke.yaml", overrides={field: value})
+    assert TOKEN not in str(e.value) and WANDB_KEY not in str(e.value)  # the message never repeats the key
+
+
+def test_a_token_in_a_params_file_is_refused_at_load(tmp_path):
+    f = tmp_path / "leaky.yaml"
+    f.write_text(f"name: leaky\ndescription: shared with {TOKEN}\n")
+    with pytest.raises(config.ParamsError, match="description looks like it holds an access token"):
+        config.load(f)
+
+
+def test_a_token_in_a_sweep_variant_is_refused():
+    raw = config.read_yaml("params/smoke.yaml")
+    raw["sweeps"] = [{"name": "t", "label": TOKEN, "gkd": {"temperature": 0.6}}]
+    with pytest.raises(config.ParamsError, match=r"sweeps\[0\]\.label looks like"):
+        config.from_dict(raw)
+
+
+def test_a_hub_snapshot_directory_is_not_mistaken_for_a_key(tmp_path):
+    snap = tmp_path / "snapshots" / WANDB_KEY
+    snap.mkdir(parents=True)
+    assert config.load("params/smoke.yaml", overrides={"models.student": str(snap)}).models.student == str(snap)
+
+
+@pytest.mark.parametrize("key, home", [("tracking.api_key", "WANDB_API_KEY"), ("models.hf_token", "HF_TOKEN")])
+def test_a_key_field_points_at_its_environment_variable(key, home):
+    with pytest.raises(config.ParamsError, match=rf"{re.escape(key)}: .*set the environment variable {home}"):
+        config.load("params/smoke.yaml", overrides={key: "x"})
+
+
+def test_a_key_field_in_a_params_file_points_at_its_environment_variable():
+    raw = {**config.read_yaml("params/smoke.yaml"), "tracking": {"api_key": "x"}}
+    with pytest.raises(config.ParamsError, match="tracking.api_key: .*WANDB_API_KEY"):
+        config.from_dict(raw)
+
+
+def test_the_html_scrubber_still_removes_a_token(caplog):
     from atlas_lib.report.html import scrub_text
 
-    token = "hf_" + "a1B2c3D4e5" * 4
-    with caplog.at_level(logging.WARNING):
-        config.load("params/smoke.yaml", overrides={"tracking.project": f"team {token}"})
-    assert "tracking.project looks like it holds an access token" in caplog.text
-    text, counts = scrub_text(f"<p>project team {token}</p>")
-    assert token not in text and counts["secrets"] == 1
+    text, counts = scrub_text(f"<p>project team {TOKEN}</p>")
+    assert TOKEN not in text and counts["secrets"] == 1
 
 
 def _make_read_only(path: Path) -> bool:
@@ -275,3 +366,102 @@ def test_ctrl_c_in_a_terminal_stops_the_report_with_one_message(tmp_path):
     assert "Traceback" not in err  # the kernel's own teardown noise goes to the stage's log
     assert len(err.strip().splitlines()) <= 6
     assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_data.done.json").exists()  # finished stage kept
+
+
+def _finished_profile(p, profile: Path) -> None:
+    """Done markers as a finished `atlas report` leaves them, and its executed report notebook."""
+    nb_dir = profile / "notebooks"
+    nb_dir.mkdir(parents=True)
+    upstream = ""
+    for step in pipeline.steps(p)[:-1]:
+        fp = pipeline.fingerprint(p, step, upstream, profile)
+        atomic_write_json(nb_dir / f"{step.notebook}.done.json", {"fingerprint": fp, "seconds": 1})
+        upstream += fp
+    (nb_dir / "05_comparison.ipynb").write_text("{}")
+
+
+def _cannot_lock(self, busy=None):
+    raise rundir.unwritable(self.path / ".lock", PermissionError(1, "Operation not permitted")) \
+        from PermissionError(1, "Operation not permitted")
+
+
+def test_a_report_renders_finished_runs_it_cannot_lock(env, monkeypatch):
+    p = config.load("params/smoke.yaml")  # as the report reads it
+    _finished_profile(p, env / "runs" / "smoke")
+    rendered = []
+    monkeypatch.setattr(RunDir, "acquire", _cannot_lock)
+    monkeypatch.setattr(pipeline, "render_html", lambda nb, out, with_code: rendered.append(nb.name) or out)
+    monkeypatch.setattr(pipeline, "write_table_files", lambda params, out: None)
+    pipeline.run_pipeline("params/smoke.yaml")
+    assert "05_comparison.ipynb" in rendered
+
+
+def test_a_report_that_would_have_to_run_a_stage_it_cannot_write_says_so(env, monkeypatch):
+    p = config.load("params/smoke.yaml")
+    _finished_profile(p, env / "runs" / "smoke")
+    (env / "runs" / "smoke" / "notebooks" / "03_grpo.done.json").unlink()
+    monkeypatch.setattr(RunDir, "acquire", _cannot_lock)
+    with pytest.raises(RunDirError, match=r"cannot write .*\(03_grpo would have to run"):
+        pipeline.run_pipeline("params/smoke.yaml")
+
+
+@pytest.mark.parametrize("command", ["baseline", "train"])
+def test_a_command_checks_it_can_write_before_it_computes(tmp_path, monkeypatch, capsys, command):
+    from atlas_lib import cli
+    from atlas_lib.core import registry
+    from atlas_lib.evaluation import baselines
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "file" / "runs"))  # under a file: nothing can be written
+    computed = []
+    monkeypatch.setattr(baselines, "evaluate_baselines", lambda params: computed.append(params))
+    monkeypatch.setitem(registry._METHODS, "gkd", dataclasses.replace(registry.get("gkd"), runner=computed.append))
+    assert cli.main([command, *(["gkd"] if command == "train" else []), "--params", "params/smoke.yaml"]) == 2
+    assert computed == [] and "cannot write" in capsys.readouterr().err
+
+
+def test_a_report_keeps_the_split_atlas_data_just_prepared(env, monkeypatch):
+    p = config.load("params/smoke.yaml")
+    prepared = splits.prepare(p)
+    profile = env / "runs" / "smoke"
+    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: None)  # the notebooks themselves are not the point
+    pipeline._run_steps(p, Path("params/smoke.yaml"), profile, profile / "notebooks", force=False, only=["data"])
+    assert not (profile / ".previous").exists() and (prepared.dir / "manifest.json").exists()
+
+
+def test_a_report_still_moves_a_split_prepared_with_other_parameters(env, monkeypatch):
+    splits.prepare(config.load("params/smoke.yaml", overrides={"run.seed": 8}))
+    profile = env / "runs" / "smoke"
+    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: None)
+    pipeline._run_steps(config.load("params/smoke.yaml"), Path("params/smoke.yaml"), profile, profile / "notebooks",
+                        force=False, only=["data"])
+    assert list((profile / ".previous").glob("data-*"))
+
+
+def _papermill_fills_the_disk(monkeypatch):
+    """papermill writing the executed notebook on a full disk: half a JSON file, then ENOSPC."""
+    import errno
+
+    import papermill
+
+    def execute_notebook(src, out, **kw):
+        Path(out).write_text('{"cells": [{"cell_type": "code", "sou')
+        raise OSError(errno.ENOSPC, "No space left on device", out)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+
+
+def test_a_full_disk_under_atlas_report_is_the_kits_disk_message_and_exit_2(env, monkeypatch, capsys):
+    from atlas_lib import cli
+
+    _papermill_fills_the_disk(monkeypatch)
+    assert cli.main(["report", "--params", "params/smoke.yaml"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "disk is full" in last and "point ATLAS_RUNS at another directory" in last, last
+
+
+def test_a_full_disk_under_atlas_report_leaves_no_truncated_notebook(env, monkeypatch):
+    _papermill_fills_the_disk(monkeypatch)
+    with pytest.raises(RunDirError):
+        pipeline.run_pipeline("params/smoke.yaml")
+    assert [f.name for f in (env / "runs" / "smoke" / "notebooks").iterdir()] == []

@@ -25,7 +25,7 @@ def test_create_then_refuse_to_overwrite(params):
     rd = RunDir.open(params, "gkd")
     rd.append({"kind": "eval", "step": 0, "accuracy": 0.5})
     rd.release()
-    with pytest.raises(RunDirError, match="already exists; pass resume=True"):
+    with pytest.raises(RunDirError, match="already exists, unfinished; to continue it set gkd = {.resume.: True}"):
         RunDir.open(params, "gkd")
     assert rd.metrics()[0]["accuracy"] == 0.5  # nothing was overwritten
     assert json.loads((rd.path / "config.json").read_text())["stage"] == "gkd"

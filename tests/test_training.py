@@ -62,6 +62,32 @@ def test_gkd_run_writes_the_contract(env):
         run_gkd(p)
 
 
+def test_a_finished_runs_files_are_0644_and_directories_0755(env):
+    from atlas_lib.methods.gkd.trainer import run_gkd
+
+    p = _params(**{"gkd.max_steps": 1})
+    _prepare(p)
+    run_gkd(p)
+    run = env / "runs" / "smoke" / "gkd"
+    modes = {str(f.relative_to(run)): oct(f.stat().st_mode & 0o777) for f in (run, *run.rglob("*"))
+             if f.name != ".lock"}
+    wrong = {f: m for f, m in modes.items() if m != ("0o755" if (run / f).is_dir() else "0o644")}
+    assert not wrong and "final/model.safetensors" in modes, wrong
+
+
+def test_resuming_a_run_that_finished_with_the_same_parameters_reuses_it(env):
+    """A notebook of several runs resumed after an interruption: its finished runs are not retrained."""
+    from atlas_lib.methods.gkd.trainer import run_gkd
+
+    p = _params(**{"gkd.max_steps": 1})
+    _prepare(p)
+    first = run_gkd(p)
+    before = (env / "runs" / "smoke" / "gkd" / "metrics.jsonl").read_bytes()
+    again = run_gkd(_params(**{"gkd.max_steps": 1, "gkd.resume": True}))
+    assert again["training"]["global_step"] == first["training"]["global_step"] == 1
+    assert (env / "runs" / "smoke" / "gkd" / "metrics.jsonl").read_bytes() == before
+
+
 def test_step0_reuses_the_baseline_only_when_params_match(env):
     from atlas_lib.evaluation import baselines as stages
     from atlas_lib.evaluation.evaluate import load_eval

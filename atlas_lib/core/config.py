@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from atlas_lib.core import registry
+from atlas_lib.core import registry, validate
 from atlas_lib.core.paths import resolve_params_path
 from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
-from atlas_lib.core.validate import TOKEN_LIKE, ParamsError, check_field, fld, load_yaml, unknown_key
+from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
 
 log = logging.getLogger(__name__)
 __all__ = ["ParamsError", "Params", "load", "from_dict", "build_section", "describe", "fld"]
@@ -55,6 +56,7 @@ class Params:
     methods: dict[str, TrainSection] = field(default_factory=dict)
     sweeps: list = field(default_factory=list)
     source_path: str | None = None  # the params file this came from (for provenance)
+    base_dir: str | None = None  # where relative paths in it are read from: the params file's directory
 
     def __getattr__(self, item: str):
         methods = self.__dict__.get("methods") or {}
@@ -86,8 +88,26 @@ class Params:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def run_name(self, stage: str) -> str:
+        """``<profile>/<stage>``, or the section's ``run_name``. A method that shares its notebook with one
+        named by hand goes along: ``<that run_name>-<stage>`` (papermill ``-p run_name x`` on notebook 02
+        names the off-policy arm ``x-off_policy`` too, as its sweep variants ``x-sweep-<name>``, instead of
+        running into the profile's finished ``off_policy``)."""
         custom = getattr(self.methods.get(stage), "run_name", None)
-        return custom or f"{self.name}/{stage}"
+        if custom:
+            return custom
+        lead = notebook_lead(stage)
+        named = getattr(self.methods.get(lead), "run_name", None) if lead else None
+        return f"{named}-{stage}" if named else f"{self.name}/{stage}"
+
+
+def notebook_lead(stage: str) -> str | None:
+    """The first method of ``stage``'s notebook (the one its ``run_name`` parameter names), when that is
+    another method; None for the lead itself and for stages that are not methods."""
+    if stage not in registry.keys():
+        return None
+    notebook = registry.get(stage).notebook
+    lead = next(m.key for m in registry.methods() if m.notebook == notebook)
+    return lead if lead != stage else None
 
 
 def _renamed(section: str, key: str, fields: list[str]) -> ParamsError | None:
@@ -108,7 +128,8 @@ def build_section(name: str, values: dict | None) -> Any:
     out = {}
     for key, value in values.items():
         if key not in fields:
-            raise _renamed(name, key, list(fields)) or unknown_key(name, key, list(fields))
+            raise (validate.secret_field(name, key) or _renamed(name, key, list(fields))
+                   or unknown_key(name, key, list(fields)))
         out[key] = check_field(name, fields[key], value, hints[key])
     return cls(**out)
 
@@ -143,10 +164,46 @@ def _check_sweeps(raw: dict) -> list:
     return sweeps
 
 
-def from_dict(raw: dict, source_path: str | None = None) -> Params:
+def base_dir_of(source_path: str | None) -> Path:
+    """Where a parameter set's relative paths are read from: its params file's directory; for a dict
+    or papermill ``-f`` sections, the directory the command ran in."""
+    if source_path and source_path != "papermill -f":
+        try:
+            return resolve_params_path(source_path).resolve().parent
+        except FileNotFoundError:
+            pass
+    return Path.cwd()
+
+
+def resolve_file(params: Params, value: str) -> Path:
+    """A file a parameter set names (``data.path``): absolute as given, else relative to the params
+    file (:func:`base_dir_of`), so the CLI, ``atlas report`` (notebooks run from the project root) and
+    papermill all read the same file."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(params.base_dir or base_dir_of(params.source_path)) / p
+
+
+def data_file(params: Params) -> Path | None:
+    """``data.path`` resolved (:func:`resolve_file`), or None when the source is not a file."""
+    return resolve_file(params, params.data.path) if params.data.path else None
+
+
+def _relative_hint(value: str, base_dir: str) -> str:
+    """For a relative path not found: where it was looked for, and the path to write when it exists
+    relative to the directory the command ran in instead."""
+    if Path(value).expanduser().is_absolute():
+        return ""
+    hint = f" in {base_dir} (a relative data.path is read relative to the params file)"
+    if (Path.cwd() / value).exists() and Path(base_dir) != Path.cwd():
+        hint += f"; for the file relative to the directory you ran in, write data.path: {os.path.relpath(Path.cwd() / value, base_dir)}"
+    return hint
+
+
+def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = None) -> Params:
     """Validate a whole parameter-set dict. Without ``name``, the profile is the file's stem."""
     if not isinstance(raw, dict):
         raise ParamsError("a params file must be a YAML mapping of sections")
+    validate.refuse_secrets(raw)  # first: no later message may echo the key
     top_known = ["name", "description", *section_types(), "sweeps"]
     for key in raw:
         if key not in top_known:
@@ -159,12 +216,8 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
     shared = {k: build_section(k, raw.get(k)) for k in SHARED_SECTIONS}
     methods = {m.key: build_section(m.key, raw.get(m.key)) for m in registry.methods()}
     params = Params(name=name, description=str(raw.get("description", "")), sweeps=sweeps,
-                    source_path=source_path, methods=methods, **shared)
-    for where, value in (("description", params.description), ("tracking.project", params.tracking.project)):
-        if TOKEN_LIKE.search(value or ""):
-            log.warning("%s looks like it holds an access token; secrets belong in the environment (WANDB_API_KEY, "
-                        "HF_TOKEN), never in params: it is copied into run files and W&B, and scrubbed from the "
-                        "HTML report", where)
+                    source_path=source_path, methods=methods, **shared,
+                    base_dir=str(base_dir or base_dir_of(source_path)))
     e, d = params.evaluation, params.data
     if e.limit > d.eval_limit:
         raise ParamsError(f"evaluation.limit = {e.limit}: must be <= data.eval_limit = {d.eval_limit}")
@@ -175,8 +228,8 @@ def from_dict(raw: dict, source_path: str | None = None) -> Params:
         section.check(key, e.max_new_tokens)
     if d.source == "local" and not d.path:
         raise ParamsError("data.path: required when data.source = 'local' (a .jsonl/.json/.parquet/.csv file)")
-    if d.source == "local" and not Path(d.path).expanduser().exists():
-        raise ParamsError(f"data.path = {d.path!r}: file does not exist")
+    if d.source == "local" and not data_file(params).exists():
+        raise ParamsError(f"data.path = {d.path!r}: file does not exist{_relative_hint(d.path, params.base_dir)}")
     return params
 
 
@@ -200,7 +253,7 @@ def resolve_flat(stage: str | None, key: str) -> tuple[str, str]:
             raise unknown_key("", section, list(types_))
         if name not in field_names(types_[section]):
             known = field_names(types_[section])
-            raise _renamed(section, name, known) or unknown_key(section, name, known)
+            raise validate.secret_field(section, name) or _renamed(section, name, known) or unknown_key(section, name, known)
         return section, name
     if stage in registry.keys() and RENAMED.get(key) in field_names(types_[stage]):
         raise ParamsError(f"{key!r} is ambiguous since the rename: {stage}.{RENAMED[key]} (tokens sampled per training "
@@ -231,10 +284,12 @@ def load(params: str | Path | dict = "params/embedded.yaml", stage: str | None =
         raw = _deep_merge(raw, sections)
     updates = {**(overrides or {}), **{k: v for k, v in flat.items() if v is not None}}
     for key, value in updates.items():
-        if key == "name":
-            raw["name"] = value
+        if key in ("name", "description"):  # the two top-level fields
+            raw[key] = value
             continue
         section, name = resolve_flat(stage, key)
+        if (section, name) == ("data", "path") and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            value = str(Path.cwd() / Path(value).expanduser())  # typed on a command line: where it ran
         raw.setdefault(section, {})
         raw[section] = {**(raw.get(section) or {}), name: value}
     return from_dict(raw, source_path=source)
@@ -261,7 +316,7 @@ def sweep_variants(params: Params, method: str | None = None) -> list[tuple[str,
                 raw[k] = _deep_merge(base.get(k) or {}, v)
         custom = params.section(key).run_name  # a run named by hand takes its variants along: <run_name>-sweep-<name>
         raw[key] = {**raw[key], "run_name": f"{custom}-sweep-{s['name']}" if custom else f"{params.name}/sweep-{s['name']}"}
-        out.append((str(s["name"]), from_dict(raw, params.source_path)))
+        out.append((str(s["name"]), from_dict(raw, params.source_path, params.base_dir)))
     return out
 
 

@@ -42,6 +42,6 @@ def injected_sections(namespace: dict, notebook: str) -> dict:
                              else "") for k in extra]
         raise ParamsError(f"unknown notebook parameter {', '.join(hints)} for notebooks/{notebook}.ipynb; its "
                           f"parameters cell declares: {', '.join(sorted(declared))}. Other settings go in the "
-                          f"params file or `atlas report --set section.key=value`")
+                          "params file, or a whole section: -y '{section: {key: value}}'")
     keys = ("name", "description", *config.section_types(), "sweeps")
     return {k: namespace[k] for k in keys if k in namespace and isinstance(namespace[k], (dict, list, str))}

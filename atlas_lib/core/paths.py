@@ -33,6 +33,18 @@ def reports_root() -> Path:
     return Path(os.environ.get("ATLAS_REPORTS", PROJECT_ROOT / "reports")).expanduser()
 
 
+def root_variable(path: str | os.PathLike) -> str | None:
+    """The environment variable that moves the kit's root holding ``path`` (ATLAS_RUNS, ATLAS_REPORTS,
+    ATLAS_CACHE), for messages that say where to write instead; None outside them."""
+    p = Path(os.path.abspath(Path(path).expanduser()))
+    found = []
+    for var, root in (("ATLAS_RUNS", runs_root()), ("ATLAS_REPORTS", reports_root()), ("ATLAS_CACHE", cache_root())):
+        root = Path(os.path.abspath(root))
+        if p == root or root in p.parents:
+            found.append((len(root.parts), var))
+    return max(found)[1] if found else None  # the innermost root (ATLAS_RUNS may sit inside the project)
+
+
 def params_dir() -> Path:
     return PROJECT_ROOT / "params"
 

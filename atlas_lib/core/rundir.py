@@ -10,6 +10,7 @@ so a killed process never leaves a half-written file that a later read would tru
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,13 +23,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from atlas_lib.core import checkpoints
+from atlas_lib.core import advice, checkpoints
 from atlas_lib.core.config import Params
-from atlas_lib.core.paths import runs_root
+from atlas_lib.core.paths import root_variable, runs_root
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 class RunDirError(RuntimeError):
@@ -64,6 +66,23 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise unwritable(path, e) from e
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_tree(path: Path) -> None:
+    """Give a tree written by a library (transformers' safetensors writer makes 0600 files, mkdtemp a 0700
+    directory) the modes of every run file: files 0644, directories 0755, less what the umask removes."""
+    mask = _umask()
+    path = Path(path)
+    for p in (path, *path.rglob("*")):
+        if p.is_symlink():
+            continue
+        p.chmod((DIR_MODE if p.is_dir() else FILE_MODE) & ~mask)
+
+
 def move_aside(path: Path, profile_dir: Path) -> Path:
     """Move a run's directory to ``<profile>/.previous/<name>-<time>`` (never deleted silently)."""
     dest = Path(profile_dir) / ".previous" / f"{Path(path).name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -73,10 +92,41 @@ def move_aside(path: Path, profile_dir: Path) -> Path:
     return dest
 
 
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a full disk: ``OSError`` ENOSPC, or torch's zip writer failing on one (it
+    reports a RuntimeError from ``inline_container`` with the OS error in its text)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    return isinstance(e, RuntimeError) and ("No space left on device" in str(e) or "file write failed" in str(e))
+
+
+def elsewhere(path: Path) -> str:
+    """"point ATLAS_RUNS elsewhere", naming the variable that moves the root ``path`` is under."""
+    var = root_variable(path)
+    return f"point {var} at another directory" if var else f"write to another directory than {Path(path).parent}"
+
+
 def unwritable(path: Path, e: OSError) -> RunDirError:
-    """The one message every command gives when it cannot write under the runs directory."""
+    """The one message every command gives when it cannot write a file of the kit (runs, reports, cache)."""
+    if disk_full(e):
+        return RunDirError(f"cannot write {path}: the disk is full ({e.strerror or e}); files already there are "
+                           f"intact. Free space on "
+                           f"the disk holding {Path(path).parent} (or {elsewhere(path)}) and {advice.run_again()}")
     return RunDirError(f"cannot write {path}: {e.strerror or e}; files already there are intact (check free disk "
-                       f"space and the permissions of {Path(path).parent}, or point ATLAS_RUNS elsewhere)")
+                       f"space and the permissions of {Path(path).parent}, or {elsewhere(path)})")
+
+
+def check_writable(directory: Path) -> None:
+    """Before a command computes anything: can it write under ``directory`` (created if missing)? The
+    one unwritable message otherwise, instead of an evaluation's or a training's worth of work lost."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise unwritable(directory, e) from e
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -135,22 +185,23 @@ class RunDir:
         """Create ``runs/<run_name>`` or resume it; a finished or foreign run is never overwritten."""
         rd = cls(runs_root() / params.run_name(stage))
         exists = rd.path.exists() and any(p.name != ".lock" for p in rd.path.iterdir())
+        finished = exists and (load_summary(rd.path) or {}).get("status") == "complete"
+        another = f"choose another run name ({advice.set_field(f'{stage}.run_name', params.run_name(stage) + '-2')})"
+        if finished:
+            raise RunDirError(f"run directory {params.run_name(stage)} already exists and finished (summary.json): a "
+                              f"finished run is never modified. To train again, {another} (nothing was changed)")
         if exists and not resume:
             raise RunDirError(
-                f"run directory {params.run_name(stage)} already exists; pass resume=True to continue it, "
-                f"or choose another run_name (nothing was overwritten)")
+                f"run directory {params.run_name(stage)} already exists, unfinished; to continue it "
+                f"{advice.set_field(f'{stage}.resume', True)}, or {another} (nothing was overwritten)")
         if resume and exists:
-            summary = load_summary(rd.path) or {}
-            if summary.get("status") == "complete":
-                raise RunDirError(f"run {params.run_name(stage)} finished (summary.json): a finished run is never "
-                                  "modified. To train further, choose another run_name (nothing was changed)")
             old = rd.read_config() or {}
             before, now = old.get("train_hash"), train_hash(params, stage)
             if before is not None and before != now:
                 if not getattr(params.section(stage), "resume_changed", False):
                     raise RunDirError(f"resuming {params.run_name(stage)} with training parameters that differ from "
-                                      f"the original run's (runs/{params.run_name(stage)}/config.json); set "
-                                      f"{stage}.resume_changed=true to continue anyway, or choose another run_name")
+                                      f"the original run's (runs/{params.run_name(stage)}/config.json); to continue "
+                                      f"anyway {advice.set_field(f'{stage}.resume_changed', True)}, or {another}")
                 log.warning("resuming %s with changed training parameters (%s.resume_changed)", rd.path.name, stage)
         elif resume:
             log.info("resume asked for %s, but there is no earlier run: starting fresh", params.run_name(stage))
@@ -226,6 +277,9 @@ class RunDir:
 
     # -- checkpoints -------------------------------------------------------------------------
     def mark_checkpoint(self, step: int, state: dict) -> None:
+        ckpt = self.checkpoints / f"checkpoint-{step}"
+        if ckpt.is_dir():
+            share_tree(ckpt)  # before the marker: a checkpoint is complete with its final modes
         checkpoints.mark(self.checkpoints / f"checkpoint-{step}", step, state, atomic_write_json)
 
     def last_checkpoint(self) -> tuple[Path, dict] | None:
@@ -245,6 +299,7 @@ class RunDir:
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            share_tree(tmp)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -266,6 +321,29 @@ def _alive(pid: int) -> bool:
 
 def stage_dir(params: Params, stage: str) -> Path:
     return runs_root() / params.run_name(stage)
+
+
+def run_state(params: Params, stage: str) -> str:
+    """Where ``stage``'s run stands for these parameters: ``absent``; ``finished`` (complete, same training
+    parameters); ``interrupted`` (no summary, same training parameters, a complete checkpoint);
+    ``started`` (the same, no checkpoint yet); ``other`` (failed, or trained with other parameters)."""
+    rd = RunDir(stage_dir(params, stage))
+    if not rd.path.exists() or not any(p.name != ".lock" for p in rd.path.iterdir()):
+        return "absent"
+    summary = load_summary(rd.path)
+    if (rd.read_config() or {}).get("train_hash") != train_hash(params, stage):
+        return "other"
+    if summary is not None:
+        return "finished" if summary.get("status") == "complete" else "other"
+    try:
+        return "interrupted" if rd.last_checkpoint() is not None else "started"
+    except RunDirError:
+        return "other"
+
+
+def finished_summary(params: Params, stage: str) -> dict | None:
+    """The summary of ``stage``'s finished run when it trained with these parameters, else None."""
+    return load_summary(stage_dir(params, stage)) if run_state(params, stage) == "finished" else None
 
 
 def load_summary(path: Path) -> dict | None:

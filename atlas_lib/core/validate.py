@@ -9,13 +9,19 @@ import re
 import types
 import typing
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-# Shapes of access tokens (Hugging Face, 40-hex W&B-style keys, OpenAI-style, GitHub): warned about in
-# free-text params, scrubbed from shared HTML.
+# Shapes of access tokens (Hugging Face, 40-hex W&B-style keys, OpenAI-style, GitHub): refused in every
+# params field (:func:`refuse_secrets`), scrubbed from shared HTML.
 TOKEN_LIKE = re.compile(r"\b(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|[0-9a-f]{40})\b")
+# Where each kind of secret belongs instead: the environment variable the library reading it looks at.
+SECRET_HOMES = {"tracking": "WANDB_API_KEY", "hf_": "HF_TOKEN"}
+# Fields people reach for to hold a key, per section; refused with the variable to set instead.
+SECRET_FIELDS = {"tracking": {"api_key", "key", "token", "wandb_api_key", "secret"},
+                 "models": {"token", "hf_token", "api_key", "use_auth_token"}}
 
 
 class ParamsError(ValueError):
@@ -72,6 +78,51 @@ def check_field(section: str, f: dataclasses.Field, value: Any, tp: Any) -> Any:
             if bound is not None and not ok(value, bound):
                 raise ParamsError(f"{where} = {value!r}: must be {text} {bound} ({m.get('doc', '')})")
     return value
+
+
+def secret_home(where: str, token: str = "") -> str:
+    """The environment variable a secret found at ``where`` (a field name) belongs in."""
+    if token.startswith("hf_") or where.split(".")[0] == "models":
+        return "HF_TOKEN"
+    return "WANDB_API_KEY" if where.split(".")[0] == "tracking" or re.fullmatch(r"[0-9a-f]{40}", token) else (
+        "the environment (WANDB_API_KEY for W&B, HF_TOKEN for the Hugging Face hub)")
+
+
+def _names_a_path(value: str) -> bool:
+    """A local path that exists (a hub snapshot directory's 40-hex name is a commit, not a key)."""
+    try:
+        return len(value) < 4096 and Path(value).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
+def refuse_secrets(raw: Any, where: str = "") -> None:
+    """Refuse a key-like string anywhere in a params dict, naming the field and the variable it belongs
+    in: params are copied into config.json, summary.json, executed notebooks and W&B, so a key typed
+    there would be written (and synced) everywhere. The key itself is never echoed."""
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            refuse_secrets(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            refuse_secrets(v, f"{where}[{i}]")
+    elif isinstance(raw, str):
+        m = TOKEN_LIKE.search(raw)
+        if m and not _names_a_path(raw):
+            home = secret_home(where, m.group(0))
+            where_to = home if home.startswith("the ") else f"the environment variable {home}"
+            raise ParamsError(f"{where} looks like it holds an access token ({m.group(0)[:3]}...); params are copied "
+                              "into run files, executed notebooks and W&B, so a secret never belongs there: remove it "
+                              f"and put the key in {where_to}")
+
+
+def secret_field(section: str, key: str) -> ParamsError | None:
+    """A field meant to hold a key (``tracking.api_key``): refused, pointing at the variable to set."""
+    if key.lower() in SECRET_FIELDS.get(section, ()):
+        var = secret_home(section)
+        return ParamsError(f"{section}.{key}: the kit never reads a key from params (they are written to run files "
+                           f"and W&B); remove {section}.{key} and set the environment variable {var} instead")
+    return None
 
 
 def unknown_key(section: str, key: str, known: list[str]) -> ParamsError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from atlas_lib.core.config import Params, ParamsError
+from atlas_lib.core.config import Params, ParamsError, data_file
 from atlas_lib.core.sections import DataConfig
 from atlas_lib.data.answers import final_marker_text
 
@@ -121,13 +121,14 @@ def metamathqa_rows(ds) -> list[dict]:
     return rows
 
 
-def local_rows(data: DataConfig) -> list[dict]:
-    """Rows of ``data.path`` through ``data.columns``; an answer holding a worked solution
-    (``... #### 72``) or a missing answer column is read from the solution's final-answer line."""
+def local_rows(data: DataConfig, path: str | Path | None = None) -> list[dict]:
+    """Rows of ``data.path`` (``path``: that file resolved, :func:`atlas_lib.core.config.data_file`) through
+    ``data.columns``; an answer holding a worked solution (``... #### 72``) or a missing answer column is
+    read from the solution's final-answer line."""
     unknown = set(data.columns) - set(_COLUMN_KEYS)
     if unknown:
         raise ParamsError(f"data.columns: unknown key(s) {sorted(unknown)}; allowed: {', '.join(_COLUMN_KEYS)}")
-    ds = load_file(data.path)
+    ds = load_file(path or data.path)
     cols = {k: data.columns.get(k, k) for k in _COLUMN_KEYS}
     missing = [f"{k} -> {c!r}" for k, c in cols.items() if k in data.columns and c not in ds.column_names]
     if missing or cols["question"] not in ds.column_names:
@@ -157,4 +158,4 @@ def load_source(params: Params) -> list[list[dict]]:
         return [gsm8k_rows(hub_dataset("openai/gsm8k", "main", s), s) for s in ("train", "test")]
     if d.source == "metamathqa":
         return [metamathqa_rows(hub_dataset("meta-math/MetaMathQA", None, "train"))]
-    return [local_rows(d)]
+    return [local_rows(d, data_file(params))]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from atlas_lib.core.config import Params
+from atlas_lib.core.config import Params, data_file
 from atlas_lib.core.paths import relative_to_root, runs_root
 from atlas_lib.core.rundir import atomic_write_json, atomic_write_text, move_aside
 from atlas_lib.core.sections import PromptConfig
@@ -150,7 +150,7 @@ def _data_hash(params: Params) -> str:
     """What the prepared files depend on (not models/evaluation, which share the data stage hash)."""
     d = params.to_dict()["data"] | {"seed": params.run.seed}
     if params.data.source == "local":
-        d["file_sha256"] = hashlib.sha256(Path(params.data.path).expanduser().read_bytes()).hexdigest()
+        d["file_sha256"] = hashlib.sha256(data_file(params).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -160,6 +160,18 @@ def data_dir(params: Params) -> Path:
 
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
+
+
+def _more_problems(params: Params, usable: int, bad: dict[str, int]) -> str:
+    """What to change when the source leaves too few problems, for the source the params name."""
+    d = params.data
+    dropped = f" ({', '.join(f'{k}: {n}' for k, n in bad.items())} rows dropped)" if bad else ""
+    if d.source == "local" and not usable:
+        return (f"no row of data.path {d.path!r} has a usable question and answer{dropped}: check its columns "
+                "(data.columns maps yours onto question, answer, solution, id, group) and its answer values")
+    more = {"reasoning_gym": "raise data.size", "local": f"add problems to data.path {d.path!r}"}.get(
+        d.source, "use a larger source")
+    return f"lower the limits or {more}{dropped}"
 
 
 def prepare(params: Params) -> Prepared:
@@ -184,8 +196,7 @@ def prepare(params: Params) -> Prepared:
         raise DataError(f"{len(normalized)} usable problems in {len({r['group'] for r in normalized})} groups leave "
                         f"{len(train)} for training, {len(val)} for validation and {len(eval_)} for test "
                         f"(data.eval_limit = {d.eval_limit}, data.val_limit = {d.val_limit}, "
-                        f"data.eval_per_group = {d.eval_per_group}); lower the limits or add problems "
-                        "(data.size for reasoning_gym)")
+                        f"data.eval_per_group = {d.eval_per_group}); {_more_problems(params, len(normalized), counts_bad)}")
     for name, got, want in (("test", len(eval_), d.eval_limit), ("validation", len(val), d.val_limit)):
         if got < want:
             log.warning("the %s split holds %d problems, fewer than the %d asked: the source has too few "
@@ -203,7 +214,7 @@ def prepare(params: Params) -> Prepared:
         atomic_write_text(out / name, text)
     manifest = {
         "schema_version": SCHEMA_VERSION, "source": d.source, "task": d.task if d.source == "reasoning_gym" else None,
-        "path": relative_to_root(d.path) if d.path else None, "seed": seed,
+        "path": relative_to_root(data_file(params)) if d.path else None, "seed": seed,
         "counts": {"raw": sum(map(len, pools)), "usable": len(normalized), "train": len(train), "val": len(val),
                    "eval": len(eval_), "train_groups": len({r["group"] for r in train}),
                    "val_groups": len({r["group"] for r in val}), "eval_groups": len({r["group"] for r in eval_})},

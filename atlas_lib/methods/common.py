@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from atlas_lib.core import models, registry
+from atlas_lib.core import models, registry, rundir
 from atlas_lib.core.config import Params
 from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import splits
@@ -128,6 +128,11 @@ def run_method(params: Params, key: str, build: Callable[[Params, Any, torch.dev
     seed_everything(params)
     prepared = splits.load_prepared(params)
     section = params.section(key)
+    if section.resume and (done := rundir.finished_summary(params, key)) is not None:
+        # a notebook of several runs resumed after an interruption: this one had finished already
+        log.info("%s finished with these training parameters: nothing to resume, its summary is reused",
+                 params.run_name(key))
+        return done
     budget = max((params.evaluation.max_new_tokens, "evaluation.max_new_tokens"),
                  (section.max_completion_length, f"{key}.max_completion_length"))
     check_context(params, prepared, [getattr(section, "student", None) or params.models.student,

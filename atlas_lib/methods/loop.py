@@ -9,7 +9,6 @@ lives here once.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -20,11 +19,11 @@ from typing import Any
 
 import torch
 
-from atlas_lib.core import models, runtime
+from atlas_lib.core import advice, models, runtime
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import relative_to_root, runs_root
 from atlas_lib.core.provenance import provenance
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json
+from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, disk_full, elsewhere
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.methods import outcome
 from atlas_lib.methods.tracking import (
@@ -115,7 +114,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     if rank != 0:  # under accelerate launch only rank 0 owns the run directory
         return _follower(params, stage, make_trainer, device, rank)
     if model is not None:
-        check_disk(runs_root(), model, section)
+        check_disk(runs_root(), model, section, stage)
     rd = RunDir.open(params, stage, resume=section.resume)
     report_to: list[str] = []
     try:
@@ -170,14 +169,6 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         rd.release()
 
 
-def disk_full(e: BaseException) -> bool:
-    """Whether ``e`` is a full disk: ``OSError`` ENOSPC, or torch's zip writer failing on one (it
-    reports a RuntimeError from ``inline_container`` with the OS error in its text)."""
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return True
-    return isinstance(e, RuntimeError) and ("No space left on device" in str(e) or "file write failed" in str(e))
-
-
 @contextlib.contextmanager
 def _disk_full_is_a_message(rd: RunDir, stage: str, doing: str):
     try:
@@ -185,15 +176,23 @@ def _disk_full_is_a_message(rd: RunDir, stage: str, doing: str):
     except (OSError, RuntimeError) as e:
         if not disk_full(e):
             raise
-        free = shutil.disk_usage(rd.path).free / 1e9
+        free = shutil.disk_usage(rd.path).free
         last = rd.last_checkpoint()
         back = f"from its last complete checkpoint ({last[0].name})" if last else "from the start (no complete checkpoint)"
-        raise RunDirError(f"the disk under {relative_to_root(rd.path)} filled while {doing} ({free:.1f} GB free now). "
-                          f"Free space (or point ATLAS_RUNS at a larger disk) and run the same `atlas report` again (`atlas "
-                          f"train`: add --set {stage}.resume=true): the run resumes {back}") from None
+        raise RunDirError(f"the disk under {relative_to_root(rd.path)} filled while {doing} ({size(free)} free now). "
+                          f"Free space there (or {elsewhere(rd.path)}), then {advice.resume_again(stage)}: the run "
+                          f"resumes {back}") from None
 
 
-def check_disk(path, model, section) -> None:
+def size(n: float) -> str:
+    """Bytes for a message: 3.2 GB, 41 MB, 12 kB (never "0.0 GB" for a small run)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 10 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def check_disk(path, model, section, stage: str) -> None:
     """Refuse to start when the disk cannot hold the run's checkpoint (weights + AdamW moments,
     twice while the previous one is rotated out) and final model, instead of failing mid-run."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -203,13 +202,15 @@ def check_disk(path, model, section) -> None:
     # weights + two moments per checkpoint: fp32 AdamW 12 bytes per parameter, bf16 + 8-bit moments ~4
     per_param = width + 2 if low_memory(section) else 12
     need = (2 * per_param * trainable if saves else 0) + width * total
+    where = path
     while not path.exists():  # the runs root may not exist yet: ask its disk
         path = path.parent
     free = shutil.disk_usage(path).free
     if free < need:
-        raise RunDirError(f"{relative_to_root(path)}: a {section.__class__.__name__} run needs about {need / 1e9:.1f} GB of free disk for its "
-                          f"checkpoint and final model, {free / 1e9:.1f} GB are free. Free space, point ATLAS_RUNS "
-                          f"at a larger disk, or raise save_steps above max_steps to skip checkpoints.")
+        raise RunDirError(f"{relative_to_root(path)}: the {stage} run needs about {size(need)} of free disk for its "
+                          f"checkpoint and final model, {size(free)} are free. Free space there, {elsewhere(where)}, or "
+                          f"skip checkpoints ({advice.set_field(f'{stage}.save_steps', section.max_steps + 1)}; "
+                          "an interrupted run then starts over)")
 
 
 def _write_rank(rd: RunDir, trainer, rank: int) -> None:

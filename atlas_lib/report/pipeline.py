@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas_lib.core import config, registry
+from atlas_lib.core import config, registry, rundir
 from atlas_lib.core.paths import (
     notebooks_dir,
     project_root,
@@ -34,10 +34,10 @@ from atlas_lib.core.rundir import (
     RunDirError,
     atomic_write_json,
     atomic_write_text,
-    load_summary,
+    disk_full,
     move_aside,
     stage_dir,
-    train_hash,
+    unwritable,
 )
 from atlas_lib.report import problems
 from atlas_lib.report.collect import Collected, collect
@@ -101,8 +101,25 @@ def fingerprint(params: config.Params, step: Step, upstream: str, profile_dir: P
     return hashlib.sha256(nb + stage.encode() + upstream.encode()).hexdigest()[:16]
 
 
-def _move_aside(profile_dir: Path, step: Step) -> None:
+def _split_is_current(params: config.Params) -> bool:
+    """Whether the prepared split is the one notebook 01 would prepare (same data parameters and source
+    file, files intact): then it stays where it is (``atlas data`` then ``atlas report``)."""
+    from atlas_lib.data import splits
+    from atlas_lib.data.sources import DataError
+
+    try:
+        splits.load_prepared(params)
+    except (DataError, OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _move_aside(profile_dir: Path, step: Step, params: config.Params | None = None) -> None:
+    keep = {"data"} if params is not None and "data" in step.run_dirs and _split_is_current(params) else set()
     for pattern in step.run_dirs:
+        if pattern in keep:
+            log.info("[%s] keeping the prepared split: it is the one this stage prepares", step.notebook)
+            continue
         for d in profile_dir.glob(pattern):
             move_aside(d, profile_dir)
 
@@ -113,19 +130,23 @@ def _data_hash(profile_dir: Path) -> str:
     return json.dumps(json.loads(manifest.read_text()).get("sha256"), sort_keys=True) if manifest.exists() else ""
 
 
+def _step_runs(params: config.Params, step: Step) -> list[tuple[config.Params, str]]:
+    """Every run a step trains: each of its methods, then their sweep variants (the notebook's order)."""
+    keys = [k for k in step.stages if k in registry.keys()]
+    return [(params, k) for k in keys] + [(v, k) for k in keys for _, v in config.sweep_variants(params, k)]
+
+
 def resumable(params: config.Params, step: Step) -> bool:
-    """Whether ``step`` is one method's interrupted run that can continue from its last checkpoint:
-    no summary yet, a complete checkpoint, and the same training parameters. (A notebook that runs
-    several methods or sweep variants starts over instead; its old runs are moved aside.)"""
-    if len(step.stages) != 1 or step.stages[0] not in registry.keys():
+    """Whether ``step`` was interrupted and can go on where it stopped: every run it trains either
+    finished, was interrupted, or has not started, with the same training parameters, and one of them
+    was interrupted after a complete checkpoint, or one finished while a later one did not. Then the
+    notebook runs again with ``resume`` for each method: a finished run is reused, the interrupted one
+    continues from its last checkpoint, the rest start. (A stage whose runs all finished but whose
+    fingerprint changed, or any run with other parameters, starts over; its old runs are moved aside.)"""
+    states = [rundir.run_state(p, k) for p, k in _step_runs(params, step)]
+    if not states or "other" in states:
         return False
-    key = step.stages[0]
-    if any(config.sweep_method(s) == key for s in params.sweeps):
-        return False
-    rd = RunDir(stage_dir(params, key))
-    if not rd.path.exists() or (load_summary(rd.path) or {}).get("status") == "complete":
-        return False
-    return rd.last_checkpoint() is not None and (rd.read_config() or {}).get("train_hash") == train_hash(params, key)
+    return "interrupted" in states or ("finished" in states and bool({"started", "absent"} & set(states)))
 
 
 @contextlib.contextmanager
@@ -189,13 +210,27 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
         pm_log.addHandler(handler)
         propagate, pm_log.propagate = pm_log.propagate, verbose
     where = f"\nfull log: {relative_to_root(log_file)}" if log_file is not None else ""
+    # papermill rewrites the executed notebook after every cell: into a temp file renamed when it is whole,
+    # so a full disk or a kill never leaves a truncated out_nb
+    running = out_nb.with_name(f".{out_nb.stem}.running.ipynb")
     try:
-        with _stderr_to(log_file if not verbose else None), progress or contextlib.nullcontext():
-            pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(out_nb),
-                                parameters={"params_file": str(params_file),
-                                            **({step.stages[0]: {"resume": True}} if resume else {})},
-                                kernel_name="python3", cwd=str(project_root()), log_output=True,
-                                progress_bar=verbose or log_file is None)
+        with _stderr_to(log_file if not verbose else None), progress or contextlib.nullcontext(), \
+                _disk_full_is_a_message(running, target=out_nb):
+            try:
+                pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(running),
+                                    parameters={"params_file": str(params_file),
+                                            **({k: {"resume": True} for k in step.stages} if resume else {})},
+                                    kernel_name="python3", cwd=str(project_root()), log_output=True,
+                                    progress_bar=verbose or log_file is None)
+            except PapermillExecutionError:  # papermill wrote the failed notebook whole: the partial output
+                if running.exists():
+                    os.replace(running, out_nb)
+                raise
+            except BaseException:  # a write cut short (a full disk) or an interrupt: never a truncated file
+                running.unlink(missing_ok=True)
+                raise
+            if running.exists():
+                os.replace(running, out_nb)
     except PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt" or _INTERRUPTED:
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
@@ -209,8 +244,28 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
             pm_log.propagate = propagate
 
 
+@contextlib.contextmanager
+def _disk_full_is_a_message(*partial: Path, target: Path | None = None):
+    """A full disk while the report writes (an executed notebook, a page) is the kit's one disk message,
+    exit 2, and the partial files are removed instead of left truncated."""
+    try:
+        yield
+    except RunDirError:  # already the kit's message, naming its file
+        raise
+    except Exception as e:
+        cause = e if disk_full(e) else e.__cause__ or e.__context__
+        if cause is None or not disk_full(cause):
+            raise
+        for f in partial:
+            f.unlink(missing_ok=True)
+        raise unwritable(target or partial[-1], cause) from None
+
+
 def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Path, force: bool,
-               only: list[str] | None, verbose: bool = False) -> dict:
+               only: list[str] | None, verbose: bool = False, read_only: RunDirError | None = None) -> dict:
+    """Run or reuse each step. ``read_only``: the runs directory cannot be written (the error that said
+    so): finished stages are reused and the last executed report notebook rendered again; a stage that
+    would have to run raises that error instead."""
     upstream, timings = "", {}
     for step in steps(params):
         fp = fingerprint(params, step, upstream, profile_dir)
@@ -222,11 +277,18 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
                      "reusing the finished run (params and inputs unchanged; --force re-runs)")
             upstream += fp
             continue
+        if read_only is not None:
+            if step.stages == ("report",) and (nb_dir / f"{step.notebook}.ipynb").exists() and not force:
+                log.info("[%s] runs directory read-only: rendering its last execution over the finished runs",
+                         step.notebook)
+                continue
+            raise RunDirError(f"{read_only} ({step.notebook} would have to run: "
+                              f"{'--force' if force else 'its stage is unfinished or its inputs changed'})")
         resume = not force and resumable(params, step)
         if resume:
             log.info("[%s] resuming the interrupted run from its last checkpoint", step.notebook)
         elif step.run_dirs and any(any(profile_dir.glob(p)) for p in step.run_dirs):
-            _move_aside(profile_dir, step)
+            _move_aside(profile_dir, step, params)
         marker.unlink(missing_ok=True)
         log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
         t0 = time.monotonic()
@@ -278,34 +340,41 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
     except OSError as e:
         raise RunDirError(f"cannot create {relative_to_root(profile_dir)}: {e.strerror or e} (point ATLAS_RUNS at a "
                           "writable directory)") from e
-    lock = RunDir(profile_dir)
-    lock.acquire(busy="profile {name}: another `atlas report` (process {pid}) is running it; wait for it to "
-                      "finish (nothing was changed)")
+    lock, read_only = RunDir(profile_dir), None
+    try:
+        lock.acquire(busy="profile {name}: another `atlas report` (process {pid}) is running it; wait for it to "
+                          "finish (nothing was changed)")
+    except RunDirError as e:
+        if not isinstance(e.__cause__, OSError):  # another report holds it
+            raise
+        read_only = e  # finished runs can still be rendered; nothing under runs/ is written then
     _INTERRUPTED.clear()
     previous = signal.signal(signal.SIGINT, _on_sigint) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        timings = _run_steps(params, path, profile_dir, nb_dir, force, only, verbose)
+        timings = _run_steps(params, path, profile_dir, nb_dir, force, only, verbose, read_only)
     except KeyboardInterrupt:
         raise PipelineError("interrupted (Ctrl-C); finished stages are kept and an interrupted one keeps its last "
                             "checkpoint: run the same command again to resume") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        lock.release()
+        if read_only is None:
+            lock.release()
     out_dir = reports_root() / params.name
     plan = steps(params)
     pages = [("index.html", "Report"), ("problems.html", "Every problem")] + [
         (f"notebooks/{s.notebook}.html", s.notebook.replace("_", " ").replace("gkd", "GKD").replace("grpo", "GRPO"))
         for s in plan[:-1] if (nb_dir / f"{s.notebook}.ipynb").exists()]
     col = collect(params)
-    html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False,
-                       nav=site_nav("index.html", pages), title=page_title(col, params))
-    write_table_files(params, out_dir, col, nav=site_nav("problems.html", pages))
-    for step in plan[:-1]:
-        nb = nb_dir / f"{step.notebook}.ipynb"
-        if nb.exists():
-            page = f"notebooks/{step.notebook}.html"
-            render_html(nb, out_dir / page, with_code=True, nav=site_nav(page, pages))
+    with _disk_full_is_a_message(target=out_dir):
+        html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False,
+                           nav=site_nav("index.html", pages), title=page_title(col, params))
+        write_table_files(params, out_dir, col, nav=site_nav("problems.html", pages))
+        for step in plan[:-1]:
+            nb = nb_dir / f"{step.notebook}.ipynb"
+            if nb.exists():
+                page = f"notebooks/{step.notebook}.html"
+                render_html(nb, out_dir / page, with_code=True, nav=site_nav(page, pages))
     log.info("report: %s (stage times this run: %s)", relative_to_root(html), timings or "all reused")
     return html
