@@ -79,9 +79,9 @@ def _yaml(value) -> str:
 def _notebook_parameter(section: str, key: str) -> bool:
     """Whether ``section.key`` is a flat parameter of the notebook that runs ``section`` (its parameters
     cell declares ``key`` and flat names resolve to the notebook's first method)."""
-    from atlas_lib.core import config, notebook_params, registry
+    from atlas_lib.core import notebook_params, registry
 
-    if section not in registry.keys() or config.notebook_lead(section) is not None:
+    if section not in registry.keys() or registry.notebook_lead(section) is not None:
         return False
     try:
         return key in notebook_params.declared_parameters(registry.get(section).notebook)

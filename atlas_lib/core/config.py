@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import yaml
 
 from atlas_lib.core import registry, validate
-from atlas_lib.core.paths import resolve_params_path
+from atlas_lib.core.paths import base_dir_of, data_file, relative_hint, resolve_file, resolve_params_path  # noqa: F401 (re-exported)
 from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
 from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
 
@@ -95,19 +94,9 @@ class Params:
         custom = getattr(self.methods.get(stage), "run_name", None)
         if custom:
             return custom
-        lead = notebook_lead(stage)
+        lead = registry.notebook_lead(stage)
         named = getattr(self.methods.get(lead), "run_name", None) if lead else None
         return f"{named}-{stage}" if named else f"{self.name}/{stage}"
-
-
-def notebook_lead(stage: str) -> str | None:
-    """The first method of ``stage``'s notebook (the one its ``run_name`` parameter names), when that is
-    another method; None for the lead itself and for stages that are not methods."""
-    if stage not in registry.keys():
-        return None
-    notebook = registry.get(stage).notebook
-    lead = next(m.key for m in registry.methods() if m.notebook == notebook)
-    return lead if lead != stage else None
 
 
 def _renamed(section: str, key: str, fields: list[str]) -> ParamsError | None:
@@ -164,41 +153,6 @@ def _check_sweeps(raw: dict) -> list:
     return sweeps
 
 
-def base_dir_of(source_path: str | None) -> Path:
-    """Where a parameter set's relative paths are read from: its params file's directory; for a dict
-    or papermill ``-f`` sections, the directory the command ran in."""
-    if source_path and source_path != "papermill -f":
-        try:
-            return resolve_params_path(source_path).resolve().parent
-        except FileNotFoundError:
-            pass
-    return Path.cwd()
-
-
-def resolve_file(params: Params, value: str) -> Path:
-    """A file a parameter set names (``data.path``): absolute as given, else relative to the params
-    file (:func:`base_dir_of`), so the CLI, ``atlas report`` (notebooks run from the project root) and
-    papermill all read the same file."""
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else Path(params.base_dir or base_dir_of(params.source_path)) / p
-
-
-def data_file(params: Params) -> Path | None:
-    """``data.path`` resolved (:func:`resolve_file`), or None when the source is not a file."""
-    return resolve_file(params, params.data.path) if params.data.path else None
-
-
-def _relative_hint(value: str, base_dir: str) -> str:
-    """For a relative path not found: where it was looked for, and the path to write when it exists
-    relative to the directory the command ran in instead."""
-    if Path(value).expanduser().is_absolute():
-        return ""
-    hint = f" in {base_dir} (a relative data.path is read relative to the params file)"
-    if (Path.cwd() / value).exists() and Path(base_dir) != Path.cwd():
-        hint += f"; for the file relative to the directory you ran in, write data.path: {os.path.relpath(Path.cwd() / value, base_dir)}"
-    return hint
-
-
 def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = None) -> Params:
     """Validate a whole parameter-set dict. Without ``name``, the profile is the file's stem."""
     if not isinstance(raw, dict):
@@ -229,7 +183,7 @@ def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = 
     if d.source == "local" and not d.path:
         raise ParamsError("data.path: required when data.source = 'local' (a .jsonl/.json/.parquet/.csv file)")
     if d.source == "local" and not data_file(params).exists():
-        raise ParamsError(f"data.path = {d.path!r}: file does not exist{_relative_hint(d.path, params.base_dir)}")
+        raise ParamsError(f"data.path = {d.path!r}: file does not exist{relative_hint(d.path, params.base_dir)}")
     return params
 
 

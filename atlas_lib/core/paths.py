@@ -75,3 +75,39 @@ def relative_to_root(path: str | os.PathLike) -> str:
             continue
         return str(Path(label) / rel) if label != "." else str(rel)
     return p.name
+
+
+# Files a parameter set names (data.path): one resolution for the CLI, atlas report and papermill
+def base_dir_of(source_path: str | None) -> Path:
+    """Where a parameter set's relative paths are read from: its params file's directory; for a dict
+    or papermill ``-f`` sections, the directory the command ran in."""
+    if source_path and source_path != "papermill -f":
+        try:
+            return resolve_params_path(source_path).resolve().parent
+        except FileNotFoundError:
+            pass
+    return Path.cwd()
+
+
+def resolve_file(params, value: str) -> Path:
+    """A file a parameter set names (``data.path``): absolute as given, else relative to the params
+    file (:func:`base_dir_of`), so the CLI, ``atlas report`` (notebooks run from the project root) and
+    papermill all read the same file."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(params.base_dir or base_dir_of(params.source_path)) / p
+
+
+def data_file(params) -> Path | None:
+    """``data.path`` resolved (:func:`resolve_file`), or None when the source is not a file."""
+    return resolve_file(params, params.data.path) if params.data.path else None
+
+
+def relative_hint(value: str, base_dir: str) -> str:
+    """For a relative path not found: where it was looked for, and the path to write when it exists
+    relative to the directory the command ran in instead."""
+    if Path(value).expanduser().is_absolute():
+        return ""
+    hint = f" in {base_dir} (a relative data.path is read relative to the params file)"
+    if (Path.cwd() / value).exists() and Path(base_dir) != Path.cwd():
+        hint += f"; for the file relative to the directory you ran in, write data.path: {os.path.relpath(Path.cwd() / value, base_dir)}"
+    return hint

@@ -88,3 +88,13 @@ register(Method("grpo", S.GRPOConfig, "atlas_lib.methods.grpo.trainer:run_grpo",
 register(Method("cross_tokenizer", S.CrossTokenizerConfig, "atlas_lib.methods.cross_tokenizer.train:run_cross_tokenizer",
                 "04_cross_tokenizer", "Cross-tokenizer student", "Cross-tokenizer distillation", "C2",
                 "Cross-tokenizer: aligned-span loss", divergence="aligned", own_student=True))
+
+
+def notebook_lead(stage: str) -> str | None:
+    """The first method of ``stage``'s notebook (the one its ``run_name`` parameter names), when that is
+    another method; None for the lead itself and for stages that are not methods."""
+    if stage not in keys():
+        return None
+    notebook = get(stage).notebook
+    lead = next(m.key for m in methods() if m.notebook == notebook)
+    return lead if lead != stage else None

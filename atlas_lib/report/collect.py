@@ -79,7 +79,7 @@ def _numberish(v) -> bool:
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> DataFrame sorted by step. JSON holds NaN/inf as strings (rundir._clean): they become
+    """Rows -> DataFrame sorted by step. JSON holds NaN/inf as strings (files.clean_json): they become
     NaN here (an inf loss is a failed step, not a point to plot)."""
     if not rows:
         return pd.DataFrame()

@@ -8,22 +8,18 @@ directories to ``runs/<profile>/.previous/`` (never deleted silently), then re-r
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from atlas_lib.core import config, registry, rundir
 from atlas_lib.core.paths import (
     notebooks_dir,
-    project_root,
     relative_to_root,
     reports_root,
     resolve_params_path,
@@ -33,27 +29,21 @@ from atlas_lib.core.rundir import (
     RunDir,
     RunDirError,
     atomic_write_json,
-    atomic_write_text,
-    disk_full,
     move_aside,
-    stage_dir,
-    unwritable,
 )
-from atlas_lib.report import problems
-from atlas_lib.report.collect import Collected, collect
-from atlas_lib.report.findings import headline
-from atlas_lib.report.html import render_html, site_nav
-from atlas_lib.report.progress import StageProgress
-from atlas_lib.report.table import results_table
+from atlas_lib.report.site import render_site, write_table_files  # noqa: F401 (write_table_files re-exported)
+from atlas_lib.report.stage_run import (  # noqa: F401 (re-exported: the pipeline's names)
+    INTERRUPTED,
+    PipelineError,
+    Step,
+    disk_full_is_a_message,
+    execute,
+    on_sigint,
+    stage_progress,
+    terminal,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Step:
-    notebook: str
-    stages: tuple[str, ...]  # "data", method keys (registry), or "report"
-    run_dirs: tuple[str, ...]  # directories under runs/<profile>/ this step writes
 
 
 def steps(params: config.Params) -> list[Step]:
@@ -68,22 +58,6 @@ def steps(params: config.Params) -> list[Step]:
         out.append(Step(nb, tuple(keys), (*keys, *extra)))
     out.append(Step("05_comparison", ("report",), ()))
     return out
-
-
-class PipelineError(RuntimeError):
-    """A notebook failed; the message names the cell error and the partial output."""
-
-
-_INTERRUPTED: list[bool] = []
-
-
-def _on_sigint(signum, frame) -> None:
-    _INTERRUPTED.append(True)
-    # The kernel got the same Ctrl-C and died; nbclient's pending cell task then reports "Kernel died"
-    # through asyncio's "Task exception was never retrieved" when the process exits, after the
-    # kit's own message. That is expected here, not news for the terminal.
-    logging.getLogger("asyncio").disabled = True
-    raise KeyboardInterrupt
 
 
 def fingerprint(params: config.Params, step: Step, upstream: str, profile_dir: Path | None = None) -> str:
@@ -149,118 +123,6 @@ def resumable(params: config.Params, step: Step) -> bool:
     return "interrupted" in states or ("finished" in states and bool({"started", "absent"} & set(states)))
 
 
-@contextlib.contextmanager
-def _stderr_to(log_file: Path | None):
-    """While a notebook runs, file descriptor 2 points at its log: the kernel process inherits it, so
-    the kernel's own chatter (its TCP warning, the traceback ipykernel prints when Ctrl-C tears it
-    down) lands in the log, not on the terminal, which keeps one line per stage."""
-    if log_file is None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.dup2(fd, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(fd)
-
-
-def _terminal():
-    """The terminal the user watches, as a text stream on a copy of stderr taken before the kernel's
-    output is sent to the stage's log; None when stderr is not a terminal (CI, a file, a pipe)."""
-    try:
-        return os.fdopen(os.dup(2), "w", buffering=1) if os.isatty(2) else None
-    except OSError:
-        return None
-
-
-def stage_progress(params: config.Params, step: Step, stream) -> StageProgress:
-    """The live bar for ``step``: its training steps when it trains (the sum of max_steps over its
-    methods and their sweep variants, each read from its own run directory), else its notebook's cells."""
-    import nbformat
-
-    # + papermill's injected-parameters cell, which it counts with the rest
-    cells = len(nbformat.read(notebooks_dir() / f"{step.notebook}.ipynb", as_version=4).cells) + 1
-    runs = [(p, k) for k in step.stages if k in registry.keys()
-            for p in (params, *(v for _, v in config.sweep_variants(params, k)))]
-    total = sum(p.section(k).max_steps for p, k in runs) or None
-    return StageProgress(step.notebook, cells=cells, metrics=[stage_dir(p, k) / "metrics.jsonl" for p, k in runs],
-                         total_steps=total, stream=stream)
-
-
-def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, log_file: Path | None = None,
-            verbose: bool = False, progress: StageProgress | None = None) -> None:
-    """Run one notebook with papermill. Its cell-by-cell output (every library warning and progress
-    frame) goes to ``log_file``; the terminal shows it too only when ``verbose``."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    out_nb.parent.mkdir(parents=True, exist_ok=True)
-    pm_log, handler, propagate = logging.getLogger("papermill"), None, None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.write_text("")  # this run's log; the handler and the kernel's stderr both append to it
-        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        pm_log.addHandler(handler)
-        propagate, pm_log.propagate = pm_log.propagate, verbose
-    where = f"\nfull log: {relative_to_root(log_file)}" if log_file is not None else ""
-    # papermill rewrites the executed notebook after every cell: into a temp file renamed when it is whole,
-    # so a full disk or a kill never leaves a truncated out_nb
-    running = out_nb.with_name(f".{out_nb.stem}.running.ipynb")
-    try:
-        with _stderr_to(log_file if not verbose else None), progress or contextlib.nullcontext(), \
-                _disk_full_is_a_message(running, target=out_nb):
-            try:
-                pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(running),
-                                    parameters={"params_file": str(params_file),
-                                            **({k: {"resume": True} for k in step.stages} if resume else {})},
-                                    kernel_name="python3", cwd=str(project_root()), log_output=True,
-                                    progress_bar=verbose or log_file is None)
-            except PapermillExecutionError:  # papermill wrote the failed notebook whole: the partial output
-                if running.exists():
-                    os.replace(running, out_nb)
-                raise
-            except BaseException:  # a write cut short (a full disk) or an interrupt: never a truncated file
-                running.unlink(missing_ok=True)
-                raise
-            if running.exists():
-                os.replace(running, out_nb)
-    except PapermillExecutionError as e:
-        if e.ename == "KeyboardInterrupt" or _INTERRUPTED:
-            raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
-                                "the same command again to resume") from None
-        raise PipelineError(f"{step.notebook} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                            f"partial output: {relative_to_root(out_nb)}{where}") from None
-    finally:
-        if handler is not None:
-            pm_log.removeHandler(handler)
-            handler.close()
-            pm_log.propagate = propagate
-
-
-@contextlib.contextmanager
-def _disk_full_is_a_message(*partial: Path, target: Path | None = None):
-    """A full disk while the report writes (an executed notebook, a page) is the kit's one disk message,
-    exit 2, and the partial files are removed instead of left truncated."""
-    try:
-        yield
-    except RunDirError:  # already the kit's message, naming its file
-        raise
-    except Exception as e:
-        cause = e if disk_full(e) else e.__cause__ or e.__context__
-        if cause is None or not disk_full(cause):
-            raise
-        for f in partial:
-            f.unlink(missing_ok=True)
-        raise unwritable(target or partial[-1], cause) from None
-
-
 def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Path, force: bool,
                only: list[str] | None, verbose: bool = False, read_only: RunDirError | None = None) -> dict:
     """Run or reuse each step. ``read_only``: the runs directory cannot be written (the error that said
@@ -292,7 +154,7 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         marker.unlink(missing_ok=True)
         log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
         t0 = time.monotonic()
-        term = None if verbose else _terminal()
+        term = None if verbose else terminal()
         try:
             execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
                     log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose,
@@ -300,7 +162,7 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         finally:
             if term is not None:
                 term.close()
-        if _INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
+        if INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
             raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: "
                                 "run the same command again to resume")
         timings[step.notebook] = round(time.monotonic() - t0, 1)
@@ -309,21 +171,6 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         atomic_write_json(marker, {"fingerprint": fp, "seconds": timings[step.notebook]})
         log.info("[%s] done in %.0f s", step.notebook, timings[step.notebook])
     return timings
-
-
-def write_table_files(params: config.Params, out_dir: Path, col: Collected | None = None, nav: str = "") -> None:
-    """``table.csv`` and ``table.json`` beside ``index.html`` (the numbers a reader would re-plot) and
-    ``problems.html`` (every test problem's completions, right or wrong, per model)."""
-    col = col if col is not None else collect(params)
-    numbers = results_table(col)
-    atomic_write_text(out_dir / "table.csv", numbers.to_csv(index_label="row"))
-    atomic_write_text(out_dir / "table.json", numbers.to_json(orient="index", indent=1) + "\n")
-    problems.render(params, col, out_dir / "problems.html", nav=nav)
-
-
-def page_title(col: Collected, params: config.Params) -> str:
-    """The report page's title: its headline without the Markdown."""
-    return headline(col, params).split("\n")[0].lstrip("# ").strip()
 
 
 def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, force: bool = False,
@@ -348,8 +195,8 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
         if not isinstance(e.__cause__, OSError):  # another report holds it
             raise
         read_only = e  # finished runs can still be rendered; nothing under runs/ is written then
-    _INTERRUPTED.clear()
-    previous = signal.signal(signal.SIGINT, _on_sigint) if threading.current_thread() is threading.main_thread() \
+    INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() \
         else None
     try:
         timings = _run_steps(params, path, profile_dir, nb_dir, force, only, verbose, read_only)
@@ -362,19 +209,7 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
         if read_only is None:
             lock.release()
     out_dir = reports_root() / params.name
-    plan = steps(params)
-    pages = [("index.html", "Report"), ("problems.html", "Every problem")] + [
-        (f"notebooks/{s.notebook}.html", s.notebook.replace("_", " ").replace("gkd", "GKD").replace("grpo", "GRPO"))
-        for s in plan[:-1] if (nb_dir / f"{s.notebook}.ipynb").exists()]
-    col = collect(params)
-    with _disk_full_is_a_message(target=out_dir):
-        html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False,
-                           nav=site_nav("index.html", pages), title=page_title(col, params))
-        write_table_files(params, out_dir, col, nav=site_nav("problems.html", pages))
-        for step in plan[:-1]:
-            nb = nb_dir / f"{step.notebook}.ipynb"
-            if nb.exists():
-                page = f"notebooks/{step.notebook}.html"
-                render_html(nb, out_dir / page, with_code=True, nav=site_nav(page, pages))
+    with disk_full_is_a_message(target=out_dir):
+        html = render_site(params, [s.notebook for s in steps(params)[:-1]], nb_dir, out_dir)
     log.info("report: %s (stage times this run: %s)", relative_to_root(html), timings or "all reused")
     return html
