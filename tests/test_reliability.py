@@ -19,7 +19,7 @@ import pytest
 from atlas_lib.core import config, rundir
 from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, read_jsonl
 from atlas_lib.data import splits
-from atlas_lib.report import pipeline
+from atlas_lib.report import pipeline, site
 
 
 def _params(**over):
@@ -390,8 +390,10 @@ def test_a_report_renders_finished_runs_it_cannot_lock(env, monkeypatch):
     _finished_profile(p, env / "runs" / "smoke")
     rendered = []
     monkeypatch.setattr(RunDir, "acquire", _cannot_lock)
-    monkeypatch.setattr(pipeline, "render_html", lambda nb, out, with_code: rendered.append(nb.name) or out)
-    monkeypatch.setattr(pipeline, "write_table_files", lambda params, out: None)
+    monkeypatch.setattr(site, "render_html", lambda nb, out, with_code, **kw: rendered.append(nb.name) or out)
+    monkeypatch.setattr(site, "write_table_files", lambda params, out, col=None, nav="": None)
+    monkeypatch.setattr(site, "collect", lambda params: None)
+    monkeypatch.setattr(site, "page_title", lambda col, params: "title")
     pipeline.run_pipeline("params/smoke.yaml")
     assert "05_comparison.ipynb" in rendered
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atlas_lib.core import config
+from atlas_lib.core import config, registry
 from atlas_lib.core.rundir import atomic_write_text
 from atlas_lib.report import problems
 from atlas_lib.report.collect import Collected, collect
@@ -18,8 +18,7 @@ def render_site(params: config.Params, notebooks: list[str], nb_dir: Path, out_d
     """Render ``reports/<profile>/`` from the executed notebooks in ``nb_dir`` (``notebooks``: the method
     stages, 05 aside); returns ``index.html``."""
     pages = [("index.html", "Report"), ("problems.html", "Every problem")] + [
-        (f"notebooks/{nb}.html", nb.replace("_", " ").replace("gkd", "GKD").replace("grpo", "GRPO"))
-        for nb in notebooks if (nb_dir / f"{nb}.ipynb").exists()]
+        (f"notebooks/{nb}.html", page_label(nb)) for nb in notebooks if (nb_dir / f"{nb}.ipynb").exists()]
     col = collect(params)
     html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False,
                        nav=site_nav("index.html", pages), title=page_title(col, params))
@@ -29,6 +28,13 @@ def render_site(params: config.Params, notebooks: list[str], nb_dir: Path, out_d
             page = f"notebooks/{nb}.html"
             render_html(nb_dir / f"{nb}.ipynb", out_dir / page, with_code=True, nav=site_nav(page, pages))
     return html
+
+
+def page_label(notebook: str) -> str:
+    """'02 GKD': a notebook's number and the name of the first method it runs (registry), or its own name."""
+    number, _, rest = notebook.partition("_")
+    name = next((m.name for m in registry.methods() if m.notebook == notebook), rest.replace("_", " "))
+    return f"{number} {name}"
 
 
 def write_table_files(params: config.Params, out_dir: Path, col: Collected | None = None, nav: str = "") -> None:
