@@ -90,10 +90,11 @@ def pip_requirements(names: list[str] | None = None) -> list[str]:
 
 def _model_names(params) -> set[str]:
     """Every model name a parameter set trains or evaluates: the student/teacher pair (the baselines
-    evaluate both) and, when that stage runs, the cross-tokenizer section's own pair."""
+    evaluate both) and the own pair of any enabled method whose section names one (cross-tokenizer)."""
     names = {params.models.student, params.models.teacher}
-    if "cross_tokenizer" in params.enabled():
-        names |= {params.cross_tokenizer.student, params.cross_tokenizer.teacher}
+    for key in params.enabled():
+        section = params.section(key)
+        names |= {getattr(section, role) for role in ("student", "teacher") if getattr(section, role, None)}
     return names
 
 
