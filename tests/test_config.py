@@ -156,6 +156,18 @@ def test_a_path_relative_to_the_working_directory_is_told_what_to_write(tmp_path
         config.load("p/mine.yaml")
 
 
+def test_a_relative_model_directory_is_read_relative_to_the_params_file(tmp_path, monkeypatch):
+    (tmp_path / "p" / "models" / "mine").mkdir(parents=True)
+    f = tmp_path / "p" / "mine.yaml"
+    f.write_text("name: mine\nmodels: {student: models/mine, teacher: Qwen/Qwen2.5-7B-Instruct}\n"
+                 "cross_tokenizer: {student: models/mine}\n")
+    monkeypatch.chdir(tmp_path)  # atlas report runs notebooks from the project root, not beside the file
+    p = config.load(f)
+    assert p.models.student == str((tmp_path / "p" / "models" / "mine").resolve())
+    assert p.cross_tokenizer.student == str((tmp_path / "p" / "models" / "mine").resolve())
+    assert p.models.teacher == "Qwen/Qwen2.5-7B-Instruct"  # a hub id stays one
+
+
 def test_a_data_path_typed_on_the_command_line_is_relative_to_where_it_ran(tmp_path, monkeypatch):
     _profile_with_local_data(tmp_path, "d/good.jsonl")
     monkeypatch.chdir(tmp_path / "p")

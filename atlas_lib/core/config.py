@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from atlas_lib.core import registry, validate
-from atlas_lib.core.paths import base_dir_of, data_file, relative_hint, resolve_file, resolve_params_path  # noqa: F401 (re-exported)
+from atlas_lib.core import paths, registry, validate
+from atlas_lib.core.paths import data_file, resolve_params_path  # data_file: re-exported
 from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
 from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
 
@@ -171,7 +171,8 @@ def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = 
     methods = {m.key: build_section(m.key, raw.get(m.key)) for m in registry.methods()}
     params = Params(name=name, description=str(raw.get("description", "")), sweeps=sweeps,
                     source_path=source_path, methods=methods, **shared,
-                    base_dir=str(base_dir or base_dir_of(source_path)))
+                    base_dir=str(base_dir or paths.base_dir_of(source_path)))
+    paths.resolve_model_dirs(params)  # local model directories, like data.path, relative to the params file
     e, d = params.evaluation, params.data
     if e.limit > d.eval_limit:
         raise ParamsError(f"evaluation.limit = {e.limit}: must be <= data.eval_limit = {d.eval_limit}")
@@ -183,7 +184,7 @@ def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = 
     if d.source == "local" and not d.path:
         raise ParamsError("data.path: required when data.source = 'local' (a .jsonl/.json/.parquet/.csv file)")
     if d.source == "local" and not data_file(params).exists():
-        raise ParamsError(f"data.path = {d.path!r}: file does not exist{relative_hint(d.path, params.base_dir)}")
+        raise ParamsError(f"data.path = {d.path!r}: file does not exist{paths.relative_hint(d.path, params.base_dir)}")
     return params
 
 

@@ -111,3 +111,16 @@ def relative_hint(value: str, base_dir: str) -> str:
     if (Path.cwd() / value).exists() and Path(base_dir) != Path.cwd():
         hint += f"; for the file relative to the directory you ran in, write data.path: {os.path.relpath(Path.cwd() / value, base_dir)}"
     return hint
+
+
+def resolve_model_dirs(params) -> None:
+    """A model named by a relative directory (``models.student: ../models/mine``) is read relative to the
+    params file, as ``data.path`` is: rewritten to that directory when it exists there (a hub id such
+    as ``Qwen/Qwen2.5-7B-Instruct`` is left alone unless such a directory exists beside the file)."""
+    base = Path(params.base_dir or Path.cwd())
+    for section in (params.models, *params.methods.values()):
+        for role in ("student", "teacher"):
+            value = getattr(section, role, None)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+                    and (base / value).is_dir() and base.resolve() != Path.cwd().resolve():
+                setattr(section, role, str((base / value).resolve()))
