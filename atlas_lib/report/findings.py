@@ -175,7 +175,7 @@ def headline(col: Collected, params) -> str:
     n = t.loc["student", "n"] if "student" in t.index and _ok(t.loc["student", "n"]) else None
     sub = [f"{n:.0f} held-out test problems" if n else None, steps or None,
            f"device: {t['Device kind'].dropna().iloc[0]}" if t["Device kind"].notna().any() else None]
-    return (f"# {what} on {params.models.student}, taught by {params.models.teacher}\n\n"
+    return (f"# {what}: student {params.models.student}, teacher {params.models.teacher}\n\n"
             f"*Task {task}, profile `{params.name}`: " + "; ".join(x for x in sub if x) + ".*")
 
 
