@@ -47,7 +47,7 @@ _STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;max-width:14
 .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:4px 6px;
 vertical-align:top}th{background:#f3f3f3;position:sticky;top:0}td.ok{background:#e8f6e8}td.bad{background:#fbe9e9}
 pre{white-space:pre-wrap;margin:0;font:12px/1.3 ui-monospace,monospace;min-width:12em}.q{max-width:22em}
-select{max-width:100%}nav{margin:.3em 0 1em}nav a{margin-right:.8em}
+select{max-width:100%}nav{margin:.3em 0 1em}
 pre span{border-radius:2px}.legend span{padding:0 .4em;font:12px ui-monospace,monospace}
 @media (prefers-color-scheme: dark){body{background:#111;color:#ddd}th{background:#222}
 td{border-color:#444}td.ok{background:#15301a}td.bad{background:#3a1717}a{color:#8ab4f8}}
@@ -59,7 +59,7 @@ m=document.getElementById('m').value;let n=0;document.getElementById('bb').textC
 m==='ab'?'is wrong':m==='ba'?'is right':'(either)';for(const r of document.querySelectorAll('tbody tr')){
 const x=r.getAttribute('data-c-'+a),y=r.getAttribute('data-c-'+b);let s=true;if(m==='ab')s=x==='1'&&y==='0';
 else if(m==='ba')s=x==='0'&&y==='1';r.style.display=s?'':'none';if(s)n++;}
-document.getElementById('n').textContent=n+' problems shown';}
+document.getElementById('n').textContent=n+' problems shown';return n;}
 function shade(on){const K=JSON.parse(document.getElementById('kl').textContent);
 for(const p of document.querySelectorAll('pre[data-k]')){const t=p.getAttribute('data-t');
 if(!on){p.textContent=t;continue;}const lv=K[p.getAttribute('data-k')];let i=0;p.textContent='';
@@ -146,7 +146,7 @@ Show problems where <select id="a" onchange="f()">{options}</select>
 <div class="scroll"><table><thead><tr><th>id</th><th>question</th><th>reference</th>{head}</tr></thead><tbody>
 {"".join(body)}</tbody></table></div><script>{_SCRIPT}
 document.getElementById('a').selectedIndex={a};document.getElementById('b').selectedIndex={b};
-document.getElementById('m').value='ab';f();</script>
+document.getElementById('m').value='ab';if(!f()){{document.getElementById('m').value='all';f();}}</script>
 <script type="application/json" id="kl">{kl_json}</script>
 <script type="application/json" id="rows">{rows_json}</script>
 </body></html>"""
