@@ -91,12 +91,13 @@ def _default_pair(rows: list[tuple[str, str]], col: Collected) -> tuple[int, int
     return (min(1, len(keys) - 1), 0)
 
 
-def render(params: config.Params, col: Collected, path: Path, nav: str = "") -> Path | None:
-    """Write the page (None when no row has test records yet). ``nav``: the report's links (html.site_nav)."""
+def render(params: config.Params, col: Collected, path: Path, nav: str = "", table=None) -> Path | None:
+    """Write the page (None when no row has test records yet). ``nav``: the report's links (html.site_nav);
+    ``table``: the results table when the caller has it (its row names label the columns)."""
     rows, recs = completions(params, col)
     if not rows:
         return None
-    table = results_table(col)  # the rows carry the index page's names
+    table = results_table(col) if table is None else table  # the rows carry the index page's names
     rows = [(k, table.loc[k, "Model / Method"] if k in table.index else label) for k, label in rows]
     data = {r["id"]: r for r in rundir.read_jsonl(runs_root() / params.name / "data" / "eval.jsonl")}
     ids = list(next(iter(recs.values())))

@@ -44,7 +44,7 @@ def write_table_files(params: config.Params, out_dir: Path, col: Collected | Non
     numbers = results_table(col)
     atomic_write_text(out_dir / "table.csv", numbers.to_csv(index_label="row"))
     atomic_write_text(out_dir / "table.json", numbers.to_json(orient="index", indent=1) + "\n")
-    problems.render(params, col, out_dir / "problems.html", nav=nav)
+    problems.render(params, col, out_dir / "problems.html", nav=nav, table=numbers)  # one table, not two
 
 
 def page_title(col: Collected, params: config.Params) -> str:
