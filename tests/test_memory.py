@@ -78,17 +78,23 @@ def test_the_verdict_keeps_fifteen_percent_of_the_device_free():
 # ---------------------------------------------------------------- a plan per enabled stage
 
 
+def _study(**over):
+    """The study's models and shapes with every stage on and full fine-tunes (it runs two of them, LoRA)."""
+    return config.load("params/study.yaml", overrides={"off_policy.enabled": True, "cross_tokenizer.enabled": True,
+                                                       **over})
+
+
 def _row(plan, component):
     return next(gib for name, gib, _ in plan.rows if name == component)
 
 
 def test_every_enabled_stage_gets_a_plan():
-    params = config.load("params/study.yaml")
+    params = _study()
     assert list(memory.estimate_stages(params, gpu_gb=80)) == params.enabled()
 
 
 def test_a_disabled_stage_gets_no_plan():
-    params = config.load("params/study.yaml", overrides={"off_policy.enabled": False})
+    params = _study(**{"off_policy.enabled": False})
     assert "off_policy" not in memory.estimate_stages(params, gpu_gb=80)
 
 
@@ -99,15 +105,15 @@ def test_a_disabled_stage_gets_no_plan():
     ("cross_tokenizer", "smollm2-135m-instruct", "teacher qwen2.5-coder-1.5b-instruct"),
 ])
 def test_each_plan_is_headed_with_its_stage_models_profile_and_device(stage, student, teacher):
-    text = memory.format_plans(memory.estimate_stages(config.load("params/study.yaml"), gpu_gb=80))
+    text = memory.format_plans(memory.estimate_stages(_study(), gpu_gb=80))
     assert f"### {stage} — student {student}, {teacher} (profile study, device 80 GiB)" in text
 
 
 def test_the_command_prints_every_stage_and_which_fit(capsys):
-    assert cli.main(["memory", "--params", "params/study.yaml", "--gpu-gb", "80"]) == 0
+    assert cli.main(["memory", "--params", "params/embedded.yaml", "--gpu-gb", "80"]) == 0
     out = capsys.readouterr().out
-    assert out.count("### ") == 4
-    assert "Fit on one 80 GiB device: gkd, off_policy, grpo, cross_tokenizer; do NOT fit: none." in out
+    assert out.count("### ") == 3  # the embedded tier's enabled stages
+    assert "Fit on one 80 GiB device: gkd, grpo, cross_tokenizer; do NOT fit: none." in out
 
 
 def test_the_verdict_line_names_the_stages_that_do_not_fit():
@@ -116,17 +122,17 @@ def test_the_verdict_line_names_the_stages_that_do_not_fit():
 
 
 def test_grpo_has_no_teacher_row():
-    plan = memory.estimate_stages(config.load("params/study.yaml"))["grpo"]
+    plan = memory.estimate_stages(_study())["grpo"]
     assert not any("teacher" in name for name, _, _ in plan.rows)
 
 
 def test_grpo_without_kl_has_no_reference_row():
-    plan = memory.estimate_stages(config.load("params/study.yaml"))["grpo"]
+    plan = memory.estimate_stages(_study())["grpo"]
     assert not any("reference" in name for name, _, _ in plan.rows)
 
 
 def test_grpo_with_kl_adds_a_frozen_copy_of_the_student():
-    params = config.load("params/study.yaml", overrides={"grpo.beta": 0.04})
+    params = _study(**{"grpo.beta": 0.04, "grpo.lora": {}})
     ps = memory.n_params(memory.arch(params.models.student))
     assert _row(memory.estimate_stages(params)["grpo"], "reference model (frozen)") * memory.GiB == ps * 4
 
@@ -137,7 +143,7 @@ def test_grpo_with_kl_and_lora_needs_no_copy():
 
 
 def test_grpo_caches_the_whole_generation_batch():
-    params = config.load("params/study.yaml")
+    params = _study()
     g, a = params.grpo, memory.arch(params.models.student)
     seq = 256 + g.max_completion_length
     kv = 2 * a["layers"] * a["kv"] * (a["hidden"] // a["heads"]) * seq * g.sequences_per_step() * 2
@@ -157,7 +163,7 @@ def test_the_cross_tokenizer_plan_uses_its_students_vocabulary():
 
 
 def test_off_policy_caches_the_teachers_generation():
-    params = config.load("params/study.yaml")
+    params = _study()
     gkd, off = memory.estimate_stages(params)["gkd"], memory.estimate_stages(params)["off_policy"]
     assert _row(off, "generation KV cache") > _row(gkd, "generation KV cache")
 

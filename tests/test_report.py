@@ -18,11 +18,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from atlas_lib.core import config
+from atlas_lib.core import config, seeds
 from atlas_lib.core.paths import project_root
 from atlas_lib.core.provenance import provenance as run_provenance
 from atlas_lib.core.rundir import RunDir, atomic_write_json
 from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.evaluation import stats
 from atlas_lib.methods import outcome
 from atlas_lib.methods.tracking import DeviceClock
 from atlas_lib.report import charts, collect, findings, provenance, stage, table
@@ -76,8 +77,10 @@ def _write_run(params, stage: str, ks: list[int], *, seconds_per_step: float, ex
     step_every = 4
     for i, k in enumerate(ks):
         step = i * step_every
-        stamp = {"seconds": step * seconds_per_step, "device_hours": step * seconds_per_step / 3600,
-                 "device_kind": "CPU", "devices": 1}
+        stamp = {"seconds": step * seconds_per_step + 3.0 * i, "device_hours": (step * seconds_per_step + 3.0 * i) / 3600,
+                 "device_kind": "CPU", "devices": 1,  # the wall clock includes 3 s of evaluation per point
+                 "train_seconds": step * seconds_per_step, "train_device_hours": step * seconds_per_step / 3600,
+                 "train_flops": step * seconds_per_step * 1e12}
         if step:
             train = {"kind": "train", "step": step, **stamp, "loss": 1.0 / (1 + i), "learning_rate": 1e-5,
                      "grad_norm": 0.5, "completion_length": 90.0 - i, "peak_rss_gb": 3.0 + i}
@@ -91,6 +94,8 @@ def _write_run(params, stage: str, ks: list[int], *, seconds_per_step: float, ex
     clock = DeviceClock(offset_seconds=last * seconds_per_step)
     summary = outcome.summarize(rd, params, stage, clock, SimpleNamespace(global_step=last, training_loss=0.6),
                                  30.0, {"train": 256, "eval": 200})
+    summary["training"].update(train_seconds=last * seconds_per_step, train_device_hours=last * seconds_per_step / 3600,
+                               train_flops=last * seconds_per_step * 1e12, eval_seconds=3.0 * len(ks) + 5.0)
     # as training.run does: eval points are validation; the rows are the test split
     summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
     kl0, kl1 = (None, None) if cross else (0.45, 0.4 - 0.05 * (len(ks) - 1))
@@ -109,9 +114,13 @@ def _write_run(params, stage: str, ks: list[int], *, seconds_per_step: float, ex
 
 
 def build_runs(tmp_path, monkeypatch, *, gkd=(6, 9, 12), grpo=(6, 7, 8), with_grpo=True, old_gkd=False,
-               baseline=True, name="synth"):
+               baseline=True, name="synth", more_seeds: dict | None = None):
+    """``more_seeds``: {seed: (gkd ks, grpo ks)} for runs at further training seeds (run.seeds)."""
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
-    params = config.load(_raw(name))
+    raw = _raw(name)
+    if more_seeds:
+        raw["run"] = {**raw["run"], "seeds": [42, *more_seeds]}
+    params = config.load(raw)
     prof = tmp_path / "runs" / name
     atomic_write_json(prof / "data" / "manifest.json", {
         "source": "reasoning_gym", "task": "gsm_symbolic", "seed": params.run.seed,
@@ -133,13 +142,18 @@ def build_runs(tmp_path, monkeypatch, *, gkd=(6, 9, 12), grpo=(6, 7, 8), with_gr
     if old_gkd:  # an older schema: no status, no device_hours fields, no reverse KL in the final block
         gkd_summary.pop("status")
         gkd_summary["training"] = {k: v for k, v in gkd_summary["training"].items()
-                                   if k not in ("device_hours", "device_hours_to_peak")}
+                                   if k not in ("device_hours", "device_hours_to_peak", "train_seconds",
+                                                "train_device_hours", "train_flops", "eval_seconds")}
         gkd_summary["distilled"].pop("mean_reverse_kl")
         atomic_write_json(tmp_path / "runs" / name / "gkd" / "summary.json", gkd_summary)
     for _, variant in config.sweep_variants(params):
         _write_run(variant, "gkd", [6, 8, 10], seconds_per_step=9.0, extra=div)
     if with_grpo:
         _write_run(params, "grpo", list(grpo), seconds_per_step=20.0, extra=div, grpo=True)
+    for method, index in (("gkd", 0), ("grpo", 1)):
+        for seed, variant in seeds.seed_variants(params, method):
+            _write_run(variant, method, list(more_seeds[seed][index]), seconds_per_step=9.0 if index == 0 else 20.0,
+                       extra=div, grpo=method == "grpo")
     _write_run(params, "cross_tokenizer", [1, 2, 4], seconds_per_step=5.0, cross=True, extra={
         "student_model": "smollm2-135m-instruct", "teacher_model": params.models.teacher,
         "divergence_label": "aligned span divergence (cross-tokenizer)"})
@@ -153,7 +167,7 @@ def complete(tmp_path, monkeypatch):
 
 ROWS = ["student", "teacher", "gkd", "sweep-t06", "grpo", "cross_tokenizer_pre", "cross_tokenizer"]
 SEED_COLS = ["Model / Method", "Accuracy", "Avg Generated Tokens", "Mean Reverse KL", "Device hours",
-             "CI low", "CI high", "Truncation", "Device hours to peak", "Steps", "Divergence kind",
+             "CI low", "CI high", "Truncation", "Training FLOPs", "Evaluation seconds", "Steps", "Divergence kind",
              table.ALIGNED_COL]
 
 
@@ -170,7 +184,7 @@ def test_complete_table_has_every_row_and_finite_numbers(complete):
     assert t.loc[cross, "Mean Reverse KL"].isna().all()  # never mixed with the aligned divergence
     assert t.loc[cross, table.ALIGNED_COL].map(math.isfinite).all()
     assert t.loc[same, table.ALIGNED_COL].isna().all()
-    for c in ("Device hours", "Device hours to peak", "Steps"):
+    for c in ("Device hours", "Training FLOPs", "Evaluation seconds", "Steps"):
         assert t.loc[trained, c].map(math.isfinite).all(), c
         assert t.loc[["student", "teacher", "cross_tokenizer_pre"], c].isna().all(), c
     # values are the ones written, not re-derived differently
@@ -178,11 +192,13 @@ def test_complete_table_has_every_row_and_finite_numbers(complete):
     assert t.loc["cross_tokenizer_pre", "Accuracy"] == pytest.approx(1 / N)
     assert t.loc["grpo", "Steps"] == 8
     assert t.loc["grpo", "Device hours"] == pytest.approx(8 * 20.0 / 3600, rel=1e-3)
-    assert t.loc["gkd", "Device hours to peak"] == pytest.approx(8 * 9.0 / 3600)
+    assert t.loc["grpo", "Training FLOPs"] == pytest.approx(8 * 20.0 * 1e12)
+    assert t.loc["grpo", "Evaluation seconds"] == pytest.approx(14.0)  # apart from the training column
     s = table.styled_table(col)
     assert s.loc["gkd", "Accuracy"] == f"{100 * 12 / N:.1f}%"
-    assert s.loc["teacher", "Device time"] == "—" and s.loc["cross_tokenizer", "Mean Reverse KL"] == "—"
-    assert s.loc["grpo", "Device time"].startswith(f"{8 * 20 / 3600:.3g} CPU-h")
+    assert s.loc["teacher", "Training compute"] == "—" and s.loc["cross_tokenizer", "Mean Reverse KL"] == "—"
+    assert s.loc["grpo", "Training compute"].startswith(f"{8 * 20 / 3600:.3g} CPU-h (160 s), 1.60e+14 FLOP")
+    assert s.loc["grpo", "Evaluation time"] == "14 s"
     assert not s.isin(["missing", "not run"]).any().any()
 
 
@@ -242,10 +258,11 @@ def test_missing_stage_and_old_schema_still_render(tmp_path, monkeypatch):
     assert gkd["Status"] == "complete" and "older schema" in gkd["Note"]
     assert pd.isna(gkd["Mean Reverse KL"]) and "mean_reverse_kl" in gkd["Note"]
     assert gkd["Device hours"] == pytest.approx(8 * 9.0 / 3600, rel=1e-3)  # derived from duration_seconds
-    assert pd.isna(gkd["Device hours to peak"])
+    assert "wall clock, evaluation included" in gkd["Note"]
+    assert pd.isna(gkd["Training FLOPs"])
     s = table.styled_table(col)
-    assert s.loc["grpo", "Accuracy"] == "not run" and s.loc["grpo", "Device time"] == "not run"
-    assert s.loc["gkd", "Mean Reverse KL"] == "missing" and s.loc["gkd", "Device hours to peak"] == "missing"
+    assert s.loc["grpo", "Accuracy"] == "not run" and s.loc["grpo", "Training compute"] == "not run"
+    assert s.loc["gkd", "Mean Reverse KL"] == "missing" and s.loc["gkd", "Evaluation time"] == "missing"
     assert s.loc["teacher", "Accuracy"] == "not run"
     text = findings.findings(col)
     assert "GRPO was not run" in text and "baselines were not run" in text
@@ -281,8 +298,10 @@ def test_findings_lead_with_the_paired_difference(tmp_path, monkeypatch, gkd_k, 
 
     params = build_runs(tmp_path, monkeypatch, gkd=(6, gkd_k), grpo=(6, grpo_k))
     text = findings.findings(collect.collect(params))
-    p_gkd = stats.mcnemar_exact(max(gkd_k - BASE_K, 0), max(BASE_K - gkd_k, 0))
-    p_grpo = stats.mcnemar_exact(max(grpo_k - BASE_K, 0), max(BASE_K - grpo_k, 0))
+    # the primary comparisons (each method against its untrained student, GKD against GRPO), Holm-adjusted
+    raw = [stats.mcnemar_exact(max(k - BASE_K, 0), max(BASE_K - k, 0)) for k in (gkd_k, grpo_k)]
+    raw += [stats.mcnemar_exact(3, 0), stats.mcnemar_exact(max(gkd_k - grpo_k, 0), max(grpo_k - gkd_k, 0))]
+    p_gkd, p_grpo = stats.holm(raw)[:2]
     best = max((("GKD", gkd_k, p_gkd), ("GRPO", grpo_k, p_grpo)), key=lambda x: x[1])
     if best[2] < 0.05 and best[1] > BASE_K:
         assert text.startswith(f"**{best[0]} improved the student's test accuracy by "
@@ -309,9 +328,15 @@ def test_findings_give_the_answer_as_a_paragraph_and_the_context_as_a_list(tmp_p
 def test_findings_state_the_compute_to_match_the_other_method(tmp_path, monkeypatch):
     params = build_runs(tmp_path, monkeypatch, gkd=(6, 9, 12), grpo=(6, 7, 8))
     text = findings.findings(collect.collect(params))
-    # GRPO's best validation point (8/24) is first reached by GKD at its step-4 point (9/24)
-    assert f"GKD reached GRPO's best {100 * 8 / N:.1f}% after {4 * 9.0 / 3600:.3g} CPU-hours" in text
-    assert f"GRPO did not reach GKD's best {100 * 12 / N:.1f}%" in text
+    # GRPO's final validation accuracy (8/24) lies 2/3 of the way from GKD's step 0 (6/24, no compute yet) to
+    # its step 4 (9/24, 4 steps x 9 s, 1e12 FLOP per second in these runs): read off the curve by interpolation
+    flops, hours = 2 / 3 * 4 * 9.0 * 1e12, 2 / 3 * 4 * 9.0 / 3600
+    assert (f"GKD reached GRPO's final validation accuracy ({100 * 8 / N:.1f}%) with {flops:.2e} training FLOPs "
+            f"({hours:.3g} CPU-hours), {flops / (8 * 20.0 * 1e12):.2f}x what GRPO spent") in text
+    assert (f"GRPO did not reach GKD's final validation accuracy ({100 * 12 / N:.1f}%) within its budget; GKD spent "
+            f"{8 * 9.0 * 1e12:.2e} training FLOPs") in text
+    answer = text.partition("\n\n")[0]
+    assert "GKD reached GRPO's final" in answer  # the ratio is part of the answer, not the context list
 
 
 def test_a_run_that_did_not_train_is_said_so_everywhere(tmp_path, monkeypatch):
@@ -609,3 +634,27 @@ def test_findings_give_grpo_steps_and_groups_without_signal(complete):
     # build_runs logs frac_zero_std 0.25 and 0.5/3 at GRPO's two train points
     assert f"GRPO: 0 of 2 logged steps (0%) and {100 * (0.25 + 0.5 / 3) / 2:.0f}% of groups carried no learning signal" \
         in text
+
+
+def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 12), grpo=(6, 8), more_seeds={43: ((6, 14), (6, 4)),
+                                                                                       44: ((6, 10), (6, 6))})
+    col = collect.collect(params)
+    t = table.results_table(col)
+    assert [k for k in t.index if k.startswith("gkd")] == ["gkd", "gkd-seed42", "gkd-seed43", "gkd-seed44"]
+    assert t.loc["gkd", "Model / Method"] == "GKD distilled student (on-policy), mean of 3 seeds"
+    assert t.loc["gkd", "Accuracy"] == pytest.approx((12 + 14 + 10) / 3 / N)
+    assert t.loc["gkd-seed43", "Accuracy"] == pytest.approx(14 / N)
+    assert t.loc["gkd", "Diff vs student"] == pytest.approx(((12 + 14 + 10) / 3 - BASE_K) / N)
+    pooled = stats.paired_seeds([col.correct[f"gkd-seed{s}"] for s in (42, 43, 44)], [col.correct["student"]])
+    assert t.loc["gkd", "p (McNemar)"] == pytest.approx(pooled.p_value)  # discordant problems pooled over seeds
+    assert t.loc["gkd", "Diff CI low"] == pytest.approx(pooled.ci_low)
+    assert t.loc["gkd-seed43", "p (McNemar)"] == pytest.approx(stats.mcnemar_exact(14 - BASE_K, 0))
+    primary = [t.loc[k, "p (McNemar)"] for k in ("gkd", "grpo", "cross_tokenizer")]
+    primary.append(stats.paired_seeds([col.correct[f"gkd-seed{s}"] for s in (42, 43, 44)],
+                                      [col.correct[f"grpo-seed{s}"] for s in (42, 43, 44)]).p_value)
+    assert t.loc["gkd", "p (Holm)"] == pytest.approx(stats.holm(primary)[0])
+    assert pd.isna(t.loc["gkd-seed43", "p (Holm)"])  # a single seed is not a primary comparison
+    text = findings.findings(col)
+    assert "GKD, seed 43" not in text.partition("\n\n")[0]  # the answer speaks of the method, not a seed
+    assert "(3 of 3 seeds)" in text or "of 3 seeds)" in text  # compute to match, seed by seed

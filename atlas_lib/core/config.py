@@ -83,6 +83,8 @@ class Params:
     def stage_hash(self, stage: str) -> str:
         """Hash of what a stage's result depends on (its section plus the shared sections)."""
         d = self.to_dict()
+        if stage == "data":  # the split and the baselines do not depend on the training seeds
+            d["run"].pop("seeds", None)
         keep = {k: d[k] for k in (*SHARED_SECTIONS, stage) if k in d}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -100,10 +102,8 @@ class Params:
 
 
 def _renamed(section: str, key: str, fields: list[str]) -> ParamsError | None:
-    if RENAMED.get(key) in fields:
-        return ParamsError(f"{section}.{key} was renamed {section}.{RENAMED[key]} (tokens sampled per training "
-                           "completion; evaluation.max_new_tokens is the evaluation's budget)")
-    return None
+    return ParamsError(f"{section}.{key} was renamed {section}.{RENAMED[key]} (tokens sampled per training completion; "
+                       "evaluation.max_new_tokens is the evaluation's budget)") if RENAMED.get(key) in fields else None
 
 
 def build_section(name: str, values: dict | None) -> Any:
@@ -179,6 +179,7 @@ def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = 
     if e.during_training_limit > d.val_limit:
         raise ParamsError(f"evaluation.during_training_limit = {e.during_training_limit}: must be "
                           f"<= data.val_limit = {d.val_limit} (eval points use the validation split)")
+    validate.check_runs_fields(params.run.seeds, e.comparisons, registry.keys())
     for key, section in methods.items():  # a disabled method may still be run by hand (atlas train <key>)
         section.check(key, e.max_new_tokens)
     if d.source == "local" and not d.path:
@@ -256,9 +257,8 @@ def sweep_method(sweep: dict) -> str:
 
 
 def sweep_variants(params: Params, method: str | None = None) -> list[tuple[str, Params]]:
-    """Each sweep variant (of ``method``, or all) as a full Params; ``name`` stays, and the swept
-    method's runs go to <profile>/sweep-<name> (or <run_name>-sweep-<name> when the method's run is
-    named by hand)."""
+    """Each sweep variant (of ``method``, or all) as a full Params; its runs go to <profile>/sweep-<name>
+    (or <run_name>-sweep-<name> when the method's run is named by hand)."""
     base = params.to_dict()
     out = []
     for s in params.sweeps:
@@ -266,6 +266,7 @@ def sweep_variants(params: Params, method: str | None = None) -> list[tuple[str,
         if method is not None and key != method:
             continue
         raw = dict(base)
+        raw["run"] = {**base["run"], "seeds": base["run"]["seeds"][:1]}  # a sweep variant runs at the first seed
         for k, v in s.items():
             if k not in ("name", "label"):
                 raw[k] = _deep_merge(base.get(k) or {}, v)

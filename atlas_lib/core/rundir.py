@@ -57,7 +57,8 @@ def train_hash(params: Params, stage: str) -> str:
     and run name), and the prepared split's content."""
     d = params.to_dict()
     section = {k: v for k, v in (d.get(stage) or {}).items() if k not in ("resume", "resume_changed", "run_name")}
-    keep = {**{k: d[k] for k in ("run", "models", "data", "prompt", "evaluation")}, stage: section}
+    run = {**d["run"], "seeds": [params.run.seeds[0]] if params.run.seeds else []}  # this run's seed, not the list
+    keep = {**{k: d[k] for k in ("models", "data", "prompt", "evaluation")}, "run": run, stage: section}
     manifest = runs_root() / params.name / "data" / "manifest.json"
     if manifest.exists():  # the split's content too: a re-prepared split is not the run's split
         keep["split"] = json.loads(manifest.read_text()).get("sha256")

@@ -131,10 +131,11 @@ def return_freed_memory() -> Iterator[str]:
         libc.malloc_trim(0)
 
 
-def seed_everything(params) -> None:
-    """Python, numpy and torch seeded from ``run.seed``; ``run.num_threads`` applied."""
-    random.seed(params.run.seed)
-    np.random.seed(params.run.seed)
-    torch.manual_seed(params.run.seed)
+def seed_everything(params, seed: int | None = None) -> None:
+    """Python, numpy and torch seeded from ``seed`` (default ``run.seed``); ``run.num_threads`` applied."""
+    seed = params.run.seed if seed is None else seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     if params.run.num_threads:
         torch.set_num_threads(params.run.num_threads)

@@ -40,7 +40,10 @@ REWARD_NAMES = ("exact_match", "format")
 class RunConfig:
     """Where and how everything runs."""
 
-    seed: int = fld(42, "Seed for data split, sampling and training.", ge=0)
+    seed: int = fld(42, "Seed for the data split and the baselines; the training seed unless `seeds` is set.", ge=0)
+    seeds: list = fld([], "Training seeds: each trained method runs once per seed (its sampling, data order and "
+                      "adapter initialisation), on the same split and test problems; the report shows the mean and "
+                      "every seed. Empty: run.seed alone.")
     device: str = fld("auto", "auto (cuda if present, else cpu), cpu, cuda or mps.",
                       choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = fld("auto", "Compute dtype: auto = bf16 on CUDA with bf16 and on CPUs with AMX, else fp32.",
@@ -106,6 +109,12 @@ class EvalConfig:
                               "samples have their own: <method>.max_completion_length).", ge=1, le=32768)
     batch_size: int = fld(16, "Problems generated together (length-sorted).", ge=1)
     reverse_kl: bool = fld(True, "Score the student's completions with the teacher (mean reverse KL).")
+    during_training_kl: bool = fld(True, "With reverse_kl: score the validation eval points too (the KL curve); "
+                                   "false: only the test rows (saves the teacher's forward at every eval point).")
+    comparisons: list = fld(["methods vs student", "gkd vs grpo"],
+                            "The primary comparisons, Holm-adjusted together: 'methods vs student' (each trained "
+                            "method against its untrained student) and 'A vs B' for two method keys. Every other "
+                            "comparison in the report is exploratory (raw p only).")
 
 
 @dataclass

@@ -153,3 +153,17 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def load_yaml(text: str):
     """``yaml.safe_load`` that refuses a key written twice in one mapping (YAML keeps the last silently)."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def check_runs_fields(seeds: list, comparisons: list, method_keys) -> None:
+    """``run.seeds``: distinct integers >= 0; ``evaluation.comparisons``: 'methods vs student' or 'A vs B'."""
+    keys = list(method_keys)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds) or len(set(seeds)) != len(seeds):
+        raise ParamsError(f"run.seeds = {seeds!r}: a list of distinct integers >= 0 (e.g. [42, 43, 44]), or [] for "
+                          "run.seed alone")
+    for c in comparisons:
+        parts = c.split(" vs ") if isinstance(c, str) else []
+        if c == "methods vs student" or (len(parts) == 2 and parts[0] in keys and parts[1] in (*keys, "student")):
+            continue
+        raise ParamsError(f"evaluation.comparisons: {c!r} is not a comparison: use 'methods vs student' or "
+                          f"'A vs B' with A, B among {', '.join(keys)} (B may be 'student')")

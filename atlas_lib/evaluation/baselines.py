@@ -87,7 +87,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
         if role == "student":
             val = ev.evaluate(model, tok, eval_examples(params, prepared, during_training=True),
                               prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                              teacher=teacher if e.reverse_kl else None, teacher_tokenizer=t_tok,
+                              teacher=teacher if e.reverse_kl and e.during_training_kl else None, teacher_tokenizer=t_tok,
                               desc="eval student (validation)")
             ev.save_eval(val, out_dir, "student_val")
             results["student_val"] = val.metrics

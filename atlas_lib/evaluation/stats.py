@@ -6,6 +6,11 @@ whether two unpaired intervals overlap. :func:`paired` gives the difference in a
 paired-bootstrap 95% interval and the exact McNemar p-value (a two-sided binomial test on the
 discordant pairs); :func:`min_detectable_difference` says how large a paired difference the run's n
 can detect at all.
+
+With several training seeds per method (:func:`paired_seeds`) a difference must hold over problems
+*and* seeds: the interval is a two-level bootstrap (resample seeds, then problems within each), the
+p-value the exact McNemar test on the discordant pairs pooled over the seed pairs. :func:`holm`
+adjusts the p-values of the comparisons declared primary for their number (Holm's step-down).
 """
 
 from __future__ import annotations
@@ -83,3 +88,45 @@ def min_detectable_difference(n: int, discordance: float, power: float = 0.8) ->
         return math.nan
     z_power = float(sps.norm.ppf(power))
     return (Z_95 + z_power) * math.sqrt(max(discordance, 0.0) / n)
+
+
+def paired_seeds(correct_a: list[dict], correct_b: list[dict], *, resamples: int = 10_000, seed: int = 0) -> Paired:
+    """A against B when either ran several training seeds: seed i of A is paired with seed i of B (a
+    single-seed side, such as the untrained student, pairs with every seed of the other).
+
+    ``diff`` is the mean over seed pairs of the paired difference on their shared problems; the 95%
+    interval resamples seed pairs and, within each, problems (so it widens when seeds disagree); the
+    p-value is the exact McNemar test on the discordant pairs summed over the seed pairs; ``a_only`` and
+    ``b_only`` are those sums; ``n`` counts problems (per seed pair)."""
+    k = max(len(correct_a), len(correct_b))
+    if not correct_a or not correct_b or (len(correct_a) != len(correct_b) and min(len(correct_a), len(correct_b)) != 1):
+        raise ValueError(f"paired_seeds: {len(correct_a)} and {len(correct_b)} seeds cannot be paired")
+    a_list = correct_a * k if len(correct_a) == 1 else correct_a
+    b_list = correct_b * k if len(correct_b) == 1 else correct_b
+    ids = sorted(set.intersection(*(set(d) for d in a_list + b_list)))
+    if not ids:
+        raise ValueError("paired_seeds: the evaluations share no problem ids")
+    a_S_n = np.array([[bool(d[i]) for i in ids] for d in a_list], dtype=np.float64)
+    b_S_n = np.array([[bool(d[i]) for i in ids] for d in b_list], dtype=np.float64)
+    d_S_n = a_S_n - b_S_n
+    if k == 1:
+        lo, hi = bootstrap_ci(d_S_n[0], resamples, seed)
+    else:
+        rng = np.random.default_rng(seed)
+        seeds_R_S = rng.integers(0, k, size=(resamples, k))
+        probs_R_S_n = rng.integers(0, len(ids), size=(resamples, k, len(ids)))
+        means_R = d_S_n[seeds_R_S[..., None], probs_R_S_n].mean(axis=(1, 2))
+        lo, hi = float(np.quantile(means_R, 0.025)), float(np.quantile(means_R, 0.975))
+    a_only, b_only = int((d_S_n > 0).sum()), int((d_S_n < 0).sum())
+    return Paired(n=len(ids), acc_a=float(a_S_n.mean()), acc_b=float(b_S_n.mean()), diff=float(d_S_n.mean()),
+                  ci_low=lo, ci_high=hi, p_value=mcnemar_exact(a_only, b_only), a_only=a_only, b_only=b_only)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error rate) of ``p_values``, in their order
+    (statsmodels' ``multipletests``): the i-th smallest times (m - i + 1), made monotone, capped at 1."""
+    if not p_values:
+        return []
+    from statsmodels.stats.multitest import multipletests  # only the report needs it
+
+    return [float(p) for p in multipletests(p_values, alpha=0.05, method="holm")[1]]

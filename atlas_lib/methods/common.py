@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from atlas_lib.core import models, registry, rundir
+from atlas_lib.core import models, registry, rundir, seeds
 from atlas_lib.core.config import Params
 from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import splits
@@ -94,6 +94,7 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
     """
     examples = eval_examples(params, prepared, during_training)
     e = params.evaluation
+    kl = e.reverse_kl and (e.during_training_kl or not during_training)
 
     def eval_fn(model, reuse: list[dict] | None = None):
         todo = examples
@@ -106,9 +107,9 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
                 todo = examples[len(ids):]
         if reuse and not todo:  # every problem already evaluated on this model
             return ev.EvalResult({**ev.aggregate(reuse), "reused_records": len(reuse)}, reuse)
-        t_model = teacher_loader() if teacher_loader is not None and e.reverse_kl else teacher
+        t_model = teacher_loader() if teacher_loader is not None and kl else teacher
         res = ev.evaluate(model, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
-                          batch_size=e.batch_size, teacher=t_model if e.reverse_kl else None,
+                          batch_size=e.batch_size, teacher=t_model if kl else None,
                           teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None)
         if teacher_loader is not None:
             del t_model
@@ -122,10 +123,24 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
 
 
 def run_method(params: Params, key: str, build: Callable[[Params, Any, torch.device], Parts]) -> dict:
-    """Train registered method ``key``: seed, load the prepared split, ``build`` the method's parts,
-    bind the evaluators (validation for eval points, test for the reported row) and run the loop."""
+    """Train registered method ``key`` once per training seed (``run.seeds``; :func:`run_seed` each) and
+    return the first seed's summary, with the others' under ``seed_runs`` (seed, status, test row)."""
+    summary = run_seed(params, key, build)
+    others = []
+    for seed, variant in seeds.seed_variants(params, key):
+        gc.collect()  # the previous seed's models go before the next seed's load
+        done = run_seed(variant, key, build)
+        others.append({"seed": seed, "run_name": variant.run_name(key), "status": done.get("status"),
+                       "distilled": done.get("distilled")})
+    return {**summary, "seed_runs": others} if others else summary
+
+
+def run_seed(params: Params, key: str, build: Callable[[Params, Any, torch.device], Parts]) -> dict:
+    """Train registered method ``key`` at its training seed: seed, load the prepared split, ``build`` the
+    method's parts, bind the evaluators (validation for eval points, test for the reported row) and run
+    the loop."""
     method = registry.get(key)
-    seed_everything(params)
+    seed_everything(params, seeds.train_seed(params))
     prepared = splits.load_prepared(params)
     section = params.section(key)
     if section.resume and (done := rundir.finished_summary(params, key)) is not None:

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from atlas_lib.core import advice, models, runtime
+from atlas_lib.core import advice, models, runtime, seeds
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import relative_to_root, runs_root
 from atlas_lib.core.provenance import provenance
 from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, disk_full, elsewhere
 from atlas_lib.evaluation import evaluate as ev
-from atlas_lib.methods import outcome
+from atlas_lib.methods import ledger, outcome
 from atlas_lib.methods.tracking import (
     AtlasCallback,
     DeviceClock,
@@ -77,7 +77,7 @@ def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], d
     """TrainingArguments fields common to every method (the method adds its own)."""
     section = getattr(params, stage)
     return dict(
-        output_dir=str(rd.checkpoints), run_name=params.run_name(stage), seed=params.run.seed,
+        output_dir=str(rd.checkpoints), run_name=params.run_name(stage), seed=seeds.train_seed(params),
         max_steps=section.max_steps, per_device_train_batch_size=section.per_device_train_batch_size,
         gradient_accumulation_steps=section.gradient_accumulation_steps,
         learning_rate=section.learning_rate, logging_steps=section.logging_steps,
@@ -131,6 +131,10 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         report_to = wandb_report_to(params.tracking, rd.path, params.run_name(stage))
         cb = AtlasCallback(rd, clock, eval_fn, section.eval_steps, ev.save_eval, wandb_on="wandb" in report_to)
         trainer = make_trainer(trainer_args(params, stage, rd, report_to, device), [cb])
+        cb.ledger = ledger.Ledger.for_models(trainer.model, getattr(trainer, "teacher_model", None)
+                                             or getattr(trainer, "teacher", None))
+        cb.ledger.resume(rd.metrics("ledger"))
+        trainer.atlas_ledger = cb.ledger  # the trainers report sampling, teacher scoring and trained tokens to it
         start_digest = outcome.start_digest(rd, trainer.model, resumed=last is not None)
         full = {}
         cb.initial_records = initial_records
@@ -150,7 +154,11 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         with _disk_full_is_a_message(rd, stage, "writing the final model"):
             rd.save_model(trainer.model, trainer.processing_class)
         summary = outcome.summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
+        summary["training"].update(cb.ledger.summary(clock.devices))
         full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
+        summary["training"]["eval_seconds"] = round(
+            sum(float(r.get("eval_seconds") or 0) for r in rd.metrics("eval"))
+            + sum(float(f.get("eval_seconds") or 0) for f in full.values()), 2)
         summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
         summary["initial"] = {**(full.get("initial") or summary.get("baseline") or {}), "step": 0}
         summary["distilled"] = {**full["distilled"], "step": out.global_step}
@@ -240,7 +248,9 @@ def _full_eval(rd: RunDir, stem: str, fn: Callable, model) -> dict:
     path = rd.path / "eval" / f"{stem}.json"
     if path.exists():
         return json.loads(path.read_text())
+    t0 = time.monotonic()
     res = fn(model)
+    res.metrics["eval_seconds"] = round(time.monotonic() - t0, 3)
     ev.save_eval(res, rd.path / "eval", stem)
     return {k: v for k, v in res.metrics.items() if not isinstance(v, (list, dict))}
 

@@ -95,6 +95,8 @@ class AtlasCallback(TrainerCallback):
         self.model = None
         self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
         self.pending: int | None = None  # an eval point due at this step, taken once its loss is logged
+        self.ledger = None  # the run's compute ledger (methods.ledger), set once the trainer exists
+        self._step_t0: float | None = None
 
     def _log_wandb(self, record: dict, records: list[dict] | None = None) -> None:
         """An eval point on W&B at its own optimizer step (``train/global_step``, the axis transformers'
@@ -119,7 +121,8 @@ class AtlasCallback(TrainerCallback):
         reuse = self.initial_records if step == 0 and self.initial_records else None
         result = self.eval_fn(model, reuse=reuse) if reuse else self.eval_fn(model)
         self.save_eval(result, self.rd.path / "eval", f"step_{step}")
-        record = {"kind": "eval", "step": step, **self.clock.stamp(), "train_loss": self.last_loss,
+        stamp = self.ledger.stamp(self.clock.devices) if self.ledger is not None else {}
+        record = {"kind": "eval", "step": step, **self.clock.stamp(), **stamp, "train_loss": self.last_loss,
                   **{k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict))},
                   "eval_seconds": round(time.monotonic() - t0, 3)}
         self.rd.append(record)
@@ -160,7 +163,16 @@ class AtlasCallback(TrainerCallback):
             due, self.pending = self.pending, None
             self.evaluate(due, self.model)
 
+    def on_step_begin(self, args, state, control, **kw):
+        if self._step_t0 is None:  # the first micro-batch of an optimizer step
+            self._step_t0 = time.monotonic()
+
     def on_step_end(self, args, state, control, model=None, **kw):
+        # the step's own time: evaluation and checkpointing come after this call, outside it
+        if self._step_t0 is not None and self.ledger is not None:
+            rec = self.ledger.close_step(time.monotonic() - self._step_t0)
+            self.rd.append({"kind": "ledger", "step": state.global_step, **rec})
+        self._step_t0 = None
         self.model = model or self.model
         self._flush()  # a point left pending by a step that logged nothing
         if state.global_step % self.eval_steps == 0:

@@ -155,35 +155,43 @@ def _curves(runs: dict, column: str, aligned_runs: bool | None = False) -> tuple
     return found, missing
 
 
+def _compute_x(d) -> str | None:
+    """The training-compute column of a run's eval points: the ledger's (evaluation left out), else the
+    wall clock of runs recorded before it."""
+    return next((c for c in ("train_device_hours", "device_hours") if c in d and d[c].notna().any()), None)
+
+
 def accuracy_chart(col) -> Figure:
-    """Validation accuracy vs optimizer step and vs device hours (same-tokenizer runs), 95% CI bars;
-    each curve ends with the trained model's test accuracy (a square), the number the table reports."""
-    fig, (a_step, a_hours) = figure(2, "Accuracy during training: validation curve, final test point "
-                                        "(error bars: 95% Wilson CI)")
+    """Validation accuracy vs optimizer step, vs training FLOPs and vs training device hours (every run,
+    each seed its own curve), 95% CI bars; each curve ends with the trained model's test accuracy (a
+    square), the number the table reports."""
+    fig, axes = figure(3, "Accuracy during training: validation curve, final test point "
+                          "(error bars: 95% Wilson CI)", width=4.6)
     found, missing = _curves(col.runs, "accuracy")
+    xs = ("step", "train_flops", None)
     for info, d in found:
         kw = {"color": info.color, "label": f"{info.name} (n={d['n'].iloc[-1]:.0f})" if "n" in d else info.name}
-        acc_errorbar(a_step, d, "step", **kw)
-        if "device_hours" in d:
-            acc_errorbar(a_hours, d.dropna(subset=["device_hours"]), "device_hours", **kw)
         test = info.summary.get("distilled") or {}
-        if isinstance(test.get("accuracy"), (int, float)):
-            last = d.iloc[-1]
-            a_step.plot([last["step"]], [100 * test["accuracy"]], marker="s", mfc="none", ms=9, ls="none",
-                        color=kw["color"], label=f"{info.name} final, test (n={test.get('n')})")
-            if "device_hours" in d and last.notna()["device_hours"]:
-                a_hours.plot([last["device_hours"]], [100 * test["accuracy"]], marker="s", mfc="none", ms=9,
-                             ls="none", color=kw["color"])
+        for ax, x in zip(axes, xs, strict=True):
+            x = x or _compute_x(d)
+            if x is None or x not in d:
+                continue
+            pts = d.dropna(subset=[x])
+            acc_errorbar(ax, pts, x, **kw)
+            if isinstance(test.get("accuracy"), (int, float)) and len(pts):
+                ax.plot([pts.iloc[-1][x]], [100 * test["accuracy"]], marker="s", mfc="none", ms=9, ls="none",
+                        color=kw["color"], label=f"{info.name} final, test (n={test.get('n')})" if x == "step" else None)
     for role, style in (("student", ":"), ("teacher", "--")):
         m = (col.baseline or {}).get(role) or {}
         if isinstance(m.get("accuracy"), (int, float)):
-            for ax in (a_step, a_hours):
+            for ax in axes:
                 ax.axhline(100 * m["accuracy"], color="0.3", ls=style, lw=1,
-                           label=f"{role} before training, test (n={m.get('n')})")
-    a_step.set(xlabel="optimizer step", ylabel="accuracy (%)", title="vs step")
-    a_hours.set(xlabel=_hours_unit(col.runs), ylabel="accuracy (%)", title="vs device time")
-    _legend(a_step, missing)
-    _legend(a_hours, [])
+                           label=f"{role} before training, test (n={m.get('n')})" if ax is axes[0] else None)
+    axes[0].set(xlabel="optimizer step", ylabel="accuracy (%)", title="vs step")
+    axes[1].set(xlabel="training FLOPs (estimated; evaluation not included)", ylabel="accuracy (%)",
+                title="vs training FLOPs")
+    axes[2].set(xlabel=f"training {_hours_unit(col.runs)}", ylabel="accuracy (%)", title="vs training device time")
+    _legend(axes[0], missing)
     return done(fig)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from atlas_lib.core import config, registry, rundir
+from atlas_lib.core import config, registry, rundir, seeds
 from atlas_lib.core.paths import runs_root
 from atlas_lib.evaluation import stats
 from atlas_lib.evaluation.audit import FormAudit, audit, hacking_suspected
@@ -61,6 +62,9 @@ class Collected:
     correct: dict[str, dict] = field(default_factory=dict)
     # Per table row, the answer-form audit of its test completions (evaluation.audit)
     audits: dict[str, FormAudit] = field(default_factory=dict)
+    # Per method trained at several seeds: [(seed, run key)], the first seed's run key being the method's own
+    seeds: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    comparisons: list[str] = field(default_factory=list)  # evaluation.comparisons: the primary ones
 
 
 def _read_json(path: Path, notes: list[str], what: str) -> dict | None:
@@ -141,6 +145,9 @@ def run_dirs(params: config.Params) -> dict[str, tuple[Path, str, str | None, st
     colors = iter(_sweep_colors(len(params.sweeps)))
     for key in params.enabled():
         out[key] = (rundir.stage_dir(params, key), key, None, None)
+        spec = registry.get(key)
+        for s, variant in seeds.seed_variants(params, key):
+            out[f"{key}-seed{s}"] = (rundir.stage_dir(variant, key), key, f"{spec.label}, seed {s}", spec.color)
         for name, variant in config.sweep_variants(params, key):
             out[f"sweep-{name}"] = (rundir.stage_dir(variant, key), key, config.sweep_label(params, name),
                                     next(colors))
@@ -184,24 +191,65 @@ def collect(params: config.Params) -> Collected:
         records = rundir.read_jsonl(path)
         correct[key] = {r["id"]: bool(r["correct"]) for r in records if "id" in r and "correct" in r}
         audits[key] = audit(records, questions)
+    by_seed = {key: [(seeds.train_seed(params), key)] + [(s, f"{key}-seed{s}") for s, _ in seeds.seed_variants(params, key)]
+               for key in params.enabled() if len(params.run.seeds) > 1}
+    for key, pairs in by_seed.items():  # the first seed's row, under its own name too
+        first = pairs[0][0]
+        correct[f"{key}-seed{first}"], audits[f"{key}-seed{first}"] = correct.get(key), audits.get(key)
     return Collected(params.name, manifest, baseline, runs, notes, {k: v for k, v in correct.items() if v},
-                     {k: v for k, v in audits.items() if v is not None})
+                     {k: v for k, v in audits.items() if v is not None}, by_seed, list(params.evaluation.comparisons))
 
 
 def untrained_row(col: Collected, key: str) -> str:
     """The row a trained row is paired against: its own untrained student, or the shared one."""
-    info = col.runs.get(key)
-    return f"{key}_pre" if info is not None and info.spec is not None and info.spec.own_student else "student"
+    info = col.runs.get(key) or col.runs.get(re.sub(r"-seed\d+$", "", key))
+    if info is not None and info.spec is not None and info.spec.own_student:
+        return f"{info.method}_pre"
+    return "student"
+
+
+def seed_correct(col: Collected, key: str) -> list[dict]:
+    """A row's test outcomes per training seed (one entry for a single-seed row)."""
+    if key in col.seeds:
+        return [col.correct[k] for _, k in col.seeds[key] if col.correct.get(k)]
+    return [col.correct[key]] if col.correct.get(key) else []
 
 
 def hacking_flag(col: Collected, key: str) -> str | None:
-    """The answer-form audit's flag for a trained row against its untrained student (or None)."""
-    return hacking_suspected(col.audits.get(key), col.audits.get(untrained_row(col, key)))
+    """The answer-form audit's flag for a trained row against its untrained student (or None); a method
+    trained at several seeds is flagged when any seed is."""
+    base = col.audits.get(untrained_row(col, key))
+    flags = [f for _, k in col.seeds.get(key, [(0, key)]) if (f := hacking_suspected(col.audits.get(k), base))]
+    return flags[0] if flags else None
 
 
 def paired_vs(col: Collected, key: str, base: str | None = None) -> stats.Paired | None:
     """Row ``key`` against row ``base`` (default: its untrained student) on the test problems both saw."""
-    a, b = col.correct.get(key), col.correct.get(base or untrained_row(col, key))
-    if not a or not b or not set(a) & set(b):
+    a, b = seed_correct(col, key), seed_correct(col, base or untrained_row(col, key))
+    if not a or not b or not set(a[0]) & set(b[0]):
         return None
-    return stats.paired(a, b)
+    if len(a) == len(b) == 1:
+        return stats.paired(a[0], b[0])
+    if len(a) != len(b) and 1 not in (len(a), len(b)):  # a seed missing on one side: the seeds both have
+        a, b = a[:min(len(a), len(b))], b[:min(len(a), len(b))]
+    return stats.paired_seeds(a, b)
+
+
+def primary_tests(col: Collected) -> dict[tuple[str, str], tuple[stats.Paired, float]]:
+    """The declared primary comparisons (``evaluation.comparisons``) that have data: (row, against) ->
+    (paired result, Holm-adjusted p over all of them)."""
+    methods = [k for k, i in col.runs.items() if i.key == i.method and i.status != "not run"]
+    pairs: list[tuple[str, str]] = []
+    for c in col.comparisons:
+        if c == "methods vs student":
+            pairs += [(k, untrained_row(col, k)) for k in methods]
+        else:
+            a, b = c.split(" vs ")
+            if a in methods and (b == "student" or b in methods):
+                pairs.append((a, untrained_row(col, a) if b == "student" else b))
+    found = {}
+    for a, b in dict.fromkeys(pairs):
+        if (pr := paired_vs(col, a, b)) is not None:
+            found[(a, b)] = pr
+    adjusted = stats.holm([pr.p_value for pr in found.values()])
+    return {k: (pr, p) for (k, pr), p in zip(found.items(), adjusted, strict=True)}

@@ -17,7 +17,8 @@ import math
 import pandas as pd
 
 from atlas_lib.evaluation import stats
-from atlas_lib.report.collect import Collected, RunInfo, hacking_flag, paired_vs
+from atlas_lib.report import efficiency
+from atlas_lib.report.collect import Collected, RunInfo, hacking_flag, paired_vs, primary_tests
 from atlas_lib.report.table import ALIGNED_COL, PLAIN_COL, RESTATE_COL, lora_text, pct, results_table
 
 ALPHA = 0.05
@@ -59,38 +60,6 @@ def _hours(r: pd.Series) -> str:
     return f"{r['Device hours']:.3g} {_unit(r)}{steps}" if _ok(r["Device hours"]) else "device time not recorded"
 
 
-def hours_to_reach(info: RunInfo, target: float) -> float | None:
-    """Device hours at the first validation eval point whose accuracy reaches ``target`` (None: never)."""
-    e = info.evals
-    if not len(e) or "accuracy" not in e or "device_hours" not in e:
-        return None
-    hit = e[e["accuracy"] >= target - 1e-12]
-    return float(hit["device_hours"].iloc[0]) if len(hit) else None
-
-
-def compute_ratio(runs: dict[str, RunInfo], a: str, b: str, unit: str) -> str | None:
-    """The on-policy distillation literature's headline: device hours each method needed to reach
-    the best validation accuracy the other reached (or 'not reached')."""
-    ia, ib = runs.get(a), runs.get(b)
-    if ia is None or ib is None or not len(ia.evals) or not len(ib.evals) or "accuracy" not in ia.evals \
-            or "accuracy" not in ib.evals:
-        return None
-    if ia.summary.get("did_not_train") or ib.summary.get("did_not_train"):
-        return None  # a method that did not train has no curve to match
-    parts = []
-    for ix, iy in ((ia, ib), (ib, ia)):
-        best = float(iy.evals["accuracy"].max())
-        h = hours_to_reach(ix, best)
-        start = float(ix.evals["accuracy"].iloc[0])
-        if h is None:
-            parts.append(f"{ix.name} did not reach {iy.name}'s best {pct(best)}")
-        elif best <= start:
-            parts.append(f"{ix.name} started at or above {iy.name}'s best {pct(best)}")
-        else:
-            parts.append(f"{ix.name} reached {iy.name}'s best {pct(best)} after {h:.3g} {unit}")
-    return "; ".join(parts)
-
-
 def _status_line(info: RunInfo) -> str | None:
     name = info.name
     if info.status == "not run":
@@ -110,7 +79,8 @@ def _status_line(info: RunInfo) -> str | None:
 def _shared_student(col: Collected) -> list[str]:
     """Runs that train the shared student (paired with its untrained row), that finished and trained."""
     return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
-            and i.status == "complete" and not i.summary.get("did_not_train")]
+            and i.status == "complete" and not i.summary.get("did_not_train")
+            and not (i.method in col.seeds and k != i.method)]  # a further seed is part of its method's row
 
 
 def short_paired(pr: stats.Paired) -> str:
@@ -119,9 +89,20 @@ def short_paired(pr: stats.Paired) -> str:
 
 
 DECISION_RULE = ("How to read it: a difference counts only when the exact McNemar test on the problems where exactly "
-                 f"one of the two models is right gives p < {ALPHA} (exact at any number of problems). The paired-bootstrap "
-                 "95% interval beside it shows the size only: with few such problems it can exclude zero while the exact "
-                 "test cannot tell the difference from noise.")
+                 f"one of the two models is right gives p < {ALPHA} (exact at any number of problems); for the primary "
+                 "comparisons declared in the params (evaluation.comparisons) that p is Holm-adjusted for their number. "
+                 "With several training seeds the discordant problems are pooled over the seeds and the difference must "
+                 "also keep its sign over the 95% interval that resamples seeds and problems. The paired-bootstrap "
+                 "interval otherwise shows the size only: with few discordant problems it can exclude zero while the "
+                 "exact test cannot tell the difference from noise.")
+
+
+def _decisive(col: Collected, key: str, base: str, pr: stats.Paired) -> bool:
+    """Whether a paired difference counts: (Holm-adjusted, if primary) p < alpha, and with several seeds
+    an interval over seeds and problems that excludes zero."""
+    p = primary_tests(col).get((key, base), (None, pr.p_value))[1]
+    seeded = key in col.seeds or base in col.seeds
+    return p < ALPHA and (not seeded or pr.ci_low > 0 or pr.ci_high < 0)
 
 
 def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
@@ -132,8 +113,8 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     if not results:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
     hacked = {k for k, _ in results if hacking_flag(col, k)}  # its accuracy is not presented as a gain
-    sig = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff > 0 and k not in hacked]
-    worse = [(k, pr) for k, pr in results if pr.p_value < ALPHA and pr.diff < 0]
+    sig = [(k, pr) for k, pr in results if _decisive(col, k, "student", pr) and pr.diff > 0 and k not in hacked]
+    worse = [(k, pr) for k, pr in results if _decisive(col, k, "student", pr) and pr.diff < 0]
     lead = max(sig, key=lambda kp: kp[1].diff)[0] if sig else None
     out = []
     if lead is not None:
@@ -156,9 +137,13 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
         others.append(f"{name} {verdict} {short_paired(pr)} at {_hours(t.loc[k])}")
     if others:
         out.append("; ".join(others) + ".")
+    methods = [k for k, _ in results if col.runs[k].key == col.runs[k].method]
     pairs = [f"{col.runs[a].name} minus {col.runs[b].name} on the same test problems: {short_paired(pr)}"
-             for a, b in itertools.combinations([k for k, _ in results if col.runs[k].key == col.runs[k].method], 2)
-             if (pr := paired_vs(col, a, b)) is not None]
+             + ("" if _decisive(col, a, b, pr) else ", not distinguishable")
+             for a, b in itertools.combinations(methods, 2) if (pr := paired_vs(col, a, b)) is not None]
+    unit = _unit(t.loc[methods[0]]) if methods else "device-hours"
+    pairs += [efficiency.match_text(col, m, unit) for a, b in itertools.permutations(methods, 2)
+              if (m := efficiency.compute_to_match(col, a, b)) is not None]
     if pairs:
         out.append("; ".join(pairs) + ".")
     return out
@@ -201,7 +186,8 @@ def mde_sentence(col: Collected) -> str | None:
 def audit_sentence(col: Collected, t: pd.DataFrame) -> str | None:
     """The answer-form audit of every row that has one (evaluation.audit)."""
     parts = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {pct(t.loc[k, PLAIN_COL]) if _ok(t.loc[k, PLAIN_COL]) else '—'}"
-             f" / {pct(t.loc[k, RESTATE_COL])}" for k in t.index if k in col.audits and _ok(t.loc[k, RESTATE_COL])]
+             f" / {pct(t.loc[k, RESTATE_COL])}" for k in t.index
+             if (k in col.audits or k in col.seeds) and _ok(t.loc[k, RESTATE_COL]) and t.loc[k, "Row kind"] != "seed"]
     if not parts:
         return None
     return ("Answer-form audit on the test split (credited answers that state a plain value / completions whose "
@@ -230,17 +216,13 @@ def findings(col: Collected) -> str:
     lines = _lead(col, t)
     n_answer = len(lines)  # the answer reads as one paragraph (at most three sentences); the context as a list
     lines.append(DECISION_RULE)
-    methods = [k for k, i in runs.items() if i.spec and not i.spec.own_student and i.key == i.method]  # no sweeps
-    ratios = []
-    for a, b in itertools.combinations(methods, 2):
-        ra, rb = t.loc[a], t.loc[b]
-        unit = _unit(ra) if _ok(ra["Device hours"]) else _unit(rb)
-        if ratio := compute_ratio(runs, a, b, unit):
-            ratios.append(ratio)
-    if ratios:
-        n = next((float(i.evals["n"].iloc[-1]) for i in runs.values() if len(i.evals) and "n" in i.evals), None)
-        where = f"validation split, n = {n:.0f}" if _ok(n) else "validation split"
-        lines.append(f"Compute to match the other's best validation accuracy ({where}): " + "; ".join(ratios) + ".")
+    n_val = efficiency.validation_n(col)
+    lines.append("Compute is training compute (the ledger: sampling, teacher scoring and optimisation; evaluation "
+                 "measured apart). Compute to match reads each method's validation curve (n = "
+                 f"{n_val:.0f}) against the other's final validation accuracy. " if n_val else "Compute is training "
+                 "compute (sampling, teacher scoring and optimisation; evaluation measured apart). ")
+    lines[-1] += ("Every test row is the final model: no peak checkpoint is reported" + (
+        f" (the validation split, n = {n_val:.0f}, is too small to choose one)." if n_val and n_val < 100 else "."))
     lines += [line for info in runs.values() if (line := _status_line(info))]
     lines += [f"{info.name} trained {text}." for info in runs.values()
               if (text := lora_text(info.summary, info.method))]
@@ -249,10 +231,11 @@ def findings(col: Collected) -> str:
         lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
     else:
         lines.append("The pre-distillation student and teacher baselines were not run (notebook 01).")
+    seed_runs = {k for k, i in runs.items() if i.method in col.seeds and k != i.method}  # in their method's mean row
     for k, info in runs.items():
-        if info.spec is not None and info.spec.own_student and (pr := paired_vs(col, k)) is not None:
+        if info.spec is not None and info.spec.own_student and k not in seed_runs and (pr := paired_vs(col, k)) is not None:
             lines.append(f"{info.name} changed its own student's test accuracy by {paired_text(pr)}.")
-    shared = [k for k in runs if runs[k].spec is None or not runs[k].spec.own_student]
+    shared = [k for k in runs if (runs[k].spec is None or not runs[k].spec.own_student) and k not in seed_runs]
     moves = [f"{runs[k].name} {s['Avg Generated Tokens']:.1f} → {t.loc[k, 'Avg Generated Tokens']:.1f}"
              for k in shared if k in t.index and _ok(s["Avg Generated Tokens"])
              and _ok(t.loc[k, "Avg Generated Tokens"])]
@@ -273,6 +256,6 @@ def findings(col: Collected) -> str:
     lines += [text for info in runs.values() if (text := signal_sentence(info))]
     if (m := mde_sentence(col)) is not None:
         lines.append(m)
-    lines.append("Table rows are the test split; training curves are the validation split (where the peak is "
-                 "chosen), and end at the trained model's test point.")
+    lines.append("Table rows are the test split; training curves are the validation split and end at the trained "
+                 "model's test point.")
     return " ".join(lines[:n_answer]) + "\n\n" + "\n".join(f"- {line}" for line in lines[n_answer:])

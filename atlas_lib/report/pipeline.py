@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from atlas_lib.core import config, registry, rundir
+from atlas_lib.core import config, registry, rundir, seeds
 from atlas_lib.core.paths import (
     notebooks_dir,
     relative_to_root,
@@ -107,7 +107,7 @@ def _data_hash(profile_dir: Path) -> str:
 def _step_runs(params: config.Params, step: Step) -> list[tuple[config.Params, str]]:
     """Every run a step trains: each of its methods, then their sweep variants (the notebook's order)."""
     keys = [k for k in step.stages if k in registry.keys()]
-    return [(params, k) for k in keys] + [(v, k) for k in keys for _, v in config.sweep_variants(params, k)]
+    return [(params, k) for k in keys] + [(v, k) for k in keys for v in seeds.variants(params, k)]
 
 
 def resumable(params: config.Params, step: Step) -> bool:

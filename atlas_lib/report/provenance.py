@@ -26,7 +26,8 @@ def provenance(col: Collected, params: config.Params) -> str:
     recorded = next((p["params_file"] for p in blocks.values() if p.get("params_file")), None)
     source = Path(params.source_path).name if params.source_path else recorded or "(given in code)"
     parts = [f"**Parameter set** `{params.name}` from `{source}`, hash `{params.params_hash()}`; "
-             f"seed {params.run.seed}."]
+             f"seed {params.run.seed}" + (f"; training seeds {', '.join(map(str, params.run.seeds))}." if params.run.seeds
+                                          else ".")]
     if col.manifest:
         counts = col.manifest.get("counts") or {}
         parts.append(f"**Data**: source `{col.manifest.get('source')}`, task `{col.manifest.get('task')}`, seed "

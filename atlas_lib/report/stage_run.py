@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas_lib.core import config, registry
+from atlas_lib.core import config, registry, seeds
 from atlas_lib.core.paths import notebooks_dir, project_root, relative_to_root
 from atlas_lib.core.rundir import RunDirError, disk_full, stage_dir, unwritable
 from atlas_lib.report.progress import StageProgress
@@ -79,7 +79,7 @@ def stage_progress(params: config.Params, step: Step, stream) -> StageProgress:
     # + papermill's injected-parameters cell, which it counts with the rest
     cells = len(nbformat.read(notebooks_dir() / f"{step.notebook}.ipynb", as_version=4).cells) + 1
     runs = [(p, k) for k in step.stages if k in registry.keys()
-            for p in (params, *(v for _, v in config.sweep_variants(params, k)))]
+            for p in (params, *seeds.variants(params, k))]
     total = sum(p.section(k).max_steps for p, k in runs) or None
     return StageProgress(step.notebook, cells=cells, metrics=[stage_dir(p, k) / "metrics.jsonl" for p, k in runs],
                          total_steps=total, stream=stream)

@@ -16,16 +16,27 @@ import pandas as pd
 
 from atlas_lib.core import registry
 from atlas_lib.core.sections import LORA_DEFAULTS
-from atlas_lib.report.collect import Collected, RunInfo, hacking_flag, paired_vs, untrained_row
+from atlas_lib.evaluation import stats
+from atlas_lib.report.collect import (
+    Collected,
+    RunInfo,
+    hacking_flag,
+    paired_vs,
+    primary_tests,
+    seed_correct,
+    untrained_row,
+)
 
 NAN = float("nan")
 SAME_TOK_DIV = registry.SAME_TOKENIZER_KL
 ALIGNED_COL = "Aligned divergence (cross-tokenizer)"
-TRAINING_COLS = ("Device hours", "Training seconds", "Device hours to peak", "Steps", "Peak RSS GB",
-                 "Diff vs student", "Diff CI low", "Diff CI high", "p (McNemar)")
+TRAINING_COLS = ("Device hours", "Training seconds", "Training FLOPs", "Evaluation seconds", "Steps", "Peak RSS GB",
+                 "Diff vs student", "Diff CI low", "Diff CI high", "p (McNemar)", "p (Holm)")
 BASE_LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher"}
 PLAIN_COL = "Plain-value answers (of credited)"  # the answer-form audit (evaluation.audit)
 RESTATE_COL = "Restates the question"
+MEANED = ("Accuracy", "Avg Generated Tokens", "Truncation", "Mean Reverse KL", "Device hours", "Training seconds",
+          "Training FLOPs", "Evaluation seconds", "Steps", "Peak RSS GB", ALIGNED_COL)  # a multi-seed row: the seeds' mean
 
 
 def _num(value) -> float:
@@ -36,6 +47,11 @@ def _num(value) -> float:
     except (TypeError, ValueError):
         return NAN
     return x if math.isfinite(x) else NAN
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if isinstance(x, (int, float)) and not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else NAN
 
 
 def pct(x: float) -> str:
@@ -55,10 +71,10 @@ def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, trai
            "Truncation": _num(m.get("truncation_rate")),
            "Mean Reverse KL": NAN if aligned else _num(m.get("mean_reverse_kl")),
            ALIGNED_COL: _num(m.get("aligned_divergence")) if aligned else NAN,
-           "Device hours": _num(t.get("device_hours")), "Device kind": t.get("device_kind"),
-           "Training seconds": _num(t.get("duration_seconds")),
-           "Device hours to peak": _num(t.get("device_hours_to_peak")),
-           "Peak accuracy": _num(t.get("peak_accuracy")), "Peak step": _num(t.get("peak_step")),
+           # training compute from the ledger (evaluation apart); runs from before it: the wall clock
+           "Device hours": _num(t.get("train_device_hours", t.get("device_hours"))), "Device kind": t.get("device_kind"),
+           "Training seconds": _num(t.get("train_seconds", t.get("duration_seconds"))),
+           "Training FLOPs": _num(t.get("train_flops")), "Evaluation seconds": _num(t.get("eval_seconds")),
            "Steps": _num(t.get("global_step")),
            "Peak RSS GB": _num(t.get("peak_rss_gb")), "Divergence kind": divergence}
     if m and status != "not run":
@@ -69,6 +85,8 @@ def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, trai
                 why = m.get("kl_note") if key == "mean_reverse_kl" and m.get("kl_note") else (
                     "not recorded" if key in m else "key absent (older schema?)")
                 notes.append(f"{key}: {why}")
+    if training and "train_seconds" not in t:
+        notes.append("device time is the run's wall clock, evaluation included (recorded before the compute ledger)")
     if training is not None and math.isnan(row["Device hours"]):
         secs, devs = row["Training seconds"], _num(t.get("devices"))
         if not math.isnan(secs):
@@ -140,22 +158,53 @@ def results_table(collected: Collected) -> pd.DataFrame:
         div = "teacher vs itself (0 by definition)" if role == "teacher" else SAME_TOK_DIV
         rows[role] = _row(label, "complete" if m else "not run", m, divergence=div, notes=notes)
     for key, info in collected.runs.items():
+        if key.split("-seed")[0] in collected.seeds and key not in collected.seeds:
+            continue  # a further seed's row comes with its method's
         rows.update(_run_rows(key, info))
+        if key in collected.seeds:
+            rows.update(_seed_rows(collected, key, rows.pop(key)))
+    primary = {a: p for (a, b), (_, p) in primary_tests(collected).items() if b == untrained_row(collected, a)}
     for key, row in rows.items():  # each trained row against its own untrained student, paired by problem
-        pr = paired_vs(collected, key, untrained_row(collected, key)) if row["Row kind"] == "trained" else None
+        pr = paired_vs(collected, key, untrained_row(collected, key)) if row["Row kind"] in ("trained", "seed") else None
         row.update({"Diff vs student": pr.diff if pr else NAN, "Diff CI low": pr.ci_low if pr else NAN,
-                    "Diff CI high": pr.ci_high if pr else NAN, "p (McNemar)": pr.p_value if pr else NAN})
-        a = collected.audits.get(key)
-        row.update({PLAIN_COL: a.plain_share if a else NAN, RESTATE_COL: a.restate_share if a else NAN,
-                    "Hacking flag": hacking_flag(collected, key) if row["Row kind"] == "trained" else None})
+                    "Diff CI high": pr.ci_high if pr else NAN, "p (McNemar)": pr.p_value if pr else NAN,
+                    "p (Holm)": primary.get(key, NAN)})
+        audits = [collected.audits.get(k) for _, k in collected.seeds.get(key, [(0, key)])]
+        audits = [a for a in audits if a is not None]  # a multi-seed row: the seeds' mean, flagged if any seed is
+        row.update({PLAIN_COL: _mean([a.plain_share for a in audits]), RESTATE_COL: _mean([a.restate_share for a in audits]),
+                    "Hacking flag": hacking_flag(collected, key) if row["Row kind"] in ("trained", "seed") else None})
         if row["Hacking flag"]:
             row["Status"] = f"{row['Hacking flag']}; {row['Status']}"
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
+    """A method trained at several seeds: its mean row (under the method's key; interval over problems
+    and seeds) followed by one row per seed."""
+    seed_rows = {}
+    for seed, run_key in col.seeds[key]:
+        row = first if run_key == key else _run_rows(run_key, col.runs[run_key])[run_key]
+        seed_rows[f"{key}-seed{seed}"] = {**row, "Model / Method": f"{first['Model / Method']}, seed {seed}",
+                                          "Row kind": "seed"}
+    mean = dict(first)
+    vals = list(seed_rows.values())
+    for c in MEANED:
+        mean[c] = _mean([v[c] for v in vals])
+    outcomes = seed_correct(col, key)
+    if outcomes:
+        acc = stats.paired_seeds(outcomes, [dict.fromkeys(outcomes[0], False)])
+        mean["CI low"], mean["CI high"], mean["n"] = acc.ci_low, acc.ci_high, acc.n
+    statuses = sorted({v["Status"] for v in vals})
+    mean["Status"] = statuses[0] if len(statuses) == 1 else "; ".join(f"{v['Model / Method']}: {v['Status']}" for v in vals)
+    mean["Model / Method"] = f"{first['Model / Method']}, mean of {len(vals)} seeds"
+    mean["Note"] = ("mean of seeds " + ", ".join(str(s) for s, _ in col.seeds[key]) + "; interval and p over problems "
+                    "and seeds")
+    return {key: mean, **seed_rows}
+
+
 def _applies(r: pd.Series, col: str) -> bool:
     if col in TRAINING_COLS:
-        return r["Row kind"] == "trained"
+        return r["Row kind"] in ("trained", "seed")
     if col == "Mean Reverse KL":
         return not r["Aligned"]
     if col == ALIGNED_COL:
@@ -178,22 +227,20 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
         ci = cell("CI low", lambda lo, hi=r["CI high"]: f"[{pct(lo)}, {pct(hi)}]")
         diff = cell("Diff vs student", lambda d, r=r: f"{100 * d:+.1f} pts [{100 * r['Diff CI low']:+.1f}, "
                     f"{100 * r['Diff CI high']:+.1f}]")
-        hours_to_peak = cell("Device hours to peak", lambda x, u=unit: f"{x:.3g}{u}")
-        if hours_to_peak == "missing" and _applies(r, "Device hours to peak") and r["Status"] != "not run" \
-                and r.get("Peak step") == 0:
-            hours_to_peak = "no improvement"
         out.append({"Model / Method": r["Model / Method"], "Status": r["Status"],
                     "Accuracy": cell("Accuracy", pct), "95% CI": ci, "n": cell("n", lambda x: f"{x:.0f}"),
                     "Avg Generated Tokens": cell("Avg Generated Tokens", lambda x: f"{x:.1f}"),
                     "Truncation": cell("Truncation", pct),
                     "Paired diff vs untrained (95% CI)": diff,
                     "p (McNemar)": cell("p (McNemar)", lambda p: f"{p:.3g}"),
+                    "p (Holm, primary)": "—" if pd.isna(r["p (Holm)"]) else f"{r['p (Holm)']:.3g}",
                     PLAIN_COL: cell(PLAIN_COL, pct), RESTATE_COL: cell(RESTATE_COL, pct),
                     "Mean Reverse KL": cell("Mean Reverse KL", lambda x: f"{x:.3f}"),
                     ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"),
-                    "Device time": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
-                        f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "")),
-                    "Device hours to peak": hours_to_peak,
+                    "Training compute": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
+                        f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "") + (
+                        f", {r['Training FLOPs']:.2e} FLOP" if not pd.isna(r["Training FLOPs"]) else "")),
+                    "Evaluation time": cell("Evaluation seconds", lambda x: f"{x:.0f} s"),
                     "Steps": cell("Steps", lambda x: f"{x:.0f}"),
                     "Peak memory": cell("Peak RSS GB", lambda x: f"{x:.1f} GB RSS"),
                     "Divergence kind": r["Divergence kind"],
@@ -205,8 +252,8 @@ def baseline_frame(baselines: dict) -> pd.DataFrame:
     """Notebook 01's rows (student, teacher) from :func:`atlas_lib.evaluation.baselines.evaluate_baselines`."""
     b = Collected("", None, baselines, {})
     return styled_table(results_table(b).loc[["student", "teacher"]]).drop(
-        columns=["Device time", "Device hours to peak", "Steps", "Peak memory", ALIGNED_COL,
-                 "Paired diff vs untrained (95% CI)", "p (McNemar)", PLAIN_COL, RESTATE_COL])
+        columns=["Training compute", "Evaluation time", "Steps", "Peak memory", ALIGNED_COL,
+                 "Paired diff vs untrained (95% CI)", "p (McNemar)", "p (Holm, primary)", PLAIN_COL, RESTATE_COL])
 
 
 def examples_frame(prepared, n: int = 3) -> pd.DataFrame:

@@ -153,6 +153,7 @@ def cross_tokenizer_step(student, student_tok, teacher, teacher_tok, prompts: li
         "on_policy": float(on_policy),
         "completion_tokens": float(sum(map(len, s_comp))),
         "teacher_completion_tokens": float(sum(map(len, t_comp))), "spans": float(st["spans"]),
+        "student_sequence_tokens": float(sum(map(len, s_seqs))), "teacher_sequence_tokens": float(sum(map(len, t_seqs))),
         "one_to_one": sum(one) / len(one), "token_term": st["token_term"], "span_term": st["span_term"],
         "generation_seconds": t1 - t0, "align_seconds": t2 - t1, "teacher_forward_seconds": t_sec,
         "student_forward_seconds": s_sec,

@@ -37,6 +37,10 @@ class CrossTokenizerTrainer(Trainer):
             model, self.processing_class, self.teacher, self.teacher_tokenizer, inputs["student_prompt"],
             cfg=self.cross_cfg, teacher_prompts=inputs["teacher_prompt"],
             references=inputs.get("reference"))
+        if (ledger := getattr(self, "atlas_ledger", None)) is not None and model.training:
+            ledger.sampled(metrics["generation_seconds"], metrics["student_sequence_tokens"])
+            ledger.scored(metrics["teacher_forward_seconds"], metrics["teacher_sequence_tokens"])
+            ledger.trained(metrics["student_sequence_tokens"])
         for k, v in metrics.items():
             if isinstance(v, (int, float)):
                 self._extra[k].append(float(v))

@@ -29,6 +29,7 @@ The teacher scores exactly the student's sampled sequence: ``GKDTrainer.training
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from datasets import Dataset
@@ -70,6 +71,15 @@ class AtlasGKDTrainer(ScoredLoss, GKDTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         return super().training_step(model, inputs, None)  # the count of reference labels: not what is scored
 
+    def generate_on_policy_outputs(self, model, inputs, generation_config):
+        """TRL's sampling (the student's, or with ``seq_kd`` the teacher's), timed for the compute ledger."""
+        t0 = time.monotonic()
+        out = GKDTrainer.generate_on_policy_outputs(model, inputs, generation_config)
+        if (ledger := getattr(self, "atlas_ledger", None)) is not None:
+            by = "teacher" if model is self.teacher_model else "student"
+            ledger.sampled(time.monotonic() - t0, float(out[1].sum()), by=by)
+        return out
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels_B_T = inputs["labels"]
         target_B_T = labels_B_T[:, 1:]  # logits at i predict token i+1
@@ -83,9 +93,14 @@ class AtlasGKDTrainer(ScoredLoss, GKDTrainer):
         s_out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                       logits_to_keep=keep + 1)
         self.teacher_model.eval()
+        t0 = time.monotonic()
         with torch.no_grad():
             t_out = self.teacher_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                        logits_to_keep=keep + 1)
+        if (ledger := getattr(self, "atlas_ledger", None)) is not None and model.training:
+            tokens = float(inputs["attention_mask"].sum())
+            ledger.scored(time.monotonic() - t0, tokens)
+            ledger.trained(tokens)
         s_logits_B_K_V = s_out.logits[:, :-1]
         t_logits_B_K_V = t_out.logits[:, :-1]
         vocab = min(s_logits_B_K_V.shape[-1], t_logits_B_K_V.shape[-1], len(self.processing_class))

@@ -7,6 +7,8 @@ the reported reverse-KL column.
 
 from __future__ import annotations
 
+import time
+
 from datasets import Dataset
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import GRPOTrainer
@@ -17,6 +19,19 @@ from atlas_lib.data import splits
 from atlas_lib.methods import loop
 from atlas_lib.methods.common import Parts, run_method, with_lora
 from atlas_lib.methods.grpo.rewards import reward_functions
+
+
+class AtlasGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer with its sampling (generation and reward) timed for the compute ledger."""
+
+    def _generate_and_score_completions(self, inputs):
+        t0 = time.monotonic()
+        out = super()._generate_and_score_completions(inputs)
+        if (ledger := getattr(self, "atlas_ledger", None)) is not None and self.model.training:
+            tokens = float(out["prompt_mask"].sum() + out["completion_mask"].sum())
+            ledger.sampled(time.monotonic() - t0, tokens)
+            ledger.trained(tokens)  # every rollout goes through the policy's forward and backward
+        return out
 
 
 def trl_config(params: Params, common: dict) -> TRLGRPOConfig:
@@ -46,7 +61,7 @@ def _build(params: Params, prepared, device) -> Parts:
     rewards = reward_functions(g.reward_funcs)
 
     def make(common: dict, callbacks: list):
-        return GRPOTrainer(model=student, reward_funcs=rewards, args=trl_config(params, common),
+        return AtlasGRPOTrainer(model=student, reward_funcs=rewards, args=trl_config(params, common),
                            train_dataset=train_ds, processing_class=tok, callbacks=callbacks)
 
     pinned = {k: getattr(g, k) for k in ("loss_type", "beta", "scale_rewards", "num_generations", "learning_rate")}
