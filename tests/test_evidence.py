@@ -128,6 +128,19 @@ def test_gkd_moving_away_from_the_teacher_is_flagged():
     assert outcome.flags(s) == []
 
 
+def test_cross_tokenizer_moving_away_from_the_teacher_is_flagged_on_its_own_divergence():
+    s = {"method": "cross_tokenizer", "initial": {"aligned_divergence": 0.470, "mean_reverse_kl": None},
+         "distilled": {"aligned_divergence": 0.499, "mean_reverse_kl": None}}
+    assert outcome.flags(s) == ["moved away from the teacher: aligned divergence 0.470 -> 0.499"]
+    s["distilled"]["aligned_divergence"] = 0.41
+    assert outcome.flags(s) == []
+
+
+def test_a_method_that_does_not_distil_is_never_flagged_for_divergence():
+    s = {"method": "grpo", "initial": {"mean_reverse_kl": 0.31}, "distilled": {"mean_reverse_kl": 0.9}}
+    assert outcome.flags(s) == []
+
+
 def _smoke(**over):
     base = {"tracking.wandb": "disabled", "gkd.max_steps": 1, "gkd.eval_steps": 1, "gkd.save_steps": 5,
             "grpo.max_steps": 1, "grpo.eval_steps": 1, "grpo.save_steps": 5, "evaluation.reverse_kl": False}

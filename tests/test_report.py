@@ -26,7 +26,7 @@ from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation import stats
 from atlas_lib.methods import outcome
 from atlas_lib.methods.tracking import DeviceClock
-from atlas_lib.report import charts, collect, findings, provenance, stage, table
+from atlas_lib.report import charts, collect, findings, problems, provenance, stage, table
 from atlas_lib.report.html import render_html
 
 N = 24  # problems per validation eval point, and on the test split (ids t0..t23)
@@ -655,6 +655,10 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
                                       [col.correct[f"grpo-seed{s}"] for s in (42, 43, 44)]).p_value)
     assert t.loc["gkd", "p (Holm)"] == pytest.approx(stats.holm(primary)[0])
     assert pd.isna(t.loc["gkd-seed43", "p (Holm)"])  # a single seed is not a primary comparison
+    page = problems.render(params, col, tmp_path / "problems.html").read_text()
+    head = re.search(r"<thead>(.*?)</thead>", page, re.S).group(1)
+    assert "mean of" not in head  # a column is one model's completions: each seed's, never "the mean"
+    assert "(on-policy), seed 42</th>" in head and "(on-policy), seed 43</th>" in head
     text = findings.findings(col)
     assert "GKD, seed 43" not in text.partition("\n\n")[0]  # the answer speaks of the method, not a seed
     assert "(3 of 3 seeds)" in text or "of 3 seeds)" in text  # compute to match, seed by seed

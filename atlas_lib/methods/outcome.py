@@ -57,16 +57,19 @@ def did_not_train(train_points: list[dict], weights_changed: bool) -> str | None
 
 
 def flags(summary: dict) -> list[str]:
-    """Warnings a reader must see beside the row: a same-tokenizer distillation whose reverse KL
-    to the teacher on the test set ended higher than the untrained student's."""
+    """Warnings a reader must see beside the row: a distilling method whose divergence to the teacher
+    on the test set (reverse KL for a same-tokenizer pair, the aligned span divergence across
+    tokenizers) ended higher than its untrained student's."""
     out = []
-    kl0, kl1 = (summary.get("initial") or {}).get("mean_reverse_kl"), (summary.get("distilled") or {}).get(
-        "mean_reverse_kl")
     key = summary.get("method")
     method = registry.get(key) if key in registry.keys() else None
-    if method is not None and method.distills and method.divergence == "reverse_kl" \
-            and isinstance(kl0, (int, float)) and isinstance(kl1, (int, float)) and kl1 > kl0:
-        out.append(f"moved away from the teacher: reverse KL {kl0:.3f} -> {kl1:.3f}")
+    if method is None or not method.distills:
+        return out
+    field, name = ("mean_reverse_kl", "reverse KL") if method.divergence == "reverse_kl" else (
+        "aligned_divergence", "aligned divergence")
+    d0, d1 = (summary.get("initial") or {}).get(field), (summary.get("distilled") or {}).get(field)
+    if isinstance(d0, (int, float)) and isinstance(d1, (int, float)) and d1 > d0:
+        out.append(f"moved away from the teacher: {name} {d0:.3f} -> {d1:.3f}")
     return out
 
 

@@ -21,6 +21,7 @@ from atlas_lib.core import config, registry, rundir, seeds
 from atlas_lib.core.paths import runs_root
 from atlas_lib.evaluation import stats
 from atlas_lib.evaluation.audit import FormAudit, audit, hacking_suspected
+from atlas_lib.methods import outcome
 
 log = logging.getLogger(__name__)
 NAN = float("nan")
@@ -109,6 +110,8 @@ def load_run(path: Path, key: str, method: str | None = None, label: str | None 
                    label or (spec.label if spec else key), label or (spec.name if spec else key),
                    color or (spec.color if spec else "C9"))
     if summary is not None:
+        # the flags as this version computes them (a summary written by an older one may lack a newer check)
+        info.summary["flags"] = list(dict.fromkeys([*(summary.get("flags") or []), *outcome.flags(summary)]))
         info.status = summary.get("status") or "complete"
         if "status" not in summary:
             notes.append("summary.json has no status field (older schema); read as complete")

@@ -98,7 +98,9 @@ def render(params: config.Params, col: Collected, path: Path, nav: str = "", tab
     if not rows:
         return None
     table = results_table(col) if table is None else table  # the rows carry the index page's names
-    rows = [(k, table.loc[k, "Model / Method"] if k in table.index else label) for k, label in rows]
+    # a method trained at several seeds: its own run is the first seed's (the table's row under its key is the mean)
+    names = {k: f"{k}-seed{col.seeds[k][0][0]}" if k in col.seeds else k for k, _ in rows}
+    rows = [(k, table.loc[names[k], "Model / Method"] if names[k] in table.index else label) for k, label in rows]
     data = {r["id"]: r for r in rundir.read_jsonl(runs_root() / params.name / "data" / "eval.jsonl")}
     ids = list(next(iter(recs.values())))
     options = "".join(f'<option value="{i}">{html.escape(label)}</option>' for i, (_, label) in enumerate(rows))
