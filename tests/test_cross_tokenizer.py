@@ -334,11 +334,15 @@ def test_divergence_fn_is_per_record_and_zero_against_itself(models, toks, tiny)
     t_tok = AutoTokenizer.from_pretrained(tiny["teacher"])
     recs = [{"prompt": render_prompt(toks["sp_student"], MSGS), "messages": MSGS, "completion": c}
             for c in ("3 + 5 = 8. Final Answer: 8", "", "Final Answer: 1,250 apples")]
-    div = step.aligned_divergence_fn(models["sp_student"], toks["sp_student"], models["teacher"], t_tok)(recs)
+    out = step.aligned_divergence_fn(models["sp_student"], toks["sp_student"], models["teacher"], t_tok)(recs)
+    div = [d["aligned_divergence"] for d in out]
     assert len(div) == 3 and div[1] == 0.0 and div[0] > 0 and div[2] > 0
+    assert out[1]["logratio_per_char"] is None  # an empty answer has no characters to score
     self_recs = [{**r, "prompt": render_prompt(t_tok, MSGS)} for r in recs]
     same = step.aligned_divergence_fn(models["teacher"], t_tok, models["teacher"], t_tok)(self_recs)
-    assert max(abs(x) for x in same) < 1e-6
+    assert max(abs(d["aligned_divergence"]) for d in same) < 1e-6
+    # the tokenizer-independent divergence of a model against itself is zero too
+    assert max(abs(d["logratio_per_char"]) for d in same if d["logratio_per_char"] is not None) < 1e-5
 
 
 def test_divergence_with_the_shared_prefix_cache_equals_the_full_forward(models, toks, tiny, monkeypatch):
@@ -361,5 +365,45 @@ def test_divergence_with_the_shared_prefix_cache_equals_the_full_forward(models,
     cached = fn(recs)
     monkeypatch.setattr(forward, "PREFIX_MIN_TOKENS", 10**9)  # no prefix is worth caching: full forwards
     full = fn(recs)
-    assert cached == pytest.approx(full, abs=1e-5)
-    assert all(x > 0 for x in full)
+    for key in ("aligned_divergence", "logratio_per_char"):
+        assert [d[key] for d in cached] == pytest.approx([d[key] for d in full], abs=1e-4), key
+    assert all(d["aligned_divergence"] > 0 for d in full)
+
+
+def test_the_sequence_log_ratio_is_the_same_from_token_ids_and_from_text(models, toks):
+    """A same-tokenizer pair scored two ways, the evaluator's (the student's own ids, reverse-KL pass) and
+    the cross-tokenizer evaluator's (each model re-tokenizes the answer text), gives one number: the
+    log-ratio is a property of the text, not of the path that tokenized it."""
+    from atlas_lib.evaluation import evaluate as ev
+    from atlas_lib.evaluation import logratio
+
+    tok = toks["student"]
+    prompt = render_prompt(tok, MSGS)
+    text = "3 + 5 = 8. Final Answer: 8"
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tok(prompt + text, add_special_tokens=False)["input_ids"][len(p_ids):]
+    gens = [{"prompt_ids": p_ids, "completion_ids": c_ids, "truncated": True}]  # no stop token to leave out
+    sc = ev.score_completions(models["student"], models["teacher"], gens, batch_size=1, vocab_size=len(tok))[0]
+    from_ids = logratio.per_char(sc["logp_student"], sc["logp_teacher"], text)
+    from_text = step.aligned_divergence_fn(models["student"], tok, models["teacher"], tok)(
+        [{"prompt": prompt, "messages": MSGS, "completion": text}])[0]["logratio_per_char"]
+    assert from_ids == pytest.approx(from_text, abs=1e-4)
+    assert abs(from_ids) > 1e-3  # two different models: not trivially zero
+    itself = ev.score_completions(models["student"], models["student"], gens, batch_size=1, vocab_size=len(tok))[0]
+    assert itself["logp_student"] == pytest.approx(itself["logp_teacher"]) and itself["logp_student"] < 0
+
+
+def test_sequence_logprob_matches_the_closed_form():
+    import torch
+
+    from atlas_lib.evaluation import logratio
+
+    logits_B_C_V = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])  # uniform, then softmax (e^2, 1)
+    ids_B_C = torch.tensor([[1, 0]])
+    both = logratio.sequence_logprob_B(logits_B_C_V, ids_B_C, torch.tensor([[True, True]]))
+    first = logratio.sequence_logprob_B(logits_B_C_V, ids_B_C, torch.tensor([[True, False]]))
+    import math
+
+    assert float(first[0]) == pytest.approx(math.log(0.5))
+    assert float(both[0]) == pytest.approx(math.log(0.5) + 2.0 - math.log(math.exp(2.0) + 1.0))
+    assert logratio.per_char(-3.0, -5.0, "abcd") == pytest.approx(0.5) and logratio.per_char(0.0, 0.0, "") is None

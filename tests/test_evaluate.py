@@ -345,6 +345,12 @@ def test_evaluate_same_tokenizer_records_and_round_trip(pair, tmp_path):
     assert m["kl_note"] is None
     assert m["mean_reverse_kl"] == pytest.approx(sum(r["reverse_kl"] for r in res.records) / 3)
     assert m["aligned_divergence"] == pytest.approx(1.0)
+    ratios = [r["logratio_per_char"] for r in res.records if r["completion"]]
+    assert ratios and all(isinstance(x, float) for x in ratios)  # every answer with text has one
+    assert m["mean_logratio_per_char"] == pytest.approx(sum(ratios) / len(ratios))
+    itself = ev.evaluate(s, tok, EXAMPLES, prompt_cfg=cfg, max_new_tokens=8, batch_size=2, teacher=s,
+                         teacher_tokenizer=tok)
+    assert abs(itself.metrics["mean_logratio_per_char"] or 0.0) < 1e-6  # a model against itself
     assert m["avg_generated_tokens"] == pytest.approx(sum(r["generated_tokens"] for r in res.records) / 3)
     assert (m["ci_low"], m["ci_high"]) == ev.wilson_interval(m["n_correct"], 3)
     assert m["generated_tokens_per_second"] > 0 and m["wall_seconds"] > 0

@@ -60,6 +60,7 @@ def _records(k: int, n: int, tokens: float, *, kl: float | None = None, div: flo
     """Evaluator records on test problems t0..t{n-1}, the first ``k`` correct."""
     return [{"id": f"t{i}", "correct": i < k, "generated_tokens": tokens + (i % 3), "prompt_tokens": 60,
              "truncated": i == 0, "extracted": "1", "reverse_kl": kl, "completion": _answer(i, i < k),
+             "logratio_per_char": (kl if kl is not None else div or 0.0) / 10,
              **({"aligned_divergence": div} if div is not None else {})} for i in range(n)]
 
 
@@ -184,6 +185,8 @@ def test_complete_table_has_every_row_and_finite_numbers(complete):
     assert t.loc[cross, "Mean Reverse KL"].isna().all()  # never mixed with the aligned divergence
     assert t.loc[cross, table.ALIGNED_COL].map(math.isfinite).all()
     assert t.loc[same, table.ALIGNED_COL].isna().all()
+    assert t[table.LOGRATIO_COL].map(math.isfinite).all()  # every row's, across tokenizers too
+    assert t.loc["teacher", table.LOGRATIO_COL] == 0.0
     for c in ("Device hours", "Training FLOPs", "Evaluation seconds", "Steps"):
         assert t.loc[trained, c].map(math.isfinite).all(), c
         assert t.loc[["student", "teacher", "cross_tokenizer_pre"], c].isna().all(), c

@@ -82,6 +82,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
                           teacher_tokenizer=t_tok, desc=f"eval {role}")
         if role == "teacher":
             res.metrics["mean_reverse_kl"] = 0.0  # the teacher against itself, by definition
+            res.metrics["mean_logratio_per_char"] = 0.0
         ev.save_eval(res, out_dir, role)
         results[role] = res.metrics
         if role == "student":

@@ -23,6 +23,7 @@ from atlas_lib.core.rundir import atomic_write_json, atomic_write_text
 from atlas_lib.core.runtime import heap_for_large_buffers
 from atlas_lib.data import answers
 from atlas_lib.data.prompts import build_messages, render_prompt
+from atlas_lib.evaluation import logratio
 from atlas_lib.evaluation.forward import (
     batch_inputs,
     eval_mode,
@@ -102,18 +103,28 @@ def token_pieces(tokenizer, completion_ids: list[int]) -> list[str]:
     return pieces
 
 
-@torch.inference_mode()
 def reverse_kl_tokens(student, teacher, generations: list[dict], *, batch_size: int,
                       vocab_size: int | None = None) -> list[list[float] | None]:
-    """Per example: the reverse KL ``KL(p_student || p_teacher)`` at every position that predicts a
-    generated token (the last included), with the teacher scoring exactly the student's ids
-    (``prompt_ids + completion_ids``): the per-token quantity GKD minimises at ``beta`` = 1.
+    """Per example: the reverse KL at every position that predicts a generated token (see
+    :func:`score_completions`); ``None`` for an empty completion."""
+    return [None if s is None else s["kl"] for s in score_completions(student, teacher, generations,
+                                                                      batch_size=batch_size, vocab_size=vocab_size)]
+
+
+@torch.inference_mode()
+def score_completions(student, teacher, generations: list[dict], *, batch_size: int,
+                      vocab_size: int | None = None) -> list[dict | None]:
+    """Per example: ``kl``, the reverse KL ``KL(p_student || p_teacher)`` at every position that predicts
+    a generated token (the last included), with the teacher scoring exactly the student's ids
+    (``prompt_ids + completion_ids``): the per-token quantity GKD minimises at ``beta`` = 1; and
+    ``logp_student`` / ``logp_teacher``, each model's log-probability of the completion's tokens
+    without the stop token (:mod:`atlas_lib.evaluation.logratio`).
 
     Batches are laid out as in generation (shared prefix cached, left padding, positions from the
     mask), so all completions end in the same column and only the last ``max completion + 1``
     logits are computed. ``None`` for an empty completion.
     """
-    out: list[list[float] | None] = [None] * len(generations)
+    out: list[dict | None] = [None] * len(generations)
     bs = max(1, batch_size)
     # Rows batched by length, so a short completion is not padded to a long neighbour's length
     # (greedy answers vary from ~10 to the full budget); results go back in the callers' order.
@@ -141,7 +152,12 @@ def reverse_kl_tokens(student, teacher, generations: list[dict], *, batch_size: 
                 sl = slice(c_max - c, c_max)
                 kl_1_C = reverse_kl_per_token(s_B_C_V[r:r + 1, sl], t_B_C_V[r:r + 1, sl], torch.ones(1, c),
                                               vocab_size)
-                out[i] = [float(x) for x in kl_1_C[0]]
+                ids_1_C = torch.tensor([chunk[r]["completion_ids"]])
+                text_1_C = torch.ones(1, c, dtype=torch.bool)
+                text_1_C[0, -1] = bool(chunk[r].get("truncated", True))  # a stop token is no text
+                lp_s, lp_t = (float(logratio.sequence_logprob_B(x[r:r + 1, sl], ids_1_C, text_1_C, vocab_size)[0])
+                              for x in (s_B_C_V, t_B_C_V))
+                out[i] = {"kl": [float(x) for x in kl_1_C[0]], "logp_student": lp_s, "logp_teacher": lp_t}
     return out
 
 
@@ -172,7 +188,8 @@ def aggregate(records: list[dict]) -> dict:
             "truncation_rate": _mean([float(bool(r["truncated"])) for r in records]),
             "format_rate": _mean([float(r["extracted"] is not None) for r in records]),
             "mean_reverse_kl": _mean(_finite(records, "reverse_kl")),
-            "aligned_divergence": _mean(_finite(records, "aligned_divergence"))}
+            "aligned_divergence": _mean(_finite(records, "aligned_divergence")),
+            "mean_logratio_per_char": _mean(_finite(records, "logratio_per_char"))}
 
 
 def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_tokens: int, batch_size: int,
@@ -202,19 +219,22 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     if teacher is not None:
         if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
             with heap_for_large_buffers():  # the teacher scores prompt + completion: prefill-sized buffers
-                per_token = reverse_kl_tokens(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
-                                              vocab_size=len(tokenizer))
-            for r, g, kl in zip(records, gens, per_token, strict=True):
+                scored = score_completions(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
+                                           vocab_size=len(tokenizer))
+            for r, g, sc in zip(records, gens, scored, strict=True):
+                kl = None if sc is None else sc["kl"]
                 r["reverse_kl"] = None if kl is None else float(sum(kl) / len(kl))
+                if sc is not None:
+                    r["logratio_per_char"] = logratio.per_char(sc["logp_student"], sc["logp_teacher"], g["text"])
                 if kl is not None:  # the per-problem page shades each token by it (report.problems)
                     r["token_kl"] = [[piece, round(x, 3)] for piece, x in
                                      zip(token_pieces(tokenizer, g["completion_ids"]), kl, strict=True)]
         else:
             kl_note = KL_UNDEFINED
     kl_seconds = time.monotonic() - t_kl
-    if divergence_fn is not None:
+    if divergence_fn is not None:  # a float (aligned divergence) or a dict of record fields per record
         for r, d in zip(records, divergence_fn(records), strict=True):
-            r["aligned_divergence"] = float(d)
+            r.update(d if isinstance(d, dict) else {"aligned_divergence": float(d)})
     metrics = aggregate(records)
     n_gen = sum(g["n_tokens"] for g in gens)
     metrics.update(kl_note=kl_note, wall_seconds=round(time.monotonic() - t0, 3),

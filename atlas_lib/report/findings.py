@@ -19,7 +19,15 @@ import pandas as pd
 from atlas_lib.evaluation import stats
 from atlas_lib.report import efficiency
 from atlas_lib.report.collect import Collected, RunInfo, hacking_flag, paired_vs, primary_tests
-from atlas_lib.report.table import ALIGNED_COL, PLAIN_COL, RESTATE_COL, lora_text, pct, results_table
+from atlas_lib.report.table import (
+    ALIGNED_COL,
+    LOGRATIO_COL,
+    PLAIN_COL,
+    RESTATE_COL,
+    lora_text,
+    pct,
+    results_table,
+)
 
 ALPHA = 0.05
 
@@ -246,6 +254,12 @@ def findings(col: Collected) -> str:
     if kls:
         lines.append("Mean reverse KL to the teacher on the test split (nats/token, same tokenizer): "
                      + "; ".join(kls) + ".")
+    ratios = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {t.loc[k, LOGRATIO_COL]:.3f}" for k in t.index
+              if t.loc[k, "Row kind"] != "seed" and _ok(t.loc[k, LOGRATIO_COL])]
+    if ratios:
+        lines.append("Divergence to the teacher that every row shares, whatever its tokenizer (the sequence log-ratio "
+                     "log p_student(answer) - log p_teacher(answer) per character of the test answer; 0 = the teacher "
+                     "would write it as readily): " + "; ".join(ratios) + ".")
     for k, info in runs.items():
         pre = f"{k}_pre"
         if pre in t.index and _ok(t.loc[pre, ALIGNED_COL]) and _ok(t.loc[k, ALIGNED_COL]):

@@ -35,8 +35,10 @@ TRAINING_COLS = ("Device hours", "Training seconds", "Training FLOPs", "Evaluati
 BASE_LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher"}
 PLAIN_COL = "Plain-value answers (of credited)"  # the answer-form audit (evaluation.audit)
 RESTATE_COL = "Restates the question"
+LOGRATIO_COL = "Log-ratio to teacher (nats/char)"  # every row's, any tokenizer (evaluation.logratio)
 MEANED = ("Accuracy", "Avg Generated Tokens", "Truncation", "Mean Reverse KL", "Device hours", "Training seconds",
-          "Training FLOPs", "Evaluation seconds", "Steps", "Peak RSS GB", ALIGNED_COL)  # a multi-seed row: the seeds' mean
+          "Training FLOPs", "Evaluation seconds", "Steps", "Peak RSS GB", ALIGNED_COL,
+          LOGRATIO_COL)  # a multi-seed row: the seeds' mean
 
 
 def _num(value) -> float:
@@ -67,9 +69,9 @@ def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, trai
     m, t, notes = m or {}, training or {}, list(notes or [])
     row = {"Model / Method": label, "Status": status, "Row kind": kind, "Aligned": aligned, "Accuracy": _num(m.get("accuracy")),
            "CI low": _num(m.get("ci_low")), "CI high": _num(m.get("ci_high")), "n": _num(m.get("n")),
-           "Avg Generated Tokens": _num(m.get("avg_generated_tokens")),
-           "Truncation": _num(m.get("truncation_rate")),
+           "Avg Generated Tokens": _num(m.get("avg_generated_tokens")), "Truncation": _num(m.get("truncation_rate")),
            "Mean Reverse KL": NAN if aligned else _num(m.get("mean_reverse_kl")),
+           LOGRATIO_COL: _num(m.get("mean_logratio_per_char")),
            ALIGNED_COL: _num(m.get("aligned_divergence")) if aligned else NAN,
            # training compute from the ledger (evaluation apart); runs from before it: the wall clock
            "Device hours": _num(t.get("train_device_hours", t.get("device_hours"))), "Device kind": t.get("device_kind"),
@@ -85,6 +87,8 @@ def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, trai
                 why = m.get("kl_note") if key == "mean_reverse_kl" and m.get("kl_note") else (
                     "not recorded" if key in m else "key absent (older schema?)")
                 notes.append(f"{key}: {why}")
+    if m and "mean_logratio_per_char" not in m:
+        notes.append("log-ratio to the teacher: not recorded (evaluated before the kit computed it)")
     if training and "train_seconds" not in t:
         notes.append("device time is the run's wall clock, evaluation included (recorded before the compute ledger)")
     if training is not None and math.isnan(row["Device hours"]):
@@ -203,13 +207,8 @@ def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
 
 
 def _applies(r: pd.Series, col: str) -> bool:
-    if col in TRAINING_COLS:
-        return r["Row kind"] in ("trained", "seed")
-    if col == "Mean Reverse KL":
-        return not r["Aligned"]
-    if col == ALIGNED_COL:
-        return bool(r["Aligned"])
-    return True
+    return r["Row kind"] in ("trained", "seed") if col in TRAINING_COLS else (
+        not r["Aligned"] if col == "Mean Reverse KL" else bool(r["Aligned"]) if col == ALIGNED_COL else True)
 
 
 def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
@@ -236,7 +235,7 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
                     "p (Holm, primary)": "—" if pd.isna(r["p (Holm)"]) else f"{r['p (Holm)']:.3g}",
                     PLAIN_COL: cell(PLAIN_COL, pct), RESTATE_COL: cell(RESTATE_COL, pct),
                     "Mean Reverse KL": cell("Mean Reverse KL", lambda x: f"{x:.3f}"),
-                    ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"),
+                    ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"), LOGRATIO_COL: cell(LOGRATIO_COL, lambda x: f"{x:.3f}"),
                     "Training compute": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
                         f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "") + (
                         f", {r['Training FLOPs']:.2e} FLOP" if not pd.isna(r["Training FLOPs"]) else "")),

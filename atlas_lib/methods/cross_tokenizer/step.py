@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 from trl.experimental.utils import is_byte_level_tokenizer
 
 from atlas_lib.data.prompts import render_prompt
+from atlas_lib.evaluation import logratio
 from atlas_lib.evaluation.forward import (
     completion_logits,
     encode_prompts,
@@ -95,6 +96,10 @@ def _score(student, s_tok, teacher, t_tok, s_seqs, s_comp, t_seqs, t_comp, align
                                      ([], None) if grad else s_prefix)
         loss, st = aligned_loss(s_logits, t_logits, left_pad(s_comp, -1, cs, device), left_pad(t_comp, -1, ct, device),
                                 left_pad(s_spans, -1, cs, device), left_pad(t_spans, -1, ct, device), vmap, beta=beta)
+    if not grad:  # evaluation: each model's log-probability of its own tokens of the answer (evaluation.logratio)
+        for side, logits, comp, width, tok in (("student", s_logits, s_comp, cs, s_tok), ("teacher", t_logits, t_comp, ct, t_tok)):
+            ids_B_C = left_pad(comp, -1, width, device)
+            st[f"logp_{side}_B"] = logratio.sequence_logprob_B(logits, ids_B_C, ids_B_C >= 0, len(tok))
     kk = st["span_logp_student_B_K"].shape[1]
     div_B = aligned_divergence(st["span_logp_student_B_K"], st["span_logp_teacher_B_K"],
                                text_B_K[:, :kk] & st["valid_B_K"])
@@ -161,9 +166,10 @@ def cross_tokenizer_step(student, student_tok, teacher, teacher_tok, prompts: li
 
 
 def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, batch_size: int = 8
-                          ) -> Callable[[list[dict]], list[float]]:
-    """``divergence_fn(records) -> list[float]``: the aligned span divergence of each record's
-    completion (``"prompt"``: the student's rendering, ``"completion"``: text). The teacher's prompt
+                          ) -> Callable[[list[dict]], list[dict]]:
+    """``divergence_fn(records) -> list[dict]``: the aligned span divergence of each record's
+    completion (``"prompt"``: the student's rendering, ``"completion"``: text) and its sequence
+    log-ratio to the teacher per character (:mod:`atlas_lib.evaluation.logratio`). The teacher's prompt
     is ``record["teacher_prompt"]``, else ``record["messages"]`` rendered with the teacher's
     template, else ``record["prompt"]`` (logged once). Both models tokenize prompt + completion."""
     warned = []
@@ -179,7 +185,7 @@ def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, batch_s
                         "student's prompt string")
         return r["prompt"]
 
-    def fn(records: list[dict]) -> list[float]:
+    def fn(records: list[dict]) -> list[dict]:
         vmap = build_vocab_map(student_tok, teacher_tok)
         rows = []  # per record: s_seqs, s_comp, t_seqs, t_comp, aligns entries, then both prompts' ids
         for r in records:
@@ -189,17 +195,19 @@ def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, batch_s
                          s_all[:s_first], t_all[:t_first]))
         # batched by length (less padding); the shared system/few-shot prefix is read once per model
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))
-        out: list[float] = [0.0] * len(rows)
+        out: list[dict] = [{}] * len(rows)
         with eval_mode(student, teacher), torch.no_grad():
             s_prefix = prefix_cache(student, [r[5] for r in rows]) if rows else ([], None)
             t_prefix = prefix_cache(teacher, [r[6] for r in rows]) if rows else ([], None)
             for i in range(0, len(order), batch_size):
                 idx = order[i:i + batch_size]
                 cols = [[rows[j][c] for j in idx] for c in range(5)]  # s_seqs, s_comp, t_seqs, t_comp, aligns
-                _, _, div_B, _, _ = _score(student, student_tok, teacher, teacher_tok, *cols, vmap, beta=1.0,
-                                           grad=False, s_prefix=s_prefix, t_prefix=t_prefix)
-                for j, x in zip(idx, div_B.tolist(), strict=True):
-                    out[j] = float(x)
+                _, st, div_B, _, _ = _score(student, student_tok, teacher, teacher_tok, *cols, vmap, beta=1.0,
+                                            grad=False, s_prefix=s_prefix, t_prefix=t_prefix)
+                for j, x, lp_s, lp_t in zip(idx, div_B.tolist(), st["logp_student_B"].tolist(),
+                                            st["logp_teacher_B"].tolist(), strict=True):
+                    out[j] = {"aligned_divergence": float(x),
+                              "logratio_per_char": logratio.per_char(lp_s, lp_t, records[j]["completion"])}
         return out
 
     return fn

@@ -1,0 +1,42 @@
+"""A divergence every row shares, whatever its tokenizer: the sequence log-ratio to the teacher per
+character of the answer.
+
+Per-token divergences of two tokenizers are different quantities (a Qwen token and a Llama token
+cover different text), so a same-tokenizer row's reverse KL and a cross-tokenizer row's aligned
+span divergence cannot be set side by side. Both models can score the same *string*, though: for the
+completion text ``y`` of a prompt ``x``, each model reads ``x`` in its own chat template and ``y`` in
+its own tokens, and
+
+    r(y) = (log p_student(y | x) - log p_teacher(y | x)) / len(y)        (nats per character)
+
+Over answers sampled from the student the mean numerator is the sequence-level KL(student ||
+teacher); on the evaluator's greedy answers it says how much more likely the student finds its own
+answer than the teacher does (0: the teacher would have written it as readily). It is 0 for a model
+against itself and does not depend on how either model splits ``y`` into tokens, since each sums
+the log-probabilities of its own tokens of the same characters. The stop token is not scored
+(each model has its own end of turn), so a same-tokenizer row leaves it out too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sequence_logprob_B(logits_B_C_V: torch.Tensor, targets_B_C: torch.Tensor, mask_B_C: torch.Tensor,
+                       vocab_size: int | None = None) -> torch.Tensor:
+    """Per row, the sum over unmasked positions of ``log softmax(logits)[target]`` (float32).
+
+    ``logits_B_C_V[:, j]`` is the distribution that predicts ``targets_B_C[:, j]``; ``vocab_size``
+    keeps the tokenizer's real tokens only (padding rows of the embedding matrix are no token)."""
+    v = vocab_size or logits_B_C_V.shape[-1]
+    logp_B_C_V = F.log_softmax(logits_B_C_V[..., :v].float(), dim=-1)
+    mask_B_C = mask_B_C.to(logp_B_C_V.device).bool()
+    safe_B_C = torch.where(mask_B_C, targets_B_C.to(logp_B_C_V.device), torch.zeros_like(targets_B_C))
+    picked_B_C = logp_B_C_V.gather(-1, safe_B_C.long().unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask_B_C, picked_B_C, torch.zeros_like(picked_B_C)).sum(-1)
+
+
+def per_char(logp_student: float, logp_teacher: float, text: str) -> float | None:
+    """``(log p_student - log p_teacher) / len(text)``; None for an empty answer."""
+    return (logp_student - logp_teacher) / len(text) if text else None
