@@ -83,8 +83,8 @@ class Params:
     def stage_hash(self, stage: str) -> str:
         """Hash of what a stage's result depends on (its section plus the shared sections)."""
         d = self.to_dict()
-        if stage == "data":  # the split and the baselines do not depend on the training seeds
-            d["run"].pop("seeds", None)
+        if stage == "data" or not d["run"]["seeds"]:  # the split and baselines do not depend on training seeds;
+            d["run"].pop("seeds", None)  # a single-seed file hashes as it did before run.seeds existed
         keep = {k: d[k] for k in (*SHARED_SECTIONS, stage) if k in d}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 

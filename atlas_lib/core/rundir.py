@@ -57,7 +57,9 @@ def train_hash(params: Params, stage: str) -> str:
     and run name), and the prepared split's content."""
     d = params.to_dict()
     section = {k: v for k, v in (d.get(stage) or {}).items() if k not in ("resume", "resume_changed", "run_name")}
-    run = {**d["run"], "seeds": [params.run.seeds[0]] if params.run.seeds else []}  # this run's seed, not the list
+    run = {k: v for k, v in d["run"].items() if k != "seeds"}  # a single-seed run hashes as before run.seeds existed
+    if params.run.seeds:
+        run["seeds"] = params.run.seeds[:1]  # this run's own seed, not the list
     keep = {**{k: d[k] for k in ("models", "data", "prompt", "evaluation")}, "run": run, stage: section}
     manifest = runs_root() / params.name / "data" / "manifest.json"
     if manifest.exists():  # the split's content too: a re-prepared split is not the run's split
