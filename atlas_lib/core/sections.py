@@ -78,8 +78,8 @@ class DataConfig:
     path: str | None = fld(None, "File for source=local: .jsonl, .json, .parquet or .csv.")
     columns: dict = fld({}, "source=local column mapping: keys question, solution, answer, id, group.")
     eval_limit: int = fld(1000, "Held-out test problems, the reported numbers (the seed's 1,000).", ge=1)
-    val_limit: int = fld(64, "Held-out validation problems: the eval points during training, where the peak "
-                         "is chosen (never the reported test set).", ge=1)
+    val_limit: int = fld(64, "Held-out validation problems: the eval points during training (the curves), never "
+                         "the reported test set.", ge=1)
     eval_per_group: int = fld(1, "Held-out problems kept per group (template / original question); 1 keeps "
                               "them independent, as the paired tests assume.", ge=1)
     train_limit: int = fld(2048, "Training problems kept after the split.", ge=1)

@@ -8,7 +8,7 @@ stay on one side of the split: the reasoning-gym template a problem was generate
 The split is seeded and by group, in three parts. Groups are shuffled; the test split (``eval``,
 the reported numbers) takes ``data.eval_per_group`` problems (default one) from each of the first
 groups until it holds ``data.eval_limit``; the validation split (``val``: the eval points during
-training, where the peak is chosen) does the same with the next groups up to ``data.val_limit``;
+training: the curves) does the same with the next groups up to ``data.val_limit``;
 train gets every other group, minus any question whose text also appears in val or test, capped at
 ``data.train_limit``. The rest of a held-out group is dropped, never moved to train. One problem
 per group keeps held-out problems independent (problems from one template or one original

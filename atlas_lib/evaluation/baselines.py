@@ -25,7 +25,7 @@ def baseline_dir(params: Params) -> Path:
 
 
 def eval_examples(params: Params, prepared, during_training: bool = True) -> list[dict]:
-    """Eval points during training use the validation split (where the peak is chosen); the
+    """Eval points during training use the validation split (the training curves); the
     reported rows use the test split."""
     if during_training:
         return list(prepared.val)[:params.evaluation.during_training_limit]

@@ -98,7 +98,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     """Train one stage end to end and return its summary (also written to ``summary.json``).
 
     ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
-    shared evaluator on the validation subset (the eval points, where the peak is chosen);
+    shared evaluator on the validation subset (the eval points: the training curves);
     ``final_eval_fn(model)`` evaluates the trained model on the test split, the reported row (and the
     untrained model first when ``initial_full_eval``; otherwise the untrained student's test row from
     notebook 01 is the starting point). ``initial_records``: the

@@ -1,5 +1,5 @@
 """What a finished run's files say about it: did it train at all, warnings a reader must see, the
-validation peak, and the summary contract notebook 05 reads (``summary.json``)."""
+validation peak (recorded, not reported: the test row is the final model), and the summary contract notebook 05 reads (``summary.json``)."""
 
 from __future__ import annotations
 
