@@ -340,6 +340,7 @@ def test_findings_state_the_compute_to_match_the_other_method(tmp_path, monkeypa
             f"{8 * 9.0 * 1e12:.2e} training FLOPs") in text
     answer = text.partition("\n\n")[0]
     assert "GKD reached GRPO's final" in answer  # the ratio is part of the answer, not the context list
+    assert f"validation curve (n = {N})" in text and f"the validation split, n = {N}, is too small" in text
 
 
 def test_a_run_that_did_not_train_is_said_so_everywhere(tmp_path, monkeypatch):

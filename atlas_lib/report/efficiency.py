@@ -127,7 +127,7 @@ def validation_n(col: Collected) -> float | None:
     """The validation split's size at the eval points (the curves' n)."""
     for info in col.runs.values():
         if len(info.evals) and "n" in info.evals:
-            n = info.evals["n"].iloc[-1]
-            if isinstance(n, (int, float)) and math.isfinite(n):
-                return float(n)
+            n = float(info.evals["n"].iloc[-1])  # numpy's int64 is no Python int
+            if math.isfinite(n):
+                return n
     return None
