@@ -112,6 +112,17 @@ def test_zero_loss_means_did_not_train_and_signal_means_it_did():
     assert outcome.did_not_train([{"step": 1, "loss": 0.1, "frac_zero_std": 0.5}], weights_changed=True) is None
 
 
+def test_a_grpo_loss_of_zero_with_signal_and_a_gradient_is_training():
+    """GRPO's logged loss is exactly 0 when a group's answers are equally long (its advantages sum to
+    zero), while the gradient is not: the study's seed 43 logged loss 0.0 at all four steps with reward
+    variance and gradient norm 2.87 on two of them."""
+    points = [{"step": 1, "loss": 0.0, "frac_zero_std": 1.0, "grad_norm": 0.0},
+              {"step": 3, "loss": 0.0, "frac_zero_std": 0.5, "grad_norm": 2.87}]
+    assert outcome.did_not_train(points, weights_changed=True) is None
+    dead = [{"step": 1, "loss": 0.0, "grad_norm": 0.0}, {"step": 2, "loss": 0.0, "grad_norm": 0.0}]
+    assert outcome.did_not_train(dead, weights_changed=True).startswith("no gradient")
+
+
 def test_weights_digest_sees_one_changed_bit():
     m = torch.nn.Linear(4, 4)
     before = outcome.weights_digest(m)

@@ -49,9 +49,14 @@ def did_not_train(train_points: list[dict], weights_changed: bool) -> str | None
         return "weights bit-identical to the start"
     losses = [r["loss"] for r in train_points if isinstance(r.get("loss"), (int, float))]
     zero_std = [r["frac_zero_std"] for r in train_points if isinstance(r.get("frac_zero_std"), (int, float))]
+    norms = [r["grad_norm"] for r in train_points if isinstance(r.get("grad_norm"), (int, float))]
     if zero_std and all(z >= 1.0 for z in zero_std):
         return "no learning signal: every GRPO group had zero reward variance (all samples equally rewarded)"
-    if losses and all(x == 0 for x in losses):
+    if norms and all(x == 0 for x in norms):
+        return "no gradient: the gradient norm was 0 at every logged step"
+    # GRPO's logged loss is 0 whenever a group's answers have equal lengths (its advantages sum to zero)
+    # while its gradient is not: a zero loss says nothing where reward variance or a gradient norm is logged
+    if losses and all(x == 0 for x in losses) and not zero_std and not norms:
         return "loss identically 0 at every logged step"
     return None
 

@@ -112,6 +112,9 @@ def load_run(path: Path, key: str, method: str | None = None, label: str | None 
     if summary is not None:
         # the flags as this version computes them (a summary written by an older one may lack a newer check)
         info.summary["flags"] = list(dict.fromkeys([*(summary.get("flags") or []), *outcome.flags(summary)]))
+        moved = (summary.get("training") or {}).get("weights_changed")
+        if isinstance(moved, bool):  # this version's reading of the run's own metrics
+            info.summary["did_not_train"] = outcome.did_not_train([r for r in rows if r.get("kind") == "train"], moved)
         info.status = summary.get("status") or "complete"
         if "status" not in summary:
             notes.append("summary.json has no status field (older schema); read as complete")
