@@ -67,17 +67,9 @@ def bootstrap_ci(diff_n: np.ndarray, resamples: int = 10_000, seed: int = 0,
 
 
 def paired(correct_a: dict, correct_b: dict, *, resamples: int = 10_000, seed: int = 0) -> Paired:
-    """Compare two evaluations given as ``{problem id: correct}`` on the ids both contain."""
-    ids = sorted(set(correct_a) & set(correct_b))
-    if not ids:
-        raise ValueError("paired: the two evaluations share no problem ids")
-    a_n = np.array([bool(correct_a[i]) for i in ids], dtype=np.float64)
-    b_n = np.array([bool(correct_b[i]) for i in ids], dtype=np.float64)
-    d_n = a_n - b_n
-    lo, hi = bootstrap_ci(d_n, resamples, seed)
-    a_only, b_only = int((d_n > 0).sum()), int((d_n < 0).sum())
-    return Paired(n=len(ids), acc_a=float(a_n.mean()), acc_b=float(b_n.mean()), diff=float(d_n.mean()),
-                  ci_low=lo, ci_high=hi, p_value=mcnemar_exact(a_only, b_only), a_only=a_only, b_only=b_only)
+    """Compare two evaluations given as ``{problem id: correct}`` on the ids both contain (the one-seed
+    case of :func:`paired_seeds`)."""
+    return paired_seeds([correct_a], [correct_b], resamples=resamples, seed=seed)
 
 
 def min_detectable_difference(n: int, discordance: float, power: float = 0.8) -> float:
@@ -105,7 +97,7 @@ def paired_seeds(correct_a: list[dict], correct_b: list[dict], *, resamples: int
     b_list = correct_b * k if len(correct_b) == 1 else correct_b
     ids = sorted(set.intersection(*(set(d) for d in a_list + b_list)))
     if not ids:
-        raise ValueError("paired_seeds: the evaluations share no problem ids")
+        raise ValueError("paired: the two evaluations share no problem ids")
     a_S_n = np.array([[bool(d[i]) for i in ids] for d in a_list], dtype=np.float64)
     b_S_n = np.array([[bool(d[i]) for i in ids] for d in b_list], dtype=np.float64)
     d_S_n = a_S_n - b_S_n

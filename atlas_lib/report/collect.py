@@ -214,6 +214,12 @@ def untrained_row(col: Collected, key: str) -> str:
     return "student"
 
 
+def further_seed(col: Collected, key: str) -> bool:
+    """Whether run ``key`` is a further training seed of a method (its row belongs to the method's)."""
+    info = col.runs.get(key)
+    return info is not None and info.method in col.seeds and key != info.method
+
+
 def seed_correct(col: Collected, key: str) -> list[dict]:
     """A row's test outcomes per training seed (one entry for a single-seed row)."""
     if key in col.seeds:

@@ -13,6 +13,7 @@ spent to get there. Across seeds the text gives the median and the range, and ho
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import pandas as pd
@@ -90,16 +91,10 @@ def compute_to_match(col: Collected, a: str, b: str) -> Match | None:
     return m
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
-
 def _range(xs: list[float], fmt) -> str:
     if len(xs) == 1 or fmt(min(xs)) == fmt(max(xs)):
         return fmt(xs[0])
-    return f"{fmt(_median(xs))} (seeds {fmt(min(xs))}-{fmt(max(xs))})"
+    return f"{fmt(statistics.median(xs))} (seeds {fmt(min(xs))}-{fmt(max(xs))})"
 
 
 def match_text(col: Collected, m: Match, unit: str) -> str:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from atlas_lib.evaluation import stats
 from atlas_lib.report import efficiency
-from atlas_lib.report.collect import Collected, RunInfo, hacking_flag, paired_vs, primary_tests
+from atlas_lib.report.collect import Collected, RunInfo, further_seed, hacking_flag, paired_vs, primary_tests
 from atlas_lib.report.table import (
     ALIGNED_COL,
     LOGRATIO_COL,
@@ -88,7 +88,7 @@ def _shared_student(col: Collected) -> list[str]:
     """Runs that train the shared student (paired with its untrained row), that finished and trained."""
     return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
             and i.status == "complete" and not i.summary.get("did_not_train")
-            and not (i.method in col.seeds and k != i.method)]  # a further seed is part of its method's row
+            and not further_seed(col, k)]  # a further seed is part of its method's row
 
 
 def short_paired(pr: stats.Paired) -> str:
@@ -105,10 +105,11 @@ DECISION_RULE = ("How to read it: a difference counts only when the exact McNema
                  "exact test cannot tell the difference from noise.")
 
 
-def _decisive(col: Collected, key: str, base: str, pr: stats.Paired) -> bool:
-    """Whether a paired difference counts: (Holm-adjusted, if primary) p < alpha, and with several seeds
-    an interval over seeds and problems that excludes zero."""
-    p = primary_tests(col).get((key, base), (None, pr.p_value))[1]
+def _decisive(col: Collected, primary: dict, key: str, base: str, pr: stats.Paired) -> bool:
+    """Whether a paired difference counts: (Holm-adjusted, if primary: ``primary`` is
+    :func:`primary_tests`) p < alpha, and with several seeds an interval over seeds and problems that
+    excludes zero."""
+    p = primary.get((key, base), (None, pr.p_value))[1]
     seeded = key in col.seeds or base in col.seeds
     return p < ALPHA and (not seeded or pr.ci_low > 0 or pr.ci_high < 0)
 
@@ -121,8 +122,9 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     if not results:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
     hacked = {k for k, _ in results if hacking_flag(col, k)}  # its accuracy is not presented as a gain
-    sig = [(k, pr) for k, pr in results if _decisive(col, k, "student", pr) and pr.diff > 0 and k not in hacked]
-    worse = [(k, pr) for k, pr in results if _decisive(col, k, "student", pr) and pr.diff < 0]
+    primary = primary_tests(col)
+    sig = [(k, pr) for k, pr in results if _decisive(col, primary, k, "student", pr) and pr.diff > 0 and k not in hacked]
+    worse = [(k, pr) for k, pr in results if _decisive(col, primary, k, "student", pr) and pr.diff < 0]
     lead = max(sig, key=lambda kp: kp[1].diff)[0] if sig else None
     out = []
     if lead is not None:
@@ -147,7 +149,7 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
         out.append("; ".join(others) + ".")
     methods = [k for k, _ in results if col.runs[k].key == col.runs[k].method]
     pairs = [f"{col.runs[a].name} minus {col.runs[b].name} on the same test problems: {short_paired(pr)}"
-             + ("" if _decisive(col, a, b, pr) else ", not distinguishable")
+             + ("" if _decisive(col, primary, a, b, pr) else ", not distinguishable")
              for a, b in itertools.combinations(methods, 2) if (pr := paired_vs(col, a, b)) is not None]
     unit = _unit(t.loc[methods[0]]) if methods else "device-hours"
     pairs += [efficiency.match_text(col, m, unit) for a, b in itertools.permutations(methods, 2)
@@ -239,7 +241,7 @@ def findings(col: Collected) -> str:
         lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
     else:
         lines.append("The pre-distillation student and teacher baselines were not run (notebook 01).")
-    seed_runs = {k for k, i in runs.items() if i.method in col.seeds and k != i.method}  # in their method's mean row
+    seed_runs = {k for k in runs if further_seed(col, k)}  # in their method's mean row
     for k, info in runs.items():
         if info.spec is not None and info.spec.own_student and k not in seed_runs and (pr := paired_vs(col, k)) is not None:
             lines.append(f"{info.name} changed its own student's test accuracy by {paired_text(pr)}.")

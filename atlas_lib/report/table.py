@@ -20,6 +20,7 @@ from atlas_lib.evaluation import stats
 from atlas_lib.report.collect import (
     Collected,
     RunInfo,
+    further_seed,
     hacking_flag,
     paired_vs,
     primary_tests,
@@ -162,7 +163,7 @@ def results_table(collected: Collected) -> pd.DataFrame:
         div = "teacher vs itself (0 by definition)" if role == "teacher" else SAME_TOK_DIV
         rows[role] = _row(label, "complete" if m else "not run", m, divergence=div, notes=notes)
     for key, info in collected.runs.items():
-        if key.split("-seed")[0] in collected.seeds and key not in collected.seeds:
+        if further_seed(collected, key):
             continue  # a further seed's row comes with its method's
         rows.update(_run_rows(key, info))
         if key in collected.seeds:
