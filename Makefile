@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: setup models models-all report study smoke test test-all lint bench clean-runs kernel lab
+.PHONY: setup models models-all report study study-cross smoke test test-all lint bench clean-runs kernel lab
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -41,6 +41,12 @@ report: models
 # long enough to move; under 2 h on 2 CPU cores. Writes reports/study/.
 study: override PARAMS = params/study.yaml
 study: models
+	$(BIN)/atlas report --params $(PARAMS)
+
+# The cross-tokenizer study (params/study_cross.yaml): the kit's aligned-span arm against TRL's GOLD on
+# the same pair and the study's 200 test problems. Writes reports/study_cross/.
+study-cross: override PARAMS = params/study_cross.yaml
+study-cross: models
 	$(BIN)/atlas report --params $(PARAMS)
 
 # A Jupyter kernel named after the project, "Python (atlas-distill-kit)", for a JupyterLab installed

@@ -61,6 +61,7 @@ def _records(k: int, n: int, tokens: float, *, kl: float | None = None, div: flo
     return [{"id": f"t{i}", "correct": i < k, "generated_tokens": tokens + (i % 3), "prompt_tokens": 60,
              "truncated": i == 0, "extracted": "1", "reverse_kl": kl, "completion": _answer(i, i < k),
              "logratio_per_char": (kl if kl is not None else div or 0.0) / 10,
+             "objective": (kl if kl is not None else div or 0.0) / 4, "objective_units": 10,  # a distiller's own loss
              **({"aligned_divergence": div} if div is not None else {})} for i in range(n)]
 
 
@@ -666,3 +667,16 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
     text = findings.findings(col)
     assert "GKD, seed 43" not in text.partition("\n\n")[0]  # the answer speaks of the method, not a seed
     assert "(3 of 3 seeds)" in text or "of 3 seeds)" in text  # compute to match, seed by seed
+
+
+def test_each_distilling_row_shows_its_own_objective_and_the_findings_say_where_it_went(complete):
+    col = collect.collect(complete)
+    s = table.styled_table(col)
+    t = table.results_table(col)
+    for row in ("gkd", "cross_tokenizer_pre", "cross_tokenizer"):  # distillers: their loss on the test answers
+        assert s.loc[row, table.OBJECTIVE_COL] == f"{t.loc[row, table.OBJECTIVE_COL]:.4f}", row
+    for row in ("student", "teacher", "grpo"):  # no distillation objective: not applicable, not "missing"
+        assert s.loc[row, table.OBJECTIVE_COL] == "—", row
+    text = findings.findings(col)
+    # cross-tokenizer fixture: div 0.9 -> 0.7, objective = div / 4
+    assert "its own objective (Cross-tokenizer: aligned-span loss) on the test answers went 0.2250 → 0.1750." in text

@@ -50,6 +50,7 @@ def test_gkd_run_writes_the_contract(env):
     rss = [r["peak_rss_gb"] for r in rows if r["kind"] == "train"]
     assert t["peak_rss_gb"] == max(rss) and 0.05 < rss[0] <= rss[-1] < 64  # a process peak only grows
     assert s["distilled"]["mean_reverse_kl"] is not None and s["distilled"]["mean_reverse_kl"] >= 0
+    assert s["distilled"]["heldout_objective"] > 0  # GKD's own loss (JSD at its beta) on the test answers
     assert (run / "final" / "model.safetensors").exists()
     full = json.loads((run / "eval" / "final_full.json").read_text())  # the final row: the test split
     assert full["n"] == p.evaluation.limit and "reused_records" not in full  # eval points are validation
@@ -103,7 +104,11 @@ def test_step0_reuses_the_baseline_only_when_params_match(env):
     n = p.evaluation.during_training_limit
     assert step0["step"] == 0 and step0["reused_records"] == n and step0["n"] == n
     base = load_eval(run / "baseline", "student_val").records
-    assert load_eval(run / "gkd/eval", "step_0").records == base
+    reused = load_eval(run / "gkd/eval", "step_0").records
+    # the same records, each with GKD's own objective picked from the baseline's scores at its beta
+    assert [{k: v for k, v in r.items() if k != "objective"} for r in reused] == base
+    assert all(r["objective"] == r["objective_by_beta"]["0.5"] > 0 for r in reused if r["completion"])
+    assert step0["heldout_objective"] > 0
 
 
 def test_grpo_run_logs_rewards(env):

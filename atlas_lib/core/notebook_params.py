@@ -33,7 +33,9 @@ def injected_sections(namespace: dict, notebook: str) -> dict:
     Refuses a name the notebook's ``parameters`` cell does not declare: papermill only warns about
     ``-p lerning_rate 1e-6`` and injects it, and the run would silently train with the file's value.
     """
-    declared = declared_parameters(notebook)
+    # every params section is accepted whether or not this notebook names it: `papermill -f` injects
+    # them all, and a method added through the registry need not touch the other notebooks
+    declared = declared_parameters(notebook) | set(config.section_types())
     extra = sorted(k for k, v in namespace.items()
                    if not k.startswith("_") and k not in _KERNEL_GLOBALS and k not in declared
                    and not isinstance(v, types.ModuleType) and not callable(v))

@@ -88,6 +88,9 @@ register(Method("grpo", S.GRPOConfig, "atlas_lib.methods.grpo.trainer:run_grpo",
 register(Method("cross_tokenizer", S.CrossTokenizerConfig, "atlas_lib.methods.cross_tokenizer.train:run_cross_tokenizer",
                 "04_cross_tokenizer", "Cross-tokenizer student", "Cross-tokenizer distillation", "C2",
                 "Cross-tokenizer: aligned-span loss", divergence="aligned", own_student=True))
+register(Method("gold", S.GOLDSection, "atlas_lib.methods.gold.trainer:run_gold", "04_cross_tokenizer",
+                "GOLD student (TRL, cross-tokenizer)", "TRL GOLD", "C5", "GOLD: ULD + hybrid matched-token JSD",
+                divergence="aligned", own_student=True))
 
 
 def notebook_lead(stage: str) -> str | None:

@@ -1,12 +1,9 @@
-"""The typed sections of a parameter set: the shared ones (run, models, data, prompt, evaluation,
-tracking), :class:`TrainSection` (the fields every training method has, written once), and one
-section per method that adds only its own knobs.
-
-Every field carries its doc string and allowed range (:func:`atlas_lib.core.validate.fld`), and a
-section's :meth:`TrainSection.check` holds the checks that span fields, so everything a parameter
-set can get wrong is refused in one place, before any model loads. Defaults live here and nowhere
-else. Two lengths are kept apart on purpose: a method's ``max_completion_length`` (tokens sampled
-per training completion) and ``evaluation.max_new_tokens`` (the greedy budget of every evaluation).
+"""The typed sections of a parameter set: the shared ones, :class:`TrainSection` (the fields every
+method has, written once), and one section per method that adds only its own knobs. Every field
+carries its doc and range (:func:`atlas_lib.core.validate.fld`); :meth:`TrainSection.check` holds the
+checks that span fields: all a parameter set can get wrong is refused here, before any model loads.
+Defaults live here only. A method's ``max_completion_length`` (tokens sampled per training completion)
+and ``evaluation.max_new_tokens`` (the greedy budget of every evaluation) are kept apart on purpose.
 """
 
 from __future__ import annotations
@@ -58,11 +55,9 @@ class ModelsConfig:
     student: str = fld("qwen2.5-coder-0.5b-instruct", "Hub id, local dir or embedded name.")
     teacher: str = fld("qwen2.5-coder-1.5b-instruct", "Hub id, local dir or embedded name.")
     trust_remote_code: bool = fld(False, "Allow model repos to run their own code (off: safer).")
-    teacher_device: str = fld("same", "Teacher placement: same device as the student, or a device "
-                              "string such as cuda:1.")
-    teacher_dtype: str = fld("auto", "Teacher weights: auto = run.dtype; bf16 halves the teacher's "
-                             "memory (slower than fp32 on a CPU without AMX).",
-                             choices=("auto", "bf16", "fp16", "fp32"))
+    teacher_device: str = fld("same", "Teacher placement: same device as the student, or e.g. cuda:1.")
+    teacher_dtype: str = fld("auto", "Teacher weights: auto = run.dtype; bf16 halves the teacher's memory (slower "
+                             "than fp32 on a CPU without AMX).", choices=("auto", "bf16", "fp16", "fp32"))
 
 
 @dataclass
@@ -103,8 +98,8 @@ class EvalConfig:
     """The shared evaluator."""
 
     limit: int = fld(1000, "Held-out problems evaluated for the final rows (<= data.eval_limit).", ge=1)
-    during_training_limit: int = fld(64, "Validation problems evaluated at each training eval point "
-                                     "(<= data.val_limit).", ge=1)
+    during_training_limit: int = fld(64, "Validation problems at each training eval point (<= data.val_limit).",
+                                     ge=1)
     max_new_tokens: int = fld(256, "Greedy generation budget per problem in every evaluation (training "
                               "samples have their own: <method>.max_completion_length).", ge=1, le=32768)
     batch_size: int = fld(16, "Problems generated together (length-sorted).", ge=1)
@@ -136,9 +131,8 @@ class TrainSection:
     per_device_train_batch_size: int = fld(2, "Sequences per device per micro-batch.", ge=1)
     gradient_accumulation_steps: int = fld(4, "Micro-batches per optimizer step.", ge=1)
     max_steps: int = fld(500, "Optimizer steps.", ge=1)
-    max_completion_length: int = fld(256, "Tokens sampled per training completion (keep >= "
-                                     "evaluation.max_new_tokens so long answers and their stop are trained).",
-                                     ge=1, le=32768)
+    max_completion_length: int = fld(256, "Tokens sampled per training completion (keep >= evaluation.max_new_tokens "
+                                     "so long answers and their stop are trained).", ge=1, le=32768)
     temperature: float = fld(0.9, "Sampling temperature of the training completions.", gt=0.0, le=10.0)
     eval_steps: int = fld(50, "Evaluate the validation subset every N steps (and at step 0).", ge=1)
     save_steps: int = fld(50, "Checkpoint every N steps (safetensors; the resume point).", ge=1)
@@ -146,10 +140,8 @@ class TrainSection:
     gradient_checkpointing: bool = fld(False, "Trade compute for memory: recompute the student's forward in "
                                        "backward (sampling keeps its KV cache).")
     optimizer: str = fld("adamw", _OPTIMIZER_DOC, choices=OPTIMIZERS)
-    resume: bool = fld(False, "Continue an interrupted run from its last checkpoint (a finished run is never "
-                       "resumed).")
-    resume_changed: bool = fld(False, "With resume: continue although the training parameters differ from the "
-                               "interrupted run's (refused otherwise).")
+    resume: bool = fld(False, "Continue an interrupted run from its last checkpoint (never a finished one).")
+    resume_changed: bool = fld(False, "With resume: continue although training parameters changed (else refused).")
     run_name: str | None = fld(None, "Run directory name under runs/ (default <profile>/<method>).")
     lora: dict = fld({}, "LoRA adapters (peft) instead of a full fine-tune, e.g. {r: 16, alpha: 32, dropout: 0.0, "
                      "target_modules: all-linear}; unset keys take those defaults; empty (default): full fine-tune.")
@@ -267,9 +259,8 @@ class GRPOConfig(TrainSection):
     def check(self, key: str, eval_budget: int) -> None:
         super().check(key, eval_budget)
         if self.sequences_per_step() % self.num_generations:
-            raise ParamsError(f"{key}: per_device_train_batch_size x gradient_accumulation_steps = "
-                              f"{self.sequences_per_step()} rollouts per step must be a multiple of "
-                              f"{key}.num_generations = {self.num_generations}")
+            raise ParamsError(f"{key}: per_device_train_batch_size x gradient_accumulation_steps = {self.sequences_per_step()} "
+                              f"rollouts per step must be a multiple of {key}.num_generations = {self.num_generations}")
         bad = [n for n in self.reward_funcs if n not in REWARD_NAMES]
         if bad or not self.reward_funcs:
             raise ParamsError(f"{key}.reward_funcs = {self.reward_funcs!r}: choose from {', '.join(REWARD_NAMES)}")
@@ -278,13 +269,23 @@ class GRPOConfig(TrainSection):
 @dataclass
 class CrossTokenizerConfig(TrainSection):
     """On-policy distillation between models with different tokenizers (the kit's text-offset
-    alignment of spans; TRL's GOLD refuses non-ByteLevel tokenizers, and the run records whether
-    GOLD would have accepted the pair)."""
+    alignment of spans, any tokenizer pair; the run records whether TRL's GOLD would accept it)."""
 
     teacher: str = fld("qwen2.5-coder-1.5b-instruct", "Teacher (hub id, local dir or embedded name).")
     student: str = fld("smollm2-135m-instruct", "Student with a different tokenizer.")
     lmbda: float = fld(1.0, "Fraction of on-policy student samples.", ge=0.0, le=1.0)
     beta: float = fld(0.5, "Generalized JSD interpolation on aligned spans.", ge=0.0, le=1.0)
+
+
+@dataclass
+class GOLDSection(CrossTokenizerConfig):
+    """TRL's GOLD (``trl.experimental.gold.GOLDTrainer``) on the same knobs: ULD over byte-offset
+    alignment groups, with ``hybrid`` a generalized JSD (``beta``) on tokens both vocabularies share.
+    ByteLevel BPE pairs only (GOLD refuses SentencePiece; the run stops with TRL's reason)."""
+
+    enabled: bool = default("enabled", False)
+    hybrid: bool = fld(True, "uld_use_hybrid_loss: JSD on same-string tokens, ULD (sorted L1) on the rest.")
+    crossentropy_weight: float = fld(0.0, "uld_crossentropy_weight: student cross-entropy on its samples.", ge=0.0)
 
 
 SHARED_SECTIONS: dict[str, type] = {

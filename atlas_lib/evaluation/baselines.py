@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from atlas_lib.core import models
+from atlas_lib.core import models, registry
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import runs_root
 from atlas_lib.core.provenance import provenance
@@ -56,6 +56,15 @@ def baseline_metrics(params: Params) -> dict:
     return {"baseline": s.get("student"), "teacher": s.get("teacher")}
 
 
+def objective_betas(params: Params) -> tuple[float, ...]:
+    """The betas of the enabled same-tokenizer distilling methods: the untrained student's answers are
+    scored at each (``objective_by_beta``), so each method's own objective has its starting point
+    (keyed by beta, so a changed beta finds no value rather than a wrong one)."""
+    return tuple(dict.fromkeys(float(params.section(k).beta) for k in params.enabled()
+                               if registry.get(k).distills and registry.get(k).divergence == "reverse_kl"
+                               and not registry.get(k).own_student and hasattr(params.section(k), "beta")))
+
+
 def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "teacher")) -> dict:
     """Evaluate the untrained student and the teacher on the test split (notebook 01's rows), and
     the untrained student on the validation subset (step 0 of the training curves)."""
@@ -70,6 +79,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
                   "evaluation.max_new_tokens")
     teacher, t_tok = models.load_model(params.models.teacher, dtype=models.teacher_dtype(params, device),
                                        device=device, trust_remote_code=params.models.trust_remote_code)
+    betas = objective_betas(params)
     results = {}
     for role in which:
         if role == "teacher":
@@ -79,7 +89,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
                                            trust_remote_code=params.models.trust_remote_code)
         res = ev.evaluate(model, tok, examples, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
                           batch_size=e.batch_size, teacher=teacher if (e.reverse_kl and role == "student") else None,
-                          teacher_tokenizer=t_tok, desc=f"eval {role}")
+                          teacher_tokenizer=t_tok, desc=f"eval {role}", objective_betas=betas if role == "student" else ())
         if role == "teacher":
             res.metrics["mean_reverse_kl"] = 0.0  # the teacher against itself, by definition
             res.metrics["mean_logratio_per_char"] = 0.0
@@ -89,7 +99,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
             val = ev.evaluate(model, tok, eval_examples(params, prepared, during_training=True),
                               prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
                               teacher=teacher if e.reverse_kl and e.during_training_kl else None, teacher_tokenizer=t_tok,
-                              desc="eval student (validation)")
+                              desc="eval student (validation)", objective_betas=betas)
             ev.save_eval(val, out_dir, "student_val")
             results["student_val"] = val.metrics
         log.info("%s: accuracy %.3f [%.3f, %.3f] on %d problems", role, res.metrics["accuracy"],

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from atlas_lib.core.runtime import heap_for_large_buffers
 from atlas_lib.data import answers
 from atlas_lib.data.prompts import build_messages, render_prompt
 from atlas_lib.evaluation import logratio
+from atlas_lib.evaluation.divergence import generalized_jsd
 from atlas_lib.evaluation.forward import (
     batch_inputs,
     eval_mode,
@@ -113,12 +114,15 @@ def reverse_kl_tokens(student, teacher, generations: list[dict], *, batch_size: 
 
 @torch.inference_mode()
 def score_completions(student, teacher, generations: list[dict], *, batch_size: int,
-                      vocab_size: int | None = None) -> list[dict | None]:
+                      vocab_size: int | None = None, objective_betas: Sequence[float] = ()) -> list[dict | None]:
     """Per example: ``kl``, the reverse KL ``KL(p_student || p_teacher)`` at every position that predicts
     a generated token (the last included), with the teacher scoring exactly the student's ids
     (``prompt_ids + completion_ids``): the per-token quantity GKD minimises at ``beta`` = 1; and
     ``logp_student`` / ``logp_teacher``, each model's log-probability of the completion's tokens
-    without the stop token (:mod:`atlas_lib.evaluation.logratio`).
+    without the stop token (:mod:`atlas_lib.evaluation.logratio`); with ``objective_betas``,
+    ``objective_by_beta``: per beta, the generalized JSD a same-tokenizer distilling method minimises
+    (:func:`atlas_lib.evaluation.divergence.generalized_jsd`, the GKD trainer's call) averaged over the
+    same positions, i.e. that trainer's loss on this answer.
 
     Batches are laid out as in generation (shared prefix cached, left padding, positions from the
     mask), so all completions end in the same column and only the last ``max completion + 1``
@@ -158,7 +162,17 @@ def score_completions(student, teacher, generations: list[dict], *, batch_size: 
                 lp_s, lp_t = (float(logratio.sequence_logprob_B(x[r:r + 1, sl], ids_1_C, text_1_C, vocab_size)[0])
                               for x in (s_B_C_V, t_B_C_V))
                 out[i] = {"kl": [float(x) for x in kl_1_C[0]], "logp_student": lp_s, "logp_teacher": lp_t}
+                if objective_betas:
+                    v = vocab_size or min(s_B_C_V.shape[-1], t_B_C_V.shape[-1])
+                    s_C_V, t_C_V = s_B_C_V[r, sl, :v], t_B_C_V[r, sl, :v].to(s_B_C_V.device)
+                    out[i]["objective_by_beta"] = {beta_key(b): float(generalized_jsd(s_C_V, t_C_V, b)) / c
+                                                   for b in objective_betas}
     return out
+
+
+def beta_key(beta: float) -> str:
+    """How a beta names its objective in ``objective_by_beta`` (records and metrics are JSON)."""
+    return f"{float(beta):g}"
 
 
 def same_tokenizer(tok_a, tok_b) -> bool:
@@ -189,17 +203,36 @@ def aggregate(records: list[dict]) -> dict:
             "format_rate": _mean([float(r["extracted"] is not None) for r in records]),
             "mean_reverse_kl": _mean(_finite(records, "reverse_kl")),
             "aligned_divergence": _mean(_finite(records, "aligned_divergence")),
-            "mean_logratio_per_char": _mean(_finite(records, "logratio_per_char"))}
+            "mean_logratio_per_char": _mean(_finite(records, "logratio_per_char")),
+            "heldout_objective": heldout_objective(records),
+            "heldout_objective_by_beta": {b: heldout_objective([{"objective": r["objective_by_beta"].get(b),
+                                                                 "objective_units": r.get("objective_units")}
+                                                                for r in records if r.get("objective_by_beta")])
+                                          for b in sorted({b for r in records for b in r.get("objective_by_beta") or {}})}}
+
+
+def heldout_objective(records: list[dict]) -> float | None:
+    """The method's own training loss on these answers: each record's ``objective`` weighted by its
+    ``objective_units`` (the positions or spans its loss averages over), as the loss of one batch
+    holding all of them; None when no record carries it."""
+    pairs = [(float(r["objective"]), r.get("objective_units") or 1) for r in records
+             if isinstance(r.get("objective"), (int, float)) and math.isfinite(r["objective"])]
+    units = sum(n for _, n in pairs)
+    return sum(x * n for x, n in pairs) / units if units else None
 
 
 def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_tokens: int, batch_size: int,
              teacher=None, teacher_tokenizer=None,
-             divergence_fn: Callable[[list[dict]], list[float]] | None = None, desc: str = "eval") -> EvalResult:
+             divergence_fn: Callable[[list[dict]], list[float]] | None = None, desc: str = "eval",
+             objective_betas: Sequence[float] = (), objective_beta: float | None = None) -> EvalResult:
     """Greedy-evaluate ``model`` on ``examples`` (records with ``id``, ``question``, ``answer``).
 
     ``teacher`` adds the per-example reverse KL when it shares the student's tokenizer
     (``teacher_tokenizer`` defaults to the student's); otherwise ``kl_note`` says why there is none.
     ``divergence_fn(records) -> list[float]`` adds ``aligned_divergence`` (cross-tokenizer stage).
+    With the teacher, ``objective_betas`` adds each answer's generalized JSD at those betas
+    (``objective_by_beta``) and ``objective_beta`` makes one of them the record's ``objective``: the
+    evaluated method's own loss on its answer.
     """
     if not examples:
         raise ValueError("evaluate: no examples; check evaluation.limit and the prepared eval split")
@@ -219,13 +252,18 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     if teacher is not None:
         if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
             with heap_for_large_buffers():  # the teacher scores prompt + completion: prefill-sized buffers
+                betas = tuple(dict.fromkeys([*objective_betas, *([] if objective_beta is None else [objective_beta])]))
                 scored = score_completions(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
-                                           vocab_size=len(tokenizer))
+                                           vocab_size=len(tokenizer), objective_betas=betas)
             for r, g, sc in zip(records, gens, scored, strict=True):
                 kl = None if sc is None else sc["kl"]
                 r["reverse_kl"] = None if kl is None else float(sum(kl) / len(kl))
                 if sc is not None:
                     r["logratio_per_char"] = logratio.per_char(sc["logp_student"], sc["logp_teacher"], g["text"])
+                    if "objective_by_beta" in sc:
+                        r["objective_by_beta"], r["objective_units"] = sc["objective_by_beta"], len(sc["kl"])
+                        if objective_beta is not None:
+                            r["objective"] = sc["objective_by_beta"][beta_key(objective_beta)]
                 if kl is not None:  # the per-problem page shades each token by it (report.problems)
                     r["token_kl"] = [[piece, round(x, 3)] for piece, x in
                                      zip(token_pieces(tokenizer, g["completion_ids"]), kl, strict=True)]

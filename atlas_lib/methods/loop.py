@@ -94,7 +94,8 @@ def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], d
 
 def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
         final_eval_fn: Callable, device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
-        initial_full_eval: bool = False, initial_records: list[dict] | None = None, model=None) -> dict:
+        initial_full_eval: bool = False, initial_records: list[dict] | None = None, model=None,
+        objective_beta: float | None = None) -> dict:
     """Train one stage end to end and return its summary (also written to ``summary.json``).
 
     ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
@@ -161,6 +162,9 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
             + sum(float(f.get("eval_seconds") or 0) for f in full.values()), 2)
         summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
         summary["initial"] = {**(full.get("initial") or summary.get("baseline") or {}), "step": 0}
+        if objective_beta is not None and summary["initial"].get("heldout_objective") is None:  # notebook 01's row
+            summary["initial"]["heldout_objective"] = (summary["initial"].get("heldout_objective_by_beta")
+                                                       or {}).get(ev.beta_key(objective_beta))
         summary["distilled"] = {**full["distilled"], "step": out.global_step}
         summary["training"]["weights_changed"] = moved
         summary.update(extra_summary or {})

@@ -64,7 +64,8 @@ def did_not_train(train_points: list[dict], weights_changed: bool) -> str | None
 def flags(summary: dict) -> list[str]:
     """Warnings a reader must see beside the row: a distilling method whose divergence to the teacher
     on the test set (reverse KL for a same-tokenizer pair, the aligned span divergence across
-    tokenizers) ended higher than its untrained student's."""
+    tokenizers) ended higher than its untrained student's, or whose own training loss on the test
+    answers (``heldout_objective``) did."""
     out = []
     key = summary.get("method")
     method = registry.get(key) if key in registry.keys() else None
@@ -75,6 +76,9 @@ def flags(summary: dict) -> list[str]:
     d0, d1 = (summary.get("initial") or {}).get(field), (summary.get("distilled") or {}).get(field)
     if isinstance(d0, (int, float)) and isinstance(d1, (int, float)) and d1 > d0:
         out.append(f"moved away from the teacher: {name} {d0:.3f} -> {d1:.3f}")
+    o0, o1 = ((summary.get(k) or {}).get("heldout_objective") for k in ("initial", "distilled"))
+    if isinstance(o0, (int, float)) and isinstance(o1, (int, float)) and o1 > o0:
+        out.append(f"its own objective rose on held-out answers: {o0:.3f} -> {o1:.3f}")
     return out
 
 

@@ -22,6 +22,7 @@ from atlas_lib.report.collect import Collected, RunInfo, further_seed, hacking_f
 from atlas_lib.report.table import (
     ALIGNED_COL,
     LOGRATIO_COL,
+    OBJECTIVE_COL,
     PLAIN_COL,
     RESTATE_COL,
     lora_text,
@@ -267,6 +268,14 @@ def findings(col: Collected) -> str:
         if pre in t.index and _ok(t.loc[pre, ALIGNED_COL]) and _ok(t.loc[k, ALIGNED_COL]):
             lines.append(f"{info.name}: its student's aligned span divergence went {t.loc[pre, ALIGNED_COL]:.3f} → "
                          f"{t.loc[k, ALIGNED_COL]:.3f} (a different quantity from reverse KL; not comparable).")
+    for k, info in runs.items():  # what each distilling method minimised, on the test answers
+        pre = f"{k}_pre"
+        o0 = t.loc[pre, OBJECTIVE_COL] if pre in t.index else (info.summary.get("initial") or {}).get("heldout_objective")
+        o1 = t.loc[k, OBJECTIVE_COL] if k in t.index else None
+        if _ok(o0) and _ok(o1):
+            lines.append(f"{info.name}: its own objective ({info.spec.loss_title if info.spec else 'its loss'}) on the "
+                         f"test answers went {o0:.4f} → {o1:.4f}" + (" (it went up: training did not lower what it "
+                                                                      "minimises on held-out answers)." if o1 > o0 else "."))
     if (a := audit_sentence(col, t)) is not None:
         lines.append(a)
     lines += [text for info in runs.values() if (text := signal_sentence(info))]

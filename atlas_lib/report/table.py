@@ -37,9 +37,10 @@ BASE_LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher"}
 PLAIN_COL = "Plain-value answers (of credited)"  # the answer-form audit (evaluation.audit)
 RESTATE_COL = "Restates the question"
 LOGRATIO_COL = "Log-ratio to teacher (nats/char)"  # every row's, any tokenizer (evaluation.logratio)
+OBJECTIVE_COL = "Own objective (held-out)"  # the distilling method's training loss on the test answers
 MEANED = ("Accuracy", "Avg Generated Tokens", "Truncation", "Mean Reverse KL", "Device hours", "Training seconds",
           "Training FLOPs", "Evaluation seconds", "Steps", "Peak RSS GB", ALIGNED_COL,
-          LOGRATIO_COL)  # a multi-seed row: the seeds' mean
+          LOGRATIO_COL, OBJECTIVE_COL)  # a multi-seed row: the seeds' mean
 
 
 def _num(value) -> float:
@@ -72,7 +73,7 @@ def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, trai
            "CI low": _num(m.get("ci_low")), "CI high": _num(m.get("ci_high")), "n": _num(m.get("n")),
            "Avg Generated Tokens": _num(m.get("avg_generated_tokens")), "Truncation": _num(m.get("truncation_rate")),
            "Mean Reverse KL": NAN if aligned else _num(m.get("mean_reverse_kl")),
-           LOGRATIO_COL: _num(m.get("mean_logratio_per_char")),
+           LOGRATIO_COL: _num(m.get("mean_logratio_per_char")), OBJECTIVE_COL: _num(m.get("heldout_objective")),
            ALIGNED_COL: _num(m.get("aligned_divergence")) if aligned else NAN,
            # training compute from the ledger (evaluation apart); runs from before it: the wall clock
            "Device hours": _num(t.get("train_device_hours", t.get("device_hours"))), "Device kind": t.get("device_kind"),
@@ -135,16 +136,17 @@ def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
     spec = info.spec
     aligned = spec is not None and spec.divergence == "aligned"
     div = s.get("divergence_label") or (spec.divergence_label if spec else SAME_TOK_DIV)
+    distills = {"Distills": spec is None or spec.distills}  # has an own objective to show
     if spec is None or not spec.own_student:
         return {key: _row(info.label, status, final, training=training, notes=notes, divergence=div, kind="trained",
-                          aligned=aligned)}
+                          aligned=aligned) | distills}
     student = _short(s.get("student_model") or (s.get("config") or {}).get(key, {}).get("student"))
     suffix = f": {student}" if student else ""
     pre_notes = notes + ([] if s.get("initial") or not first else ["values from the first eval point"])
     return {f"{key}_pre": _row(f"{info.label} (pre){suffix}", info.status, s.get("initial") or first,
-                               aligned=aligned, divergence=div, notes=pre_notes, kind="untrained"),
+                               aligned=aligned, divergence=div, notes=pre_notes, kind="untrained") | distills,
             key: _row(f"{info.label} (post){suffix}", status, final, aligned=aligned, training=training,
-                      divergence=div, notes=notes, kind="trained")}
+                      divergence=div, notes=notes, kind="trained") | distills}
 
 
 def results_table(collected: Collected) -> pd.DataFrame:
@@ -237,6 +239,7 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
                     PLAIN_COL: cell(PLAIN_COL, pct), RESTATE_COL: cell(RESTATE_COL, pct),
                     "Mean Reverse KL": cell("Mean Reverse KL", lambda x: f"{x:.3f}"),
                     ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"), LOGRATIO_COL: cell(LOGRATIO_COL, lambda x: f"{x:.3f}"),
+                    OBJECTIVE_COL: cell(OBJECTIVE_COL, lambda x: f"{x:.4f}") if r.get("Distills") is True else "—",
                     "Training compute": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
                         f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "") + (
                         f", {r['Training FLOPs']:.2e} FLOP" if not pd.isna(r["Training FLOPs"]) else "")),
@@ -252,7 +255,7 @@ def baseline_frame(baselines: dict) -> pd.DataFrame:
     """Notebook 01's rows (student, teacher) from :func:`atlas_lib.evaluation.baselines.evaluate_baselines`."""
     b = Collected("", None, baselines, {})
     return styled_table(results_table(b).loc[["student", "teacher"]]).drop(
-        columns=["Training compute", "Evaluation time", "Steps", "Peak memory", ALIGNED_COL,
+        columns=["Training compute", "Evaluation time", "Steps", "Peak memory", ALIGNED_COL, OBJECTIVE_COL,
                  "Paired diff vs untrained (95% CI)", "p (McNemar)", "p (Holm, primary)", PLAIN_COL, RESTATE_COL])
 
 

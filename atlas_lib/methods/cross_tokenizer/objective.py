@@ -135,8 +135,14 @@ def aligned_loss(student_logits_B_S_V: torch.Tensor, teacher_logits_B_T_W: torch
     loss = (token_term.sum() + span_term.sum()) / n
     if b.numel() == 0:  # nothing aligned: a zero that still depends on the student (backward stays valid)
         loss = loss + 0.0 * student_logits_B_S_V.sum()
+    per_span = (token_term + span_term).detach()
+    rows = valid.shape[0]
+    # per row: the loss summed over its spans and their number, so sum(sum_B) / sum(spans_B) is the
+    # batch's loss (the held-out objective of any set of rows is the training loss on that set)
+    sum_B = per_span.new_zeros(rows).index_add_(0, b, per_span)
+    spans_B = per_span.new_zeros(rows).index_add_(0, b, torch.ones_like(per_span))
     return loss, {"spans": int(b.numel()), "token_term": float(token_term.detach().sum()) / n,
-                  "span_term": float(span_term.detach().sum()) / n,
+                  "span_term": float(span_term.detach().sum()) / n, "loss_sum_B": sum_B, "loss_spans_B": spans_B,
                   "span_logp_student_B_K": span_s.detach(), "span_logp_teacher_B_K": span_t.detach(),
                   "valid_B_K": valid}
 

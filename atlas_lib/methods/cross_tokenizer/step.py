@@ -97,9 +97,12 @@ def _score(student, s_tok, teacher, t_tok, s_seqs, s_comp, t_seqs, t_comp, align
         loss, st = aligned_loss(s_logits, t_logits, left_pad(s_comp, -1, cs, device), left_pad(t_comp, -1, ct, device),
                                 left_pad(s_spans, -1, cs, device), left_pad(t_spans, -1, ct, device), vmap, beta=beta)
     if not grad:  # evaluation: each model's log-probability of its own tokens of the answer (evaluation.logratio)
-        for side, logits, comp, width, tok in (("student", s_logits, s_comp, cs, s_tok), ("teacher", t_logits, t_comp, ct, t_tok)):
+        for side, model, logits, comp, width, tok in (("student", student, s_logits, s_comp, cs, s_tok),
+                                                      ("teacher", teacher, t_logits, t_comp, ct, t_tok)):
             ids_B_C = left_pad(comp, -1, width, device)
-            st[f"logp_{side}_B"] = logratio.sequence_logprob_B(logits, ids_B_C, ids_B_C >= 0, len(tok))
+            stop_C = torch.tensor(eos_token_ids(model, tok), device=device)
+            text_B_C = (ids_B_C >= 0) & ~torch.isin(ids_B_C, stop_C)  # the stop token is no text
+            st[f"logp_{side}_B"] = logratio.sequence_logprob_B(logits, ids_B_C, text_B_C, len(tok))
     kk = st["span_logp_student_B_K"].shape[1]
     div_B = aligned_divergence(st["span_logp_student_B_K"], st["span_logp_teacher_B_K"],
                                text_B_K[:, :kk] & st["valid_B_K"])
@@ -165,14 +168,19 @@ def cross_tokenizer_step(student, student_tok, teacher, teacher_tok, prompts: li
     }
 
 
-def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, batch_size: int = 8
+def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, beta: float = 0.5, batch_size: int = 8
                           ) -> Callable[[list[dict]], list[dict]]:
-    """``divergence_fn(records) -> list[dict]``: the aligned span divergence of each record's
-    completion (``"prompt"``: the student's rendering, ``"completion"``: text) and its sequence
-    log-ratio to the teacher per character (:mod:`atlas_lib.evaluation.logratio`). The teacher's prompt
-    is ``record["teacher_prompt"]``, else ``record["messages"]`` rendered with the teacher's
-    template, else ``record["prompt"]`` (logged once). Both models tokenize prompt + completion."""
+    """``divergence_fn(records) -> list[dict]``: per record's completion (``"prompt"``: the student's
+    rendering, ``"completion"``: text), the aligned span divergence, the sequence log-ratio to the
+    teacher per character (:mod:`atlas_lib.evaluation.logratio`) and ``objective``: the training loss
+    itself (:func:`aligned_loss` at ``beta``) on that completion, with ``objective_units`` its spans
+    (a set of rows' loss is ``sum(objective * units) / sum(units)``). A completion that stopped
+    (``truncated`` false) ends in both models' stop tokens, as a sampled one does in training. The
+    teacher's prompt is ``record["teacher_prompt"]``, else ``record["messages"]`` rendered with the
+    teacher's template, else ``record["prompt"]`` (logged once). Both models tokenize prompt +
+    completion."""
     warned = []
+    s_eos, t_eos = eos_token_ids(student, student_tok), eos_token_ids(teacher, teacher_tok)
 
     def teacher_prompt(r: dict) -> str:
         if r.get("teacher_prompt") is not None:
@@ -186,11 +194,14 @@ def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, batch_s
         return r["prompt"]
 
     def fn(records: list[dict]) -> list[dict]:
-        vmap = build_vocab_map(student_tok, teacher_tok)
+        vmap = build_vocab_map(student_tok, teacher_tok, mode="auto", student_eos=tuple(s_eos),
+                               teacher_eos=tuple(t_eos))  # the training step's outcomes
         rows = []  # per record: s_seqs, s_comp, t_seqs, t_comp, aligns entries, then both prompts' ids
         for r in records:
             s_all, s_first, s_ends = encode_with_completion(student_tok, r["prompt"], r["completion"])
             t_all, t_first, t_ends = encode_with_completion(teacher_tok, teacher_prompt(r), r["completion"])
+            if r.get("truncated") is False:  # it stopped: the two stop tokens are one event (as in training)
+                s_all, s_ends, t_all, t_ends = s_all + s_eos[:1], s_ends + [None], t_all + t_eos[:1], t_ends + [None]
             rows.append((s_all, s_all[s_first:], t_all, t_all[t_first:], align_ends(s_ends, t_ends, r["completion"]),
                          s_all[:s_first], t_all[:t_first]))
         # batched by length (less padding); the shared system/few-shot prefix is read once per model
@@ -202,12 +213,14 @@ def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, batch_s
             for i in range(0, len(order), batch_size):
                 idx = order[i:i + batch_size]
                 cols = [[rows[j][c] for j in idx] for c in range(5)]  # s_seqs, s_comp, t_seqs, t_comp, aligns
-                _, st, div_B, _, _ = _score(student, student_tok, teacher, teacher_tok, *cols, vmap, beta=1.0,
+                _, st, div_B, _, _ = _score(student, student_tok, teacher, teacher_tok, *cols, vmap, beta=beta,
                                             grad=False, s_prefix=s_prefix, t_prefix=t_prefix)
-                for j, x, lp_s, lp_t in zip(idx, div_B.tolist(), st["logp_student_B"].tolist(),
-                                            st["logp_teacher_B"].tolist(), strict=True):
+                for j, x, lp_s, lp_t, tot, n in zip(idx, div_B.tolist(), st["logp_student_B"].tolist(),
+                                                    st["logp_teacher_B"].tolist(), st["loss_sum_B"].tolist(),
+                                                    st["loss_spans_B"].tolist(), strict=True):
                     out[j] = {"aligned_divergence": float(x),
-                              "logratio_per_char": logratio.per_char(lp_s, lp_t, records[j]["completion"])}
+                              "logratio_per_char": logratio.per_char(lp_s, lp_t, records[j]["completion"]),
+                              "objective": tot / n if n else None, "objective_units": int(n)}
         return out
 
     return fn

@@ -78,7 +78,7 @@ def _build(params: Params, prepared, device) -> Parts:
                                      teacher=teacher, teacher_tokenizer=t_tok, cross_cfg=c)
 
     return Parts(student, s_tok, make,
-                 divergence_fn=lambda model: step.aligned_divergence_fn(model, s_tok, teacher, t_tok),
+                 divergence_fn=lambda model: step.aligned_divergence_fn(model, s_tok, teacher, t_tok, beta=c.beta),
                  extra_summary={"student_model": c.student, "teacher_model": c.teacher,
                                 "tokenizers": {"student": alignment.tokenizer_kind(s_tok), "teacher": alignment.tokenizer_kind(t_tok)},
                                 "gold_supported": ok, "gold_reason": reason})

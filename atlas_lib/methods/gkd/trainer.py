@@ -38,10 +38,10 @@ from trl.experimental.gkd import GKDTrainer
 
 from atlas_lib.core.config import Params
 from atlas_lib.data import splits
+from atlas_lib.evaluation.divergence import generalized_jsd
 from atlas_lib.methods import loop
 from atlas_lib.methods.common import Parts, load_pair, run_method, with_lora
 from atlas_lib.methods.gkd.guard import ScoredLoss
-from atlas_lib.methods.gkd.loss import generalized_jsd
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _build(key: str):
                                        loss_chunk_size=section.loss_chunk_size)
 
         return Parts(student, tok, make, teacher=teacher, teacher_tokenizer=teacher_tok,
-                     extra_summary={"engine": engine})
+                     objective_beta=section.beta, extra_summary={"engine": engine})
 
     return build
 

@@ -1,4 +1,8 @@
-"""The generalized Jensen-Shannon divergence GKD minimises (GKD paper, eq. 1), as a pure function."""
+"""The generalized Jensen-Shannon divergence GKD minimises (GKD paper, eq. 1), as a pure function.
+
+It lives with the evaluator because the evaluator reports it too: a same-tokenizer distilling
+method's own objective on held-out answers (``evaluate.score_completions``) is this function on the
+two models' logits of those answers, the same call the GKD trainer's loss makes."""
 
 from __future__ import annotations
 
