@@ -91,3 +91,16 @@ def test_gold_heldout_objective_is_trls_compute_loss(tiny):
     gold.heldout_objective(trainer, student, s_tok, recs[:1])
     assert student.training
     assert torch.is_grad_enabled()
+
+
+def test_the_cli_refuses_a_sentencepiece_pair_with_one_message_and_exit_2(env, capsys):
+    from atlas_lib import cli
+    from atlas_lib.data import splits
+
+    splits.prepare(_params())
+    rc = cli.main(["train", "gold", "--params", "params/smoke.yaml", "--set", "gold.student=tiny-llama-sp",
+                   "--set", "gold.teacher=tiny-qwen2-teacher", "--set", "tracking.wandb=disabled"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "GOLD refuses 'tiny-llama-sp'" in err and "Traceback" not in err
+    assert not (env / "runs" / "smoke" / "gold" / "checkpoints").exists()  # refused before any training
