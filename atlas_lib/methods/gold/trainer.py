@@ -119,8 +119,6 @@ def _build(params: Params, prepared, device) -> Parts:
                                "alignment runs on any pair: use the cross_tokenizer section (notebook 04) instead")
     _, student, s_tok, teacher, t_tok = load_pair(params, student=g.student, teacher=g.teacher,
                                                   student_dtype=loop.student_dtype(g, params, device))
-    if s_tok.pad_token is None:
-        s_tok.pad_token = s_tok.eos_token
     student = with_lora(student, g, "gold")
     rows = [{"prompt": render_prompt(s_tok, build_messages(r["question"], params.prompt)),
              "completion": r.get("solution") or f"Final Answer: {r['answer']}"} for r in prepared.train]
