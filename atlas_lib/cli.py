@@ -5,6 +5,7 @@
     atlas baseline [--params ...]
     atlas train    <method> [--params ...] [--set gkd.max_steps=8 ...]   (methods: atlas train --help)
     atlas memory   [--params ...] [--gpu-gb 80]   (a memory plan per enabled training stage)
+    atlas check    [--params ...]   (each student/teacher pair: templates, stop tokens, what a mismatch costs)
     atlas models   {pip-reqs,prepare} [names... | --params ...]   (the embedded offline models; `make models`)
 
 Training commands run unchanged under ``accelerate launch -m atlas_lib.cli train ...`` for multi-GPU.
@@ -17,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +28,7 @@ import yaml
 
 # Light imports only: `atlas --help` and argument errors answer at once. The commands import what
 # they run (torch, transformers, papermill) when they run it.
-from atlas_lib.core import advice, config, embedded, registry
+from atlas_lib.core import advice, config, embedded, paths, registry
 
 log = logging.getLogger(__name__)
 # The kit's own errors, as (module, class): one message and exit 2. Looked up in sys.modules when an
@@ -144,6 +147,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     methods = t.add_subparsers(dest="method", required=True, metavar="METHOD")
     for m in registry.methods():
         add(methods, m.key, f"{m.label}: {m.section.__doc__.strip().splitlines()[0]}", epilog=_fields_help(m.key, shown, source))
+    add(sub, "check", "check each student/teacher pair before training: tokenizer, chat templates, stop tokens "
+        "and the teacher's NLL cost of reading the student's template")
     mem = add(sub, "memory", "estimate whether each training stage of a parameter set fits on a device")
     mem.add_argument("--gpu-gb", type=float, default=80.0, help="device memory in GiB")
     em = sub.add_parser("models", help="the embedded offline models (pip requirements; convert and cache)")
@@ -158,21 +163,62 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    paths.pin_roots()  # ATLAS_RUNS & co. absolute once, here: every notebook kernel inherits them
+    previous = {sig: signal.signal(sig, _on_signal) for sig in _STOP_SIGNALS} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
         with advice.using("report" if args.cmd == "report" else "cli"):  # messages give the fix as typed here
             return _run(args)
+    except KeyboardInterrupt:  # SIGINT, SIGTERM, SIGHUP: the run keeps its last checkpoint, its lock is released
+        print(f"atlas: error: interrupted ({_signal_name()}); a run keeps its last checkpoint: run the same "
+              "command again with resume to continue it", file=sys.stderr)
+        return 2
     except Exception as e:
         if not is_kit_error(e):
             raise
         print(f"atlas: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# SIGTERM (kill, a scheduler's stop) and SIGHUP (the terminal closed) end a command as Ctrl-C does: one
+# message, locks released by the code unwinding, exit 2 (README, "Runs never overwrite each other").
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+_RECEIVED: list[int] = []
+
+
+def _on_signal(signum, frame) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _signal_name() -> str:
+    return "Ctrl-C" if not _RECEIVED or _RECEIVED[-1] == signal.SIGINT else signal.Signals(_RECEIVED[-1]).name
+
+
+def _report_free(params: config.Params) -> config.Params:
+    """``atlas data``, ``baseline`` and ``train`` wait for a running ``atlas report`` of the same profile: it
+    holds ``runs/<profile>/.lock`` and may move the split or a run aside under them."""
+    from atlas_lib.core import rundir
+
+    pid = rundir.RunDir(paths.runs_root() / params.name).holder()
+    if pid is not None:
+        raise rundir.RunDirError(f"profile {params.name}: an `atlas report` (process {pid}) is running it; wait for "
+                                 "it to finish (nothing was changed)")
+    return params
 
 
 def _writable(params: config.Params, stage: str) -> config.Params:
     """Check the command can write its run directory before it loads a model or evaluates anything."""
     from atlas_lib.core import rundir
 
-    rundir.check_writable(rundir.stage_dir(params, stage).parent)
+    _report_free(params)
+    if stage in registry.keys():  # the run directory's state (foreign, finished, resume) before any model loads
+        rundir.preflight_runs(params, [stage])
+    rundir.check_writable(rundir.stage_dir(params, stage).parent if stage in registry.keys()
+                          else paths.runs_root() / params.name)
     return params
 
 
@@ -198,6 +244,15 @@ def _run(args) -> int:
     elif args.cmd == "train":
         s = registry.get(args.method).run(_writable(_params(args, args.method), args.method))
         print(json.dumps(s.get("training", s), indent=2, default=str))
+    elif args.cmd == "check":
+        from atlas_lib.core.paths import runs_root
+        from atlas_lib.evaluation import pair_check
+
+        params = _params(args)
+        report = pair_check.run_check(params)
+        print(pair_check.format_text(report))
+        if (runs_root() / params.name).is_dir():  # a run folder exists: keep the JSON beside its runs
+            print(f"written: {pair_check.write(report, runs_root() / params.name / 'pair_check.json')}")
     elif args.cmd == "memory":
         from atlas_lib.methods.memory import estimate_stages, format_plans
 

@@ -148,6 +148,62 @@ def test_unevaluated_arithmetic_has_no_extracted_value(completion, reference):
     assert extract_answer(completion) is None
 
 
+# -- a completion cut mid-expression, or at the token budget (issue 40) --------------------------
+CUT = [  # (completion, truncated, reference, expected)
+    # the study's two: cut at the budget mid-expression, and an open box after an earlier value
+    ("-16 * (-1) = 16 / 3. Subtract the result from 0: 16 -", True, "16", False),
+    ("So 0 + 1 = 1.\nTherefore, the final answer is \\(\\boxed{", True, "1", False),
+    # the same texts with a stop token: still no earlier line speaks for them
+    ("-16 * (-1) = 16 / 3. Subtract the result from 0: 16 -", False, "16", False),
+    ("So 0 + 1 = 1.\nTherefore, the final answer is \\(\\boxed{", False, "1", False),
+    ("First 8 + 8 = 16.\nThen 16 * 2 =", False, "16", False),
+    ("The total is 16.\nNow (", False, "16", False),
+    ("Final Answer: 16 -\nDone.", False, "16", False),  # the answer itself stops mid-expression
+    # cut at the budget: only a complete final-answer marker counts
+    ("Adding gives 16.\nFinal Answer: 16\nLet me double-check the sum of", True, "16", True),
+    ("Adding gives \\boxed{16}", True, "16", True),
+    ("Adding gives \\boxed{16} and checking again 4 * 4 is", True, "16", True),
+    ("Final Answer: 16. Then we check", True, "16", True),
+    ("Adding gives \\boxed{16", True, "16", False),  # the box never closed
+    ("Adding gives 16.\nFinal Answer: 16", True, "16", False),  # the cut may have been mid-number
+    ("She had 5 pens and bought 7, so she has 12.", True, "12", False),  # no marker: the last line is no answer
+    ("Final Answer: 12\nWait, the answer is", True, "12", False),  # the last marker is open
+    # finished completions keep the last-line reading and the earlier marker
+    ("She had 5 pens and bought 7, so she has 12.", False, "12", True),
+    ("Final Answer: 16\n\n---", False, "16", True),  # a markdown rule is no operator
+    ("Final Answer: **16**", False, "16", True),
+]
+
+
+@pytest.mark.parametrize(("completion", "truncated", "reference", "expected"), CUT)
+def test_cut_completion_is_credited_only_from_a_complete_answer(completion, truncated, reference, expected):
+    assert is_correct(completion, reference, truncated=truncated) is expected
+
+
+@pytest.mark.parametrize(("completion", "truncated", "reference", "expected"), CUT)
+def test_cut_completion_reward_matches_the_evaluator(completion, truncated, reference, expected):
+    # TRL's completion_ids: a rollout that stopped ends in a stop id (here 0), a cut one does not
+    ids = [[5, 6, 7] if truncated else [5, 6, 0]]
+    assert exact_match_reward([completion], [reference], completion_ids=ids, stop_ids={0}) == [float(expected)]
+
+
+@pytest.mark.parametrize(("completion", "truncated"), [
+    ("-16 * (-1) = 16 / 3. Subtract the result from 0: 16 -", True),
+    ("Therefore, the final answer is \\(\\boxed{", False),
+    ("Final Answer: 16", True),
+])
+def test_cut_answer_form_is_unfinished(completion, truncated):
+    assert answer_form(completion, truncated) == "unfinished"
+
+
+def test_reward_functions_pass_the_stop_ids():
+    from atlas_lib.methods.grpo.rewards import reward_functions
+
+    (fn,) = reward_functions(["exact_match"], stop_ids=[0, None])
+    text = "Adding gives 16.\nFinal Answer: 16"
+    assert fn([text, text], ["16", "16"], completion_ids=[[4, 0], [4, 4]]) == [1.0, 0.0]
+
+
 @pytest.mark.parametrize(("completion", "form"), [
     ("Final Answer: 2496", "value"), ("Final Answer: 26 * 96", "expression"),
     ("Final Answer: \\pi/2", "closed_form"), ("Final Answer: 3\\sqrt{2}/2", "closed_form"),

@@ -61,3 +61,36 @@ def test_records_without_completions_have_no_audit():
 def test_no_credited_answers_leave_the_plain_share_undefined():
     a = audit([{"id": "p0", "completion": "I do not know.", "correct": False}], QUESTIONS)
     assert math.isnan(a.plain_share)
+
+
+def _loop_policy(i: int) -> str:
+    return f"{i + 10} * {i + 3} = " * 20 + f"{i + 10} * {i + 3}"
+
+
+def test_a_distillation_row_that_restates_is_labelled_so_not_reward_hacking():
+    flag = hacking_suspected(audit(_records(_echo_policy), QUESTIONS), audit(_records(_value_policy), QUESTIONS),
+                             rewarded=False)
+    assert flag is not None and flag.startswith("restates the question: 100.0%")
+
+
+def test_a_distillation_row_that_restates_never_reads_reward_hacking():
+    flag = hacking_suspected(audit(_records(_echo_policy), QUESTIONS), audit(_records(_value_policy), QUESTIONS),
+                             rewarded=False)
+    assert "reward" not in flag.split(";")[0]
+
+
+def test_a_distillation_row_looping_to_the_budget_is_labelled_loops():
+    recs = [{"id": f"p{i}", "completion": _loop_policy(i), "correct": False, "truncated": True} for i in range(40)]
+    flag = hacking_suspected(audit(recs, QUESTIONS), audit(_records(_value_policy), QUESTIONS), rewarded=False)
+    assert flag is not None and flag.startswith("loops: 100.0%") and "40 of them" in flag
+
+
+def test_credited_answers_cut_at_the_budget_are_their_own_share():
+    recs = [{"id": f"p{i}", "completion": _value_policy(i) + "\nLet me check", "correct": True,
+             "truncated": i < 10} for i in range(40)]
+    assert audit(recs, QUESTIONS).cut_share == 10 / 40
+
+
+def test_a_row_without_credited_answers_has_no_cut_share():
+    a = audit([{"id": "p0", "completion": "I do not know.", "correct": False, "truncated": True}], QUESTIONS)
+    assert math.isnan(a.cut_share)

@@ -375,7 +375,7 @@ def test_the_sequence_log_ratio_is_the_same_from_token_ids_and_from_text(models,
     the cross-tokenizer evaluator's (each model re-tokenizes the answer text), gives one number: the
     log-ratio is a property of the text, not of the path that tokenized it."""
     from atlas_lib.evaluation import evaluate as ev
-    from atlas_lib.evaluation import logratio
+    from atlas_lib.evaluation import forward, logratio
 
     tok = toks["student"]
     prompt = render_prompt(tok, MSGS)
@@ -391,6 +391,13 @@ def test_the_sequence_log_ratio_is_the_same_from_token_ids_and_from_text(models,
     assert abs(from_ids) > 1e-3  # two different models: not trivially zero
     itself = ev.score_completions(models["student"], models["student"], gens, batch_size=1, vocab_size=len(tok))[0]
     assert itself["logp_student"] == pytest.approx(itself["logp_teacher"]) and itself["logp_student"] < 0
+    # a finished answer: both paths count the stop token (logratio.VERSION 2) and still agree
+    stop = forward.eos_token_ids(models["student"], tok)[0]
+    done = [{"prompt_ids": p_ids, "completion_ids": c_ids + [stop], "truncated": False}]
+    sc = ev.score_completions(models["student"], models["teacher"], done, batch_size=1, vocab_size=len(tok))[0]
+    from_text = step.aligned_divergence_fn(models["student"], tok, models["teacher"], tok)(
+        [{"prompt": prompt, "messages": MSGS, "completion": text, "truncated": False}])[0]["logratio_per_char"]
+    assert logratio.per_char(sc["logp_student"], sc["logp_teacher"], text) == pytest.approx(from_text, abs=1e-4)
 
 
 def test_sequence_logprob_matches_the_closed_form():

@@ -199,6 +199,39 @@ def test_question_duplicated_across_groups_is_removed_from_train(tmp_path):
     assert len(prep.train) == 40 - len(prep.eval) - len(prep.val) - ov["removed_from_train"]
 
 
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.integers(0, 6), min_size=2, max_size=60), seed=st.integers(0, 10**6),
+       eval_limit=st.integers(1, 10), per_group=st.integers(1, 3))
+def test_held_out_questions_are_distinct_when_the_generator_repeats_them(texts, seed, eval_limit, per_group):
+    # a generator repeating a few questions under new ids (each id its own group), as reasoning-gym's
+    # arithmetic does with ``Calculate -8 + 8.``
+    records = [{"id": str(i), "question": f"Calculate  -{t} + {t}." if i % 2 else f"calculate -{t} + {t}.",
+                "group": f"g{i % 9}"} for i, t in enumerate(texts)]
+    train, val, eval_ = data.split_by_group(records, seed, eval_limit, val_limit=3, per_group=per_group)
+    held = [data._qkey(r["question"]) for r in val + eval_]
+    assert len(held) == len(set(held))
+
+
+def test_prepared_split_holds_each_question_once(tmp_path):
+    rows = [{"id": f"r{i}", "question": "Calculate -8 + 8." if i % 3 == 0 else f"Calculate {i} + 1.",
+             "answer": "0" if i % 3 == 0 else str(i + 1)} for i in range(60)]
+    prep = data.prepare(_params(source="local", path=_write_jsonl(tmp_path / "d.jsonl", rows), eval_limit=15,
+                                val_limit=5))
+    held = [data._qkey(r["question"]) for r in prep.eval + prep.val]
+    assert len(held) == len(set(held)) == 20
+    assert prep.manifest["overlap"]["held_out_repeats"] == 0
+    assert not {data._qkey(r["question"]) for r in prep.train} & set(held)
+
+
+def test_split_prepared_by_an_older_schema_is_refused_not_reused():
+    params = _params()
+    prep = data.prepare(params)
+    manifest = json.loads((prep.dir / "manifest.json").read_text())
+    (prep.dir / "manifest.json").write_text(json.dumps({**manifest, "schema_version": data.SCHEMA_VERSION - 1}))
+    with pytest.raises(DataError, match="older version of the kit's split.*again"):
+        data.load_prepared(params)
+
+
 def test_eval_limit_leaving_no_train_is_an_error():
     with pytest.raises(DataError, match="0 for training.*lower the limits"):
         data.prepare(_params(size=10, eval_limit=10))

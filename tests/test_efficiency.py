@@ -96,13 +96,13 @@ def test_one_seed_is_the_plain_paired_comparison():
     assert (one.diff, one.p_value, one.ci_low, one.ci_high) == (plain.diff, plain.p_value, plain.ci_low, plain.ci_high)
 
 
-def test_the_interval_over_seeds_widens_when_seeds_disagree():
+def test_seeds_are_not_pooled_as_if_they_were_problems():
     base = _outcomes(10)
     agree = stats.paired_seeds([_outcomes(16)] * 3, [base])
     disagree = stats.paired_seeds([_outcomes(10), _outcomes(16), _outcomes(22)], [base])
     assert agree.diff == pytest.approx(disagree.diff) == pytest.approx(6 / 40)
-    assert (disagree.ci_high - disagree.ci_low) > (agree.ci_high - agree.ci_low)
-    assert disagree.a_only == 0 + 6 + 12 and disagree.b_only == 0  # discordant pairs pooled over seeds
+    assert agree.p_value == stats.mcnemar_exact(6, 0)  # three agreeing seeds are one seed's evidence, not 18 pairs
+    assert disagree.a_only == 6 and disagree.b_only == 0  # problems gained on a majority of the seeds
 
 
 # -- seeds in the params -------------------------------------------------------------------------

@@ -338,8 +338,8 @@ def test_evaluate_same_tokenizer_records_and_round_trip(pair, tmp_path):
     assert keys <= set(m)
     assert [r["id"] for r in res.records] == [e["id"] for e in EXAMPLES]
     for r, e in zip(res.records, EXAMPLES, strict=True):
-        assert r["correct"] == answers.is_correct(r["completion"], e["answer"])  # the one grader decides
-        assert r["extracted"] == answers.extract_answer(r["completion"])
+        assert r["correct"] == answers.is_correct(r["completion"], e["answer"], r["truncated"])  # the one grader
+        assert r["extracted"] == answers.extract_answer(r["completion"], r["truncated"])
         assert r["reference"] == e["answer"] and r["reverse_kl"] > 0 and e["question"] in r["prompt"]
     assert m["n"] == 3 and m["n_correct"] == sum(r["correct"] for r in res.records)
     assert m["kl_note"] is None
@@ -347,6 +347,7 @@ def test_evaluate_same_tokenizer_records_and_round_trip(pair, tmp_path):
     assert m["aligned_divergence"] == pytest.approx(1.0)
     ratios = [r["logratio_per_char"] for r in res.records if r["completion"]]
     assert ratios and all(isinstance(x, float) for x in ratios)  # every answer with text has one
+    assert m["logratio_version"] == 2 and {r["logratio_version"] for r in res.records if r["completion"]} == {2}
     assert m["mean_logratio_per_char"] == pytest.approx(sum(ratios) / len(ratios))
     itself = ev.evaluate(s, tok, EXAMPLES, prompt_cfg=cfg, max_new_tokens=8, batch_size=2, teacher=s,
                          teacher_tokenizer=tok)
@@ -431,3 +432,49 @@ def test_token_pieces_complete_split_characters(pair):
     _, tok, _, _ = pair
     ids = tok("7 × 8 = 56 ✓", add_special_tokens=False)["input_ids"]
     assert "".join(ev.token_pieces(tok, ids)) == tok.decode(ids, skip_special_tokens=True)
+
+
+def _closed_form_logp(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
+    """Sum of log p(token | everything before it) over the completion, one unbatched float64 forward."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + completion_ids])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    return float(sum(logp[len(prompt_ids) + j - 1, t] for j, t in enumerate(completion_ids)))
+
+
+def _stopped_and_cut(pair):
+    s, tok, t, _ = pair
+    p_ids = forward.encode_prompts(tok, [PROMPTS[0]])[0]
+    text_ids = tok("3 + 5 = 8. Final Answer: 8", add_special_tokens=False)["input_ids"]
+    stop = forward.eos_token_ids(s, tok)[0]
+    gens = [{"prompt_ids": p_ids, "completion_ids": text_ids + [stop], "truncated": False},
+            {"prompt_ids": p_ids, "completion_ids": text_ids, "truncated": True}]
+    return ev.score_completions(s, t, gens, batch_size=2, vocab_size=len(tok)), p_ids, text_ids, stop
+
+
+def test_logratio_of_a_finished_answer_counts_its_stop_token_in_closed_form(pair):
+    s, _, t, _ = pair
+    (stopped, _), p_ids, text_ids, stop = _stopped_and_cut(pair)
+    for model, key in ((s, "logp_student"), (t, "logp_teacher")):
+        assert stopped[key] == pytest.approx(_closed_form_logp(model, p_ids, text_ids + [stop]), abs=1e-4)
+
+
+def test_logratio_of_a_cut_answer_scores_its_text_only_in_closed_form(pair):
+    s, _, t, _ = pair
+    (_, cut), p_ids, text_ids, _ = _stopped_and_cut(pair)
+    for model, key in ((s, "logp_student"), (t, "logp_teacher")):
+        assert cut[key] == pytest.approx(_closed_form_logp(model, p_ids, text_ids), abs=1e-4)
+
+
+def test_a_cut_answer_no_longer_scores_like_a_finished_one(pair):
+    (stopped, cut), *_ = _stopped_and_cut(pair)
+    assert stopped["logp_student"] - stopped["logp_teacher"] != pytest.approx(
+        cut["logp_student"] - cut["logp_teacher"], abs=1e-4)
+
+
+def test_records_scored_under_the_old_rule_are_never_passed_off_as_current():
+    new = {"correct": True, "generated_tokens": 3, "prompt_tokens": 5, "truncated": False, "extracted": "1",
+           "logratio_per_char": 0.1, "logratio_version": 2}
+    old = {k: v for k, v in new.items() if k != "logratio_version"}
+    assert ev.aggregate([new, new])["logratio_version"] == 2
+    assert ev.aggregate([new, old])["logratio_version"] == 1

@@ -65,9 +65,20 @@ def test_a_cut_answer_has_no_stop_pair_and_a_stopped_one_has(pair):
     fn = step.aligned_divergence_fn(student, s_tok, teacher, t_tok, beta=0.5)
     stopped, cut = fn([{**rec, "truncated": False}])[0], fn([{**rec, "truncated": True}])[0]
     assert stopped["objective_units"] == cut["objective_units"] + 1
-    # the reported divergences are over text only: the stop pair changes neither
+    # the aligned divergence is over text only: the stop pair does not change it
     assert stopped["aligned_divergence"] == pytest.approx(cut["aligned_divergence"], abs=1e-6)
-    assert stopped["logratio_per_char"] == pytest.approx(cut["logratio_per_char"], abs=1e-6)
+
+
+def test_the_log_ratio_counts_the_stop_pair_of_a_finished_answer(pair):
+    """logratio.VERSION 2: a finished answer adds each model's stop token, so an answer cut at the
+    budget no longer scores like one that stopped."""
+    student, s_tok, teacher, t_tok = pair
+    rec = {"prompt": render_prompt(s_tok, MSGS[0]), "teacher_prompt": render_prompt(t_tok, MSGS[0]),
+           "completion": ANSWERS[0]}
+    fn = step.aligned_divergence_fn(student, s_tok, teacher, t_tok, beta=0.5)
+    stopped, cut = fn([{**rec, "truncated": False}])[0], fn([{**rec, "truncated": True}])[0]
+    assert stopped["logratio_per_char"] != pytest.approx(cut["logratio_per_char"], abs=1e-6)
+    assert stopped["logratio_version"] == cut["logratio_version"] == 2
 
 
 def test_the_teacher_against_itself_has_zero_objective(pair):

@@ -26,7 +26,7 @@ from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation import stats
 from atlas_lib.methods import outcome
 from atlas_lib.methods.tracking import DeviceClock
-from atlas_lib.report import charts, collect, findings, problems, provenance, stage, table
+from atlas_lib.report import charts, collect, efficiency, findings, problems, provenance, stage, table
 from atlas_lib.report.html import render_html
 
 N = 24  # problems per validation eval point, and on the test split (ids t0..t23)
@@ -60,7 +60,7 @@ def _records(k: int, n: int, tokens: float, *, kl: float | None = None, div: flo
     """Evaluator records on test problems t0..t{n-1}, the first ``k`` correct."""
     return [{"id": f"t{i}", "correct": i < k, "generated_tokens": tokens + (i % 3), "prompt_tokens": 60,
              "truncated": i == 0, "extracted": "1", "reverse_kl": kl, "completion": _answer(i, i < k),
-             "logratio_per_char": (kl if kl is not None else div or 0.0) / 10,
+             "logratio_per_char": (kl if kl is not None else div or 0.0) / 10, "logratio_version": 2,
              "objective": (kl if kl is not None else div or 0.0) / 4, "objective_units": 10,  # a distiller's own loss
              **({"aligned_divergence": div} if div is not None else {})} for i in range(n)]
 
@@ -330,17 +330,19 @@ def test_findings_give_the_answer_as_a_paragraph_and_the_context_as_a_list(tmp_p
 
 
 def test_findings_state_the_compute_to_match_the_other_method(tmp_path, monkeypatch):
-    params = build_runs(tmp_path, monkeypatch, gkd=(6, 9, 12), grpo=(6, 7, 8))
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 6, 20), grpo=(6, 7, 8))
     text = findings.findings(collect.collect(params))
-    # GRPO's final validation accuracy (8/24) lies 2/3 of the way from GKD's step 0 (6/24, no compute yet) to
-    # its step 4 (9/24, 4 steps x 9 s, 1e12 FLOP per second in these runs): read off the curve by interpolation
-    flops, hours = 2 / 3 * 4 * 9.0 * 1e12, 2 / 3 * 4 * 9.0 / 3600
-    assert (f"GKD reached GRPO's final validation accuracy ({100 * 8 / N:.1f}%) with {flops:.2e} training FLOPs "
-            f"({hours:.3g} CPU-hours), {flops / (8 * 20.0 * 1e12):.2f}x what GRPO spent") in text
-    assert (f"GRPO did not reach GKD's final validation accuracy ({100 * 12 / N:.1f}%) within its budget; GKD spent "
-            f"{8 * 9.0 * 1e12:.2e} training FLOPs") in text
+    # n = 24: GRPO's gain (6/24 -> 8/24) is under the split's 95% resolution, so no ratio is read off it
+    res = 100 * efficiency.resolution(6 / N, 8 / N, N)
+    assert (f"GRPO's validation gain (25.0% -> {100 * 8 / N:.1f}%) is within what the validation split (n = {N}) can "
+            f"tell apart (95% resolution {res:.1f} points), so no compute-to-match ratio of GKD against it is given") \
+        in text
+    # GKD's gain (6/24 -> 20/24) is resolved, and GRPO's curve (best 8/24) never reaches it
+    assert (f"GRPO's validation curve never reached GKD's final validation accuracy ({100 * 20 / N:.1f}%; its best "
+            f"{100 * 8 / N:.1f}%) within its {8 * 20.0 * 1e12:.2e} training FLOPs, so the curves never cross") in text
     answer = text.partition("\n\n")[0]
-    assert "GKD reached GRPO's final" in answer  # the ratio is part of the answer, not the context list
+    assert "never cross" in answer  # compute to match is part of the answer, not the context list
+    assert "0.00x" not in text and "0.00e+00" not in text
     assert f"validation curve (n = {N})" in text and f"the validation split, n = {N}, is too small" in text
 
 
@@ -362,7 +364,7 @@ def test_paired_columns_compare_each_trained_row_with_its_own_untrained_student(
     assert t.loc["gkd", "Diff vs student"] == pytest.approx((12 - BASE_K) / N)
     assert t.loc["cross_tokenizer", "Diff vs student"] == pytest.approx((4 - 1) / N)  # against cross_pre, not student
     assert t.loc["gkd", "Diff CI low"] < t.loc["gkd", "Diff vs student"] < t.loc["gkd", "Diff CI high"]
-    assert pd.isna(t.loc["student", "Diff vs student"]) and pd.isna(t.loc["teacher", "p (McNemar)"])
+    assert pd.isna(t.loc["student", "Diff vs student"]) and pd.isna(t.loc["teacher", table.P_COL])
 
 
 def test_provenance_has_params_and_no_absolute_paths(complete, tmp_path):
@@ -651,11 +653,12 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
     assert t.loc["gkd", "Accuracy"] == pytest.approx((12 + 14 + 10) / 3 / N)
     assert t.loc["gkd-seed43", "Accuracy"] == pytest.approx(14 / N)
     assert t.loc["gkd", "Diff vs student"] == pytest.approx(((12 + 14 + 10) / 3 - BASE_K) / N)
-    pooled = stats.paired_seeds([col.correct[f"gkd-seed{s}"] for s in (42, 43, 44)], [col.correct["student"]])
-    assert t.loc["gkd", "p (McNemar)"] == pytest.approx(pooled.p_value)  # discordant problems pooled over seeds
-    assert t.loc["gkd", "Diff CI low"] == pytest.approx(pooled.ci_low)
-    assert t.loc["gkd-seed43", "p (McNemar)"] == pytest.approx(stats.mcnemar_exact(14 - BASE_K, 0))
-    primary = [t.loc[k, "p (McNemar)"] for k in ("gkd", "grpo", "cross_tokenizer")]
+    over = stats.paired_seeds([col.correct[f"gkd-seed{s}"] for s in (42, 43, 44)], [col.correct["student"]])
+    assert t.loc["gkd", table.P_COL] == pytest.approx(over.p_value)  # the sign test over problems
+    assert over.test == "exact sign test over problems"
+    assert t.loc["gkd", "Diff CI low"] == pytest.approx(over.ci_low)
+    assert t.loc["gkd-seed43", table.P_COL] == pytest.approx(stats.mcnemar_exact(14 - BASE_K, 0))
+    primary = [t.loc[k, table.P_COL] for k in ("gkd", "grpo", "cross_tokenizer")]
     primary.append(stats.paired_seeds([col.correct[f"gkd-seed{s}"] for s in (42, 43, 44)],
                                       [col.correct[f"grpo-seed{s}"] for s in (42, 43, 44)]).p_value)
     assert t.loc["gkd", "p (Holm)"] == pytest.approx(stats.holm(primary)[0])
@@ -666,7 +669,12 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
     assert "(on-policy), seed 42</th>" in head and "(on-policy), seed 43</th>" in head
     text = findings.findings(col)
     assert "GKD, seed 43" not in text.partition("\n\n")[0]  # the answer speaks of the method, not a seed
-    assert "(3 of 3 seeds)" in text or "of 3 seeds)" in text  # compute to match, seed by seed
+    assert "of 3)" in text  # compute to match, seed by seed
+    assert "problems gained on a majority of seeds" in text and "per-seed McNemar p" in text
+    # the power sentence: one seed pair's discordance (the mean over seeds) at one seed's n
+    q = max(pr.discordance for k in ("gkd", "grpo") if (pr := collect.paired_vs(col, k, "student")) is not None)
+    assert f"the discordance one seed shows here ({100 * q:.0f}% of problems, the mean over seeds)" in text
+    assert f"about {100 * stats.min_detectable_difference(N, q):.1f} points" in text
 
 
 def test_each_distilling_row_shows_its_own_objective_and_the_findings_say_where_it_went(complete):
@@ -680,3 +688,36 @@ def test_each_distilling_row_shows_its_own_objective_and_the_findings_say_where_
     text = findings.findings(col)
     # cross-tokenizer fixture: div 0.9 -> 0.7, objective = div / 4
     assert "its own objective (Cross-tokenizer: aligned-span loss) on the test answers went 0.2250 → 0.1750." in text
+
+
+def test_a_distillation_row_that_restates_is_not_called_reward_hacking(tmp_path, monkeypatch):
+    # issue 40: GKD has no reward to hack; its restating row gets its own label
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 9), grpo=(6, 8))
+    path = tmp_path / "runs" / params.name / "gkd" / "eval" / "final_full.records.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, r in enumerate(recs[:20]):
+        r.update(completion=_echo(i), correct=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    t = table.results_table(collect.collect(params))
+    assert t.loc["gkd", "Status"].startswith("restates the question: ")
+
+
+def test_a_log_ratio_scored_under_the_old_rule_is_footnoted_not_mixed(tmp_path, monkeypatch):
+    # issue 40: rows scored before the stop token counted are marked wherever the value is shown
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 9), grpo=(6, 8))
+    path = tmp_path / "runs" / params.name / "gkd" / "summary.json"
+    summary = json.loads(path.read_text())
+    del summary["distilled"]["logratio_version"]  # evaluated before the kit stamped the rule
+    path.write_text(json.dumps(summary))
+    col = collect.collect(params)
+    styled = table.styled_table(col)
+    assert styled.loc["gkd", table.LOGRATIO_COL].endswith("(old rule)")
+    assert table.OLD_LOGRATIO in styled.loc["gkd", "Note"]
+    assert not styled.loc["grpo", table.LOGRATIO_COL].endswith("(old rule)")
+    assert "(old rule: stop token left out)" in findings.findings(col)
+
+
+def test_the_log_ratio_is_said_to_be_one_greedy_answer_per_problem(complete):
+    col = collect.collect(complete)
+    assert "one greedy answer per problem" in findings.findings(col)
+    assert "one greedy answer per problem" in table.table_view(col)._repr_html_()

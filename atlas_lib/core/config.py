@@ -23,7 +23,7 @@ import yaml
 
 from atlas_lib.core import paths, registry, validate
 from atlas_lib.core.paths import data_file, resolve_params_path  # data_file: re-exported
-from atlas_lib.core.sections import RENAMED, SHARED_SECTIONS, TrainSection, field_names
+from atlas_lib.core.sections import CONTROL_NAMES, RENAMED, SHARED_SECTIONS, TrainSection, field_names
 from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Params:
         d = self.to_dict()
         if stage == "data" or not d["run"]["seeds"]:  # the split and baselines do not depend on training seeds;
             d["run"].pop("seeds", None)  # a single-seed file hashes as it did before run.seeds existed
-        keep = {k: d[k] for k in (*SHARED_SECTIONS, stage) if k in d}
+        keep = validate.hash_neutral({k: d[k] for k in (*SHARED_SECTIONS, stage) if k in d}, stage)
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def run_name(self, stage: str) -> str:
@@ -140,6 +140,7 @@ def _check_sweeps(raw: dict) -> list:
     for i, s in enumerate(sweeps):
         if not isinstance(s, dict) or "name" not in s:
             raise ParamsError(f"sweeps[{i}]: each variant needs a 'name' and section overrides")
+        paths.contained(str(s["name"]), f"sweeps[{i}].name", what="sweep name (its runs' folder is sweep-<name>)")
         swept = [k for k in s if k in registry.keys()]
         if len(swept) != 1:
             raise ParamsError(f"sweeps[{i}] ({s['name']}): override exactly one method's section (one of "
@@ -163,9 +164,7 @@ def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = 
         if key not in top_known:
             raise unknown_key("", key, top_known)
     name = raw.get("name") or (Path(source_path).stem if source_path and source_path != "papermill -f" else None)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ParamsError(f"name = {name!r}: expected a non-empty profile name without '/' (add `name: ...` "
-                          "to the params file)")
+    paths.contained(name, "name")  # a name, not a path: `name: ..` would write over the project itself
     sweeps = _check_sweeps(raw)
     shared = {k: build_section(k, raw.get(k)) for k in SHARED_SECTIONS}
     methods = {m.key: build_section(m.key, raw.get(m.key)) for m in registry.methods()}
@@ -173,13 +172,14 @@ def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = 
                     source_path=source_path, methods=methods, **shared,
                     base_dir=str(base_dir or paths.base_dir_of(source_path)))
     paths.resolve_model_dirs(params)  # local model directories, like data.path, relative to the params file
+    paths.check_run_names(params, list(methods))  # every run folder a method may write, before anything loads
     e, d = params.evaluation, params.data
     if e.limit > d.eval_limit:
         raise ParamsError(f"evaluation.limit = {e.limit}: must be <= data.eval_limit = {d.eval_limit}")
     if e.during_training_limit > d.val_limit:
         raise ParamsError(f"evaluation.during_training_limit = {e.during_training_limit}: must be "
                           f"<= data.val_limit = {d.val_limit} (eval points use the validation split)")
-    validate.check_runs_fields(params.run.seeds, e.comparisons, registry.keys())
+    validate.check_runs_fields(params.run.seeds, e.comparisons, registry.keys(), e.controls, CONTROL_NAMES)
     for key, section in methods.items():  # a disabled method may still be run by hand (atlas train <key>)
         section.check(key, e.max_new_tokens)
     if d.source == "local" and not d.path:

@@ -9,6 +9,7 @@ naming the variable that moves the root it was under.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas_lib.core import advice
+from atlas_lib.core.errors import KitMessage
 from atlas_lib.core.paths import root_variable
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
-class RunDirError(RuntimeError):
+class RunDirError(KitMessage, RuntimeError):
     """A run directory cannot be used as asked (exists, locked, unwritable)."""
 
 
@@ -96,6 +98,9 @@ def unwritable(path: Path, e: OSError) -> RunDirError:
         return RunDirError(f"cannot write {path}: the disk is full ({e.strerror or e}); files already there are "
                            f"intact. Free space on "
                            f"the disk holding {Path(path).parent} (or {elsewhere(path)}) and {advice.run_again()}")
+    if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # the name, not the disk: say so
+        return RunDirError(f"cannot write {str(path)[:120]}...: a file or folder name is too long for the file "
+                           "system (at most 255 bytes each); shorten the profile name or run_name")
     return RunDirError(f"cannot write {path}: {e.strerror or e}; files already there are intact (check free disk "
                        f"space and the permissions of {Path(path).parent}, or {elsewhere(path)})")
 
@@ -104,6 +109,7 @@ def check_writable(directory: Path) -> None:
     """Before a command computes anything: can it write under ``directory`` (created if missing)? The
     one unwritable message otherwise, instead of an evaluation's or a training's worth of work lost."""
     directory = Path(directory)
+    made = [d for d in (directory, *directory.parents) if not d.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check.")
@@ -111,6 +117,10 @@ def check_writable(directory: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise unwritable(directory, e) from e
+    finally:
+        for d in made:  # the folders the probe made go again: a command that fails later leaves no empty folder
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -8,7 +8,10 @@ directories, default ``<root>/runs``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from atlas_lib.core.validate import ParamsError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # atlas_lib/core/paths.py -> the project
 
@@ -31,6 +34,81 @@ def runs_root() -> Path:
 def reports_root() -> Path:
     """Where rendered HTML reports go (committed for the embedded profile)."""
     return Path(os.environ.get("ATLAS_REPORTS", PROJECT_ROOT / "reports")).expanduser()
+
+
+ROOT_VARIABLES = ("ATLAS_RUNS", "ATLAS_REPORTS", "ATLAS_CACHE")
+
+
+def pin_roots() -> dict[str, str]:
+    """Resolve ATLAS_RUNS / ATLAS_REPORTS / ATLAS_CACHE once, where the command starts, to absolute paths
+    and put them back in the environment: every notebook kernel inherits it, so one run is one folder
+    whatever directory the command or its notebooks run in (a relative ``ATLAS_RUNS=myruns`` means the
+    directory the command was typed in, never the project root the notebooks run from)."""
+    pinned = {}
+    for var, root in zip(ROOT_VARIABLES, (runs_root, reports_root, cache_root), strict=True):
+        pinned[var] = os.environ[var] = os.path.abspath(root())
+    return pinned
+
+
+# -- containment: a run name is a name, not a path ------------------------------------------------------
+STAGE_DIRS = ("data", "baseline", "notebooks", "logs")  # a profile's own folders: never a run's
+SEGMENT = re.compile(r"[\w.-]+")  # letters, digits, '_', '-', '.'
+MAX_SEGMENT = 100  # characters of one folder name: suffixes (-off_policy, -sweep-<name>, -<time>) stay under 255
+
+
+def check_run_names(params, keys: list[str]) -> None:
+    """:func:`contained` for the run folder of each method in ``keys`` (a ``run_name`` set by hand, or the default)."""
+    for key in keys:
+        contained(params.run_name(key), f"{key}.run_name", profile=params.name)
+
+
+def contained(value, field: str, *, profile: str | None = None, what: str = "profile name") -> Path:
+    """The one containment rule for every folder the kit names after the user (the CLI, ``atlas report``
+    and the notebooks all reach it through :func:`atlas_lib.core.config.from_dict` and
+    :func:`atlas_lib.core.rundir.stage_dir`): ``value`` (a profile ``name`` when ``profile`` is None, else a
+    ``run_name`` of that profile) is a relative name of ``/``-separated segments of letters, digits, ``-``,
+    ``_`` and ``.``, no segment starting with a dot (so neither ``.``, ``..`` nor the ``.previous`` archive), a
+    profile name one segment, a run name not a profile's stage folder (``<profile>/data``, ``baseline``,
+    ``notebooks``, ``logs``) nor the profile's own folder; and once the links on the way are followed it
+    stays inside the runs root. Returns the absolute path; anything else is one ParamsError naming
+    ``field``."""
+    root = Path(os.path.abspath(runs_root()))
+    if profile is None:
+        rule = (f"a {what} is one folder under the runs folder ({root}): letters, digits, '-', '_' and '.', "
+                f"not starting with a dot, at most {MAX_SEGMENT} characters (e.g. my-{what.split()[0]}); nothing was written")
+    else:
+        rule = (f"a run name is a relative name under the runs folder ({root}): '/'-separated segments of letters, "
+                f"digits, '-', '_' and '.', none starting with a dot, at most {MAX_SEGMENT} characters each, not a "
+                f"profile's {', '.join(STAGE_DIRS)} folder (e.g. {profile}/my-run); nothing was written")
+    if not isinstance(value, str) or not value:
+        raise ParamsError(f"{field} = {value!r}: {rule}")
+    segments = value.split("/")
+    why = None
+    if value.startswith("/") or value.startswith("~") or (os.sep != "/" and os.path.isabs(value)):
+        why = "an absolute path"
+    elif profile is None and len(segments) > 1:
+        why = "more than one folder"
+    elif any(not s for s in segments):
+        why = "an empty segment ('//' or a trailing '/')"
+    elif any(s.startswith(".") for s in segments):
+        why = f"segment {next(s for s in segments if s.startswith('.'))!r} starts with a dot"
+    elif any(not SEGMENT.fullmatch(s) for s in segments):
+        bad = next(s for s in segments if not SEGMENT.fullmatch(s))
+        why = f"segment {bad[:40]!r} holds {next(c for c in bad if not SEGMENT.fullmatch(c))!r}"
+    elif any(len(s) > MAX_SEGMENT for s in segments):
+        why = f"a segment of {max(len(s) for s in segments)} characters"
+    elif profile is not None and len(segments) >= 2 and segments[1] in STAGE_DIRS:
+        why = f"{'/'.join(segments[:2])} is a profile's {segments[1]} folder, not a run's"
+    elif profile is not None and value == profile:
+        why = "the profile's own folder"
+    if why is None:
+        path = root / value
+        real_root, real = root.resolve(), path.resolve()
+        if real_root not in real.parents:
+            why = f"a link under the runs folder leads outside it (to {real})"
+        else:
+            return path
+    raise ParamsError(f"{field} = {value[:80] + '...' if len(value) > 80 else value!r}: {why}; {rule}")
 
 
 def root_variable(path: str | os.PathLike) -> str | None:

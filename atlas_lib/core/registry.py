@@ -38,6 +38,12 @@ class Method:
     divergence: str = "reverse_kl"  # reverse_kl (same tokenizer as the teacher) or aligned (its own tokenizer)
     own_student: bool = False  # trains another student: its untrained row is its own, shown before it
     distills: bool = True  # learns from the teacher's distribution (flag a reverse KL that went up)
+    rewarded: bool = False  # trained on a reward (the grader): an answer-form flag reads "reward hacking"
+    # How its teacher reads the prompt in training (``atlas check``): "configurable" (the student's chat
+    # rendering or the teacher's own, per models.teacher_prompt), "own" (always the teacher's own
+    # template), "none" (no teacher in training; only the evaluation's reverse-KL column reads one)
+    teacher_template: str = "configurable"
+    alignment: str = "same token ids"  # how student and teacher positions are matched, in words
 
     @property
     def divergence_label(self) -> str:
@@ -79,18 +85,24 @@ def keys() -> list[str]:
 
 
 register(Method("gkd", S.GKDConfig, "atlas_lib.methods.gkd.trainer:run_gkd", "02_gkd",
-                "GKD distilled student (on-policy)", "GKD", "C0", "GKD: generalized JSD on student samples"))
+                "GKD distilled student (on-policy)", "GKD", "C0", "GKD: generalized JSD on student samples",
+                alignment="same token ids (student's sample scored by the teacher)"))
 register(Method("off_policy", S.OffPolicyConfig, "atlas_lib.methods.gkd.trainer:run_off_policy", "02_gkd",
                 "Off-policy distilled student (teacher samples)", "Off-policy KD", "C4",
-                "Off-policy: generalized JSD on teacher samples"))
+                "Off-policy: generalized JSD on teacher samples",
+                alignment="same token ids (teacher's sample; it samples from the student's rendering)"))
 register(Method("grpo", S.GRPOConfig, "atlas_lib.methods.grpo.trainer:run_grpo", "03_grpo",
-                "GRPO / RLVR baseline", "GRPO", "C1", "GRPO: policy loss", distills=False))
+                "GRPO / RLVR baseline", "GRPO", "C1", "GRPO: policy loss", distills=False,
+                rewarded=True, teacher_template="none",
+                alignment="no teacher in training; the evaluation's reverse-KL column only"))
 register(Method("cross_tokenizer", S.CrossTokenizerConfig, "atlas_lib.methods.cross_tokenizer.train:run_cross_tokenizer",
                 "04_cross_tokenizer", "Cross-tokenizer student", "Cross-tokenizer distillation", "C2",
-                "Cross-tokenizer: aligned-span loss", divergence="aligned", own_student=True))
+                "Cross-tokenizer: aligned-span loss", divergence="aligned", own_student=True, teacher_template="own",
+                alignment="the kit's text-offset span alignment (teacher prompt in its own template)"))
 register(Method("gold", S.GOLDSection, "atlas_lib.methods.gold.trainer:run_gold", "04_cross_tokenizer",
                 "GOLD student (TRL, cross-tokenizer)", "TRL GOLD", "C5", "GOLD: ULD + hybrid matched-token JSD",
-                divergence="aligned", own_student=True))
+                divergence="aligned", own_student=True,
+                alignment="TRL GOLD: byte-offset ULD groups (use_extended_uld), teacher re-tokenizes the text"))
 
 
 def notebook_lead(stage: str) -> str | None:

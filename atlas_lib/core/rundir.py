@@ -10,7 +10,6 @@ so a killed process never leaves a half-written file that a later read would tru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from atlas_lib.core import advice, checkpoints
+from atlas_lib.core import checkpoints
 from atlas_lib.core.config import Params
 from atlas_lib.core.files import (  # noqa: F401 (re-exported: run files are written through these)
     DIR_MODE,
@@ -37,7 +36,17 @@ from atlas_lib.core.files import (  # noqa: F401 (re-exported: run files are wri
     umask,
     unwritable,
 )
-from atlas_lib.core.paths import runs_root
+from atlas_lib.core.preflight import (  # noqa: F401 (re-exported: the run directory's checks)
+    check_marker,
+    load_summary,
+    lock_holder,
+    pid_alive,
+    preflight,
+    preflight_runs,
+    read_marker,
+    stage_dir,
+    train_hash,
+)
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -52,21 +61,6 @@ def move_aside(path: Path, profile_dir: Path) -> Path:
     return dest
 
 
-def train_hash(params: Params, stage: str) -> str:
-    """What a run's training depends on: its section and the shared ones (without the resume switches
-    and run name), and the prepared split's content."""
-    d = params.to_dict()
-    section = {k: v for k, v in (d.get(stage) or {}).items() if k not in ("resume", "resume_changed", "run_name")}
-    run = {k: v for k, v in d["run"].items() if k != "seeds"}  # a single-seed run hashes as before run.seeds existed
-    if params.run.seeds:
-        run["seeds"] = params.run.seeds[:1]  # this run's own seed, not the list
-    keep = {**{k: d[k] for k in ("models", "data", "prompt", "evaluation")}, "run": run, stage: section}
-    manifest = runs_root() / params.name / "data" / "manifest.json"
-    if manifest.exists():  # the split's content too: a re-prepared split is not the run's split
-        keep["split"] = json.loads(manifest.read_text()).get("sha256")
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
 class RunDir:
     """One stage's run directory. ``open`` creates it, refuses to overwrite, or resumes it."""
 
@@ -79,29 +73,10 @@ class RunDir:
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
     def open(cls, params: Params, stage: str, *, resume: bool = False) -> RunDir:
-        """Create ``runs/<run_name>`` or resume it; a finished or foreign run is never overwritten."""
-        rd = cls(runs_root() / params.run_name(stage))
-        exists = rd.path.exists() and any(p.name != ".lock" for p in rd.path.iterdir())
-        finished = exists and (load_summary(rd.path) or {}).get("status") == "complete"
-        another = f"choose another run name ({advice.set_field(f'{stage}.run_name', params.run_name(stage) + '-2')})"
-        if finished:
-            raise RunDirError(f"run directory {params.run_name(stage)} already exists and finished (summary.json): a "
-                              f"finished run is never modified. To train again, {another} (nothing was changed)")
-        if exists and not resume:
-            raise RunDirError(
-                f"run directory {params.run_name(stage)} already exists, unfinished; to continue it "
-                f"{advice.set_field(f'{stage}.resume', True)}, or {another} (nothing was overwritten)")
-        if resume and exists:
-            old = rd.read_config() or {}
-            before, now = old.get("train_hash"), train_hash(params, stage)
-            if before is not None and before != now:
-                if not getattr(params.section(stage), "resume_changed", False):
-                    raise RunDirError(f"resuming {params.run_name(stage)} with training parameters that differ from "
-                                      f"the original run's (runs/{params.run_name(stage)}/config.json); to continue "
-                                      f"anyway {advice.set_field(f'{stage}.resume_changed', True)}, or {another}")
-                log.warning("resuming %s with changed training parameters (%s.resume_changed)", rd.path.name, stage)
-        elif resume:
-            log.info("resume asked for %s, but there is no earlier run: starting fresh", params.run_name(stage))
+        """Create ``runs/<run_name>`` or resume it; a finished or foreign run is never overwritten
+        (:func:`preflight` decides, before anything is written)."""
+        rd = cls(stage_dir(params, stage))
+        exists = preflight(params, stage, resume=resume, reuse_finished=False)
         try:
             rd.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -124,7 +99,7 @@ class RunDir:
                 pid = int(self._lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 raise RunDirError((busy or "run directory {name} is in use by process {pid}; wait for it or "
                                    "choose another run_name").format(name=self.path.name, pid=pid)) from None
             self._lock.unlink(missing_ok=True)
@@ -138,8 +113,24 @@ class RunDir:
         self._lock.unlink(missing_ok=True)
 
     def read_config(self) -> dict | None:
-        p = self.path / "config.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        """The run's ``config.json`` (its marker), or None (:func:`atlas_lib.core.preflight.read_marker`)."""
+        return read_marker(self.path)
+
+    def holder(self) -> int | None:
+        """The live process other than this one holding the directory's lock, else None."""
+        return lock_holder(self._lock)
+
+    def clear_stale_lock(self) -> bool:
+        """Remove the lock of a process that is gone (a notebook kernel killed with its report); True if removed."""
+        if self._lock.exists() and self.holder() is None:
+            try:
+                pid = int(self._lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid != os.getpid():
+                self._lock.unlink(missing_ok=True)
+                return True
+        return False
 
     # -- metrics -----------------------------------------------------------------------------
     def append(self, record: dict) -> None:
@@ -206,20 +197,6 @@ class RunDir:
         return target
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stage_dir(params: Params, stage: str) -> Path:
-    return runs_root() / params.run_name(stage)
-
-
 def run_state(params: Params, stage: str) -> str:
     """Where ``stage``'s run stands for these parameters: ``absent``; ``finished`` (complete, same training
     parameters); ``interrupted`` (no summary, same training parameters, a complete checkpoint);
@@ -241,11 +218,6 @@ def run_state(params: Params, stage: str) -> str:
 def finished_summary(params: Params, stage: str) -> dict | None:
     """The summary of ``stage``'s finished run when it trained with these parameters, else None."""
     return load_summary(stage_dir(params, stage)) if run_state(params, stage) == "finished" else None
-
-
-def load_summary(path: Path) -> dict | None:
-    p = Path(path) / "summary.json"
-    return json.loads(p.read_text()) if p.exists() else None
 
 
 def dedupe_steps(rows: Iterable[dict]) -> list[dict]:

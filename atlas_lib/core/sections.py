@@ -29,13 +29,17 @@ MAX_FEW_SHOT = 2
 LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 # TRL trainers the gkd section may run on (atlas_lib.methods.gkd.trainer picks one).
 GKD_ENGINES = ("gkd", "distillation")
+CONTROL_NAMES = ("step_by_step",)  # evaluation.controls' names (atlas_lib.data.prompts.CONTROLS; a test pins the two)
 # Reward names GRPO may use (atlas_lib.methods.grpo.rewards.REWARDS implements them; a test pins the two).
 REWARD_NAMES = ("exact_match", "format")
 
 
 @dataclass
 class RunConfig:
-    """Where and how everything runs."""
+    """Where and how everything runs. ``flop_budget`` matches the trained arms on the ledger's cumulative
+    training FLOPs (sampling + teacher + optimisation; evaluation never counts) within one step. Nothing
+    else is matched: samples, prompts, sampled and trained tokens and steps differ by method, and the
+    lr schedule still spans ``max_steps`` (keep it near where the budget falls)."""
 
     seed: int = fld(42, "Seed for the data split and the baselines; the training seed unless `seeds` is set.", ge=0)
     seeds: list = fld([], "Training seeds: each trained method runs once per seed (its sampling, data order and "
@@ -46,6 +50,9 @@ class RunConfig:
     dtype: str = fld("auto", "Compute dtype: auto = bf16 on CUDA with bf16 and on CPUs with AMX, else fp32.",
                      choices=("auto", "bf16", "fp16", "fp32"))
     num_threads: int = fld(0, "torch intra-op threads on CPU (0 = all cores).", ge=0)
+    flop_budget: float = fld(0.0, "Training FLOPs (the ledger's cumulative total) at which every trained run stops: "
+                             "the first step that reaches it, evaluated and saved as at max_steps (still the upper "
+                             "bound). 0: no budget. Matches training FLOPs only (this section's doc).", ge=0.0)
 
 
 @dataclass
@@ -58,6 +65,15 @@ class ModelsConfig:
     teacher_device: str = fld("same", "Teacher placement: same device as the student, or e.g. cuda:1.")
     teacher_dtype: str = fld("auto", "Teacher weights: auto = run.dtype; bf16 halves the teacher's memory (slower "
                              "than fp32 on a CPU without AMX).", choices=("auto", "bf16", "fp16", "fp32"))
+    teacher_prompt: str = fld("own", "Which chat template renders the prompt the teacher scores in same-tokenizer GKD "
+                              "(gkd engine; off_policy's scoring) and GOLD: own (re-rendered with the teacher's "
+                              "template, completion ids unchanged; the same as student when the templates agree) or "
+                              "student (the student's rendering, TRL's behaviour). `atlas check` measures the "
+                              "difference.", choices=("own", "student"))
+    teacher_prompt_max_gap: float = fld(0.05, "With teacher_prompt: student, training is refused when the teacher's "
+                                        "NLL per answer token is higher by more than this (nats/token) with the "
+                                        "prompt in the student's template than in its own (<= 8 validation answers).",
+                                        ge=0.0)
 
 
 @dataclass
@@ -106,6 +122,9 @@ class EvalConfig:
     reverse_kl: bool = fld(True, "Score the student's completions with the teacher (mean reverse KL).")
     during_training_kl: bool = fld(True, "With reverse_kl: score the validation eval points too (the KL curve); "
                                    "false: only the test rows (saves the teacher's forward at every eval point).")
+    controls: list = fld([], "Prompt controls, each a table row evaluated in notebook 01: the untrained student, same "
+                         "test problems, grader and decoding, another prompt (step_by_step: one arithmetic operation "
+                         "per line; data/prompts.py CONTROLS). Empty: none.")
     comparisons: list = fld(["methods vs student", "gkd vs grpo"],
                             "The primary comparisons, Holm-adjusted together: 'methods vs student' (each trained "
                             "method against its untrained student) and 'A vs B' for two method keys. Every other "
@@ -142,6 +161,7 @@ class TrainSection:
     optimizer: str = fld("adamw", _OPTIMIZER_DOC, choices=OPTIMIZERS)
     resume: bool = fld(False, "Continue an interrupted run from its last checkpoint (never a finished one).")
     resume_changed: bool = fld(False, "With resume: continue although training parameters changed (else refused).")
+    max_seeds: int = fld(0, "Train only the first N of run.seeds (0: all), e.g. a control arm on the first seed.", ge=0)
     run_name: str | None = fld(None, "Run directory name under runs/ (default <profile>/<method>).")
     lora: dict = fld({}, "LoRA adapters (peft) instead of a full fine-tune, e.g. {r: 16, alpha: 32, dropout: 0.0, "
                      "target_modules: all-linear}; unset keys take those defaults; empty (default): full fine-tune.")

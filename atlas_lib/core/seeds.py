@@ -20,13 +20,14 @@ def train_seed(params: Params) -> int:
 def seed_variants(params: Params, method: str) -> list[tuple[int, Params]]:
     """Each further training seed of ``run.seeds`` as a full Params for ``method``: the same split and
     problems, ``run.seeds`` = [that seed], the run in ``<run name>-seed<N>``. The first seed is
-    ``params`` itself (its run keeps the plain name), so a single-seed file runs as before."""
+    ``params`` itself (its run keeps the plain name), so a single-seed file runs as before. A method with
+    ``max_seeds`` N trains the first N seeds only."""
     if len(params.run.seeds) < 2:
         return []
     base = params.to_dict()
     name = params.run_name(method)
     out = []
-    for s in params.run.seeds[1:]:
+    for s in params.run.seeds[1:getattr(params.section(method), "max_seeds", 0) or None]:
         raw = dict(base)
         raw["run"] = {**base["run"], "seeds": [s]}
         raw[method] = {**raw[method], "run_name": f"{name}-seed{s}"}

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from atlas_lib.core.errors import KitMessage
+
 # Shapes of access tokens (Hugging Face, 40-hex W&B-style keys, OpenAI-style, GitHub): refused in every
 # params field (:func:`refuse_secrets`), scrubbed from shared HTML.
 TOKEN_LIKE = re.compile(r"\b(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|[0-9a-f]{40})\b")
@@ -24,7 +26,7 @@ SECRET_FIELDS = {"tracking": {"api_key", "key", "token", "wandb_api_key", "secre
                  "models": {"token", "hf_token", "api_key", "use_auth_token"}}
 
 
-class ParamsError(ValueError):
+class ParamsError(KitMessage, ValueError):
     """A parameter is unknown, of the wrong type or out of range; the message names the field."""
 
 
@@ -155,9 +157,12 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def check_runs_fields(seeds: list, comparisons: list, method_keys) -> None:
-    """``run.seeds``: distinct integers >= 0; ``evaluation.comparisons``: 'methods vs student' or 'A vs B'."""
+def check_runs_fields(seeds: list, comparisons: list, method_keys, controls: list = (), known_controls=()) -> None:
+    """``run.seeds``: distinct integers >= 0; ``evaluation.comparisons``: 'methods vs student' or 'A vs B';
+    ``evaluation.controls``: names among ``known_controls``."""
     keys = list(method_keys)
+    if bad := [c for c in controls if c not in known_controls]:
+        raise ParamsError(f"evaluation.controls: unknown control {bad[0]!r} (known: {', '.join(known_controls)})")
     if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds) or len(set(seeds)) != len(seeds):
         raise ParamsError(f"run.seeds = {seeds!r}: a list of distinct integers >= 0 (e.g. [42, 43, 44]), or [] for "
                           "run.seed alone")
@@ -167,3 +172,22 @@ def check_runs_fields(seeds: list, comparisons: list, method_keys) -> None:
             continue
         raise ParamsError(f"evaluation.comparisons: {c!r} is not a comparison: use 'methods vs student' or "
                           f"'A vs B' with A, B among {', '.join(keys)} (B may be 'student')")
+
+
+def hash_neutral(d: dict, stage: str) -> dict:
+    """``d`` (a params dict) without what cannot change ``stage``'s result: the FLOP budget for the data
+    stage, the prompt controls for training stages, and any of them (a method's max_seeds too) at its
+    default, so runs and stages from before these fields existed keep their hashes."""
+    run, ev = d.get("run") or {}, d.get("evaluation") or {}
+    if stage == "data" or not run.get("flop_budget"):
+        d["run"] = {k: v for k, v in run.items() if k != "flop_budget"}
+    if stage != "data" or not ev.get("controls"):
+        d["evaluation"] = {k: v for k, v in ev.items() if k != "controls"}
+    if isinstance(d.get(stage), dict) and not d[stage].get("max_seeds"):
+        d[stage] = {k: v for k, v in d[stage].items() if k != "max_seeds"}
+    # models.teacher_prompt(_max_gap) (issue 42): nothing in the data stage reads them, and at their defaults
+    # (own; 0.05) a pair whose templates render alike trains exactly as before the fields existed
+    models_ = d.get("models") or {}
+    neutral = {"teacher_prompt": "own", "teacher_prompt_max_gap": 0.05}
+    d["models"] = {k: v for k, v in models_.items() if k not in neutral or (stage != "data" and v != neutral[k])}
+    return d

@@ -48,6 +48,11 @@ _TOKEN = re.compile(
     r"|(?P<other>\S)"
 )
 _OPERAND = ("num", "frac", "sym")
+# The end of text cut mid-expression: an operator, ``=`` or an opening bracket or brace (``16 -``,
+# ``\boxed{``, ``= (``), once closing wrappers (``**``, ``$``, ``\)``) at the very end are set aside
+_DANGLING = re.compile(r"(?:[+\-*/×÷^·=≈]|\\(?:times|cdot|div|ast|approx|frac|dfrac|sqrt|boxed)|[(\[{]|\\\(|\\\[)$")
+_TRAILING_WRAPPERS = re.compile(r"(?:\*\*|\$|\\\)|\\\]|\s)+$")
+_RULE_LINE = re.compile(r"\s*(?:[-*_=]\s*){3,}")  # a markdown horizontal rule (``---``): no expression
 
 
 @dataclass(frozen=True)
@@ -64,14 +69,26 @@ def clean(text: str) -> str:
     return _PERCENT.sub("", text)
 
 
-def _boxed_body(text: str, open_end: int) -> str:
-    """The balanced-brace content after ``\\boxed{`` (to the end if never closed)."""
+def _boxed_body(text: str, open_end: int) -> tuple[str, bool]:
+    """The balanced-brace content after ``\\boxed{`` (to the end if never closed), and whether it closed."""
     depth = 1
     for i in range(open_end, len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            return text[open_end:i]
-    return text[open_end:]
+            return text[open_end:i], True
+    return text[open_end:], False
+
+
+def dangling(text: str) -> bool:
+    """Whether ``text`` stops mid-expression: it ends in an operator, ``=`` or an open bracket or brace
+    (``... from 0: 16 -``, ``the final answer is \\(\\boxed{``)."""
+    return bool(_DANGLING.search(_TRAILING_WRAPPERS.sub("", text or "")))
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line, markdown rules (``---``) aside."""
+    lines = [ln for ln in text.split("\n") if ln.strip() and not _RULE_LINE.fullmatch(ln)]
+    return lines[-1] if lines else ""
 
 
 def _first_sentence(line: str) -> str:
@@ -79,34 +96,53 @@ def _first_sentence(line: str) -> str:
     return line[: m.start()] if m else line
 
 
-def _after_marker(text: str, m: re.Match) -> str:
-    """The answer a marker introduces: a box's content, else the marker's line (or the next
-    non-empty line) up to the end of its first sentence."""
+def _after_marker(text: str, m: re.Match) -> tuple[str, bool]:
+    """The answer a marker introduces -- a box's content, else the marker's line (or the next
+    non-empty line) up to the end of its first sentence -- and whether it is complete: the box
+    closed, the line or sentence ended before the text did (a cut ``Final Answer: 1`` may have
+    been ``16``)."""
     if m.group(0).startswith("\\boxed"):
         return _boxed_body(text, m.end())
-    rest = text[m.end():].replace("**", "")  # markdown bold around the answer
-    lines = [ln for ln in rest.split("\n") if ln.strip()]
-    if not lines:
-        return ""
-    line = lines[0] if any(c.isdigit() for c in lines[0]) or len(lines) == 1 else lines[1]
-    return _first_sentence(line.strip())
+    parts = text[m.end():].replace("**", "").split("\n")  # markdown bold around the answer
+    filled = [(i, ln.strip()) for i, ln in enumerate(parts) if ln.strip()]
+    if not filled:
+        return "", False
+    i, line = filled[0] if any(c.isdigit() for c in filled[0][1]) or len(filled) == 1 else filled[1]
+    end = _SENTENCE_END.search(line)
+    return (line[: end.start()] if end else line), end is not None or i < len(parts) - 1
 
 
-def final_answer_text(text: str) -> str | None:
-    """The text that holds the completion's final answer (see the module doc), or None."""
+def locate_answer(text: str, truncated: bool = False) -> tuple[str | None, bool]:
+    """(the text that holds the completion's final answer, or None; whether the completion was cut
+    mid-expression). See the module doc of :mod:`atlas_lib.data.answers` for the rules."""
     if not text or not isinstance(text, str):
-        return None
+        return None, False
     run_on = _RUN_ON.search(text, 1)
     text = clean(text[: run_on.start()] if run_on else text)
-    for m in reversed(list(MARKER.finditer(text))):
-        snippet = _after_marker(text, m)
+    if dangling(last_line(text)):  # cut mid-expression: no earlier line speaks for it
+        return None, True
+    markers = list(MARKER.finditer(text))
+    if truncated:  # cut at the budget: only the last marker, complete, states the answer
+        if not markers:
+            return None, False
+        snippet, complete = _after_marker(text, markers[-1])
+        if not complete:
+            return None, True
+        return (snippet[:MAX_SNIPPET], False) if any(c.isdigit() for c in snippet) else (None, False)
+    for m in reversed(markers):
+        snippet, _ = _after_marker(text, m)
         if any(c.isdigit() for c in snippet):
-            return snippet[:MAX_SNIPPET]
+            return snippet[:MAX_SNIPPET], False
     lines = [ln for ln in text.split("\n") if any(c.isdigit() for c in ln)]
     if not lines:
-        return None
+        return None, False
     sentences = [s for s in _SENTENCE_END.split(lines[-1]) if any(c.isdigit() for c in s)]
-    return sentences[-1].strip()[-MAX_SNIPPET:] if sentences else None
+    return (sentences[-1].strip()[-MAX_SNIPPET:] if sentences else None), False
+
+
+def final_answer_text(text: str, truncated: bool = False) -> str | None:
+    """The text that holds the completion's final answer (see the module doc), or None."""
+    return locate_answer(text, truncated)[0]
 
 
 def _int_or_none(text: str) -> int | None:
@@ -245,16 +281,21 @@ class Answer:
     """A completion's final answer as this grader reads it."""
 
     text: str | None  # the located answer text (None: no final answer with a digit)
-    form: str  # "value" (a plain number), "closed_form", "expression" (arithmetic left undone), "none"
+    # "value" (a plain number), "closed_form", "expression" (arithmetic left undone), "unfinished"
+    # (cut mid-expression: the text, or its answer, ends in an operator or an open bracket), "none"
+    form: str
     canonical: str | None  # the stated value as text ("72", "-12.5", "3/4"); None unless a value
 
 
 @lru_cache(maxsize=65536)
-def read_answer(completion: str) -> Answer:
-    """Locate the final answer and decide whether it states a value (module doc)."""
-    text = final_answer_text(completion)
+def read_answer(completion: str, truncated: bool = False) -> Answer:
+    """Locate the final answer and decide whether it states a value (module doc); ``truncated``: the
+    completion stopped at the token budget, not at its stop token."""
+    text, cut = locate_answer(completion, truncated)
     if text is None:
-        return Answer(None, "none", None)
+        return Answer(None, "unfinished" if cut else "none", None)
+    if dangling(text):  # ``Final Answer: 16 -``: the answer itself stops mid-expression
+        return Answer(text, "unfinished", None)
     region = after_equals(text)
     if not any(c.isdigit() for c in region):
         return Answer(text, "expression" if EQUALS.search(text) else "none", None)

@@ -8,10 +8,24 @@ and for nothing it could compute on the completion's behalf (the study's GRPO on
 unicode minus -> ``-``; cut a run-on at a new ``Question:`` block (models continue the plain-text
 prompt). The final answer is the text after the *last* final-answer marker (``Final Answer:``,
 ``####``, ``The answer is``, ``Answer:``, ``\\boxed{...}``) that has a digit after it: its line, to
-the end of its first sentence. With no such marker, the last sentence holding a digit on the last
-line holding one (a completion cut at the budget usually has no marker: only a stated number there
-counts, never an expression). If the answer holds ``=`` (or ``\\approx``), only what follows the last
+the end of its first sentence. With no such marker, in a completion that finished, the last
+sentence holding a digit on the last line holding one (only a stated number there counts, never an
+expression; a completion cut at the budget gets no such reading, below). If the answer holds ``=`` (or ``\\approx``), only what follows the last
 one counts: ``26 * 96 = 2496`` states 2496; ``= -(-23 - -65 / 65) = ...`` states nothing.
+
+**A completion cut mid-expression states nothing.** When the completion's last line ends in an
+operator (``+ - * / ^ =``, ``\\times`` ...) or an open bracket or brace (``(``, ``\\boxed{``,
+``\\(``), no earlier line speaks for it: ``... Subtract the result from 0: 16 -`` and
+``Therefore, the final answer is \\(\\boxed{`` are credited nothing, whatever an earlier line held
+(form ``unfinished``); so is an answer that itself ends so (``Final Answer: 16 -``).
+
+**A completion that stopped at the token budget** (``truncated``: it never emitted its stop token)
+is credited only from a complete final-answer marker: its *last* marker, holding a digit, with the
+box closed (``\\boxed{16}``) or the marker's line or sentence ended before the cut
+(``Final Answer: 16`` then a new line); a cut ``Final Answer: 1`` may have been ``16``. Without
+one it states nothing: the last-line reading above is for completions that finished. The
+evaluator passes each record's ``truncated``; the GRPO reward reads it from the sampled ids (no
+stop token at the end), so the two still share this one function.
 
 **What counts as a value** (the last number of that text, wrappers stripped):
 
@@ -65,11 +79,12 @@ from atlas_lib.data.answer_text import (  # noqa: F401 (re-exported: the grader'
 _PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 
 
-def extract_answer(text: str) -> str | None:
-    """The completion's stated final value as canonical text (``"1000"``, ``"0.5"``, ``"3/4"``), or None."""
+def extract_answer(text: str, truncated: bool = False) -> str | None:
+    """The completion's stated final value as canonical text (``"1000"``, ``"0.5"``, ``"3/4"``), or None;
+    ``truncated``: it stopped at the token budget (module doc)."""
     if not text or not isinstance(text, str):
         return None
-    return read_answer(text).canonical
+    return read_answer(text, bool(truncated)).canonical
 
 
 @lru_cache(maxsize=65536)
@@ -109,12 +124,13 @@ def _gold(reference: str) -> tuple:
     return tuple(parse_math(normalize_reference(reference)))
 
 
-def is_correct(completion: str, reference: str) -> bool:
+def is_correct(completion: str, reference: str, truncated: bool = False) -> bool:
     """Whether the completion *states* a final value equal to the numeric reference (module doc);
-    never raises on the completion."""
+    ``truncated``: it stopped at the token budget, so only a complete final-answer marker counts.
+    Never raises on the completion."""
     if not completion or not isinstance(completion, str):
         return False
-    stated = read_answer(completion).canonical
+    stated = read_answer(completion, bool(truncated)).canonical
     if stated is None:
         return False
     pred = parse_math(stated)
@@ -128,11 +144,12 @@ def is_correct(completion: str, reference: str) -> bool:
 _QUESTION_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
-def answer_form(completion: str) -> str:
-    """``value``, ``closed_form``, ``expression`` (arithmetic left undone) or ``none``."""
+def answer_form(completion: str, truncated: bool = False) -> str:
+    """``value``, ``closed_form``, ``expression`` (arithmetic left undone), ``unfinished`` (cut
+    mid-expression) or ``none``."""
     if not completion or not isinstance(completion, str):
         return "none"
-    return read_answer(completion).form
+    return read_answer(completion, bool(truncated)).form
 
 
 def restates_question(completion: str, question: str) -> bool:

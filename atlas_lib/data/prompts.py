@@ -31,6 +31,27 @@ DEFAULT_SHOTS: tuple[dict, ...] = (
     },
 )
 
+# Prompt controls (evaluation.controls): the untrained student under another prompt, no training, evaluated by
+# notebook 01 on the same test problems with the same grader and decoding as every row. Each is a change to
+# the prompt section alone (control_prompt), so a control row differs from the student's row only there.
+CONTROLS: dict[str, dict] = {
+    # Does a prompt alone elicit the worked arithmetic a distilled student writes (its teacher's format)?
+    "step_by_step": {
+        "label": "Student, step-by-step prompt",
+        "instruction": "Work it out step by step: write each arithmetic operation on its own line, as in "
+                       "'24 + 18 = 42', then end with a line of the form 'Final Answer: <number>'.",
+    },
+}
+
+
+def control_prompt(prompt_cfg: PromptConfig, name: str) -> PromptConfig:
+    """The prompt of control ``name``: ``prompt_cfg`` with the control's instruction; system message and
+    worked examples unchanged (the examples' user turns carry the same instruction, as every prompt's do)."""
+    import dataclasses
+
+    return dataclasses.replace(prompt_cfg, instruction=CONTROLS[name]["instruction"])
+
+
 _CALC = re.compile(r"<<[^<>]*>>")  # GSM8K calculator annotations: 48/2 = <<48/2=24>>24
 _ANSWER_LINE = re.compile(r"(?:\n|^)[ \t]*(?:####|the answer is\b|final answer\b)[^\n]*\s*$", re.IGNORECASE)
 

@@ -11,6 +11,7 @@ import difflib
 from pathlib import Path
 
 from atlas_lib.core.config import Params, ParamsError, data_file
+from atlas_lib.core.errors import KitMessage
 from atlas_lib.core.sections import DataConfig
 from atlas_lib.data.answers import final_marker_text
 
@@ -19,7 +20,7 @@ _COLUMN_KEYS = ("question", "solution", "answer", "id", "group")
 _MATH_TASKS = ("gsm_symbolic", "basic_arithmetic", "chain_sum", "decimal_arithmetic")
 
 
-class DataError(ValueError):
+class DataError(KitMessage, ValueError):
     """The data cannot be prepared or loaded as asked; the message says what to change."""
 
 
@@ -42,6 +43,26 @@ def _check_utf8(p: Path, shown: str) -> None:
                                 f"{e.start + 1}); save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in > out`") from None
 
 
+def _check_jsonl(p: Path, shown: str) -> None:
+    """Every line of a .jsonl file one JSON object: the first that is not is named by its line number in the
+    file (as an editor shows it) with the parser's reason, before ``datasets`` reads it (whose error counts
+    rows from 0 and comes after its own ERROR log lines)."""
+    import json
+
+    with p.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"data.path = {shown!r}: line {n} is not valid JSON ({e.msg} at column {e.colno}); "
+                                "fix that line (one JSON object per line)") from None
+            if not isinstance(row, dict):
+                raise DataError(f"data.path = {shown!r}: line {n} is a JSON {type(row).__name__}, not an object "
+                                "({\"question\": ..., \"answer\": ...}); fix that line") from None
+
+
 def load_file(path: str | Path):
     """A local .jsonl/.json/.parquet/.csv file as a ``datasets.Dataset`` (clear error when empty)."""
     import datasets
@@ -57,6 +78,8 @@ def load_file(path: str | Path):
         raise DataError(f"data.path = {str(path)!r}: the file is empty; it needs one problem per row")
     if builder != "parquet":
         _check_utf8(p, str(path))
+    if p.suffix.lower() == ".jsonl":
+        _check_jsonl(p, str(path))
     try:
         ds = datasets.load_dataset(builder, data_files=str(p), split="train")
     except Exception as e:  # datasets wraps parser errors in DatasetGenerationError

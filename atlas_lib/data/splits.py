@@ -10,9 +10,12 @@ the reported numbers) takes ``data.eval_per_group`` problems (default one) from 
 groups until it holds ``data.eval_limit``; the validation split (``val``: the eval points during
 training: the curves) does the same with the next groups up to ``data.val_limit``;
 train gets every other group, minus any question whose text also appears in val or test, capped at
-``data.train_limit``. The rest of a held-out group is dropped, never moved to train. One problem
-per group keeps held-out problems independent (problems from one template or one original
-question are not), which the paired tests and intervals assume. GSM8K keeps its official split
+``data.train_limit``. The rest of a held-out group is dropped, never moved to train. A question
+text is held out once: a problem whose text (case and whitespace aside) is already in val or test
+is passed over, since generators repeat questions under new ids. One problem per group, each a
+distinct question, keeps held-out problems independent (problems from one template or one
+original question are not, nor are copies of one question), which the paired tests and intervals
+assume. GSM8K keeps its official split
 (val and test from ``test``, train from ``train``). :class:`Prepared` holds plain lists of record
 dicts (JSON-ready; ``datasets.Dataset.from_list`` turns them into a dataset).
 """
@@ -39,7 +42,10 @@ from atlas_lib.data.prompts import build_messages, format_solution
 from atlas_lib.data.sources import DataError, load_source
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2  # 2: a validation split (val.jsonl) and one test problem per group
+# 2: a validation split (val.jsonl) and one test problem per group; 3: held-out question texts are
+# distinct. A new version makes load_prepared refuse an older split, so it is prepared again (and the
+# stages fingerprinted on its content follow) rather than silently reused.
+SCHEMA_VERSION = 3
 BAD_CLASSES = ("missing_question", "missing_answer", "bad_answer", "duplicate_id")
 __all__ = ["DataError", "Prepared", "prepare", "load_prepared", "split_by_group", "distill_view", "grpo_view",
            "summary_frame", "length_stats"]
@@ -109,7 +115,12 @@ def _qkey(question: str) -> str:
 def split_by_group(records: list[dict], seed: int, eval_limit: int, val_limit: int = 0,
                    per_group: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, val, eval): in seeded group order, eval then val take ``per_group`` problems from
-    each group until full; every other group is train. The rest of a held-out group is dropped."""
+    each group until full; every other group is train. The rest of a held-out group is dropped.
+
+    Held-out problems are distinct: a problem whose question text (case and whitespace aside) is
+    already held out is passed over, so no question appears twice in val and test together (a
+    generator can produce ``Calculate -8 + 8.`` under several ids, hence several groups); a group
+    left with no new question goes to train, where :func:`_finish` drops the held-out texts."""
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["group"], []).append(r)
@@ -117,14 +128,19 @@ def split_by_group(records: list[dict], seed: int, eval_limit: int, val_limit: i
     rng = random.Random(seed)
     rng.shuffle(order)
     train, val, eval_ = [], [], []
+    held: set[str] = set()  # question texts already held out: no text is held out twice
     for g in order:
         members = sorted(groups[g], key=lambda r: r["id"])
         rng.shuffle(members)
-        if len(eval_) < eval_limit:
-            eval_.extend(members[:per_group])
-        elif len(val) < val_limit:
-            val.extend(members[:per_group])
-        else:
+        part = eval_ if len(eval_) < eval_limit else val if len(val) < val_limit else None
+        fresh = []
+        for r in members if part is not None else ():
+            if len(fresh) < per_group and _qkey(r["question"]) not in held:
+                held.add(_qkey(r["question"]))
+                fresh.append(r)
+        if fresh:
+            part.extend(fresh)
+        else:  # a train group, or one whose every question is already held out (_finish drops those texts)
             train.extend(groups[g])
     for part in (eval_, val, train):
         rng.shuffle(part)
@@ -142,7 +158,8 @@ def _finish(train: list[dict], held_out: list[dict], train_limit: int) -> tuple[
     eval_groups = {r["group"] for r in held_out}
     overlap = {"groups": len({r["group"] for r in train} & eval_groups),
                "questions": sum(_qkey(r["question"]) in eval_q for r in train),
-               "removed_from_train": len(dupes), "removed_examples": dupes[:5]}
+               "removed_from_train": len(dupes), "removed_examples": dupes[:5],
+               "held_out_repeats": len(held_out) - len(eval_q)}  # 0: every held-out question is distinct
     return train, overlap
 
 
@@ -162,13 +179,18 @@ def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
 
 
-def _more_problems(params: Params, usable: int, bad: dict[str, int]) -> str:
+def _more_problems(params: Params, usable: int, bad: dict[str, int], groups: int | None = None) -> str:
     """What to change when the source leaves too few problems, for the source the params name."""
     d = params.data
     dropped = f" ({', '.join(f'{k}: {n}' for k, n in bad.items())} rows dropped)" if bad else ""
     if d.source == "local" and not usable:
         return (f"no row of data.path {d.path!r} has a usable question and answer{dropped}: check its columns "
                 "(data.columns maps yours onto question, answer, solution, id, group) and its answer values")
+    if groups is not None and usable and groups < 3:  # the cause is the grouping, not the number of problems
+        return (f"every usable row is in {'one group' if groups == 1 else f'{groups} groups'}: the split is by "
+                "group (a group stays on one side), so train, validation and test need at least 3 groups. Give "
+                "the rows their own groups (the column data.columns.group names, or none: each row its own group)"
+                f"{dropped}")
     more = {"reasoning_gym": "raise data.size", "local": f"add problems to data.path {d.path!r}"}.get(
         d.source, "use a larger source")
     return f"lower the limits or {more}{dropped}"
@@ -196,7 +218,7 @@ def prepare(params: Params) -> Prepared:
         raise DataError(f"{len(normalized)} usable problems in {len({r['group'] for r in normalized})} groups leave "
                         f"{len(train)} for training, {len(val)} for validation and {len(eval_)} for test "
                         f"(data.eval_limit = {d.eval_limit}, data.val_limit = {d.val_limit}, "
-                        f"data.eval_per_group = {d.eval_per_group}); {_more_problems(params, len(normalized), counts_bad)}")
+                        f"data.eval_per_group = {d.eval_per_group}); {_more_problems(params, len(normalized), counts_bad, len({r['group'] for r in normalized}))}")
     for name, got, want in (("test", len(eval_), d.eval_limit), ("validation", len(val), d.val_limit)):
         if got < want:
             log.warning("the %s split holds %d problems, fewer than the %d asked: the source has too few "
@@ -235,7 +257,11 @@ def load_prepared(params: Params) -> Prepared:
     if not (out / "manifest.json").exists():
         raise DataError(f"no prepared data for profile {params.name!r} in {relative_to_root(out)}; {how} first")
     manifest = json.loads((out / "manifest.json").read_text())
-    if manifest.get("schema_version") != SCHEMA_VERSION or manifest.get("data_hash") != _data_hash(params):
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"the data in {relative_to_root(out)} was prepared by an older version of the kit's split "
+                        f"(schema {manifest.get('schema_version')}, now {SCHEMA_VERSION}: held-out questions are "
+                        f"distinct); {how} again")
+    if manifest.get("data_hash") != _data_hash(params):
         raise DataError(f"the data in {relative_to_root(out)} was prepared with other data parameters "
                         f"(data.* or run.seed changed); {how} again")
     parts = {}

@@ -12,8 +12,9 @@ from atlas_lib.core.paths import runs_root
 from atlas_lib.core.provenance import provenance
 from atlas_lib.core.rundir import atomic_write_json, load_summary
 from atlas_lib.core.runtime import seed_everything
-from atlas_lib.data import splits
+from atlas_lib.data import prompts, splits
 from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.evaluation import logratio, pair_check
 from atlas_lib.evaluation.context import check_context
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,30 @@ def objective_betas(params: Params) -> tuple[float, ...]:
                                and not registry.get(k).own_student and hasattr(params.section(k), "beta")))
 
 
+def control_role(name: str) -> str:
+    """The file stem (``runs/<profile>/baseline/<stem>.records.jsonl``) and table row key of a prompt control."""
+    return f"control_{name}"
+
+
+def evaluate_controls(params: Params, model, tok, examples: list[dict], out_dir: Path) -> dict:
+    """The untrained student under each prompt control of ``evaluation.controls`` (no training): the
+    student row's model, test problems, grader (:func:`atlas_lib.evaluation.evaluate.evaluate`) and greedy
+    decoding budget; only the prompt differs (:func:`atlas_lib.data.prompts.control_prompt`). The teacher
+    does not score these answers (its forward over the test answers is the dearest evaluation)."""
+    e, out = params.evaluation, {}
+    for name in e.controls:
+        res = ev.evaluate(model, tok, examples, prompt_cfg=prompts.control_prompt(params.prompt, name),
+                          max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, desc=f"eval control {name}")
+        res.metrics["kl_note"] = "not scored for a prompt control (the teacher's forward is left out)"
+        res.metrics["control"] = {"name": name, "label": prompts.CONTROLS[name]["label"],
+                                  "instruction": prompts.CONTROLS[name]["instruction"]}
+        ev.save_eval(res, out_dir, control_role(name))
+        out[name] = res.metrics
+        log.info("control %s: accuracy %.3f on %d problems, %.1f tokens per answer", name, res.metrics["accuracy"],
+                 res.metrics["n"], res.metrics.get("avg_generated_tokens") or float("nan"))
+    return out
+
+
 def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "teacher")) -> dict:
     """Evaluate the untrained student and the teacher on the test split (notebook 01's rows), and
     the untrained student on the validation subset (step 0 of the training curves)."""
@@ -79,6 +104,14 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
                   "evaluation.max_new_tokens")
     teacher, t_tok = models.load_model(params.models.teacher, dtype=models.teacher_dtype(params, device),
                                        device=device, trust_remote_code=params.models.trust_remote_code)
+    # `atlas check` once, before any training, on the teacher just loaded (no second load of it)
+    try:
+        check = pair_check.run_check(params, loaded={params.models.teacher: teacher},
+                                     examples=list(prepared.val)[:pair_check.MAX_ANSWERS])
+        pair_check.write(check, out_dir / "pair_check.json")
+        log.info("pair check (%s):\n%s", out_dir / "pair_check.json", pair_check.format_text(check))
+    except Exception as e:  # noqa: BLE001 - a diagnostic: the baselines go on, the report says it is missing
+        log.warning("the pair check failed (%s: %s); `atlas check --params ...` shows it alone", type(e).__name__, e)
     betas = objective_betas(params)
     results = {}
     for role in which:
@@ -93,6 +126,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
         if role == "teacher":
             res.metrics["mean_reverse_kl"] = 0.0  # the teacher against itself, by definition
             res.metrics["mean_logratio_per_char"] = 0.0
+            res.metrics["logratio_version"] = logratio.VERSION  # 0 under every rule; stated so it reads current
         ev.save_eval(res, out_dir, role)
         results[role] = res.metrics
         if role == "student":
@@ -102,10 +136,12 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
                               desc="eval student (validation)", objective_betas=betas)
             ev.save_eval(val, out_dir, "student_val")
             results["student_val"] = val.metrics
+            if e.controls:
+                results["controls"] = evaluate_controls(params, model, tok, examples, out_dir)
         log.info("%s: accuracy %.3f [%.3f, %.3f] on %d problems", role, res.metrics["accuracy"],
                  res.metrics["ci_low"], res.metrics["ci_high"], res.metrics["n"])
     summary = {"student": results.get("student"), "teacher": results.get("teacher"),
-               "student_val": results.get("student_val"),
+               "student_val": results.get("student_val"), "controls": results.get("controls") or {},
                "models": {"student": params.models.student, "teacher": params.models.teacher},
                "dataset": {"eval": len(examples)}, "provenance": provenance(params),
                "stage_hash": params.stage_hash("data")}

@@ -118,8 +118,8 @@ def score_completions(student, teacher, generations: list[dict], *, batch_size: 
     """Per example: ``kl``, the reverse KL ``KL(p_student || p_teacher)`` at every position that predicts
     a generated token (the last included), with the teacher scoring exactly the student's ids
     (``prompt_ids + completion_ids``): the per-token quantity GKD minimises at ``beta`` = 1; and
-    ``logp_student`` / ``logp_teacher``, each model's log-probability of the completion's tokens
-    without the stop token (:mod:`atlas_lib.evaluation.logratio`); with ``objective_betas``,
+    ``logp_student`` / ``logp_teacher``, each model's log-probability of the completion's tokens,
+    the stop token included when the completion stopped (:mod:`atlas_lib.evaluation.logratio`); with ``objective_betas``,
     ``objective_by_beta``: per beta, the generalized JSD a same-tokenizer distilling method minimises
     (:func:`atlas_lib.evaluation.divergence.generalized_jsd`, the GKD trainer's call) averaged over the
     same positions, i.e. that trainer's loss on this answer.
@@ -157,8 +157,9 @@ def score_completions(student, teacher, generations: list[dict], *, batch_size: 
                 kl_1_C = reverse_kl_per_token(s_B_C_V[r:r + 1, sl], t_B_C_V[r:r + 1, sl], torch.ones(1, c),
                                               vocab_size)
                 ids_1_C = torch.tensor([chunk[r]["completion_ids"]])
+                # every token, the stop token of a finished answer included (logratio.VERSION 2): a loop
+                # cut at the budget has none, so it no longer scores like an answer that stopped
                 text_1_C = torch.ones(1, c, dtype=torch.bool)
-                text_1_C[0, -1] = bool(chunk[r].get("truncated", True))  # a stop token is no text
                 lp_s, lp_t = (float(logratio.sequence_logprob_B(x[r:r + 1, sl], ids_1_C, text_1_C, vocab_size)[0])
                               for x in (s_B_C_V, t_B_C_V))
                 out[i] = {"kl": [float(x) for x in kl_1_C[0]], "logp_student": lp_s, "logp_teacher": lp_t}
@@ -204,11 +205,21 @@ def aggregate(records: list[dict]) -> dict:
             "mean_reverse_kl": _mean(_finite(records, "reverse_kl")),
             "aligned_divergence": _mean(_finite(records, "aligned_divergence")),
             "mean_logratio_per_char": _mean(_finite(records, "logratio_per_char")),
+            "logratio_version": logratio_version(records),
             "heldout_objective": heldout_objective(records),
             "heldout_objective_by_beta": {b: heldout_objective([{"objective": r["objective_by_beta"].get(b),
                                                                  "objective_units": r.get("objective_units")}
                                                                 for r in records if r.get("objective_by_beta")])
                                           for b in sorted({b for r in records for b in r.get("objective_by_beta") or {}})}}
+
+
+def logratio_version(records: list[dict]) -> int | None:
+    """The scoring rule of the records' log-ratios (:data:`atlas_lib.evaluation.logratio.VERSION`): the
+    oldest among them (a record without one was scored under rule 1), so a mix is never passed off as
+    the current rule; None when no record has a log-ratio."""
+    versions = [int(r.get("logratio_version") or 1) for r in records
+                if isinstance(r.get("logratio_per_char"), (int, float))]
+    return min(versions) if versions else None
 
 
 def heldout_objective(records: list[dict]) -> float | None:
@@ -245,8 +256,9 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     for ex, prompt, msgs, g in zip(examples, prompts, messages, gens, strict=True):
         ref = str(ex["answer"])
         records.append({"id": ex["id"], "prompt": prompt, "messages": msgs, "completion": g["text"],
-                        "extracted": answers.extract_answer(g["text"]), "reference": ref,
-                        "correct": answers.is_correct(g["text"], ref), "generated_tokens": g["n_tokens"],
+                        # a completion cut at the budget is graded as cut (the grader's module doc)
+                        "extracted": answers.extract_answer(g["text"], g["truncated"]), "reference": ref,
+                        "correct": answers.is_correct(g["text"], ref, g["truncated"]), "generated_tokens": g["n_tokens"],
                         "prompt_tokens": g["prompt_tokens"], "truncated": g["truncated"], "reverse_kl": None})
     kl_note, t_kl = None, time.monotonic()
     if teacher is not None:
@@ -260,6 +272,7 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
                 r["reverse_kl"] = None if kl is None else float(sum(kl) / len(kl))
                 if sc is not None:
                     r["logratio_per_char"] = logratio.per_char(sc["logp_student"], sc["logp_teacher"], g["text"])
+                    r["logratio_version"] = logratio.VERSION
                     if "objective_by_beta" in sc:
                         r["objective_by_beta"], r["objective_units"] = sc["objective_by_beta"], len(sc["kl"])
                         if objective_beta is not None:

@@ -11,16 +11,28 @@ its own tokens, and
 
 Over answers sampled from the student the mean numerator is the sequence-level KL(student ||
 teacher); on the evaluator's greedy answers it says how much more likely the student finds its own
-answer than the teacher does (0: the teacher would have written it as readily). It is 0 for a model
-against itself and does not depend on how either model splits ``y`` into tokens, since each sums
-the log-probabilities of its own tokens of the same characters. The stop token is not scored
-(each model has its own end of turn), so a same-tokenizer row leaves it out too.
+answer than the teacher does (0: the teacher would have written it as readily). It is one greedy
+answer per problem, not an expectation over answers, and each row is scored on its own text: two
+rows' values compare how far each one's own answers sit from the teacher, not the same answers. It
+is 0 for a model against itself and does not depend on how either model splits ``y`` into tokens,
+since each sums the log-probabilities of its own tokens of the same characters.
+
+**The stop token counts** (rule :data:`VERSION` 2). An answer that finished is the event "``y``,
+then stop": each model adds the log-probability of its own stop token after ``y`` (a same-tokenizer
+pair scores the one id the student emitted; a cross-tokenizer pair appends each model's end of
+turn, the same event). An answer cut at the token budget has no stop token and is scored as the
+text it is, so a loop cut at the budget no longer scores like a finished answer: a teacher that
+would have stopped, or never looped, now says so in the finished answers' stop term. Rule 1 (before
+this) left the stop token out; records and metrics carry ``logratio_version`` so the report can
+footnote rows scored under rule 1 rather than mix them with rule 2's.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+VERSION = 2  # 1: the stop token left out; 2: a finished answer's stop token counted (module doc)
 
 
 def sequence_logprob_B(logits_B_C_V: torch.Tensor, targets_B_C: torch.Tensor, mask_B_C: torch.Tensor,

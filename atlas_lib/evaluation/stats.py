@@ -7,16 +7,21 @@ paired-bootstrap 95% interval and the exact McNemar p-value (a two-sided binomia
 discordant pairs); :func:`min_detectable_difference` says how large a paired difference the run's n
 can detect at all.
 
-With several training seeds per method (:func:`paired_seeds`) a difference must hold over problems
-*and* seeds: the interval is a two-level bootstrap (resample seeds, then problems within each), the
-p-value the exact McNemar test on the discordant pairs pooled over the seed pairs. :func:`holm`
-adjusts the p-values of the comparisons declared primary for their number (Holm's step-down).
+With several training seeds per method (:func:`paired_seeds`) the unit of evidence is still the
+problem: the seeds of one problem are not independent draws (seeds of one method agree on most
+problems), so no test here treats seed x problem pairs as independent. The interval is a cluster
+bootstrap (resample problems, each with all its seeds); the p-value an exact sign test over problems
+on each problem's mean-over-seeds difference; the counts are problems gained (lost) on a majority of
+seeds; each seed's own McNemar test is kept beside. With one seed, or when every seed agrees on
+every problem, these are exactly the one-seed paired test (same bootstrap draws, same p).
+:func:`holm` adjusts the p-values of the comparisons declared primary for their number (Holm's
+step-down).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import stats as sps
@@ -36,11 +41,23 @@ class Paired:
     ci_low: float
     ci_high: float
     p_value: float
-    a_only: int  # problems A got right and B wrong
+    a_only: int  # problems A got right and B wrong (with seeds: on a majority of the seed pairs)
     b_only: int
+    seeds: int = 1  # seed pairs compared
+    test: str = "exact McNemar"  # what p_value is
+    sign_a: int = 0  # problems whose mean difference over seeds favours A (the sign test's counts)
+    sign_b: int = 0
+    seed_p_values: list[float] = field(default_factory=list)  # each seed pair's own exact McNemar p
+    seed_discordant: list[int] = field(default_factory=list)  # each seed pair's discordant problems
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def discordance(self) -> float:
+        """The share of problems discordant in one seed pair (the mean over seed pairs): what one seed's
+        McNemar test, and so the power sentence, works with."""
+        return sum(self.seed_discordant) / len(self.seed_discordant) / self.n if self.seed_discordant else math.nan
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:
@@ -86,10 +103,13 @@ def paired_seeds(correct_a: list[dict], correct_b: list[dict], *, resamples: int
     """A against B when either ran several training seeds: seed i of A is paired with seed i of B (a
     single-seed side, such as the untrained student, pairs with every seed of the other).
 
-    ``diff`` is the mean over seed pairs of the paired difference on their shared problems; the 95%
-    interval resamples seed pairs and, within each, problems (so it widens when seeds disagree); the
-    p-value is the exact McNemar test on the discordant pairs summed over the seed pairs; ``a_only`` and
-    ``b_only`` are those sums; ``n`` counts problems (per seed pair)."""
+    Each problem's outcome is its mean over the seed pairs of the paired difference (-1..1). ``diff``
+    is the mean of those over problems; the 95% interval is a cluster bootstrap that resamples problems
+    with all their seeds together (the same problem-index draws as :func:`bootstrap_ci`); the p-value
+    is the exact two-sided sign test on the problems whose mean difference is not 0 (``sign_a`` vs
+    ``sign_b``); ``a_only`` / ``b_only`` count problems A (B) won on a majority of the seed pairs;
+    ``seed_p_values`` are each seed pair's own McNemar tests. ``n`` counts problems. With one seed pair
+    all of this is :func:`paired`'s McNemar test and paired bootstrap."""
     k = max(len(correct_a), len(correct_b))
     if not correct_a or not correct_b or (len(correct_a) != len(correct_b) and min(len(correct_a), len(correct_b)) != 1):
         raise ValueError(f"paired_seeds: {len(correct_a)} and {len(correct_b)} seeds cannot be paired")
@@ -101,17 +121,19 @@ def paired_seeds(correct_a: list[dict], correct_b: list[dict], *, resamples: int
     a_S_n = np.array([[bool(d[i]) for i in ids] for d in a_list], dtype=np.float64)
     b_S_n = np.array([[bool(d[i]) for i in ids] for d in b_list], dtype=np.float64)
     d_S_n = a_S_n - b_S_n
-    if k == 1:
-        lo, hi = bootstrap_ci(d_S_n[0], resamples, seed)
-    else:
-        rng = np.random.default_rng(seed)
-        seeds_R_S = rng.integers(0, k, size=(resamples, k))
-        probs_R_S_n = rng.integers(0, len(ids), size=(resamples, k, len(ids)))
-        means_R = d_S_n[seeds_R_S[..., None], probs_R_S_n].mean(axis=(1, 2))
-        lo, hi = float(np.quantile(means_R, 0.025)), float(np.quantile(means_R, 0.975))
-    a_only, b_only = int((d_S_n > 0).sum()), int((d_S_n < 0).sum())
-    return Paired(n=len(ids), acc_a=float(a_S_n.mean()), acc_b=float(b_S_n.mean()), diff=float(d_S_n.mean()),
-                  ci_low=lo, ci_high=hi, p_value=mcnemar_exact(a_only, b_only), a_only=a_only, b_only=b_only)
+    # The problem is the unit: its seeds' outcomes move together, so they are averaged before any test
+    d_n = d_S_n.mean(axis=0)
+    lo, hi = bootstrap_ci(d_n, resamples, seed)
+    sign_a, sign_b = int((d_n > 0).sum()), int((d_n < 0).sum())
+    wins_n, losses_n = (d_S_n > 0).sum(axis=0), (d_S_n < 0).sum(axis=0)
+    a_only, b_only = int((2 * wins_n > k).sum()), int((2 * losses_n > k).sum())
+    seed_a, seed_b = (d_S_n > 0).sum(axis=1), (d_S_n < 0).sum(axis=1)
+    return Paired(n=len(ids), acc_a=float(a_S_n.mean()), acc_b=float(b_S_n.mean()), diff=float(d_n.mean()),
+                  ci_low=lo, ci_high=hi, p_value=mcnemar_exact(sign_a, sign_b), a_only=a_only, b_only=b_only,
+                  seeds=k, test="exact McNemar" if k == 1 else "exact sign test over problems",
+                  sign_a=sign_a, sign_b=sign_b,
+                  seed_p_values=[mcnemar_exact(int(x), int(y)) for x, y in zip(seed_a, seed_b, strict=True)],
+                  seed_discordant=[int(x + y) for x, y in zip(seed_a, seed_b, strict=True)])
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -155,6 +155,7 @@ def run_seed(params: Params, key: str, build: Callable[[Params, Any, torch.devic
         log.info("%s finished with these training parameters: nothing to resume, its summary is reused",
                  params.run_name(key))
         return done
+    rundir.preflight(params, key, resume=section.resume)  # a refused run directory refuses before the models load
     budget = max((params.evaluation.max_new_tokens, "evaluation.max_new_tokens"),
                  (section.max_completion_length, f"{key}.max_completion_length"))
     check_context(params, prepared, [getattr(section, "student", None) or params.models.student,

@@ -21,7 +21,8 @@ scoring) is measured apart and never enters it. Per optimizer step the ledger re
 The trainers report what they did (:meth:`Ledger.sampled`, :meth:`Ledger.scored`, :meth:`Ledger.trained`);
 the run loop's callback closes each step (:meth:`Ledger.close_step`) and writes the record to
 ``metrics.jsonl`` (``kind: ledger``); eval points carry the cumulative training totals, the x-axis
-of the accuracy-against-compute curves.
+of the accuracy-against-compute curves. ``run.flop_budget`` is read against the cumulative ``flops``
+(sampling + teacher + optimisation): the callback stops a run at the first step whose total reaches it.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from atlas_lib.core.config import Params
 from atlas_lib.core.paths import relative_to_root, runs_root
 from atlas_lib.core.provenance import provenance
 from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, disk_full, elsewhere
+from atlas_lib.core.validate import ParamsError
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.methods import ledger, outcome
 from atlas_lib.methods.tracking import (
@@ -112,6 +113,9 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     """
     section = getattr(params, stage)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and params.run.flop_budget:  # only rank 0 keeps the ledger: the other ranks would not stop
+        raise ParamsError(f"run.flop_budget = {params.run.flop_budget:g} stops a single-process run only ({world} "
+                          "processes here): set run.flop_budget: 0 and bound the run by max_steps, or train on one device")
     if rank != 0:  # under accelerate launch only rank 0 owns the run directory
         return _follower(params, stage, make_trainer, device, rank)
     if model is not None:
@@ -135,6 +139,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         cb.ledger = ledger.Ledger.for_models(trainer.model, getattr(trainer, "teacher_model", None)
                                              or getattr(trainer, "teacher", None))
         cb.ledger.resume(rd.metrics("ledger"))
+        cb.flop_budget = params.run.flop_budget
         trainer.atlas_ledger = cb.ledger  # the trainers report sampling, teacher scoring and trained tokens to it
         start_digest = outcome.start_digest(rd, trainer.model, resumed=last is not None)
         full = {}
@@ -156,6 +161,9 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
             rd.save_model(trainer.model, trainer.processing_class)
         summary = outcome.summarize(rd, params, stage, clock, out, time.monotonic() - t0, dataset_sizes)
         summary["training"].update(cb.ledger.summary(clock.devices))
+        if params.run.flop_budget:
+            summary["training"]["flop_budget"] = budget_outcome(rd.metrics("ledger"), params.run.flop_budget,
+                                                                out.global_step, section.max_steps)
         full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
         summary["training"]["eval_seconds"] = round(
             sum(float(r.get("eval_seconds") or 0) for r in rd.metrics("eval"))
@@ -179,6 +187,22 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         if "wandb" in report_to:
             finish_wandb()  # a run that stopped early (no-op when finished above)
         rd.release()
+
+
+def budget_outcome(ledger_records: list[dict], budget: float, global_step: int, max_steps: int) -> dict:
+    """Where a run with ``run.flop_budget`` stopped, for ``summary.json``: the first step whose cumulative
+    training FLOPs reached the budget (from the ledger records on disk, resumed runs included), whether
+    training stopped there, and what it spent. A run that reached max_steps first says so (and is logged):
+    its arm is then short of the budget, not matched to the others."""
+    cum = sorted((r["step"], r.get("cum_flops", 0.0)) for r in ledger_records)
+    first = next((step for step, flops in cum if flops >= budget), None)
+    spent = cum[-1][1] if cum else 0.0
+    if first is None:
+        log.warning("the run reached max_steps = %d with %.3e training FLOPs, short of run.flop_budget = %.3e: "
+                    "raise max_steps for this method to match the budget", max_steps, spent, budget)
+    return {"budget": budget, "stopped_on_budget": first is not None and first == global_step,
+            "budget_step": first, "global_step": global_step, "max_steps": max_steps, "train_flops": spent,
+            "over_budget": spent - budget if first is not None else None}
 
 
 @contextlib.contextmanager

@@ -96,6 +96,7 @@ class AtlasCallback(TrainerCallback):
         self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
         self.pending: int | None = None  # an eval point due at this step, taken once its loss is logged
         self.ledger = None  # the run's compute ledger (methods.ledger), set once the trainer exists
+        self.flop_budget = 0.0  # run.flop_budget: stop at the first step whose cumulative training FLOPs reach it
         self._step_t0: float | None = None
 
     def _log_wandb(self, record: dict, records: list[dict] | None = None) -> None:
@@ -172,11 +173,23 @@ class AtlasCallback(TrainerCallback):
         if self._step_t0 is not None and self.ledger is not None:
             rec = self.ledger.close_step(time.monotonic() - self._step_t0)
             self.rd.append({"kind": "ledger", "step": state.global_step, **rec})
+            if self.flop_budget and rec["cum_flops"] >= self.flop_budget:
+                self._stop_on_budget(args, state, control, rec["cum_flops"])
         self._step_t0 = None
         self.model = model or self.model
         self._flush()  # a point left pending by a step that logged nothing
         if state.global_step % self.eval_steps == 0:
             self.pending = state.global_step
+
+    def _stop_on_budget(self, args, state, control, spent: float) -> None:
+        """End training after this step, as HF Trainer ends it at max_steps: a checkpoint at this step
+        (DefaultFlowCallback saves the last step whenever it saves by steps) and the final evaluation
+        point (:meth:`on_train_end`). This callback runs after DefaultFlowCallback, so the flags stick."""
+        control.should_training_stop = True
+        if args.save_strategy == "steps":
+            control.should_save = True
+        log.info("step %d: %.3e training FLOPs reached run.flop_budget = %.3e; training stops here (max_steps %d)",
+                 state.global_step, spent, self.flop_budget, state.max_steps)
 
     def on_save(self, args, state, control, **kw):
         self._flush()  # the checkpoint's metrics include its eval point (resume truncates after it)

@@ -184,7 +184,8 @@ def collect(params: config.Params) -> Collected:
     for info in runs.values():
         notes += [f"{info.key}: {n}" for n in info.notes]
     paths = {"student": profile / "baseline" / "student.records.jsonl",
-             "teacher": profile / "baseline" / "teacher.records.jsonl"}
+             "teacher": profile / "baseline" / "teacher.records.jsonl",
+             **{f"control_{c}": profile / "baseline" / f"control_{c}.records.jsonl" for c in params.evaluation.controls}}
     for key, info in runs.items():
         run_dir = dirs[key][0]
         if info.spec is not None and info.spec.own_student:
@@ -198,7 +199,7 @@ def collect(params: config.Params) -> Collected:
         correct[key] = {r["id"]: bool(r["correct"]) for r in records if "id" in r and "correct" in r}
         audits[key] = audit(records, questions)
     by_seed = {key: [(seeds.train_seed(params), key)] + [(s, f"{key}-seed{s}") for s, _ in seeds.seed_variants(params, key)]
-               for key in params.enabled() if len(params.run.seeds) > 1}
+               for key in params.enabled() if seeds.seed_variants(params, key)}  # a method's max_seeds may be 1
     for key, pairs in by_seed.items():  # the first seed's row, under its own name too
         first = pairs[0][0]
         correct[f"{key}-seed{first}"], audits[f"{key}-seed{first}"] = correct.get(key), audits.get(key)
@@ -231,12 +232,18 @@ def hacking_flag(col: Collected, key: str) -> str | None:
     """The answer-form audit's flag for a trained row against its untrained student (or None); a method
     trained at several seeds is flagged when any seed is."""
     base = col.audits.get(untrained_row(col, key))
-    flags = [f for _, k in col.seeds.get(key, [(0, key)]) if (f := hacking_suspected(col.audits.get(k), base))]
+    info = col.runs.get(key) or col.runs.get(re.sub(r"-seed\d+$", "", key))
+    # "reward hacking" only where a reward was optimised; a run of an unknown method is assumed to have one
+    rewarded = info is None or info.spec is None or info.spec.rewarded
+    flags = [f for _, k in col.seeds.get(key, [(0, key)])
+             if (f := hacking_suspected(col.audits.get(k), base, rewarded=rewarded))]
     return flags[0] if flags else None
 
 
 def paired_vs(col: Collected, key: str, base: str | None = None) -> stats.Paired | None:
-    """Row ``key`` against row ``base`` (default: its untrained student) on the test problems both saw."""
+    """Row ``key`` against row ``base`` (default: its untrained student) on the test problems both saw; a
+    row with several seeds is compared over problems (:func:`stats.paired_seeds`: sign test, cluster
+    bootstrap), never over seed x problem pairs."""
     a, b = seed_correct(col, key), seed_correct(col, base or untrained_row(col, key))
     if not a or not b or not set(a[0]) & set(b[0]):
         return None

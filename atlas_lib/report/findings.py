@@ -1,10 +1,11 @@
 """The report's text: a findings paragraph computed from the table.
 
 Findings lead with the answer: which method changed the student's test accuracy, by how much,
-as a paired difference on the same problems (95% paired-bootstrap interval, exact McNemar p), at
-what device time; then each pair of methods against each other on the same problems, and the
-compute each needed to reach the best validation accuracy the other reached; then what did not
-train and why. A difference is called one only when its paired test says so (p < 0.05);
+as a paired difference on the same problems (95% paired-bootstrap interval, exact McNemar p; with
+several seeds a bootstrap over problems with their seeds and the sign test over problems), at what
+device time; then each pair of methods against each other on the same problems, and the compute each
+needed to reach the final validation accuracy the other reached, where that is defined
+(:mod:`atlas_lib.report.efficiency`); then what did not train and why. A difference is called one only when its paired test says so (p < 0.05);
 otherwise the text says it is not distinguishable at this n and gives the smallest difference
 the run could have detected. Nothing here adds a judgement the numbers do not carry.
 """
@@ -17,11 +18,14 @@ import math
 import pandas as pd
 
 from atlas_lib.evaluation import stats
-from atlas_lib.report import efficiency
+from atlas_lib.evaluation.logratio import VERSION as LOGRATIO_VERSION
+from atlas_lib.report import controls, efficiency
 from atlas_lib.report.collect import Collected, RunInfo, further_seed, hacking_flag, paired_vs, primary_tests
 from atlas_lib.report.table import (
     ALIGNED_COL,
+    CUT_COL,
     LOGRATIO_COL,
+    LOGRATIO_RULE,
     OBJECTIVE_COL,
     PLAIN_COL,
     RESTATE_COL,
@@ -54,8 +58,17 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _seed_tests(pr: stats.Paired) -> str:
+    return "per-seed McNemar p " + ", ".join(f"{p:.2g}" for p in pr.seed_p_values)
+
+
 def paired_text(pr: stats.Paired) -> str:
-    """'+4.0 points (paired 95% CI +1.0 to +7.0, exact McNemar p = 0.012, n = 200; 12 vs 4 problems)'."""
+    """'+4.0 points (paired 95% CI +1.0 to +7.0, exact McNemar p = 0.012, n = 200; 12 problems gained, 4 lost)';
+    with several seeds the interval, test and counts are over problems, each seed's McNemar beside."""
+    if pr.seeds > 1:
+        return (f"{100 * pr.diff:+.1f} points (95% CI {100 * pr.ci_low:+.1f} to {100 * pr.ci_high:+.1f} resampling "
+                f"problems with their {pr.seeds} seeds, exact sign test over problems {_p(pr.p_value)}, n = {pr.n}; "
+                f"{_count(pr.a_only, 'problem')} gained on a majority of seeds, {pr.b_only} lost; {_seed_tests(pr)})")
     return (f"{100 * pr.diff:+.1f} points (paired 95% CI {100 * pr.ci_low:+.1f} to {100 * pr.ci_high:+.1f}, exact "
             f"McNemar {_p(pr.p_value)}, n = {pr.n}; {_count(pr.a_only, 'problem')} gained, {pr.b_only} lost)")
 
@@ -93,23 +106,31 @@ def _shared_student(col: Collected) -> list[str]:
 
 
 def short_paired(pr: stats.Paired) -> str:
-    """'+4.0 points (p = 0.012; 12 gained, 4 lost)': a paired difference in a sentence that lists several."""
+    """'+4.0 points (p = 0.012; 12 gained, 4 lost)': a paired difference in a sentence that lists several
+    (with seeds: the sign test over problems, problems gained / lost on a majority of seeds)."""
+    if pr.seeds > 1:
+        return (f"{100 * pr.diff:+.1f} points (95% CI {100 * pr.ci_low:+.1f} to {100 * pr.ci_high:+.1f}, sign test "
+                f"over problems {_p(pr.p_value)}; {pr.a_only} problems gained on a majority of seeds, {pr.b_only} "
+                f"lost; {_seed_tests(pr)})")
     return f"{100 * pr.diff:+.1f} points ({_p(pr.p_value)}; {pr.a_only} gained, {pr.b_only} lost)"
 
 
 DECISION_RULE = ("How to read it: a difference counts only when the exact McNemar test on the problems where exactly "
                  f"one of the two models is right gives p < {ALPHA} (exact at any number of problems); for the primary "
                  "comparisons declared in the params (evaluation.comparisons) that p is Holm-adjusted for their number. "
-                 "With several training seeds the discordant problems are pooled over the seeds and the difference must "
-                 "also keep its sign over the 95% interval that resamples seeds and problems. The paired-bootstrap "
+                 "With several training seeds the problem stays the unit (a problem's seeds are not independent "
+                 "draws): the test is the exact sign test over problems on each problem's mean difference over the "
+                 "seeds, the difference must also keep its sign over the 95% interval of a bootstrap that resamples "
+                 "problems with all their seeds, counts are problems gained or lost on a majority of seeds, and each "
+                 "seed's own McNemar p is given beside. The paired-bootstrap "
                  "interval otherwise shows the size only: with few discordant problems it can exclude zero while the "
                  "exact test cannot tell the difference from noise.")
 
 
 def _decisive(col: Collected, primary: dict, key: str, base: str, pr: stats.Paired) -> bool:
     """Whether a paired difference counts: (Holm-adjusted, if primary: ``primary`` is
-    :func:`primary_tests`) p < alpha, and with several seeds an interval over seeds and problems that
-    excludes zero."""
+    :func:`primary_tests`) p < alpha, and with several seeds a cluster-bootstrap interval (problems
+    resampled with their seeds) that excludes zero."""
     p = primary.get((key, base), (None, pr.p_value))[1]
     seeded = key in col.seeds or base in col.seeds
     return p < ALPHA and (not seeded or pr.ci_low > 0 or pr.ci_high < 0)
@@ -176,15 +197,20 @@ def headline(col: Collected, params) -> str:
 
 
 def mde_sentence(col: Collected) -> str | None:
-    """The smallest paired difference this run's n can detect (80% power, two-sided 5%)."""
+    """The smallest paired difference this run's n can detect (80% power, two-sided 5%), from one seed's
+    discordance (a seed pair's discordant share of problems, the mean over seeds: pooling the seeds would
+    count a problem once per seed) at one seed's n."""
     base = col.correct.get("student")
     if not base:
         return None
     n = len(base)
-    discord = [pr.a_only + pr.b_only for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
+    found = [pr for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
+    discord = [pr.discordance for pr in found if math.isfinite(pr.discordance)]
     if discord and max(discord) > 0:
-        q = max(discord) / n
-        how = f"the discordance observed here ({100 * q:.0f}% of problems)"
+        q = max(discord)
+        seeded = any(pr.seeds > 1 for pr in found)
+        how = (f"the discordance one seed shows here ({100 * q:.0f}% of problems" + (", the mean over seeds)"
+                                                                                     if seeded else ")"))
     else:
         acc = sum(base.values()) / n
         q = 2 * acc * (1 - acc)
@@ -196,12 +222,16 @@ def mde_sentence(col: Collected) -> str | None:
 
 def audit_sentence(col: Collected, t: pd.DataFrame) -> str | None:
     """The answer-form audit of every row that has one (evaluation.audit)."""
-    parts = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {pct(t.loc[k, PLAIN_COL]) if _ok(t.loc[k, PLAIN_COL]) else '—'}"
+    def share(k, c):
+        return pct(t.loc[k, c]) if c in t.columns and _ok(t.loc[k, c]) else "—"
+
+    parts = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {share(k, PLAIN_COL)} / {share(k, CUT_COL)}"
              f" / {pct(t.loc[k, RESTATE_COL])}" for k in t.index
              if (k in col.audits or k in col.seeds) and _ok(t.loc[k, RESTATE_COL]) and t.loc[k, "Row kind"] != "seed"]
     if not parts:
         return None
-    return ("Answer-form audit on the test split (credited answers that state a plain value / completions whose "
+    return ("Answer-form audit on the test split (credited answers that state a plain value / credited answers "
+            "cut at the token budget, credited only from a complete final-answer marker / completions whose "
             "final answer restates the question's arithmetic): " + "; ".join(parts) + ".")
 
 
@@ -230,7 +260,9 @@ def findings(col: Collected) -> str:
     n_val = efficiency.validation_n(col)
     lines.append("Compute is training compute (the ledger: sampling, teacher scoring and optimisation; evaluation "
                  "measured apart). Compute to match reads each method's validation curve (n = "
-                 f"{n_val:.0f}) against the other's final validation accuracy. " if n_val else "Compute is training "
+                 f"{n_val:.0f}) against the other's final validation accuracy, only where the other improved on the "
+                 "untrained student by more than the validation split's 95% resolution between two eval points "
+                 "(1.96 x sqrt((p0(1-p0) + p1(1-p1))/n)). " if n_val else "Compute is training "
                  "compute (sampling, teacher scoring and optimisation; evaluation measured apart). ")
     lines[-1] += ("Every test row is the final model: no peak checkpoint is reported" + (
         f" (the validation split, n = {n_val:.0f}, is too small to choose one)." if n_val and n_val < 100 else "."))
@@ -242,6 +274,7 @@ def findings(col: Collected) -> str:
         lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
     else:
         lines.append("The pre-distillation student and teacher baselines were not run (notebook 01).")
+    lines += controls.control_sentences(col, t)
     seed_runs = {k for k in runs if further_seed(col, k)}  # in their method's mean row
     for k, info in runs.items():
         if info.spec is not None and info.spec.own_student and k not in seed_runs and (pr := paired_vs(col, k)) is not None:
@@ -257,12 +290,19 @@ def findings(col: Collected) -> str:
     if kls:
         lines.append("Mean reverse KL to the teacher on the test split (nats/token, same tokenizer): "
                      + "; ".join(kls) + ".")
-    ratios = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {t.loc[k, LOGRATIO_COL]:.3f}" for k in t.index
+    def old_rule(k) -> bool:  # scored before the stop token counted (table.OLD_LOGRATIO): never mixed in silently
+        rule = t.loc[k, LOGRATIO_RULE] if LOGRATIO_RULE in t.columns else 1
+        return _ok(rule) and rule < LOGRATIO_VERSION and t.loc[k, LOGRATIO_COL] != 0
+
+    ratios = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {t.loc[k, LOGRATIO_COL]:.3f}"
+              + (" (old rule: stop token left out)" if old_rule(k) else "") for k in t.index
               if t.loc[k, "Row kind"] != "seed" and _ok(t.loc[k, LOGRATIO_COL])]
     if ratios:
         lines.append("Divergence to the teacher that every row shares, whatever its tokenizer (the sequence log-ratio "
-                     "log p_student(answer) - log p_teacher(answer) per character of the test answer; 0 = the teacher "
-                     "would write it as readily): " + "; ".join(ratios) + ".")
+                     "log p_student(answer) - log p_teacher(answer) per character of the test answer, its stop token "
+                     "counted when it finished; 0 = the teacher would write it as readily). It is one greedy answer "
+                     "per problem, not an expectation, and each row is scored on its own text: "
+                     + "; ".join(ratios) + ".")
     for k, info in runs.items():
         pre = f"{k}_pre"
         if pre in t.index and _ok(t.loc[pre, ALIGNED_COL]) and _ok(t.loc[k, ALIGNED_COL]):

@@ -3,11 +3,13 @@
 Each notebook runs into ``runs/<profile>/notebooks/`` (the sources stay clean). A stage whose
 fingerprint (its params, its notebook's source, its upstream stages) is unchanged and whose run
 finished is reused and the log says so; a changed or ``--force``d stage first moves its old run
-directories to ``runs/<profile>/.previous/`` (never deleted silently), then re-runs.
+directories to ``runs/<profile>/.previous/`` (never deleted silently), then re-runs. With several
+training seeds the method notebooks run seed-major (:mod:`atlas_lib.report.seed_order`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -19,11 +21,12 @@ from pathlib import Path
 
 from atlas_lib.core import config, registry, rundir, seeds
 from atlas_lib.core.paths import (
+    contained,
     notebooks_dir,
+    pin_roots,
     relative_to_root,
     reports_root,
     resolve_params_path,
-    runs_root,
 )
 from atlas_lib.core.rundir import (
     RunDir,
@@ -31,6 +34,7 @@ from atlas_lib.core.rundir import (
     atomic_write_json,
     move_aside,
 )
+from atlas_lib.report import seed_order
 from atlas_lib.report.site import render_site, write_table_files  # noqa: F401 (write_table_files re-exported)
 from atlas_lib.report.stage_run import (  # noqa: F401 (re-exported: the pipeline's names)
     INTERRUPTED,
@@ -38,12 +42,14 @@ from atlas_lib.report.stage_run import (  # noqa: F401 (re-exported: the pipelin
     Step,
     disk_full_is_a_message,
     execute,
+    interruption,
     on_sigint,
     stage_progress,
     terminal,
 )
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 def steps(params: config.Params) -> list[Step]:
@@ -129,12 +135,23 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
     so): finished stages are reused and the last executed report notebook rendered again; a stage that
     would have to run raises that error instead."""
     upstream, timings = "", {}
+    passes, seeded = ([] if read_only is not None else seed_order.seed_passes(params, steps(params))), set()
     for step in steps(params):
+        if passes and step in seed_order.training_steps([step]):  # seed-major: seed 42 of every arm, then 43, ...
+            for sp in passes:
+                if only is None or set(sp.stages) & set(only):
+                    seed_order.run_pass(params, sp, path, profile_dir, nb_dir, force, verbose, seeded, timings,
+                                        stale=lambda st: not resumable(params, st), move_aside=_move_aside)
+            passes = []
         fp = fingerprint(params, step, upstream, profile_dir)
         marker = nb_dir / f"{step.notebook}.done.json"
         done = json.loads(marker.read_text()) if marker.exists() else {}
         skip = only is not None and not set(step.stages) & {*only, "report"}
-        if skip or (not force and done.get("fingerprint") == fp):
+        missing = None if skip or force or read_only is not None or done.get("fingerprint") != fp \
+            else _incomplete(params, step, profile_dir)
+        if missing:
+            log.info("[%s] its finished run is incomplete on disk (%s): running it again", step.notebook, missing)
+        if skip or (not force and done.get("fingerprint") == fp and not missing):
             log.info("[%s] %s", step.notebook, "skipped (--only)" if skip else
                      "reusing the finished run (params and inputs unchanged; --force re-runs)")
             upstream += fp
@@ -146,9 +163,10 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
                 continue
             raise RunDirError(f"{read_only} ({step.notebook} would have to run: "
                               f"{'--force' if force else 'its stage is unfinished or its inputs changed'})")
-        resume = not force and resumable(params, step)
+        resume = step.notebook in seeded or (not force and resumable(params, step))
         if resume:
-            log.info("[%s] resuming the interrupted run from its last checkpoint", step.notebook)
+            log.info("[%s] %s", step.notebook, "every seed: reusing the seed passes' runs, training the last seed"
+                     if step.notebook in seeded else "resuming the interrupted run from its last checkpoint")
         elif step.run_dirs and any(any(profile_dir.glob(p)) for p in step.run_dirs):
             _move_aside(profile_dir, step, params)
         marker.unlink(missing_ok=True)
@@ -162,9 +180,11 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         finally:
             if term is not None:
                 term.close()
+            if INTERRUPTED:
+                _release_stale_locks(params, step)
         if INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
-            raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: "
-                                "run the same command again to resume")
+            raise PipelineError(f"interrupted ({interruption()}) in {step.notebook}; its run keeps its last "
+                                "checkpoint: run the same command again to resume")
         timings[step.notebook] = round(time.monotonic() - t0, 1)
         fp = fingerprint(params, step, upstream, profile_dir)  # after the run: with the split it wrote
         upstream += fp
@@ -173,14 +193,56 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
     return timings
 
 
+def _preflight_step(params: config.Params, step: Step, profile_dir: Path) -> None:
+    """Before the first notebook: a run the pipeline would neither move aside nor resume as its own (a
+    ``run_name`` outside the step's folders) must be absent or this stage's own run (its config.json)."""
+    for k in (k for k in step.stages if k in registry.keys()):
+        if params.run_name(k) == f"{params.name}/{k}":
+            continue  # the default names (its variants' too) are the pipeline's own folders: reused, resumed or moved aside
+        for p in (params, *seeds.variants(params, k)):
+            path = rundir.stage_dir(p, k)
+            if not (path.parent == profile_dir and any(fnmatch.fnmatch(path.name, pat) for pat in step.run_dirs)):
+                rundir.check_marker(p, k)
+
+
+def _incomplete(params: config.Params, step: Step, profile_dir: Path) -> str | None:
+    """What a step marked done no longer has on disk (a deleted summary.json, a moved split), else None:
+    a stage is reused only while its runs are whole."""
+    if step.stages == ("data",):
+        for f in (profile_dir / "data" / "manifest.json", profile_dir / "baseline" / "summary.json"):
+            if not f.is_file():
+                return f"{f.relative_to(profile_dir)} missing"
+        return None
+    for p, k in _step_runs(params, step):
+        if (state := rundir.run_state(p, k)) != "finished":
+            where = p.run_name(k)
+            return {"absent": f"{where} missing", "other": f"{where} failed or trained with other parameters"}.get(
+                state, f"{where}/summary.json missing")
+    return None
+
+
+def _release_stale_locks(params: config.Params, step: Step) -> None:
+    """After an interruption: the locks the stage's notebook kernel held, once that kernel is gone (a
+    SIGTERM to the report alone leaves the kernel to papermill's shutdown, which may outlive the handler)."""
+    deadline = time.monotonic() + 10
+    for p, k in _step_runs(params, step):
+        rd = RunDir(rundir.stage_dir(p, k))
+        while rd.holder() is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rd.clear_stale_lock()
+
+
 def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, force: bool = False,
                  only: list[str] | None = None, verbose: bool = False) -> Path:
     """Run every stage of a parameter set and render its report; returns the HTML path. Each
     notebook's full output goes to ``runs/<profile>/logs/<notebook>.log`` (and the terminal when
     ``verbose``)."""
+    pin_roots()  # runs, reports and cache as absolute paths, inherited by every notebook kernel
     path = resolve_params_path(params_file).resolve()  # one resolution; notebooks get this absolute path
-    params = config.load(path)  # validate before anything runs
-    profile_dir = runs_root() / params.name
+    params = config.load(path)  # validate before anything runs (names through paths.contained)
+    profile_dir = contained(params.name, "name")
+    for step in steps(params):  # a foreign folder named as a run refuses before the first notebook starts
+        _preflight_step(params, step, profile_dir)
     nb_dir = profile_dir / "notebooks"
     try:
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -196,16 +258,18 @@ def run_pipeline(params_file: str | os.PathLike = "params/embedded.yaml", *, for
             raise
         read_only = e  # finished runs can still be rendered; nothing under runs/ is written then
     INTERRUPTED.clear()
-    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() \
-        else None
+    # SIGTERM (kill, a scheduler) and SIGHUP (the terminal closed) stop the report as Ctrl-C does: one
+    # message, the profile's lock and the stage's run locks released, exit 2
+    previous = {sig: signal.signal(sig, on_sigint) for sig in STOP_SIGNALS} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
         timings = _run_steps(params, path, profile_dir, nb_dir, force, only, verbose, read_only)
     except KeyboardInterrupt:
-        raise PipelineError("interrupted (Ctrl-C); finished stages are kept and an interrupted one keeps its last "
-                            "checkpoint: run the same command again to resume") from None
+        raise PipelineError(f"interrupted ({interruption()}); finished stages are kept and an interrupted one keeps "
+                            "its last checkpoint: run the same command again to resume") from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if read_only is None:
             lock.release()
     out_dir = reports_root() / params.name

@@ -3,6 +3,8 @@ pages and the table files, every page linking to the others (:func:`atlas_lib.re
 
 from __future__ import annotations
 
+import re
+from html import escape as html_escape
 from pathlib import Path
 
 from atlas_lib.core import config, registry
@@ -10,7 +12,7 @@ from atlas_lib.core.rundir import atomic_write_text
 from atlas_lib.report import problems
 from atlas_lib.report.collect import Collected, collect
 from atlas_lib.report.findings import headline
-from atlas_lib.report.html import render_html, site_nav
+from atlas_lib.report.html import PAGE_CSS, render_html, site_nav
 from atlas_lib.report.table import results_table
 
 
@@ -18,7 +20,8 @@ def render_site(params: config.Params, notebooks: list[str], nb_dir: Path, out_d
     """Render ``reports/<profile>/`` from the executed notebooks in ``nb_dir`` (``notebooks``: the method
     stages, 05 aside); returns ``index.html``."""
     pages = [("index.html", "Report"), ("problems.html", "Every problem")] + [
-        (f"notebooks/{nb}.html", page_label(nb)) for nb in notebooks if (nb_dir / f"{nb}.ipynb").exists()]
+        (f"notebooks/{nb}.html", page_label(nb)) for nb in notebooks if (nb_dir / f"{nb}.ipynb").exists()] + [
+        ("../index.html", "All reports")]
     col = collect(params)
     html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False,
                        nav=site_nav("index.html", pages), title=page_title(col, params))
@@ -27,7 +30,29 @@ def render_site(params: config.Params, notebooks: list[str], nb_dir: Path, out_d
         if (nb_dir / f"{nb}.ipynb").exists():
             page = f"notebooks/{nb}.html"
             render_html(nb_dir / f"{nb}.ipynb", out_dir / page, with_code=True, nav=site_nav(page, pages))
+    write_reports_index(out_dir.parent)
     return html
+
+
+def write_reports_index(root: Path) -> Path:
+    """``<reports>/index.html``: one link per report folder below ``root`` (each holding an ``index.html``),
+    titled by that report's own page title, so the published reports link to each other both ways."""
+    entries = []
+    for page in sorted(root.glob("*/index.html")):
+        found = re.search(r"<title>(.*?)</title>", page.read_text(encoding="utf-8"), re.S)
+        title = found.group(1).strip() if found else page.parent.name
+        entries.append(f'<li><a href="{page.parent.name}/index.html">{html_escape(page.parent.name)}</a>: '
+                       f"{title}</li>")  # the title is already HTML-escaped in its own page
+    body = "\n".join(entries) or "<li>No report rendered yet.</li>"
+    text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>atlas-distill-kit reports</title><style>{PAGE_CSS}</style></head>\n<body>\n"
+            "<h1>atlas-distill-kit reports</h1>\n<p>Each report is one profile's run (<code>atlas report "
+            "--params params/PROFILE.yaml</code>); its page says which models, problems and code made it.</p>\n"
+            f"<ul>\n{body}\n</ul>\n</body></html>\n")
+    out = root / "index.html"
+    atomic_write_text(out, text)
+    return out
 
 
 def page_label(notebook: str) -> str:

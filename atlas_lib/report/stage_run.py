@@ -23,17 +23,27 @@ class Step:
     notebook: str
     stages: tuple[str, ...]  # "data", method keys (registry), or "report"
     run_dirs: tuple[str, ...]  # directories under runs/<profile>/ this step writes
+    seeds: tuple[int, ...] = ()  # a seed pass (report/seed_order.py): run.seeds cut to these; () = the file's
 
 
 class PipelineError(RuntimeError):
     """A notebook failed; the message names the cell error and the partial output."""
 
 
-INTERRUPTED: list[bool] = []
+INTERRUPTED: list[int] = []  # the signals received while the pipeline runs
+
+
+def interruption() -> str:
+    """How the pipeline was stopped, for its message: Ctrl-C, SIGTERM or SIGHUP."""
+    import signal
+
+    last = INTERRUPTED[-1] if INTERRUPTED else signal.SIGINT
+    return "Ctrl-C" if last == signal.SIGINT else signal.Signals(last).name
 
 
 def on_sigint(signum, frame) -> None:
-    INTERRUPTED.append(True)
+    """SIGINT, SIGTERM and SIGHUP alike: stop the stage with one message, locks released on the way out."""
+    INTERRUPTED.append(signum)
     # The kernel got the same Ctrl-C and died; nbclient's pending cell task then reports "Kernel died"
     # through asyncio's "Task exception was never retrieved" when the process exits, after the
     # kit's own message. That is expected here, not news for the terminal.
@@ -111,7 +121,9 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
             try:
                 pm.execute_notebook(str(notebooks_dir() / f"{step.notebook}.ipynb"), str(running),
                                     parameters={"params_file": str(params_file),
-                                            **({k: {"resume": True} for k in step.stages} if resume else {})},
+                                            **({k: {"resume": True} for k in step.stages} if resume else {}),
+                                            **({"run": {"seeds": list(step.seeds)}, "sweeps": []} if step.seeds
+                                               else {})},
                                     kernel_name="python3", cwd=str(project_root()), log_output=True,
                                     progress_bar=verbose or log_file is None)
             except PapermillExecutionError:  # papermill wrote the failed notebook whole: the partial output
@@ -125,8 +137,8 @@ def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, l
                 os.replace(running, out_nb)
     except PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt" or INTERRUPTED:
-            raise PipelineError(f"interrupted (Ctrl-C) in {step.notebook}; its run keeps its last checkpoint: run "
-                                "the same command again to resume") from None
+            raise PipelineError(f"interrupted ({interruption()}) in {step.notebook}; its run keeps its last "
+                                "checkpoint: run the same command again to resume") from None
         raise PipelineError(f"{step.notebook} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                             f"partial output: {relative_to_root(out_nb)}{where}") from None
     finally:

@@ -1,7 +1,7 @@
 """The comparison table (numeric, then formatted) and notebook 01's small frames.
 
-Rows: the untrained student, the teacher, then each enabled method in registry order (a method
-that trains its own student gets that student's untrained row first; GKD sweeps follow GKD).
+Rows: the untrained student, the teacher, the prompt controls (:mod:`~atlas_lib.report.controls`), then
+each enabled method in registry order (a method that trains its own student gets that student's untrained row first; GKD sweeps follow GKD).
 Missing values stay NaN in the numeric table and read "missing" / "not run" in the formatted one,
 with the reason in the row's note: a missing number is never shown as zero.
 """
@@ -16,7 +16,8 @@ import pandas as pd
 
 from atlas_lib.core import registry
 from atlas_lib.core.sections import LORA_DEFAULTS
-from atlas_lib.evaluation import stats
+from atlas_lib.evaluation import logratio, stats
+from atlas_lib.report import controls
 from atlas_lib.report.collect import (
     Collected,
     RunInfo,
@@ -31,12 +32,23 @@ from atlas_lib.report.collect import (
 NAN = float("nan")
 SAME_TOK_DIV = registry.SAME_TOKENIZER_KL
 ALIGNED_COL = "Aligned divergence (cross-tokenizer)"
+# A one-seed row's exact McNemar p; a multi-seed mean row's exact sign test over problems (evaluation.stats)
+P_COL = "p (paired test)"
 TRAINING_COLS = ("Device hours", "Training seconds", "Training FLOPs", "Evaluation seconds", "Steps", "Peak RSS GB",
-                 "Diff vs student", "Diff CI low", "Diff CI high", "p (McNemar)", "p (Holm)")
+                 "Diff vs student", "Diff CI low", "Diff CI high", P_COL, "p (Holm)")
+PAIRED_COLS = ("Diff vs student", "Diff CI low", "Diff CI high", P_COL)  # what a prompt control row shows too
 BASE_LABELS = {"student": "Student (pre-distillation)", "teacher": "Teacher"}
 PLAIN_COL = "Plain-value answers (of credited)"  # the answer-form audit (evaluation.audit)
 RESTATE_COL = "Restates the question"
+CUT_COL = "Credited answers cut at the budget"  # the audit's cut share (numeric table and findings only)
 LOGRATIO_COL = "Log-ratio to teacher (nats/char)"  # every row's, any tokenizer (evaluation.logratio)
+LOGRATIO_RULE = "Log-ratio rule"  # evaluation.logratio.VERSION it was scored under (1: stop token left out)
+LOGRATIO_NOTE = ("Log-ratio to teacher: log p_student - log p_teacher of one greedy answer per problem, per "
+                 "character (not an expectation over answers); each row is scored on its own answers' text, so "
+                 "rows compare how far each one's own answers sit from the teacher. A finished answer's stop token "
+                 "counts; an answer cut at the token budget has none.")
+OLD_LOGRATIO = ("log-ratio scored under the old rule (stop token left out, so a loop cut at the token budget "
+                "scored like a finished answer): not comparable with rows scored with the stop token; re-evaluate")
 OBJECTIVE_COL = "Own objective (held-out)"  # the distilling method's training loss on the test answers
 MEANED = ("Accuracy", "Avg Generated Tokens", "Truncation", "Mean Reverse KL", "Device hours", "Training seconds",
           "Training FLOPs", "Evaluation seconds", "Steps", "Peak RSS GB", ALIGNED_COL,
@@ -91,6 +103,11 @@ def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, trai
                 notes.append(f"{key}: {why}")
     if m and "mean_logratio_per_char" not in m:
         notes.append("log-ratio to the teacher: not recorded (evaluated before the kit computed it)")
+    row[LOGRATIO_RULE] = NAN
+    if not math.isnan(row[LOGRATIO_COL]):  # records from before logratio_version were scored under rule 1
+        row[LOGRATIO_RULE] = float(m.get("logratio_version") or 1)
+        if row[LOGRATIO_COL] != 0 and row[LOGRATIO_RULE] < logratio.VERSION:  # 0: a model against itself, any rule
+            notes.append(OLD_LOGRATIO)
     if training and "train_seconds" not in t:
         notes.append("device time is the run's wall clock, evaluation included (recorded before the compute ledger)")
     if training is not None and math.isnan(row["Device hours"]):
@@ -164,6 +181,7 @@ def results_table(collected: Collected) -> pd.DataFrame:
         label = BASE_LABELS[role] + (f": {model}" if model else "")
         div = "teacher vs itself (0 by definition)" if role == "teacher" else SAME_TOK_DIV
         rows[role] = _row(label, "complete" if m else "not run", m, divergence=div, notes=notes)
+    rows.update(controls.control_rows(b, _row))
     for key, info in collected.runs.items():
         if further_seed(collected, key):
             continue  # a further seed's row comes with its method's
@@ -172,13 +190,15 @@ def results_table(collected: Collected) -> pd.DataFrame:
             rows.update(_seed_rows(collected, key, rows.pop(key)))
     primary = {a: p for (a, b), (_, p) in primary_tests(collected).items() if b == untrained_row(collected, a)}
     for key, row in rows.items():  # each trained row against its own untrained student, paired by problem
-        pr = paired_vs(collected, key, untrained_row(collected, key)) if row["Row kind"] in ("trained", "seed") else None
+        pr = (paired_vs(collected, key, untrained_row(collected, key)) if row["Row kind"] in ("trained", "seed", "control")
+              else None)
         row.update({"Diff vs student": pr.diff if pr else NAN, "Diff CI low": pr.ci_low if pr else NAN,
-                    "Diff CI high": pr.ci_high if pr else NAN, "p (McNemar)": pr.p_value if pr else NAN,
+                    "Diff CI high": pr.ci_high if pr else NAN, P_COL: pr.p_value if pr else NAN,
                     "p (Holm)": primary.get(key, NAN)})
         audits = [collected.audits.get(k) for _, k in collected.seeds.get(key, [(0, key)])]
         audits = [a for a in audits if a is not None]  # a multi-seed row: the seeds' mean, flagged if any seed is
         row.update({PLAIN_COL: _mean([a.plain_share for a in audits]), RESTATE_COL: _mean([a.restate_share for a in audits]),
+                    CUT_COL: _mean([a.cut_share for a in audits]),
                     "Hacking flag": hacking_flag(collected, key) if row["Row kind"] in ("trained", "seed") else None})
         if row["Hacking flag"]:
             row["Status"] = f"{row['Hacking flag']}; {row['Status']}"
@@ -186,8 +206,8 @@ def results_table(collected: Collected) -> pd.DataFrame:
 
 
 def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
-    """A method trained at several seeds: its mean row (under the method's key; interval over problems
-    and seeds) followed by one row per seed."""
+    """A method trained at several seeds: its mean row (under the method's key; intervals from a bootstrap
+    over problems, each with all its seeds) followed by one row per seed."""
     seed_rows = {}
     for seed, run_key in col.seeds[key]:
         row = first if run_key == key else _run_rows(run_key, col.runs[run_key])[run_key]
@@ -204,12 +224,18 @@ def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
     statuses = sorted({v["Status"] for v in vals})
     mean["Status"] = statuses[0] if len(statuses) == 1 else "; ".join(f"{v['Model / Method']}: {v['Status']}" for v in vals)
     mean["Model / Method"] = f"{first['Model / Method']}, mean of {len(vals)} seeds"
-    mean["Note"] = ("mean of seeds " + ", ".join(str(s) for s, _ in col.seeds[key]) + "; interval and p over problems "
-                    "and seeds")
+    mean["Note"] = ("mean of seeds " + ", ".join(str(s) for s, _ in col.seeds[key]) + "; intervals resample problems "
+                    "with all their seeds; p: exact sign test over problems on each problem's mean over seeds (each "
+                    "seed's row: its own McNemar p)")
+    mean[LOGRATIO_RULE] = min((v[LOGRATIO_RULE] for v in vals if not pd.isna(v[LOGRATIO_RULE])), default=NAN)
+    if mean[LOGRATIO_RULE] < logratio.VERSION and mean[LOGRATIO_COL] != 0:  # never a silent mix of rules
+        mean["Note"] += "; " + OLD_LOGRATIO
     return {key: mean, **seed_rows}
 
 
 def _applies(r: pd.Series, col: str) -> bool:
+    if r["Row kind"] == "control":  # no training, but paired with the untrained student like a trained row
+        return col in PAIRED_COLS or col not in TRAINING_COLS
     return r["Row kind"] in ("trained", "seed") if col in TRAINING_COLS else (
         not r["Aligned"] if col == "Mean Reverse KL" else bool(r["Aligned"]) if col == ALIGNED_COL else True)
 
@@ -234,11 +260,13 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
                     "Avg Generated Tokens": cell("Avg Generated Tokens", lambda x: f"{x:.1f}"),
                     "Truncation": cell("Truncation", pct),
                     "Paired diff vs untrained (95% CI)": diff,
-                    "p (McNemar)": cell("p (McNemar)", lambda p: f"{p:.3g}"),
+                    P_COL: cell(P_COL, lambda p: f"{p:.3g}"),
                     "p (Holm, primary)": "—" if pd.isna(r["p (Holm)"]) else f"{r['p (Holm)']:.3g}",
                     PLAIN_COL: cell(PLAIN_COL, pct), RESTATE_COL: cell(RESTATE_COL, pct),
                     "Mean Reverse KL": cell("Mean Reverse KL", lambda x: f"{x:.3f}"),
-                    ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"), LOGRATIO_COL: cell(LOGRATIO_COL, lambda x: f"{x:.3f}"),
+                    ALIGNED_COL: cell(ALIGNED_COL, lambda x: f"{x:.3f}"),
+                    LOGRATIO_COL: cell(LOGRATIO_COL, lambda x, r=r: f"{x:.3f}" + (
+                        " (old rule)" if x != 0 and r.get(LOGRATIO_RULE, logratio.VERSION) < logratio.VERSION else "")),
                     OBJECTIVE_COL: cell(OBJECTIVE_COL, lambda x: f"{x:.4f}") if r.get("Distills") is True else "—",
                     "Training compute": cell("Device hours", lambda x, u=unit, r=r: f"{x:.3g}{u}" + (
                         f" ({r['Training seconds']:.0f} s)" if not pd.isna(r["Training seconds"]) else "") + (
@@ -254,9 +282,10 @@ def styled_table(table: pd.DataFrame | Collected) -> pd.DataFrame:
 def baseline_frame(baselines: dict) -> pd.DataFrame:
     """Notebook 01's rows (student, teacher) from :func:`atlas_lib.evaluation.baselines.evaluate_baselines`."""
     b = Collected("", None, baselines, {})
-    return styled_table(results_table(b).loc[["student", "teacher"]]).drop(
+    t = results_table(b)
+    return styled_table(t.loc[["student", "teacher", *t.index[t["Row kind"] == "control"]]]).drop(
         columns=["Training compute", "Evaluation time", "Steps", "Peak memory", ALIGNED_COL, OBJECTIVE_COL,
-                 "Paired diff vs untrained (95% CI)", "p (McNemar)", "p (Holm, primary)", PLAIN_COL, RESTATE_COL])
+                 "Paired diff vs untrained (95% CI)", P_COL, "p (Holm, primary)", PLAIN_COL, RESTATE_COL])
 
 
 def examples_frame(prepared, n: int = 3) -> pd.DataFrame:
@@ -291,7 +320,9 @@ class TableView:
         df["Model / Method"] = [f"{name}{m}" for name, m in zip(df["Model / Method"], marks, strict=True)]
         body = df.to_html(escape=True, border=0, classes="atlas-table", index=False)  # the label names the row
         items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-        return body + (f'<ol class="atlas-notes">{items}</ol>' if notes else "")
+        shown = LOGRATIO_COL in df and df[LOGRATIO_COL].str.match(r"-?\d").any()  # what the column is, where shown
+        return body + (f'<ol class="atlas-notes">{items}</ol>' if notes else "") + (
+            f'<p class="atlas-notes">{html.escape(LOGRATIO_NOTE)}</p>' if shown else "")
 
 
 def table_view(table: pd.DataFrame | Collected) -> TableView:

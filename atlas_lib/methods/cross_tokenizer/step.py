@@ -97,12 +97,11 @@ def _score(student, s_tok, teacher, t_tok, s_seqs, s_comp, t_seqs, t_comp, align
         loss, st = aligned_loss(s_logits, t_logits, left_pad(s_comp, -1, cs, device), left_pad(t_comp, -1, ct, device),
                                 left_pad(s_spans, -1, cs, device), left_pad(t_spans, -1, ct, device), vmap, beta=beta)
     if not grad:  # evaluation: each model's log-probability of its own tokens of the answer (evaluation.logratio)
-        for side, model, logits, comp, width, tok in (("student", student, s_logits, s_comp, cs, s_tok),
-                                                      ("teacher", teacher, t_logits, t_comp, ct, t_tok)):
+        for side, logits, comp, width, tok in (("student", s_logits, s_comp, cs, s_tok),
+                                               ("teacher", t_logits, t_comp, ct, t_tok)):
             ids_B_C = left_pad(comp, -1, width, device)
-            stop_C = torch.tensor(eos_token_ids(model, tok), device=device)
-            text_B_C = (ids_B_C >= 0) & ~torch.isin(ids_B_C, stop_C)  # the stop token is no text
-            st[f"logp_{side}_B"] = logratio.sequence_logprob_B(logits, ids_B_C, text_B_C, len(tok))
+            # every token, each model's own stop token of a finished answer included (logratio.VERSION 2)
+            st[f"logp_{side}_B"] = logratio.sequence_logprob_B(logits, ids_B_C, ids_B_C >= 0, len(tok))
     kk = st["span_logp_student_B_K"].shape[1]
     div_B = aligned_divergence(st["span_logp_student_B_K"], st["span_logp_teacher_B_K"],
                                text_B_K[:, :kk] & st["valid_B_K"])
@@ -220,6 +219,7 @@ def aligned_divergence_fn(student, student_tok, teacher, teacher_tok, *, beta: f
                                                     st["loss_spans_B"].tolist(), strict=True):
                     out[j] = {"aligned_divergence": float(x),
                               "logratio_per_char": logratio.per_char(lp_s, lp_t, records[j]["completion"]),
+                              "logratio_version": logratio.VERSION,
                               "objective": tot / n if n else None, "objective_units": int(n)}
         return out
 

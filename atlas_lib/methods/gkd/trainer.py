@@ -21,9 +21,14 @@ adds three things to ``GKDTrainer``:
 * the generalized JSD can be chunked over positions (``loss_chunk_size``) to bound memory;
 * a NaN/inf loss stops the run at that step, before the optimizer applies it (both engines).
 
-The teacher scores exactly the student's sampled sequence: ``GKDTrainer.training_step`` replaces
-``input_ids`` with the generation, and ``compute_loss`` feeds those same ids to both models
-(``DistillationTrainer`` feeds prompt + sampled completion to both by construction).
+The teacher scores exactly the student's sampled completion ids: ``GKDTrainer.training_step``
+replaces ``input_ids`` with the generation, and ``compute_loss`` feeds those same ids to both models.
+The prompt is the student's rendering unless ``models.teacher_prompt`` is ``own`` and the two chat
+templates render it differently: then the gkd engine gives the teacher the same messages in its own
+template (:class:`TeacherPrompts`) followed by the unchanged completion ids
+(``DistillationTrainer`` feeds the student's prompt + sampled completion to both; with
+``models.teacher_prompt_max_gap`` it is refused when that costs the teacher too much:
+:func:`atlas_lib.evaluation.pair_check.require_teacher_prompt`).
 """
 
 from __future__ import annotations
@@ -38,12 +43,54 @@ from trl.experimental.gkd import GKDTrainer
 
 from atlas_lib.core.config import Params
 from atlas_lib.data import splits
+from atlas_lib.data.prompts import has_chat_template, render_prompt
+from atlas_lib.evaluation import pair_check
 from atlas_lib.evaluation.divergence import generalized_jsd
 from atlas_lib.methods import loop
 from atlas_lib.methods.common import Parts, load_pair, run_method, with_lora
 from atlas_lib.methods.gkd.guard import ScoredLoss
 
 log = logging.getLogger(__name__)
+
+
+class TeacherPrompts:
+    """The student's rendered prompt ids -> the teacher's rendering of the same messages (same
+    tokenizer, so the ids are the teacher's too). Looked up by the decoded prompt text; a prompt it
+    does not know (one the collator truncated) keeps the student's rendering and is counted."""
+
+    def __init__(self, tok, teacher_tok, message_lists: list[list[dict]]):
+        self.tok, self.misses = tok, 0
+        add = not has_chat_template(teacher_tok)
+        self.by_text = {render_prompt(tok, m): teacher_tok(render_prompt(teacher_tok, m), add_special_tokens=add)["input_ids"]
+                        for m in message_lists}
+
+    def __call__(self, prompt_ids: list[int]) -> list[int]:
+        text = self.tok.decode(prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        got = self.by_text.get(text)
+        if got is None:
+            if not self.misses:
+                log.warning("models.teacher_prompt = own: a prompt not among the training rows (truncated?) is "
+                            "scored in the student's template (logged once; TeacherPrompts.misses counts them)")
+            self.misses += 1
+            return prompt_ids
+        return got
+
+
+def teacher_inputs(input_ids, attention_mask, valid_B_T, prompts: TeacherPrompts, pad_id: int):
+    """Each row's prompt replaced by the teacher's rendering, the completion block (everything from the
+    first label on, padding included) unchanged, left-padded so the rows end where the student's do:
+    the last K positions of both batches hold the same completion tokens."""
+    rows, masks = [], []
+    for b in range(input_ids.shape[0]):
+        c = int(valid_B_T[b].float().argmax()) + 1  # the first completion column (labels are shifted by one)
+        prompt = input_ids[b, :c][attention_mask[b, :c].bool()].tolist()
+        t_prompt = prompts(prompt)
+        rows.append(t_prompt + input_ids[b, c:].tolist())
+        masks.append([1] * len(t_prompt) + attention_mask[b, c:].tolist())
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=input_ids.device)
+    mask = torch.tensor([[0] * (width - len(m)) + m for m in masks], device=attention_mask.device)
+    return ids, mask
 
 
 class AtlasGKDTrainer(ScoredLoss, GKDTrainer):
@@ -58,8 +105,9 @@ class AtlasGKDTrainer(ScoredLoss, GKDTrainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, loss_chunk_size: int = 0, **kwargs):
+    def __init__(self, *args, loss_chunk_size: int = 0, teacher_prompts: TeacherPrompts | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.teacher_prompts = teacher_prompts  # None: the teacher reads the student's prompt ids
         # TRL samples with use_cache=False whenever gradient checkpointing is on, re-encoding the whole
         # sequence for every sampled token (most of a step's time; bench/RESULTS.md). Generation
         # runs under no_grad, where transformers' checkpointed layers keep the cache, so keeping it
@@ -94,9 +142,12 @@ class AtlasGKDTrainer(ScoredLoss, GKDTrainer):
                       logits_to_keep=keep + 1)
         self.teacher_model.eval()
         t0 = time.monotonic()
+        t_ids, t_mask = inputs["input_ids"], inputs["attention_mask"]
+        if self.teacher_prompts is not None:
+            t_ids, t_mask = teacher_inputs(t_ids, t_mask, valid_B_T, self.teacher_prompts,
+                                           self.processing_class.pad_token_id)
         with torch.no_grad():
-            t_out = self.teacher_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                       logits_to_keep=keep + 1)
+            t_out = self.teacher_model(input_ids=t_ids, attention_mask=t_mask, logits_to_keep=keep + 1)
         if (ledger := getattr(self, "atlas_ledger", None)) is not None and model.training:
             tokens = float(inputs["attention_mask"].sum())
             ledger.scored(time.monotonic() - t0, tokens)
@@ -131,6 +182,13 @@ def _build(key: str):
         student = with_lora(student, section, key)
         rows = splits.distill_view(prepared.train, params.prompt)
         engine = getattr(section, "engine", "gkd")  # off_policy: always GKDTrainer
+        gap = pair_check.require_teacher_prompt(params, key, tok, teacher_tok, teacher, list(prepared.val))
+        prompts = None
+        if pair_check.teacher_view(params, key) == "own":
+            prompts = TeacherPrompts(tok, teacher_tok, [r["messages"][:-1] for r in rows])
+            if all(prompts.by_text.get(render_prompt(tok, r["messages"][:-1])) ==
+                   tok(render_prompt(tok, r["messages"][:-1]), add_special_tokens=False)["input_ids"] for r in rows[:8]):
+                prompts = None  # the templates agree: the teacher's ids are the student's, nothing to re-render
         if engine == "distillation":
             from atlas_lib.methods.gkd import distillation  # imports trl.DistillationTrainer only when used
 
@@ -141,10 +199,13 @@ def _build(key: str):
             def make(common: dict, callbacks: list):
                 return AtlasGKDTrainer(model=student, teacher_model=teacher, args=trl_config(params, common, key),
                                        train_dataset=train_ds, processing_class=tok, callbacks=callbacks,
-                                       loss_chunk_size=section.loss_chunk_size)
+                                       loss_chunk_size=section.loss_chunk_size, teacher_prompts=prompts)
 
         return Parts(student, tok, make, teacher=teacher, teacher_tokenizer=teacher_tok,
-                     objective_beta=section.beta, extra_summary={"engine": engine})
+                     objective_beta=section.beta,
+                     extra_summary={"engine": engine, "teacher_prompt": pair_check.teacher_view(params, key)
+                                    if prompts is not None or gap is not None else "same rendering",
+                                    "teacher_prompt_gap": gap and gap["gap"]})
 
     return build
 

@@ -10,8 +10,11 @@ tokens whose strings both vocabularies share plus ULD on the rest. The kit runs 
 compute ledger, the run directory and evaluators, and the held-out objective, which is TRL's own
 ``compute_loss`` on the first :data:`OBJECTIVE_ANSWERS` test answers.
 
-Two things a reader should know (both TRL's design, not the kit's): the teacher reads the *student's*
-chat rendering of the prompt (``original_prompt_text``), not its own template; and GOLD refuses
+Two things a reader should know: TRL's teacher reads the *student's* chat rendering of the prompt
+(``original_prompt_text``), not its own template; the kit replaces that text with the teacher's own
+rendering of the same messages when ``models.teacher_prompt`` is ``own`` (the default; the completion
+text is unchanged), and with ``student`` keeps TRL's behaviour unless it costs the teacher more than
+``models.teacher_prompt_max_gap`` nats/token (:mod:`atlas_lib.evaluation.pair_check`). And GOLD refuses
 tokenizers that are not ByteLevel BPE (Gemma's SentencePiece): the run stops at once with TRL's
 reason, where the kit's alignment (``cross_tokenizer``) runs.
 """
@@ -27,6 +30,7 @@ from datasets import Dataset
 from atlas_lib.core import models
 from atlas_lib.core.config import Params
 from atlas_lib.data.prompts import build_messages, render_prompt
+from atlas_lib.evaluation import pair_check
 from atlas_lib.evaluation.forward import eos_token_ids
 from atlas_lib.methods import loop
 from atlas_lib.methods.common import Parts, TokenizerMismatchError, load_pair, run_method, with_lora
@@ -51,8 +55,9 @@ def _trainer_class():
     class AtlasGOLDTrainer(GOLDTrainer):
         """GOLDTrainer that reports sampling, teacher and optimisation work to the compute ledger."""
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, teacher_prompt_text=None, **kwargs):
             super().__init__(*args, **kwargs)
+            self.teacher_prompt_text = teacher_prompt_text  # student's prompt text -> the teacher's (or None)
             self._teacher_t0, self._teacher_seconds = 0.0, 0.0
             self.teacher_model.register_forward_pre_hook(lambda *_: setattr(self, "_teacher_t0", time.monotonic()))
             self.teacher_model.register_forward_hook(lambda *_: setattr(
@@ -67,6 +72,8 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             before = self._teacher_seconds
+            if self.teacher_prompt_text is not None and "original_prompt_text" in inputs:
+                inputs = {**inputs, "original_prompt_text": [self.teacher_prompt_text(t) for t in inputs["original_prompt_text"]]}
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if (ledger := getattr(self, "atlas_ledger", None)) is not None and model.training:
                 tokens = float(inputs["attention_mask"].sum())
@@ -75,6 +82,31 @@ def _trainer_class():
             return out
 
     return AtlasGOLDTrainer
+
+
+class TeacherPromptText:
+    """The student's rendered prompt text -> the teacher's rendering of the same messages (GOLD's
+    teacher tokenizes it with ``add_special_tokens=True``, as TRL does with the student's text).
+    Unknown texts (left padding decoded, truncation) keep the student's rendering and are counted."""
+
+    def __init__(self, s_tok, t_tok):
+        self.s_tok, self.t_tok, self.by_text, self.misses = s_tok, t_tok, {}, 0
+
+    def add(self, messages: list[dict]) -> None:
+        self.by_text.setdefault(render_prompt(self.s_tok, messages), render_prompt(self.t_tok, messages))
+
+    def __call__(self, text: str) -> str:
+        pad = self.s_tok.pad_token or ""
+        key = text
+        while pad and key.startswith(pad) and key not in self.by_text:
+            key = key[len(pad):]
+        if key in self.by_text:
+            return self.by_text[key]
+        if not self.misses:
+            log.warning("models.teacher_prompt = own: a GOLD prompt not among the known rows is scored in the "
+                        "student's template")
+        self.misses += 1
+        return text
 
 
 def heldout_objective(trainer, model, tok, records: list[dict]) -> list[float | None]:
@@ -122,6 +154,15 @@ def _build(params: Params, prepared, device) -> Parts:
     student = with_lora(student, g, "gold")
     rows = [{"prompt": render_prompt(s_tok, build_messages(r["question"], params.prompt)),
              "completion": r.get("solution") or f"Final Answer: {r['answer']}"} for r in prepared.train]
+    gap = pair_check.require_teacher_prompt(params, "gold", s_tok, t_tok, teacher, list(prepared.val))
+    to_teacher = None
+    if pair_check.teacher_view(params, "gold") == "own":
+        to_teacher = TeacherPromptText(s_tok, t_tok)
+        for split in (prepared.train, prepared.val, prepared.eval):  # training rows and every evaluated answer
+            for r in split:
+                to_teacher.add(build_messages(r["question"], params.prompt))
+        if all(k == v for k, v in to_teacher.by_text.items()):
+            to_teacher = None  # the templates agree: nothing to replace
     train_ds = Dataset.from_list(rows)
     teacher_dir = str(teacher.config._name_or_path or g.teacher)
     holder: list = []
@@ -133,7 +174,7 @@ def _build(params: Params, prepared, device) -> Parts:
                           teacher_tokenizer_name_or_path=teacher_dir, remove_unused_columns=False,
                           log_completions=False)
         trainer = _trainer_class()(model=student, teacher_model=teacher, args=args, train_dataset=train_ds,
-                                   processing_class=s_tok, callbacks=callbacks)
+                                   processing_class=s_tok, callbacks=callbacks, teacher_prompt_text=to_teacher)
         holder[:] = [trainer]
         return trainer
 
@@ -159,7 +200,10 @@ def _build(params: Params, prepared, device) -> Parts:
                  extra_summary={"student_model": g.student, "teacher_model": g.teacher,
                                 "tokenizers": {"student": alignment.tokenizer_kind(s_tok),
                                                "teacher": alignment.tokenizer_kind(t_tok)},
-                                "gold_supported": ok, "gold_reason": reason})
+                                "gold_supported": ok, "gold_reason": reason,
+                                "teacher_prompt": "own" if to_teacher is not None else
+                                "student" if gap is not None else "same rendering",
+                                "teacher_prompt_gap": gap and gap["gap"]})
 
 
 def run_gold(params: Params) -> dict:

@@ -16,6 +16,7 @@ from trl import GRPOTrainer
 from atlas_lib.core import models
 from atlas_lib.core.config import Params
 from atlas_lib.data import splits
+from atlas_lib.evaluation.forward import eos_token_ids
 from atlas_lib.methods import loop
 from atlas_lib.methods.common import Parts, run_method, with_lora
 from atlas_lib.methods.grpo.rewards import reward_functions
@@ -58,7 +59,8 @@ def _build(params: Params, prepared, device) -> Parts:
                                      device=device, trust_remote_code=trc)[0]
     train_ds = Dataset.from_list(splits.grpo_view(prepared.train, params.prompt))
     tok.padding_side = "left"
-    rewards = reward_functions(g.reward_funcs)
+    # a rollout ends in one of these exactly when it stopped (TRL's own truncation test): the rest were cut
+    rewards = reward_functions(g.reward_funcs, stop_ids=[*eos_token_ids(student, tok), tok.pad_token_id])
 
     def make(common: dict, callbacks: list):
         return AtlasGRPOTrainer(model=student, reward_funcs=rewards, args=trl_config(params, common),
