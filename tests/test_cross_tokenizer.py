@@ -189,6 +189,24 @@ def test_identity_loss_is_trl_generalized_jsd(beta, temperature):
     assert abs(same.item()) < 1e-6
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_objective_uses_the_evaluators_generalized_jsd(beta):
+    """One GJSD in the kit: per row, and through the whole identity-vocabulary loss, the
+    cross-tokenizer objective equals ``evaluation.divergence.generalized_jsd`` on the same logits."""
+    from atlas_lib.evaluation.divergence import generalized_jsd
+
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(5, 13, generator=g) * 2, torch.randn(5, 13, generator=g) * 2
+    rows = objective.gjsd_logprobs(torch.log_softmax(s, -1), torch.log_softmax(t, -1), beta)
+    want = [generalized_jsd(s[i:i + 1], t[i:i + 1], beta).item() for i in range(5)]
+    assert rows.tolist() == pytest.approx(want, rel=1e-6, abs=1e-7)
+    ids = torch.randint(0, 13, (1, 5), generator=g)
+    span = torch.arange(5)[None]  # one token per span: the loss is the mean per-position GJSD
+    loss, _ = objective.aligned_loss(s[None], t[None], ids, ids, span, span, vocab_map.VocabMap("identity"),
+                                     beta=beta)
+    assert loss.item() == pytest.approx(generalized_jsd(s, t, beta).item() / 5, rel=1e-6, abs=1e-7)
+
+
 def _consistent_logits(al, side, ids, bucket_V, eos, eps, decoys):
     """Logits of a model that reads the text the same way under any tokenization: at a span start
     it continues the text with prob 1 - eps[k] and otherwise stops or jumps to ``decoys`` buckets

@@ -83,6 +83,24 @@ def test_gold_heldout_objective_is_trls_compute_loss(tiny):
     recs = [{"prompt": prompt, "completion": c, "truncated": t}
             for c, t in (("12 * 4 = 48\nFinal Answer: 48", False), ("Final Answer: 4", True), ("", True))]
     out = gold.heldout_objective(trainer, student, s_tok, recs)
+
+    def trl_loss(completion_ids: list[int]) -> float:
+        """TRL's compute_loss on a batch built here by hand: prompt masked, the answer's tokens as labels."""
+        p_ids = s_tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + completion_ids])
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "prompts": torch.tensor([p_ids]),
+                 "labels": torch.tensor([[-100] * len(p_ids) + completion_ids]), "original_prompt_text": [prompt],
+                 "original_completion_text": [s_tok.decode(completion_ids, clean_up_tokenization_spaces=False)]}
+        trainer._maybe_add_completion_byte_offsets(batch)
+        student.eval()
+        with torch.no_grad():
+            return float(trainer.compute_loss(student, batch))
+
+    answer_ids = s_tok("12 * 4 = 48\nFinal Answer: 48", add_special_tokens=False)["input_ids"]
+    # the finished answer is scored with its stop token, the truncated one without
+    assert out[0] == pytest.approx(trl_loss(answer_ids + [s_tok.eos_token_id]), rel=1e-5)
+    assert out[1] == pytest.approx(trl_loss(s_tok("Final Answer: 4", add_special_tokens=False)["input_ids"]), rel=1e-5)
+    assert out[0] != pytest.approx(trl_loss(answer_ids), rel=1e-3)  # the stop token changes the value
     assert out[0] > 0 and out[1] > 0 and out[2] is None
     assert out[0] != pytest.approx(out[1])
     again = gold.heldout_objective(trainer, student, s_tok, recs[:1])

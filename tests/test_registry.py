@@ -68,10 +68,26 @@ def test_a_registered_method_gets_a_params_section_and_a_cli_command(toy):
     assert p.toy.max_steps == 3
     assert "toy" in p.enabled()
     assert "toy" in config.stages()
-    help_text = cli.build_parser().format_help()
-    assert "train" in help_text
-    with pytest.raises(SystemExit):
+
+
+def test_atlas_train_help_lists_the_registered_method(toy, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train", "--help"])
+    assert done.value.code == 0
+    listing = " ".join(capsys.readouterr().out.split())  # argparse wraps the METHOD list at the terminal width
+    assert "toy Toy SFT student: SFT on the reference solutions (a toy method for the registry test)." in listing
+
+
+def test_atlas_train_toy_help_shows_the_toys_fields(toy, capsys):
+    # argparse's "invalid choice" exits too (code 2, on stderr): only code 0 and the toy's own text prove
+    # that the toy subcommand exists
+    with pytest.raises(SystemExit) as done:
         cli.main(["train", "toy", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: atlas train toy ")
+    assert "\ntoy parameters, as params/embedded.yaml sets them (--set toy.<field>=<value>):\n" in out
+    assert "  max_steps = 2: " in out  # ToyConfig's own default (the shared one differs)
 
 
 def test_a_toy_method_registered_alone_shows_its_row_curve_and_findings_line(toy, env):

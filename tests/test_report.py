@@ -271,8 +271,10 @@ def test_missing_stage_and_old_schema_still_render(tmp_path, monkeypatch):
     text = findings.findings(col)
     assert "GRPO was not run" in text and "baselines were not run" in text
     assert any("grpo" in n for n in col.notes)
-    for fn in (charts.accuracy_chart, charts.reward_chart, charts.divergence_chart):
-        assert fn(col).axes
+    assert charts.accuracy_chart(col).axes
+    assert isinstance(charts.reward_chart(col), charts.NotDrawn)  # no GRPO: no empty "no data" panel
+    div = charts.divergence_chart(col)
+    assert isinstance(div, charts.NotDrawn) or div.axes
     points, _ = stage.stage_view(params, "grpo")
     assert points.empty
 
@@ -554,16 +556,17 @@ def test_notebook_05_executes_and_renders(tmp_path, monkeypatch):
     executed = nbformat.read(out_nb, as_version=4)
     outputs = [o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     svgs = [d["image/svg+xml"] for d in outputs if "image/svg+xml" in d]
-    assert len(svgs) == 5  # each chart exactly once
+    assert len(svgs) == 4  # each chart with data exactly once (no GRPO: no reward chart)
     assert not any("image/png" in d for d in outputs)  # and no PNG copy beside it
     # the description is set inside the kernel by atlas_lib.report.charts.svg
     alts = [re.search(r"<title>(.*?)</title>", s, re.S).group(1) for s in svgs]
     assert alts[0].startswith("Accuracy during training: validation curve") and "series: " in alts[0] and "GKD (n=" in alts[0]
-    assert "GRPO: not run or no reward logged" in alts[2]
+    assert not any(a.startswith("Reward during training") for a in alts)
     report_html = render_html(out_nb, tmp_path / "report" / "index.html", with_code=False).read_text()
     code_html = render_html(out_nb, tmp_path / "report" / "05.html", with_code=True).read_text()
     for html in (report_html, code_html):
-        assert len(re.findall(r"<svg\b[^>]*role=\"img\"", html)) == 5
+        assert len(re.findall(r"<svg\b[^>]*role=\"img\"", html)) == 4
+        assert "Reward during training (RL methods): no run logged it during training" in html
         assert "<img" not in html
         assert all(f"<title>{a}</title>" in html for a in alts)
         assert str(project_root()) not in html and str(tmp_path) not in html and CANARY not in html
@@ -666,9 +669,10 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
     page = problems.render(params, col, tmp_path / "problems.html").read_text()
     head = re.search(r"<thead>(.*?)</thead>", page, re.S).group(1)
     assert "mean of" not in head  # a column is one model's completions: each seed's, never "the mean"
-    assert "(on-policy), seed 42</th>" in head and "(on-policy), seed 43</th>" in head
+    assert "(on-policy) (seed 42)</th>" in head and "(on-policy) (seed 43)</th>" in head
+    assert col.runs["gkd-seed43"].name == "GKD (seed 43)"  # one short name per seed in sentences
     text = findings.findings(col)
-    assert "GKD, seed 43" not in text.partition("\n\n")[0]  # the answer speaks of the method, not a seed
+    assert "(seed 43)" not in text.partition("\n\n")[0]  # the answer speaks of the method, not a seed
     assert "of 3)" in text  # compute to match, seed by seed
     assert "problems gained on a majority of seeds" in text and "per-seed McNemar p" in text
     # the power sentence: one seed pair's discordance (the mean over seeds) at one seed's n

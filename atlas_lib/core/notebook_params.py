@@ -1,16 +1,59 @@
-"""What papermill put into a notebook's globals: the parameters cell's names, the sections that
-``papermill -f params.yaml`` injected, and any name the notebook does not declare (refused)."""
+"""The notebooks' parameters cells, from one source, and what papermill put into a notebook's globals.
+
+The ``parameters`` cell of every notebook is written by :func:`write` (``python -m
+atlas_lib.core.notebook_params --write``) from :data:`FLAT_PARAMETERS` (a notebook's own ``-p``
+knobs) and the sections (the shared ones, then each registered method's): papermill needs
+literals there, so the cell is generated text, and ``--check`` (a test runs it) fails when a
+notebook drifts from it or one of its cells assigns a name papermill injects. At run time
+:func:`injected_sections` returns the sections ``papermill -f params.yaml`` injected and refuses any
+name the notebook does not declare."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import json
+import logging
+import sys
 import types
+from pathlib import Path
 
-from atlas_lib.core import config
+from atlas_lib.core import config, registry
 from atlas_lib.core.paths import notebooks_dir
 from atlas_lib.core.validate import ParamsError
+
+log = logging.getLogger(__name__)
+
+DATA_NOTEBOOK, REPORT_NOTEBOOK = "01_data", "05_comparison"
+PARAMS_FILE = ("params_file", "params/embedded.yaml", "parameter set (YAML in params/)")
+# the knobs most training notebooks expose; a new method's notebook gets these unless listed below
+_TRAINING = (("max_steps", None, "optimizer steps (None: the file's value)"),
+             ("learning_rate", None, "AdamW learning rate"), ("eval_steps", None, "evaluate every N steps"),
+             ("save_steps", None, "checkpoint every N steps"), ("resume", None, "True continues an interrupted run"),
+             ("run_name", None, "run directory under runs/"))
+# A notebook's own flat ``-p`` parameters: (name, default, comment). Each is passed to config.load in
+# the cell after the parameters (resolved against the notebook's stage, then the shared sections),
+# except NOTEBOOK_ONLY ones, which the notebook itself reads.
+FLAT_PARAMETERS: dict[str, tuple[tuple[str, object, str], ...]] = {
+    DATA_NOTEBOOK: (("source", None, "data.source override: reasoning_gym, gsm8k, metamathqa or local"),
+                    ("eval_limit", None, "held-out problems (None: the file's value)"),
+                    ("train_limit", None, "training problems"),
+                    ("run_baselines", True, "evaluate the untrained student and the teacher")),
+    "02_gkd": (("lmbda", None, "fraction of on-policy batches"), ("beta", None, "generalized JSD interpolation"),
+               ("temperature", None, "sampling temperature"),
+               ("max_completion_length", None, "tokens sampled per training completion"), *_TRAINING),
+    "03_grpo": (("num_generations", None, "completions per prompt (the group)"),
+                ("temperature", None, "sampling temperature"), ("max_completion_length", None, "tokens per completion"),
+                ("beta", None, "KL coefficient"), *_TRAINING),
+    "04_cross_tokenizer": (("teacher", None, "teacher model"), ("student", None, "student model with another tokenizer"),
+                           ("lmbda", None, "fraction of on-policy batches"),
+                           ("beta", None, "generalized JSD interpolation"),
+                           ("max_completion_length", None, "tokens sampled per training completion"), *_TRAINING),
+    REPORT_NOTEBOOK: (),
+}
+NOTEBOOK_ONLY = frozenset({"params_file", "run_baselines"})
+_SECTIONS_COMMENT = "# whole sections that `papermill -f params/<file>.yaml` injects (None: from params_file)"
 
 # What IPython itself puts in a kernel's globals (names starting with "_" are skipped as well).
 _KERNEL_GLOBALS = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
@@ -47,3 +90,125 @@ def injected_sections(namespace: dict, notebook: str) -> dict:
                           "params file, or a whole section: -y '{section: {key: value}}'")
     keys = ("name", "description", *config.section_types(), "sweeps")
     return {k: namespace[k] for k in keys if k in namespace and isinstance(namespace[k], (dict, list, str))}
+
+
+def notebooks() -> list[str]:
+    """Every notebook of the pipeline, in order: data, each registered method's, the report."""
+    methods = list(dict.fromkeys(m.notebook for m in registry.methods()))
+    return [DATA_NOTEBOOK, *methods, REPORT_NOTEBOOK]
+
+
+def section_names() -> list[str]:
+    """The names ``papermill -f params/<file>.yaml`` may inject: the top-level fields, the shared
+    sections, ``sweeps``, then each registered method's section (registration order)."""
+    methods = registry.keys()
+    shared = [k for k in config.section_types() if k not in methods]
+    return ["name", "description", *shared, "sweeps", *methods]
+
+
+def flat_parameters(notebook: str) -> tuple[tuple[str, object, str], ...]:
+    """``params_file`` then the notebook's own flat parameters (a method notebook not listed in
+    :data:`FLAT_PARAMETERS` gets the common training knobs)."""
+    return (PARAMS_FILE, *FLAT_PARAMETERS.get(notebook, _TRAINING))
+
+
+def _literal(value) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)  # double quotes, as ruff formats
+
+
+def parameters_source(notebook: str) -> str:
+    """The text the notebook's ``parameters`` cell must hold."""
+    lines = [f"{name} = {_literal(value)}  # {comment}" for name, value, comment in flat_parameters(notebook)]
+    lines += [_SECTIONS_COMMENT, *(f"{k} = None" for k in section_names())]
+    return "\n".join(lines)
+
+
+def _path(notebook: str, directory: Path | None) -> Path:
+    return (directory or notebooks_dir()) / f"{notebook}.ipynb"
+
+
+def _parameters_cell(nb: dict, path: Path) -> dict:
+    cell = next((c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ParamsError(f"{path} has no cell tagged 'parameters': tag the first code cell 'parameters' "
+                          "(View > Cell toolbar > Tags) and run python -m atlas_lib.core.notebook_params --write")
+    return cell
+
+
+def _assigned_names(source: str) -> set[str]:
+    """Names a cell binds in the notebook's globals (comprehensions and functions have their own scope)."""
+    out: set[str] = set()
+    stack = list(ast.parse(source).body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+            continue
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def drift(notebook: str, directory: Path | None = None) -> list[str]:
+    """What is wrong with the notebook's parameters: a cell that is not the generated one, or a
+    later cell that rebinds a parameter (papermill's value, or an injected section, would be lost)."""
+    path = _path(notebook, directory)
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cell = _parameters_cell(nb, path)
+    out = []
+    if "".join(cell["source"]) != parameters_source(notebook):
+        out.append(f"{path}: its parameters cell is not the generated one")
+    declared = {name for name, _, _ in flat_parameters(notebook)} | set(section_names())
+    for i, c in enumerate(nb["cells"]):
+        if c is not cell and c["cell_type"] == "code":
+            out += [f"{path}: cell {i} assigns {name!r}, a parameter papermill injects: rename it"
+                    for name in sorted(_assigned_names("".join(c["source"])) & declared)]
+    return out
+
+
+def write(notebook: str, directory: Path | None = None) -> bool:
+    """Rewrite the notebook's parameters cell from the one source; True when it changed. Only that
+    cell is touched (and kept without outputs); the file keeps Jupyter's own JSON layout."""
+    path = _path(notebook, directory)
+    text = path.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    cell = _parameters_cell(nb, path)
+    source = parameters_source(notebook)
+    cell.update(source=source.splitlines(keepends=True), outputs=[], execution_count=None)
+    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if new == text:
+        return False
+    path.write_text(new, encoding="utf-8")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atlas_lib.core.notebook_params",
+                                 description="Write (or check) the notebooks' parameters cells from one source.")
+    ap.add_argument("--write", action="store_true", help="rewrite the parameters cells (default: only check)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.write:
+            for nb in notebooks():
+                if write(nb):
+                    log.info("wrote the parameters cell of notebooks/%s.ipynb", nb)
+        problems = [p for nb in notebooks() for p in drift(nb)]
+    except ParamsError as e:
+        log.error("%s", e)
+        return 2
+    for p in problems:
+        log.error("%s", p)
+    if problems:
+        log.error("fix: python -m atlas_lib.core.notebook_params --write (a rebound parameter needs a new name by hand)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

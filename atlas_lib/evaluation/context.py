@@ -27,12 +27,16 @@ def context_length(name: str, trust_remote_code: bool = False) -> int | None:
     return None
 
 
-def check_context(params: Params, prepared, names: list[str], budget: int, budget_field: str) -> None:
+def check_context(params: Params, prepared, names: list[str], budget: int, budget_field: str) -> dict[str, int]:
     """Raise :class:`ParamsError` when the longest prompt of ``prepared`` (every split) plus ``budget``
-    new tokens exceeds the context of a model in ``names``, naming the row and what to change."""
+    new tokens exceeds the context of a model in ``names``, naming the row and what to change.
+
+    Returns the positions each checked model needs (longest prompt + budget); a model whose config
+    gives no context length is not checked and not listed."""
     rows = [(split, r) for split in ("train", "val", "eval") for r in (getattr(prepared, split, None) or [])]
+    needs: dict[str, int] = {}
     if not rows:
-        return
+        return needs
     trc = params.models.trust_remote_code
     for name in dict.fromkeys(names):
         ctx = context_length(name, trc)
@@ -51,3 +55,5 @@ def check_context(params: Params, prepared, names: list[str], budget: int, budge
                 f"row {row.get('id')!r} of the prepared {split} split has a {lengths[longest]}-token prompt: with "
                 f"{budget_field} = {budget} new tokens it needs {need} positions, and {name} has {ctx}. Lower "
                 f"{budget_field} or prompt.few_shot, or remove the longest rows from data.path")
+        needs[name] = need
+    return needs

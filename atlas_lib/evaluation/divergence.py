@@ -2,7 +2,9 @@
 
 It lives with the evaluator because the evaluator reports it too: a same-tokenizer distilling
 method's own objective on held-out answers (``evaluate.score_completions``) is this function on the
-two models' logits of those answers, the same call the GKD trainer's loss makes."""
+two models' logits of those answers, the same call the GKD trainer's loss makes. The cross-tokenizer
+objective compares distributions it builds itself (outcome buckets, {span, not span}) as log-probs,
+so the three branches live in :func:`gjsd_terms`, which both entry points call."""
 
 from __future__ import annotations
 
@@ -12,14 +14,33 @@ import torch
 import torch.nn.functional as F
 
 
+def gjsd_terms(student_logp_N_C: torch.Tensor, teacher_logp_N_C: torch.Tensor, beta: float) -> torch.Tensor:
+    """Elementwise terms ``[N, C]`` of the generalized JSD_beta(teacher || student) of two
+    distributions given as log-probs over their last dimension (summing the last dimension gives
+    each row's divergence).
+
+    beta = 0 -> KL(teacher || student) (forward), beta = 1 -> KL(student || teacher) (reverse),
+    otherwise beta * KL(teacher || m) + (1 - beta) * KL(student || m) with
+    m = beta * teacher + (1 - beta) * student: TRL's ``GKDTrainer.generalized_jsd_loss`` convention.
+    Unreduced so each caller keeps its own summation order (results bit-identical to before).
+    """
+    s, t = student_logp_N_C, teacher_logp_N_C
+    if beta == 0:
+        return F.kl_div(s, t, reduction="none", log_target=True)
+    if beta == 1:
+        return F.kl_div(t, s, reduction="none", log_target=True)
+    m = torch.logsumexp(torch.stack([s + math.log1p(-beta), t + math.log(beta)]), dim=0)
+    return beta * F.kl_div(m, t, reduction="none", log_target=True) + (1 - beta) * F.kl_div(
+        m, s, reduction="none", log_target=True)
+
+
 def generalized_jsd(student_logits_N_V: torch.Tensor, teacher_logits_N_V: torch.Tensor, beta: float,
                     temperature: float = 1.0, chunk_size: int = 0) -> torch.Tensor:
     """Sum over N positions of the generalized JSD_beta(teacher || student) (GKD paper, eq. 1).
 
-    beta = 0 -> KL(teacher || student) (forward), beta = 1 -> KL(student || teacher) (reverse),
-    otherwise beta * KL(teacher || m) + (1 - beta) * KL(student || m) with
-    m = beta * teacher + (1 - beta) * student (TRL's convention). Computed in float32, optionally
-    ``chunk_size`` positions at a time so only a chunk of [N, V] float32 tensors lives at once.
+    The logits are softmaxed at ``temperature`` and compared by :func:`gjsd_terms` (beta 0 forward
+    KL, 1 reverse KL, TRL's mixture otherwise). Computed in float32, optionally ``chunk_size``
+    positions at a time so only a chunk of [N, V] float32 tensors lives at once.
     """
     n = student_logits_N_V.shape[0]
     step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
@@ -27,13 +48,5 @@ def generalized_jsd(student_logits_N_V: torch.Tensor, teacher_logits_N_V: torch.
     for i in range(0, n, step):
         s = F.log_softmax(student_logits_N_V[i:i + step].float() / temperature, dim=-1)
         t = F.log_softmax(teacher_logits_N_V[i:i + step].float() / temperature, dim=-1)
-        if beta == 0:
-            div = F.kl_div(s, t, reduction="none", log_target=True)
-        elif beta == 1:
-            div = F.kl_div(t, s, reduction="none", log_target=True)
-        else:
-            m = torch.logsumexp(torch.stack([s + math.log1p(-beta), t + math.log(beta)]), dim=0)
-            div = beta * F.kl_div(m, t, reduction="none", log_target=True) + (1 - beta) * F.kl_div(
-                m, s, reduction="none", log_target=True)
-        total = total + div.sum()
+        total = total + gjsd_terms(s, t, beta).sum()
     return total

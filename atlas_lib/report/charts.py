@@ -1,8 +1,9 @@
 """Matplotlib charts of the comparison (each function returns one Figure).
 
 Charts read :class:`atlas_lib.report.collect.Collected` (``.runs``: key -> RunInfo with ``train``/``evals``
-DataFrames; ``.baseline``). A run or a series that is absent is drawn as a labelled empty panel
-("not run"), never as zeros. Figures are closed before they are returned so a notebook shows each
+DataFrames; ``.baseline``). A run or a series that is absent is named in its panel's legend ("not run"),
+never drawn as zeros; a chart with no data for any run is not drawn at all (:class:`NotDrawn`: one line,
+with the test split's values where they exist). Figures are closed before they are returned so a notebook shows each
 one exactly once (as the cell's value); ``stage_figure(..., keep_open=True)`` leaves its figure to
 the inline backend instead, for notebooks that do not return it.
 """
@@ -195,31 +196,36 @@ def accuracy_chart(col) -> Figure:
     return done(fig)
 
 
-def loss_chart(col) -> Figure:
-    """Training loss per method; each method optimises a different objective, so one panel each."""
-    panels = list(dict.fromkeys(info.method for info in col.runs.values())) or registry.keys()[:1]
-    fig, axes = figure(len(panels), "Training loss (each method's own objective; not comparable across panels)",
-                        4.6)
+def loss_chart(col) -> Figure | NotDrawn:
+    """Training loss per method; each method optimises a different objective, so one panel each (a method
+    that logged no loss gets no panel; the legend line under the chart names it)."""
+    title = "Training loss (each method's own objective; not comparable across panels)"
+    methods = list(dict.fromkeys(info.method for info in col.runs.values()))
+    logged = {m: [(info, d) for info in col.runs.values() if info.method == m
+                  and (d := series(info.train, "loss")) is not None] for m in methods}
+    panels = [m for m in methods if logged[m]]
+    if not panels:
+        return NotDrawn(title)
+    missing = [registry.get(m).name if m in registry.keys() else m for m in methods if not logged[m]]
+    # a method without a loss is named in the title, not drawn as an empty panel
+    fig, axes = figure(len(panels), title + (f"; not run or no loss logged: {', '.join(missing)}" if missing else ""),
+                       4.6)
     for ax, method in zip(axes, panels, strict=True):
         spec = registry.get(method) if method in registry.keys() else None
-        drawn = False
-        for info in (i for i in col.runs.values() if i.method == method):
-            d = series(info.train, "loss")
-            if d is not None:
-                ax.plot(d["step"], d["loss"], color=info.color, label=info.name)
-                drawn = True
-        if not drawn:
-            absent(ax, f"{spec.name if spec else method}: not run or no loss logged")
+        for info, d in logged[method]:
+            ax.plot(d["step"], d["loss"], color=info.color, label=info.name)
         ax.set(xlabel="optimizer step", ylabel="loss", title=spec.loss_title if spec else method)
         _legend(ax, [])
     return done(fig)
 
 
-def reward_chart(col) -> Figure:
+def reward_chart(col) -> Figure | NotDrawn:
     """Reward (group mean ± std) of the methods that log one (GRPO), and the fraction of groups whose
     rewards were all equal (no learning signal)."""
-    fig, (a_r, a_z) = figure(2, "Reward during training (RL methods)")
     info = next((i for i in col.runs.values() if "reward_mean" in i.train), None)
+    if series(info.train if info else None, "reward_mean") is None:
+        return NotDrawn("Reward during training (RL methods)")
+    fig, (a_r, a_z) = figure(2, "Reward during training (RL methods)")
     color = info.color if info else "C1"
     d = series(info.train if info else None, "reward_mean")
     if d is None:
@@ -243,10 +249,12 @@ def reward_chart(col) -> Figure:
     return done(fig)
 
 
-def tokens_chart(col) -> Figure:
+def tokens_chart(col) -> Figure | NotDrawn:
     """Mean generated tokens on the held-out set (greedy) and of training samples, per step."""
-    fig, (ax,) = figure(1, "Generated tokens over training", 8.0)
     found, missing = _curves(col.runs, "avg_generated_tokens", aligned_runs=None)
+    if not found:
+        return NotDrawn("Generated tokens over training")
+    fig, (ax,) = figure(1, "Generated tokens over training", 8.0)
     for info, d in found:
         ax.plot(d["step"], d["avg_generated_tokens"], marker="o", color=info.color, label=f"{info.name} held-out (greedy)")
         t = series(info.train, "completion_length")
@@ -257,23 +265,64 @@ def tokens_chart(col) -> Figure:
     return done(fig)
 
 
-def divergence_chart(col) -> Figure:
-    """Mean reverse KL to the teacher (same tokenizer) and, on its own panel, the aligned divergence."""
-    fig, (a_kl, a_al) = figure(2, "Divergence from the teacher on held-out completions")
-    found, missing = _curves(col.runs, "mean_reverse_kl")
-    for info, d in found:
-        a_kl.plot(d["step"], d["mean_reverse_kl"], marker="o", color=info.color, label=info.name)
-    a_kl.set(xlabel="optimizer step", ylabel="mean reverse KL (nats/token)",
-             title="same tokenizer: reverse KL(student || teacher)")
-    _legend(a_kl, missing)
-    found, _ = _curves(col.runs, "aligned_divergence", aligned_runs=True)
-    for info, d in found:
-        a_al.plot(d["step"], d["aligned_divergence"], marker="o", color=info.color, label=info.name)
-    if not found:
-        absent(a_al, "Cross-tokenizer: not run or no aligned divergence recorded")
-    a_al.set(xlabel="optimizer step", ylabel="aligned span divergence",
-             title="cross-tokenizer (not comparable with reverse KL)")
-    _legend(a_al, [])
+class NotDrawn:
+    """In place of a chart that has no data for any row: one line saying so and, where the test split has
+    the values the chart would show, those values (an empty panel captioned "no data" reads as a bug)."""
+
+    def __init__(self, title: str, values: list[str] = ()):
+        self.title, self.values = title, list(values)
+
+    @property
+    def text(self) -> str:
+        head = f"{self.title}: no run logged it during training, so no chart is drawn."
+        return head + (" On the test split (untrained → trained): " + "; ".join(self.values) + "."
+                       if self.values else "")
+
+    def _repr_html_(self) -> str:
+        return f'<p class="atlas-nochart">{html.escape(self.text)}</p>'
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _test_values(col, metric: str, aligned_runs: bool) -> list[str]:
+    """'GKD 0.782 → 0.181' for each run whose untrained and trained test rows carry ``metric``."""
+    out = []
+    student = ((col.baseline or {}).get("student") or {}).get(metric)
+    for info in col.runs.values():
+        if aligned(info) != aligned_runs or info.key != info.method:
+            continue
+        before = (info.summary.get("initial") or {}).get(metric) if aligned_runs else student
+        after = (info.summary.get("distilled") or {}).get(metric)
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+            out.append(f"{info.name} {before:.3f} → {after:.3f}")
+    return out
+
+
+def divergence_chart(col) -> Figure | NotDrawn:
+    """Mean reverse KL to the teacher (same tokenizer) and, on its own panel, the aligned divergence; a
+    panel without data for any run is left out, and with neither the test split's values stand instead."""
+    kl, missing = _curves(col.runs, "mean_reverse_kl")
+    al, _ = _curves(col.runs, "aligned_divergence", aligned_runs=True)
+    title = "Divergence from the teacher on held-out completions"
+    if not kl and not al:
+        return NotDrawn(title, _test_values(col, "mean_reverse_kl", False)
+                        + _test_values(col, "aligned_divergence", True))
+    fig, axes = figure(bool(kl) + bool(al), title)
+    if kl:
+        a_kl = axes.pop(0)
+        for info, d in kl:
+            a_kl.plot(d["step"], d["mean_reverse_kl"], marker="o", color=info.color, label=info.name)
+        a_kl.set(xlabel="optimizer step", ylabel="mean reverse KL (nats/token)",
+                 title="same tokenizer: reverse KL(student || teacher)")
+        _legend(a_kl, missing)
+    if al:
+        a_al = axes.pop(0)
+        for info, d in al:
+            a_al.plot(d["step"], d["aligned_divergence"], marker="o", color=info.color, label=info.name)
+        a_al.set(xlabel="optimizer step", ylabel="aligned span divergence",
+                 title="cross-tokenizer (not comparable with reverse KL)")
+        _legend(a_al, [])
     return done(fig)
 
 

@@ -97,8 +97,9 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def load_run(path: Path, key: str, method: str | None = None, label: str | None = None,
-             color: str | None = None) -> RunInfo:
-    """Read one run directory. ``method``: the registered method it runs (default: ``key``)."""
+             color: str | None = None, name: str | None = None) -> RunInfo:
+    """Read one run directory. ``method``: the registered method it runs (default: ``key``); ``name``: its
+    name in sentences (default: ``label`` when one is given, else the registry's)."""
     method = method or key
     spec = registry.get(method) if method in registry.keys() else None
     rel = rundir_rel(path)
@@ -107,7 +108,7 @@ def load_run(path: Path, key: str, method: str | None = None, label: str | None 
     rows = rundir.read_jsonl(path / "metrics.jsonl")
     info = RunInfo(key, rel, "not run", summary or {}, _frame([r for r in rows if r.get("kind") == "train"]),
                    _frame([r for r in rows if r.get("kind") == "eval"]), notes, method,
-                   label or (spec.label if spec else key), label or (spec.name if spec else key),
+                   label or (spec.label if spec else key), name or label or (spec.name if spec else key),
                    color or (spec.color if spec else "C9"))
     if summary is not None:
         # the flags as this version computes them (a summary written by an older one may lack a newer check)
@@ -144,16 +145,18 @@ def _sweep_colors(n: int) -> list[str]:
     return [free[i % len(free)] for i in range(n)]
 
 
-def run_dirs(params: config.Params) -> dict[str, tuple[Path, str, str | None, str | None]]:
-    """key -> (directory, method, label, colour) for each enabled method, each followed by its sweep
+def run_dirs(params: config.Params) -> dict[str, tuple]:
+    """key -> (directory, method, label, colour[, name]) for each enabled method, each followed by its sweep
     variants, in table order."""
-    out: dict[str, tuple[Path, str, str | None, str | None]] = {}
+    out: dict[str, tuple] = {}
     colors = iter(_sweep_colors(len(params.sweeps)))
     for key in params.enabled():
         out[key] = (rundir.stage_dir(params, key), key, None, None)
         spec = registry.get(key)
         for s, variant in seeds.seed_variants(params, key):
-            out[f"{key}-seed{s}"] = (rundir.stage_dir(variant, key), key, f"{spec.label}, seed {s}", spec.color)
+            # one name per row: "GKD (seed 43)" in sentences, the registry's label with the seed in the table
+            out[f"{key}-seed{s}"] = (rundir.stage_dir(variant, key), key, f"{spec.label} (seed {s})", spec.color,
+                                     f"{spec.name} (seed {s})")
         for name, variant in config.sweep_variants(params, key):
             out[f"sweep-{name}"] = (rundir.stage_dir(variant, key), key, config.sweep_label(params, name),
                                     next(colors))
@@ -172,7 +175,7 @@ def collect(params: config.Params) -> Collected:
         notes.append("baseline/summary.json not found: the pre-distillation student and teacher were not "
                      "evaluated (notebook 01)")
     dirs = run_dirs(params)
-    runs = {key: load_run(d, key, method, label, color) for key, (d, method, label, color) in dirs.items()}
+    runs = {key: load_run(d, key, *rest) for key, (d, *rest) in dirs.items()}
     known = {Path(d).resolve() for d, *_ in dirs.values()}
     for d in sorted(p for p in profile.glob("*") if p.is_dir() and p.name not in PROFILE_DIRS):
         if d.resolve() not in known:

@@ -20,7 +20,15 @@ import pandas as pd
 from atlas_lib.evaluation import stats
 from atlas_lib.evaluation.logratio import VERSION as LOGRATIO_VERSION
 from atlas_lib.report import controls, efficiency
-from atlas_lib.report.collect import Collected, RunInfo, further_seed, hacking_flag, paired_vs, primary_tests
+from atlas_lib.report.collect import (
+    Collected,
+    RunInfo,
+    further_seed,
+    hacking_flag,
+    paired_vs,
+    primary_tests,
+    untrained_row,
+)
 from atlas_lib.report.table import (
     ALIGNED_COL,
     CUT_COL,
@@ -32,6 +40,7 @@ from atlas_lib.report.table import (
     lora_text,
     pct,
     results_table,
+    row_name,
 )
 
 ALPHA = 0.05
@@ -181,8 +190,76 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     return out
 
 
-def headline(col: Collected, params) -> str:
-    """The report's title, naming the comparison: methods, student, teacher, task, profile, steps."""
+def _answer_pair(col: Collected) -> tuple[str, str, stats.Paired, float, bool] | None:
+    """The comparison that answers the question: the first primary method-vs-method comparison declared in
+    the params (evaluation.comparisons, Holm-adjusted p), else the first two methods on one student."""
+    primary = primary_tests(col)
+    for (a, b), (pr, p) in primary.items():
+        if b != untrained_row(col, a) and a in col.runs and b in col.runs:
+            return a, b, pr, p, _decisive(col, primary, a, b, pr)
+    methods = [k for k in _shared_student(col) if col.runs[k].key == col.runs[k].method]
+    for a, b in itertools.combinations(methods, 2):
+        if (pr := paired_vs(col, a, b)) is not None:
+            return a, b, pr, pr.p_value, _decisive(col, primary, a, b, pr)
+    return None
+
+
+def first_screen(col: Collected) -> str:
+    """What a reader sees before the key table, in at most ~40 words (the title and the page links take
+    the rest of the first screen's 60): each method's test accuracy untrained -> trained with its 95%
+    interval, the comparison that answers the question, and the decision rule; the detail follows the table.
+    Names are the registry's short ``name`` (:func:`atlas_lib.report.table.row_name`), numbers the table's."""
+    t = results_table(col)
+    parts, seeded = [], False
+    for k, info in col.runs.items():
+        if info.key != info.method or k not in t.index or not _ok(t.loc[k, "Accuracy"]):
+            continue
+        r, base = t.loc[k], untrained_row(col, k)
+        if base not in t.index or not _ok(t.loc[base, "Accuracy"]):
+            continue
+        seeded |= k in col.seeds
+        ci = f" [{100 * r['CI low']:.1f}–{100 * r['CI high']:.1f}]" if _ok(r["CI low"]) and _ok(r["CI high"]) else ""
+        flag = (" (flagged below)" if isinstance(r.get("Hacking flag"), str) else
+                " (did not train)" if str(r["Status"]).startswith("did not train") else "")
+        parts.append(f"{info.name} {pct(t.loc[base, 'Accuracy'])} → {pct(r['Accuracy'])}{ci}{flag}")
+    if not parts:
+        return "No trained method has a test evaluation yet: the table shows what ran."
+    out = [("Test accuracy" + (", mean of seeds" if seeded else "") + ", untrained → trained [95% CI]: "
+            + "; ".join(parts) + ".")]
+    if (pair := _answer_pair(col)) is not None:
+        a, b, pr, p, decisive = pair
+        out.append(f"**{col.runs[a].name} − {col.runs[b].name}: {100 * pr.diff:+.1f} points [{100 * pr.ci_low:+.1f}, "
+                   f"{100 * pr.ci_high:+.1f}], {_p(p)}**" + (" (Holm)" if (a, b) in primary_tests(col) else "")
+                   + (": a difference." if decisive else ": not a difference."))
+    out.append(f"Rule: a difference counts if p < {ALPHA}.")
+    return " ".join(out)
+
+
+def same_as_first(col: Collected, key: str) -> bool:
+    """Whether a further seed's run trained with the same LoRA settings as its method's first seed."""
+    first = col.runs.get(col.runs[key].method)
+    return first is not None and lora_text(first.summary, first.method) == lora_text(col.runs[key].summary,
+                                                                                      col.runs[key].method)
+
+
+def shared_settings(col: Collected) -> list[str]:
+    """How the runs trained, one line per distinct setting (the seeds and methods that share LoRA settings
+    share a line, instead of one identical line each)."""
+    by_text: dict[str, list[str]] = {}
+    for k, info in col.runs.items():
+        text = lora_text(info.summary, info.method)
+        seeds = [run for _, run in col.seeds.get(k, [])]
+        same = all(lora_text(col.runs[r].summary, col.runs[r].method) == text for r in seeds if r in col.runs)
+        if text is None or (further_seed(col, k) and same_as_first(col, k)):
+            continue  # a further seed that trained like its method's first seed is in that line
+        by_text.setdefault(text, []).append(info.name + (f" (all {len(seeds)} seeds)" if len(seeds) > 1 and same else ""))
+    return [f"{', '.join(names[:-1]) + ' and ' + names[-1] if len(names) > 1 else names[0]} trained {text}."
+            for text, names in by_text.items()]
+
+
+def headline(col: Collected, params, subtitle: bool = True) -> str:
+    """The report's title, naming the comparison: methods, student, teacher; with ``subtitle`` the setting
+    (task, profile, steps, device) as a second line (the report shows it below the key table)."""
     t = results_table(col)
     names = [i.name for k, i in col.runs.items() if i.key == i.method and i.status != "not run"]
     what = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "No method")
@@ -192,8 +269,14 @@ def headline(col: Collected, params) -> str:
     n = t.loc["student", "n"] if "student" in t.index and _ok(t.loc["student", "n"]) else None
     sub = [f"{n:.0f} held-out test problems" if n else None, steps or None,
            f"device: {t['Device kind'].dropna().iloc[0]}" if t["Device kind"].notna().any() else None]
-    return (f"# {what}: student {params.models.student}, teacher {params.models.teacher}\n\n"
-            f"*Task {task}, profile `{params.name}`: " + "; ".join(x for x in sub if x) + ".*")
+    title = f"# {what}: student {params.models.student}, teacher {params.models.teacher}"
+    return title + (f"\n\n*Task {task}, profile `{params.name}`: " + "; ".join(x for x in sub if x) + ".*"
+                    if subtitle else "")
+
+
+def setting(col: Collected, params) -> str:
+    """The headline's second line alone (task, profile, problems, steps, device), for below the key table."""
+    return headline(col, params).split("\n\n", 1)[1]
 
 
 def mde_sentence(col: Collected) -> str | None:
@@ -216,8 +299,12 @@ def mde_sentence(col: Collected) -> str | None:
         q = 2 * acc * (1 - acc)
         how = "independent errors at the student's accuracy"
     mde = stats.min_detectable_difference(n, q)
+    # 80% power is not the significance threshold: a smaller observed difference can reach p < 0.05, so the
+    # sentence says what is usually missed, not what cannot be significant
     return (f"Power: with n = {n} test problems and {how}, the smallest paired difference detectable with 80% "
-            f"power at 5% is about {100 * mde:.1f} points; smaller true differences would usually read as noise.")
+            f"power at 5% is about {100 * mde:.1f} points" + (" for one seed (the test over problems averages the "
+            "seeds)" if any(pr.seeds > 1 for pr in found) else "") + "; a smaller true difference can reach "
+            "p < 0.05 but is more often missed.")
 
 
 def audit_sentence(col: Collected, t: pd.DataFrame) -> str | None:
@@ -225,7 +312,7 @@ def audit_sentence(col: Collected, t: pd.DataFrame) -> str | None:
     def share(k, c):
         return pct(t.loc[k, c]) if c in t.columns and _ok(t.loc[k, c]) else "—"
 
-    parts = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {share(k, PLAIN_COL)} / {share(k, CUT_COL)}"
+    parts = [f"{row_name(col, k, t.loc[k])} {share(k, PLAIN_COL)} / {share(k, CUT_COL)}"
              f" / {pct(t.loc[k, RESTATE_COL])}" for k in t.index
              if (k in col.audits or k in col.seeds) and _ok(t.loc[k, RESTATE_COL]) and t.loc[k, "Row kind"] != "seed"]
     if not parts:
@@ -267,8 +354,7 @@ def findings(col: Collected) -> str:
     lines[-1] += ("Every test row is the final model: no peak checkpoint is reported" + (
         f" (the validation split, n = {n_val:.0f}, is too small to choose one)." if n_val and n_val < 100 else "."))
     lines += [line for info in runs.values() if (line := _status_line(info))]
-    lines += [f"{info.name} trained {text}." for info in runs.values()
-              if (text := lora_text(info.summary, info.method))]
+    lines += shared_settings(col)
     s, te = t.loc["student"], t.loc["teacher"]
     if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
         lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
@@ -294,7 +380,7 @@ def findings(col: Collected) -> str:
         rule = t.loc[k, LOGRATIO_RULE] if LOGRATIO_RULE in t.columns else 1
         return _ok(rule) and rule < LOGRATIO_VERSION and t.loc[k, LOGRATIO_COL] != 0
 
-    ratios = [f"{t.loc[k, 'Model / Method'].split(':')[0]} {t.loc[k, LOGRATIO_COL]:.3f}"
+    ratios = [f"{row_name(col, k, t.loc[k])} {t.loc[k, LOGRATIO_COL]:.3f}"
               + (" (old rule: stop token left out)" if old_rule(k) else "") for k in t.index
               if t.loc[k, "Row kind"] != "seed" and _ok(t.loc[k, LOGRATIO_COL])]
     if ratios:

@@ -160,13 +160,16 @@ def site_nav(current: str, pages: list[tuple[str, str]] | tuple = SITE_PAGES) ->
     return f'<nav class="atlas-nav" aria-label="report pages">{" · ".join(links)}</nav>'
 
 
-# Print: a <details> block (the full parameter set) opens for printing; links show their target.
-PRINT_SCRIPT = ("<script>addEventListener('beforeprint',()=>document.querySelectorAll('details')"
+# Print: a <details> block opens for printing, except the full parameter set (class atlas-params: pages of
+# YAML on paper), which prints as its compact summary (class atlas-print-only) instead; links show their target.
+PRINT_SCRIPT = ("<script>addEventListener('beforeprint',()=>document.querySelectorAll('details:not(.atlas-params)')"
                 ".forEach(d=>d.open=true))</script>")
 
 # A page that reads in a browser and on a phone, prints to PDF with every column, and follows a dark
 # system theme. Wide tables and charts scroll inside their own box (at 390 px a chart keeps a
 # legible size instead of shrinking its labels); headings and captions stay with what follows them.
+# The key table (atlas-key) fits 390 px as it is; from 900 px the full table (atlas-table) may break
+# long words so its 20 columns fit a 1280 px page without a scroll box.
 PAGE_CSS = """body{font:15px/1.5 system-ui,-apple-system,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;color:#222}
 img,svg{max-width:100%;height:auto}h1,h2,h3{line-height:1.2}
 .atlas-nav{font-size:14px;margin:0 0 1em;padding:.4em 0;border-bottom:1px solid #ddd}
@@ -188,7 +191,16 @@ tr{break-inside:avoid}.anchor-link{display:none}pre{white-space:pre-wrap}img,svg
 .text_cell,h1,h2,h3{break-after:avoid;page-break-after:avoid}
 .output_subarea{overflow:visible}.output_subarea svg{min-width:0}ol.atlas-notes{break-before:avoid;page-break-before:avoid}
 .atlas-nav{display:none}a[href$=".html"]::after,a[href$=".csv"]::after,a[href$=".json"]::after{content:" (" attr(href) ")"}}
-@media (max-width:600px){body{margin:.5em auto;padding:0 .6em;font-size:14px}h1{font-size:1.5em}}"""
+@media (max-width:600px){body{margin:.5em auto;padding:0 .6em;font-size:14px}h1{font-size:1.5em}}
+table.atlas-key{font-size:13px;max-width:100%}table.atlas-key td:first-child{overflow-wrap:break-word}
+table.atlas-key td:nth-child(4),table.atlas-key td:nth-child(5){white-space:nowrap}
+table.atlas-key td:first-child{font-weight:600}.atlas-print-only{display:none}p.atlas-nochart{color:#555;font-style:italic}
+@media (max-width:600px){table.atlas-key{font-size:12px}table.atlas-key td,table.atlas-key th{padding:2px 3px}}
+@media (min-width:900px){table.atlas-table{font-size:11.5px}table.atlas-table td,table.atlas-table th{overflow-wrap:anywhere;
+padding:2px 4px}}
+@media print{table.atlas-key{break-inside:avoid;page-break-inside:avoid;width:auto;font-size:9pt}
+.atlas-scroll{overflow:visible}table.atlas-table{font-size:6.5pt}table.atlas-table td,table.atlas-table th{overflow-wrap:anywhere}
+svg{max-height:180mm}details.atlas-params{display:none}.atlas-print-only{display:block;font-size:8pt}}"""
 
 
 
@@ -241,7 +253,8 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool, nav
     body, n_math = math_to_mathml(body)
     if n_math:
         log.info("%s: %d formula(s) rendered as MathML", out_html.name, n_math)
-    body = re.sub(r"(<table\b.*?</table>)", r'<div class="atlas-scroll">\1</div>', body, flags=re.S)
+    # wide tables scroll in their own box; the key table is narrow enough for a phone and stays in the page
+    body = re.sub(r'(<table\b(?![^>]*atlas-key).*?</table>)', r'<div class="atlas-scroll">\1</div>', body, flags=re.S)
     body, counts = scrub_text(body, _executed_from(nb))
     if counts["paths"] or counts["secrets"]:
         log.info("scrubbed %s: %d absolute path(s) made relative, %d secret value(s) redacted",

@@ -43,6 +43,7 @@ def completions(params: config.Params, col: Collected) -> tuple[list[tuple[str, 
     return rows, {k: recs[k] for k, _ in rows}
 
 
+# Print: every model column, narrowed to fit A4 landscape (fixed layout shares the width; long words wrap)
 _STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;max-width:1400px;padding:0 .5em}
 .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:4px 6px;
 vertical-align:top}th{background:#f3f3f3;position:sticky;top:0}td.ok{background:#e8f6e8}td.bad{background:#fbe9e9}
@@ -51,7 +52,10 @@ select{max-width:100%}nav{margin:.3em 0 1em}
 pre span{border-radius:2px}.legend span{padding:0 .4em;font:12px ui-monospace,monospace}
 @media (prefers-color-scheme: dark){body{background:#111;color:#ddd}th{background:#222}
 td{border-color:#444}td.ok{background:#15301a}td.bad{background:#3a1717}a{color:#8ab4f8}}
-@media print{th{position:static}tr{break-inside:avoid}}"""
+@page{size:A4 landscape;margin:8mm}
+@media print{th{position:static}tr{break-inside:avoid}body{max-width:none;margin:0;font-size:8pt}.scroll{overflow:visible}
+table{table-layout:fixed;width:100%}td,th{padding:1px 2px;overflow-wrap:anywhere}pre{min-width:0;font-size:6.5pt}
+.q{max-width:none}nav,select,input,.legend{display:none}}"""
 # Shading: KL levels 0..9 (nats per token, upper edges below); level 9 is everything above 4 nats
 KL_EDGES = (0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 3.0, 4.0)
 _SCRIPT = """function f(){const a=document.getElementById('a').value,b=document.getElementById('b').value,

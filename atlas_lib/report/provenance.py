@@ -3,6 +3,7 @@ and package versions, from what the runs recorded."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,30 @@ def _table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join("" if c is None else str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def _flat(value, prefix: str = "") -> list[str]:
+    """'lora.r 16'-style pairs of a section's leaves (lists joined), for the print summary."""
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _flat(v, f"{prefix}{k}.")]
+    if isinstance(value, list):
+        return [] if not value else [f"{prefix[:-1]} " + (", ".join(map(str, value)) if all(not isinstance(v, (dict, list)) for v in value)
+                                     else f"{len(value)} entries")]
+    return [] if value is None else [f"{prefix[:-1]} {value}"]
+
+
+def print_summary(params: dict) -> str:
+    """The parameter set as one line per section (HTML, shown only in print: class atlas-print-only), so a
+    printed report carries its settings in a few lines instead of pages of YAML."""
+    def line(v) -> str:
+        if isinstance(v, dict) and v.get("enabled") is False:
+            return "disabled"
+        return "; ".join(_flat(v)) if isinstance(v, dict) else str(v)
+
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(line(v))}</li>" for k, v in params.items()
+                    if v not in (None, {}, []))
+    return (f'<div class="atlas-print-only"><p><b>Parameter set</b> (summary for print; the full YAML is in the '
+            f"report's HTML page)</p><ul>{items}</ul></div>")
 
 
 def provenance(col: Collected, params: config.Params) -> str:
@@ -47,5 +72,7 @@ def provenance(col: Collected, params: config.Params) -> str:
     else:
         parts.append("No provenance recorded: no stage has written a summary yet.")
     dump = yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True)
-    parts.append(f"<details><summary>Full parameter set</summary>\n\n```yaml\n{dump}```\n\n</details>")
+    # on screen the full YAML (closed; html.PRINT_SCRIPT leaves it closed on paper), in print its summary
+    parts.append(f'<details class="atlas-params"><summary>Full parameter set</summary>\n\n```yaml\n{dump}```\n\n</details>')
+    parts.append(print_summary(params.to_dict()))
     return scrub_text("\n\n".join(parts))[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from atlas_lib.core import config, registry
 from atlas_lib.core.rundir import atomic_write_text
-from atlas_lib.report import problems
+from atlas_lib.report import findings_check, problems
 from atlas_lib.report.collect import Collected, collect
 from atlas_lib.report.findings import headline
 from atlas_lib.report.html import PAGE_CSS, render_html, site_nav
@@ -26,6 +26,7 @@ def render_site(params: config.Params, notebooks: list[str], nb_dir: Path, out_d
     html = render_html(nb_dir / "05_comparison.ipynb", out_dir / "index.html", with_code=False,
                        nav=site_nav("index.html", pages), title=page_title(col, params))
     write_table_files(params, out_dir, col, nav=site_nav("problems.html", pages))
+    findings_check.write_check(out_dir / "index.html")  # every stated number read back: warnings + findings_check.json
     for nb in notebooks:
         if (nb_dir / f"{nb}.ipynb").exists():
             page = f"notebooks/{nb}.html"

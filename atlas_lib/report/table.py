@@ -211,7 +211,7 @@ def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
     seed_rows = {}
     for seed, run_key in col.seeds[key]:
         row = first if run_key == key else _run_rows(run_key, col.runs[run_key])[run_key]
-        seed_rows[f"{key}-seed{seed}"] = {**row, "Model / Method": f"{first['Model / Method']}, seed {seed}",
+        seed_rows[f"{key}-seed{seed}"] = {**row, "Model / Method": f"{first['Model / Method']} (seed {seed})",
                                           "Row kind": "seed"}
     mean = dict(first)
     vals = list(seed_rows.values())
@@ -323,6 +323,77 @@ class TableView:
         shown = LOGRATIO_COL in df and df[LOGRATIO_COL].str.match(r"-?\d").any()  # what the column is, where shown
         return body + (f'<ol class="atlas-notes">{items}</ol>' if notes else "") + (
             f'<p class="atlas-notes">{html.escape(LOGRATIO_NOTE)}</p>' if shown else "")
+
+
+KEY_COLS = ("Method", "Accuracy [95% CI]", "Difference vs its untrained student, points [95% CI]", "p",
+            "Training compute")
+
+
+def _p_plain(p: float) -> str:
+    """A p-value without scientific notation: '< 0.001', '0.012', '0.50'."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def _compute_plain(hours: float, kind) -> str:
+    """Training compute in the unit that keeps it readable (no scientific notation): h, min or s."""
+    unit = kind if isinstance(kind, str) else "device"
+    if hours >= 1:
+        return f"{hours:.1f} {unit}-h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} {unit}-min"
+    return f"{hours * 3600:.0f} {unit}-s"
+
+
+def row_name(col: Collected, key: str, r: pd.Series) -> str:
+    """A row's one short name (the registry's ``name``; a seed "GKD (seed 43)"; an untrained student of a
+    method with its own student "<name> (untrained student)"), as the lead and the key table write it."""
+    if key in ("student", "teacher"):
+        return {"student": "Untrained student", "teacher": "Teacher"}[key]
+    if key.endswith("_pre") and key[:-4] in col.runs:
+        return f"{col.runs[key[:-4]].name} (untrained student)"
+    if key in col.runs:
+        n = len(col.seeds.get(key, ()))
+        return col.runs[key].name + (f" (mean of {n} seeds)" if n > 1 else "")
+    return str(r["Model / Method"]).split(" (control")[0].split(":")[0]
+
+
+def key_frame(table: pd.DataFrame, col: Collected) -> pd.DataFrame:
+    """The five columns a reader needs first (:data:`KEY_COLS`), one row per model (seeds stay in the full
+    table): accuracy with its interval, the paired difference from the row's own untrained student with
+    its interval and p, and training compute, all without scientific notation."""
+    out = []
+    for k, r in table.iterrows():
+        if r["Row kind"] == "seed":
+            continue
+        ok = r["Status"] != "not run" and not pd.isna(r["Accuracy"])
+        acc = (f"{pct(r['Accuracy'])} [{100 * r['CI low']:.1f}–{100 * r['CI high']:.1f}]"
+               if ok and not pd.isna(r["CI low"]) else pct(r["Accuracy"]) if ok else "not run")
+        diff = (f"{100 * r['Diff vs student']:+.1f} [{100 * r['Diff CI low']:+.1f}, {100 * r['Diff CI high']:+.1f}]"
+                if not pd.isna(r["Diff vs student"]) else "—")
+        comp = (_compute_plain(r["Device hours"], r["Device kind"]) if r["Row kind"] in ("trained",)
+                and not pd.isna(r["Device hours"]) else "—")
+        flag = r.get("Hacking flag") if isinstance(r.get("Hacking flag"), str) else (
+            "did not train" if str(r["Status"]).startswith("did not train") else None)
+        out.append({"Method": row_name(col, k, r) + (f" ({flag})" if flag else ""), KEY_COLS[1]: acc,
+                    KEY_COLS[2]: diff, "p": _p_plain(r[P_COL]) if not pd.isna(r[P_COL]) else "—",
+                    "Training compute": comp})
+    return pd.DataFrame(out, columns=list(KEY_COLS))
+
+
+class KeyTable:
+    """:func:`key_frame` as HTML: a narrow table (class ``atlas-key``) that fits a 390 px phone screen and
+    prints whole on one A4 page; the full table follows it."""
+
+    def __init__(self, col: Collected, table: pd.DataFrame | None = None):
+        self.frame = key_frame(results_table(col) if table is None else table, col)
+
+    def _repr_html_(self) -> str:
+        return self.frame.to_html(escape=True, border=0, classes="atlas-key", index=False)
+
+
+def key_table(col: Collected) -> KeyTable:
+    """The key table for notebook 05 (:class:`KeyTable`)."""
+    return KeyTable(col)
 
 
 def table_view(table: pd.DataFrame | Collected) -> TableView:

@@ -38,23 +38,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from atlas_lib.evaluation.divergence import gjsd_terms
 from atlas_lib.methods.cross_tokenizer.vocab_map import VocabMap
 
 
 def gjsd_logprobs(student_logp_N_C: torch.Tensor, teacher_logp_N_C: torch.Tensor,
                   beta: float) -> torch.Tensor:
-    """Per row, the generalized JSD_beta(teacher || student) of two distributions given as log-probs.
-
-    Same math and conventions as TRL ``GKDTrainer.generalized_jsd_loss`` (beta 0 forward, 1 reverse).
-    """
-    s, t = student_logp_N_C, teacher_logp_N_C
-    if beta == 0:
-        return F.kl_div(s, t, reduction="none", log_target=True).sum(-1)
-    if beta == 1:
-        return F.kl_div(t, s, reduction="none", log_target=True).sum(-1)
-    m = torch.logsumexp(torch.stack([s + math.log1p(-beta), t + math.log(beta)]), dim=0)
-    return (beta * F.kl_div(m, t, reduction="none", log_target=True)
-            + (1 - beta) * F.kl_div(m, s, reduction="none", log_target=True)).sum(-1)
+    """Per row, the generalized JSD_beta(teacher || student) of two distributions given as log-probs:
+    the kit's one GJSD (:func:`atlas_lib.evaluation.divergence.gjsd_terms`, TRL's conventions)
+    summed over the outcomes, since these distributions are built here, not softmaxed from logits."""
+    return gjsd_terms(student_logp_N_C, teacher_logp_N_C, beta).sum(-1)
 
 
 def _bernoulli_N_2(logp_N: torch.Tensor) -> torch.Tensor:
