@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 # error arrives, so none of these modules is imported only to be able to catch its error.
 KIT_ERRORS = (("atlas_lib.core.validate", "ParamsError"), ("atlas_lib.data.sources", "DataError"),
               ("atlas_lib.core.rundir", "RunDirError"), ("atlas_lib.core.embedded", "ModelError"),
-              ("atlas_lib.methods.common", "TokenizerMismatchError"),
-              ("atlas_lib.methods.tracking", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"))
+              ("atlas_lib.training.common", "TokenizerMismatchError"),
+              ("atlas_lib.training.tracking", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"))
 
 
 def is_kit_error(e: BaseException) -> bool:
@@ -235,7 +235,7 @@ def _run(args) -> int:
         print(json.dumps(splits.prepare(_writable(_params(args, "data"), "data")).manifest, indent=2))
     elif args.cmd == "baseline":
         from atlas_lib.evaluation.baselines import evaluate_baselines
-        from atlas_lib.methods.tracking import log_baselines
+        from atlas_lib.training.tracking import log_baselines
 
         params = _writable(_params(args, "data"), "baseline")
         s = evaluate_baselines(params)
@@ -254,7 +254,7 @@ def _run(args) -> int:
         if (runs_root() / params.name).is_dir():  # a run folder exists: keep the JSON beside its runs
             print(f"written: {pair_check.write(report, runs_root() / params.name / 'pair_check.json')}")
     elif args.cmd == "memory":
-        from atlas_lib.methods.memory import estimate_stages, format_plans
+        from atlas_lib.training.memory import estimate_stages, format_plans
 
         params = _params(args)
         print(format_plans(estimate_stages(params, gpu_gb=args.gpu_gb), params.name))

@@ -123,7 +123,7 @@ class _Tiny:
 def _preflight(monkeypatch, tmp_path, free: int) -> str:
     import shutil
 
-    from atlas_lib.methods import loop
+    from atlas_lib.training import loop
 
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
     p = _params()

@@ -10,7 +10,7 @@ import pytest
 
 from atlas_lib.core import config
 from atlas_lib.core.validate import ParamsError
-from atlas_lib.methods import loop
+from atlas_lib.training import loop
 
 
 def _params(key: str, **over):

@@ -7,7 +7,7 @@ import sys
 import types
 
 from atlas_lib.core.rundir import RunDir
-from atlas_lib.methods import tracking
+from atlas_lib.training import tracking
 
 
 class _Table:

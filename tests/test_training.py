@@ -130,8 +130,8 @@ def test_grpo_holds_the_teacher_only_while_it_scores(env, monkeypatch):
     import weakref
 
     from atlas_lib.core import models
-    from atlas_lib.methods import tracking
     from atlas_lib.methods.grpo import trainer as grpo
+    from atlas_lib.training import tracking
 
     p = _params(**{"grpo.max_steps": 2, "grpo.eval_steps": 1})
     _prepare(p)

@@ -21,7 +21,7 @@ from atlas_lib.core import config, registry, rundir, seeds
 from atlas_lib.core.paths import runs_root
 from atlas_lib.evaluation import stats
 from atlas_lib.evaluation.audit import FormAudit, audit, hacking_suspected
-from atlas_lib.methods import outcome
+from atlas_lib.training import outcome
 
 log = logging.getLogger(__name__)
 NAN = float("nan")

@@ -32,9 +32,9 @@ from atlas_lib.core.config import Params
 from atlas_lib.data.prompts import build_messages, render_prompt
 from atlas_lib.evaluation import pair_check
 from atlas_lib.evaluation.forward import eos_token_ids
-from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, TokenizerMismatchError, load_pair, run_method, with_lora
 from atlas_lib.methods.cross_tokenizer import alignment, step
+from atlas_lib.training import loop
+from atlas_lib.training.common import Parts, TokenizerMismatchError, load_pair, run_method, with_lora
 
 log = logging.getLogger(__name__)
 # Test answers GOLD's own loss is evaluated on (the first N of the test split, the same ones before and

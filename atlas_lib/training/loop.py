@@ -26,8 +26,8 @@ from atlas_lib.core.provenance import provenance
 from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, disk_full, elsewhere
 from atlas_lib.core.validate import ParamsError
 from atlas_lib.evaluation import evaluate as ev
-from atlas_lib.methods import ledger, outcome
-from atlas_lib.methods.tracking import (
+from atlas_lib.training import ledger, outcome
+from atlas_lib.training.tracking import (
     AtlasCallback,
     DeviceClock,
     NonFiniteError,

@@ -95,7 +95,7 @@ class AtlasCallback(TrainerCallback):
         self.model = None
         self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
         self.pending: int | None = None  # an eval point due at this step, taken once its loss is logged
-        self.ledger = None  # the run's compute ledger (methods.ledger), set once the trainer exists
+        self.ledger = None  # the run's compute ledger (training.ledger), set once the trainer exists
         self.flop_budget = 0.0  # run.flop_budget: stop at the first step whose cumulative training FLOPs reach it
         self._step_t0: float | None = None
 

@@ -1,5 +1,5 @@
 """The runner skeleton every method shares: seed -> prepared data -> the method's parts (models,
-dataset view, trainer) -> the bound evaluators -> the shared run loop (:mod:`atlas_lib.methods.loop`).
+dataset view, trainer) -> the bound evaluators -> the shared run loop (:mod:`atlas_lib.training.loop`).
 
 A method's runner is ``run_method(params, key, build)``, where ``build(params, prepared, device)``
 returns its :class:`Parts`; everything else (evaluation on validation and test, step-0 reuse of
@@ -23,7 +23,7 @@ from atlas_lib.data import splits
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation.baselines import baseline_records, eval_examples
 from atlas_lib.evaluation.context import check_context
-from atlas_lib.methods import loop
+from atlas_lib.training import loop
 
 log = logging.getLogger(__name__)
 
