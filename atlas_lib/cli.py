@@ -26,9 +26,12 @@ from pathlib import Path
 
 import yaml
 
+from atlas_lib.core import advice, config, embedded, paths, registry
+
 # Light imports only: `atlas --help` and argument errors answer at once. The commands import what
 # they run (torch, transformers, papermill) when they run it.
-from atlas_lib.core import advice, config, embedded, paths, registry
+from atlas_lib.core.files import RunDirError, check_writable
+from atlas_lib.core.preflight import preflight_runs, stage_dir
 
 log = logging.getLogger(__name__)
 # The kit's own errors, as (module, class): one message and exit 2. Looked up in sys.modules when an
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 KIT_ERRORS = (("atlas_lib.core.validate", "ParamsError"), ("atlas_lib.data.sources", "DataError"),
               ("atlas_lib.core.rundir", "RunDirError"), ("atlas_lib.core.embedded", "ModelError"),
               ("atlas_lib.training.common", "TokenizerMismatchError"),
-              ("atlas_lib.training.tracking", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"))
+              ("atlas_lib.training.finite", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"))
 
 
 def is_kit_error(e: BaseException) -> bool:
@@ -205,19 +208,18 @@ def _report_free(params: config.Params) -> config.Params:
 
     pid = rundir.RunDir(paths.runs_root() / params.name).holder()
     if pid is not None:
-        raise rundir.RunDirError(f"profile {params.name}: an `atlas report` (process {pid}) is running it; wait for "
+        raise RunDirError(f"profile {params.name}: an `atlas report` (process {pid}) is running it; wait for "
                                  "it to finish (nothing was changed)")
     return params
 
 
 def _writable(params: config.Params, stage: str) -> config.Params:
     """Check the command can write its run directory before it loads a model or evaluates anything."""
-    from atlas_lib.core import rundir
 
     _report_free(params)
     if stage in registry.keys():  # the run directory's state (foreign, finished, resume) before any model loads
-        rundir.preflight_runs(params, [stage])
-    rundir.check_writable(rundir.stage_dir(params, stage).parent if stage in registry.keys()
+        preflight_runs(params, [stage])
+    check_writable(stage_dir(params, stage).parent if stage in registry.keys()
                           else paths.runs_root() / params.name)
     return params
 
@@ -235,7 +237,7 @@ def _run(args) -> int:
         print(json.dumps(splits.prepare(_writable(_params(args, "data"), "data")).manifest, indent=2))
     elif args.cmd == "baseline":
         from atlas_lib.evaluation.baselines import evaluate_baselines
-        from atlas_lib.training.tracking import log_baselines
+        from atlas_lib.training.wandb_log import log_baselines
 
         params = _writable(_params(args, "data"), "baseline")
         s = evaluate_baselines(params)

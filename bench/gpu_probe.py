@@ -113,7 +113,7 @@ def probe_params(student: Path, teacher: Path, data: Path, steps: int, tiny: boo
 
 def read_metrics(run: Path) -> dict:
     """Seconds per optimizer step and per eval point, from the run's ``metrics.jsonl``."""
-    from atlas_lib.core.rundir import read_jsonl
+    from atlas_lib.core.files import read_jsonl
 
     rows = read_jsonl(run / "metrics.jsonl")
     train = [r for r in rows if r.get("kind") == "train"]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from atlas_lib.core import advice, config
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, atomic_write_text
+from atlas_lib.core.files import RunDirError, atomic_write_json, atomic_write_text
+from atlas_lib.core.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 

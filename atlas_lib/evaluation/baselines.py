@@ -8,9 +8,10 @@ from pathlib import Path
 
 from atlas_lib.core import models, registry
 from atlas_lib.core.config import Params
+from atlas_lib.core.files import atomic_write_json
 from atlas_lib.core.paths import runs_root
+from atlas_lib.core.preflight import load_summary
 from atlas_lib.core.provenance import provenance
-from atlas_lib.core.rundir import atomic_write_json, load_summary
 from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import prompts, splits
 from atlas_lib.evaluation import evaluate as ev

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 
 from atlas_lib.data import answers
 from atlas_lib.methods.grpo.config import REWARD_NAMES
-from atlas_lib.training.tracking import NonFiniteError
+from atlas_lib.training.finite import NonFiniteError
 
 
 def _text(completion) -> str:
