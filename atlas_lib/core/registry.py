@@ -17,6 +17,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+GJSD = "gjsd"  # Method.objective: a same-tokenizer generalized JSD at the section's beta
 SAME_TOKENIZER_KL = "mean reverse KL to the teacher (same tokenizer)"
 ALIGNED_DIVERGENCE = ("aligned span divergence to the teacher (cross-tokenizer; not comparable with "
                       "same-tokenizer reverse KL)")
@@ -46,6 +47,11 @@ class Method:
     # Its memory plan, ``plan(params, key) -> atlas_lib.training.memory.Stage`` ("module:function" or the
     # function); None: the generic distillation plan (the student samples, the teacher scores)
     memory: str | Callable | None = None
+    # Its own objective on held-out answers: "gjsd" (a same-tokenizer generalized JSD at its section's
+    # ``beta``, scored by the shared evaluator: notebook 01 scores the untrained student at that beta)
+    # or "own" (the method scores it itself, through its Parts' divergence_fn, or has none). Declared,
+    # never inferred from field names: another method's ``beta`` (a DPO or KL coefficient) is no JSD beta.
+    objective: str = "own"
 
     @property
     def section(self) -> type:
@@ -74,6 +80,8 @@ def register(method: Method) -> Method:
     """Add (or replace) a method; the report shows methods in registration order."""
     if not method.key.isidentifier():
         raise ValueError(f"method key {method.key!r}: must be a Python identifier (it is a params section)")
+    if method.objective not in (GJSD, "own"):
+        raise ValueError(f"method {method.key!r}: objective = {method.objective!r}; choose {GJSD!r} or 'own'")
     _METHODS[method.key] = method
     return method
 
@@ -99,12 +107,12 @@ M = "atlas_lib.methods."  # the methods' folders, named by string: imported only
 register(Method("gkd", M + "gkd.config:GKDConfig", M + "gkd.trainer:run_gkd", "02_gkd",
                 "GKD distilled student (on-policy)", "GKD", "C0", "GKD: generalized JSD on student samples",
                 alignment="same token ids (student's sample scored by the teacher)",
-                memory=M + "gkd.memory:plan_gkd"))
+                memory=M + "gkd.memory:plan_gkd", objective=GJSD))
 register(Method("off_policy", M + "gkd.config:OffPolicyConfig", M + "gkd.trainer:run_off_policy", "02_gkd",
                 "Off-policy distilled student (teacher samples)", "Off-policy KD", "C4",
                 "Off-policy: generalized JSD on teacher samples",
                 alignment="same token ids (teacher's sample; it samples from the student's rendering)",
-                memory=M + "gkd.memory:plan_off_policy"))
+                memory=M + "gkd.memory:plan_off_policy", objective=GJSD))
 register(Method("grpo", M + "grpo.config:GRPOConfig", M + "grpo.trainer:run_grpo", "03_grpo",
                 "GRPO / RLVR baseline", "GRPO", "C1", "GRPO: policy loss", distills=False,
                 rewarded=True, teacher_template="none",
