@@ -91,7 +91,8 @@ def test_the_arm_trains_on_the_tiny_models_and_shows_in_the_report(tinker, env, 
     plan = memory.estimate_stages(p, gpu_gb=80)["tinker"]  # the arm's own plan, through the registry
     logits = next(v for c, v, _ in plan.rows if c == "logits (completion only)")
     s, t = memory.arch(p.models.student), memory.arch(p.models.teacher)
-    assert logits * memory.GiB == pytest.approx(9 * 2 * (s["vocab"] + t["vocab"]) * (4 + 4))
+    positions = (p.tinker.max_completion_length + 1) * p.tinker.per_device_train_batch_size  # fp32: 4 + 4 bytes
+    assert logits * memory.GiB == pytest.approx(positions * (s["vocab"] + t["vocab"]) * (4 + 4))
 
     col = collect.collect(p)
     t = table.results_table(col)
