@@ -26,17 +26,20 @@ from pathlib import Path
 
 import yaml
 
+from atlas_lib.core import advice, config, embedded, paths, registry
+
 # Light imports only: `atlas --help` and argument errors answer at once. The commands import what
 # they run (torch, transformers, papermill) when they run it.
-from atlas_lib.core import advice, config, embedded, paths, registry
+from atlas_lib.core.files import RunDirError, check_writable
+from atlas_lib.core.preflight import preflight_runs, stage_dir
 
 log = logging.getLogger(__name__)
 # The kit's own errors, as (module, class): one message and exit 2. Looked up in sys.modules when an
 # error arrives, so none of these modules is imported only to be able to catch its error.
 KIT_ERRORS = (("atlas_lib.core.validate", "ParamsError"), ("atlas_lib.data.sources", "DataError"),
               ("atlas_lib.core.rundir", "RunDirError"), ("atlas_lib.core.embedded", "ModelError"),
-              ("atlas_lib.methods.common", "TokenizerMismatchError"),
-              ("atlas_lib.methods.tracking", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"),
+              ("atlas_lib.training.common", "TokenizerMismatchError"),
+              ("atlas_lib.training.finite", "NonFiniteError"), ("atlas_lib.report.pipeline", "PipelineError"),
               ("atlas_lib.report.findings_check", "ReportCheckError"))
 
 
@@ -209,68 +212,87 @@ def _report_free(params: config.Params) -> config.Params:
 
     pid = rundir.RunDir(paths.runs_root() / params.name).holder()
     if pid is not None:
-        raise rundir.RunDirError(f"profile {params.name}: an `atlas report` (process {pid}) is running it; wait for "
+        raise RunDirError(f"profile {params.name}: an `atlas report` (process {pid}) is running it; wait for "
                                  "it to finish (nothing was changed)")
     return params
 
 
 def _writable(params: config.Params, stage: str) -> config.Params:
     """Check the command can write its run directory before it loads a model or evaluates anything."""
-    from atlas_lib.core import rundir
 
     _report_free(params)
     if stage in registry.keys():  # the run directory's state (foreign, finished, resume) before any model loads
-        rundir.preflight_runs(params, [stage])
-    rundir.check_writable(rundir.stage_dir(params, stage).parent if stage in registry.keys()
+        preflight_runs(params, [stage])
+    check_writable(stage_dir(params, stage).parent if stage in registry.keys()
                           else paths.runs_root() / params.name)
     return params
 
 
-def _run(args) -> int:
-    if args.cmd == "report":
-        from atlas_lib.report.pipeline import run_pipeline
+def _cmd_report(args) -> int:
+    from atlas_lib.report.pipeline import run_pipeline
 
-        if args.set:
-            raise config.ParamsError("atlas report takes a params file; put overrides in a YAML file")
-        print(run_pipeline(args.params, force=args.force, only=args.only, verbose=args.verbose))
-    elif args.cmd == "data":
-        from atlas_lib.data import splits
-
-        print(json.dumps(splits.prepare(_writable(_params(args, "data"), "data")).manifest, indent=2))
-    elif args.cmd == "baseline":
-        from atlas_lib.evaluation.baselines import evaluate_baselines
-        from atlas_lib.methods.tracking import log_baselines
-
-        params = _writable(_params(args, "data"), "baseline")
-        s = evaluate_baselines(params)
-        log_baselines(params, s)
-        print(json.dumps({k: s[k] for k in ("student", "teacher")}, indent=2, default=str))
-    elif args.cmd == "train":
-        s = registry.get(args.method).run(_writable(_params(args, args.method), args.method))
-        print(json.dumps(s.get("training", s), indent=2, default=str))
-    elif args.cmd == "check":
-        from atlas_lib.core.paths import runs_root
-        from atlas_lib.evaluation import pair_check
-
-        params = _params(args)
-        report = pair_check.run_check(params)
-        print(pair_check.format_text(report))
-        if (runs_root() / params.name).is_dir():  # a run folder exists: keep the JSON beside its runs
-            print(f"written: {pair_check.write(report, runs_root() / params.name / 'pair_check.json')}")
-    elif args.cmd == "memory":
-        from atlas_lib.methods.memory import estimate_stages, format_plans
-
-        params = _params(args)
-        print(format_plans(estimate_stages(params, gpu_gb=args.gpu_gb), params.name))
-    elif args.cmd == "models":
-        return _models(args)
-    elif args.cmd == "check-report":
-        from atlas_lib.report import findings_check
-
-        result = findings_check.check_report(args.index)
-        print(findings_check.format_text(result))
-        return 1 if result.mismatches else 0
+    if args.set:
+        raise config.ParamsError("atlas report takes a params file; put overrides in a YAML file")
+    print(run_pipeline(args.params, force=args.force, only=args.only, verbose=args.verbose))
     return 0
+
+
+def _cmd_data(args) -> int:
+    from atlas_lib.data import splits
+
+    print(json.dumps(splits.prepare(_writable(_params(args, "data"), "data")).manifest, indent=2))
+    return 0
+
+
+def _cmd_baseline(args) -> int:
+    from atlas_lib.evaluation.baselines import evaluate_baselines
+    from atlas_lib.training.wandb_log import log_baselines
+
+    params = _writable(_params(args, "data"), "baseline")
+    s = evaluate_baselines(params)
+    log_baselines(params, s)
+    print(json.dumps({k: s[k] for k in ("student", "teacher")}, indent=2, default=str))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    s = registry.get(args.method).run(_writable(_params(args, args.method), args.method))
+    print(json.dumps(s.get("training", s), indent=2, default=str))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from atlas_lib.core.paths import runs_root
+    from atlas_lib.evaluation import pair_check
+
+    params = _params(args)
+    report = pair_check.run_check(params)
+    print(pair_check.format_text(report))
+    if (runs_root() / params.name).is_dir():  # a run folder exists: keep the JSON beside its runs
+        print(f"written: {pair_check.write(report, runs_root() / params.name / 'pair_check.json')}")
+    return 0
+
+
+def _cmd_memory(args) -> int:
+    from atlas_lib.training.memory import estimate_stages, format_plans
+
+    params = _params(args)
+    print(format_plans(estimate_stages(params, gpu_gb=args.gpu_gb), params.name))
+    return 0
+
+
+def _cmd_check_report(args) -> int:
+    from atlas_lib.report import findings_check
+
+    result = findings_check.check_report(args.index)
+    print(findings_check.format_text(result))
+    return 1 if result.mismatches else 0
+
+
+def _run(args) -> int:
+    commands = {"report": _cmd_report, "data": _cmd_data, "baseline": _cmd_baseline, "train": _cmd_train,
+                "check": _cmd_check, "memory": _cmd_memory, "models": _models, "check-report": _cmd_check_report}
+    return commands[args.cmd](args) if args.cmd in commands else 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 Qwen2.5-14B teacher in bf16, 2 x 4 sequences of 256 sampled tokens per step) fits one 80 GB GPU;
 ``atlas memory`` says so from a first-order count. This probe measures it where no hub is reachable:
 it writes model directories holding the published ``config.json`` of each model (the shapes in
-``atlas_lib.methods.memory.KNOWN``) and a Qwen2.5 tokenizer (``--tokenizer``: any save_pretrained
+``atlas_lib.training.memory.KNOWN``) and a Qwen2.5 tokenizer (``--tokenizer``: any save_pretrained
 Qwen2.5 tokenizer, e.g. the embedded student's cache directory), then runs the kit's own stages
 (``atlas data``, ``atlas train gkd``, ``atlas train grpo``) with every setting of the profile except
 the step counts and the evaluation sizes. The weights are random (initialised on the GPU, where
@@ -46,7 +46,7 @@ TINY = dict(hidden=64, layers=2, inter=128, heads=4, kv=2)
 def write_model_dir(name: str, tokenizer: Path, dest: Path, tiny: bool) -> Path:
     from transformers import GenerationConfig, Qwen2Config
 
-    from atlas_lib.methods.memory import KNOWN
+    from atlas_lib.training.memory import KNOWN
 
     a = {**KNOWN[name], **(TINY if tiny else {})}
     cfg = Qwen2Config(hidden_size=a["hidden"], num_hidden_layers=a["layers"], vocab_size=a["vocab"],
@@ -113,7 +113,7 @@ def probe_params(student: Path, teacher: Path, data: Path, steps: int, tiny: boo
 
 def read_metrics(run: Path) -> dict:
     """Seconds per optimizer step and per eval point, from the run's ``metrics.jsonl``."""
-    from atlas_lib.core.rundir import read_jsonl
+    from atlas_lib.core.files import read_jsonl
 
     rows = read_jsonl(run / "metrics.jsonl")
     train = [r for r in rows if r.get("kind") == "train"]
@@ -151,7 +151,7 @@ def main() -> int:
     result: dict = {"params": str(params_file), "stages": {}}
 
     from atlas_lib.core import config
-    from atlas_lib.methods import memory
+    from atlas_lib.training import memory
 
     plan = memory.estimate(config.load(params_file), gpu_gb=80)
     result["gkd_plan"] = {"total_gib": round(plan.total_gib, 1), "fits_80": plan.fits,

@@ -6,7 +6,7 @@ The teacher (bf16, as the embedded profile runs it) scores one fixed batch once:
 embedded training problems plus their reference completions, the same token ids for every variant.
 Each variant then starts from the same student weights and takes ``--steps`` optimizer steps on the
 generalized JSD (beta 0.5) of that batch, with the optimizer the kit builds for it (HF Trainer's
-own optimizer factory, fed by ``atlas_lib.methods.loop.optimizer_args``):
+own optimizer factory, fed by ``atlas_lib.training.loop.optimizer_args``):
 
 - fp32-adamw: the kit's default, fp32 weights and torch AdamW (the reference);
 - bf16-adamw: stock TRL's precision, bf16 weights and torch AdamW (round-to-nearest updates;
@@ -85,8 +85,8 @@ def loss_fn(model, ids, att, comp, teacher_logits_N_V, beta: float = 0.5) -> tor
 def make_optimizer(model, choice: str, lr: float):
     from transformers import Trainer, TrainingArguments
 
-    from atlas_lib.core.sections import GKDConfig
-    from atlas_lib.methods.loop import optimizer_args
+    from atlas_lib.methods.gkd.config import GKDConfig
+    from atlas_lib.training.loop import optimizer_args
 
     # adamw rows: torch's for-each AdamW (``adamw_torch``); the kit's default is HF's fused kernel,
     # the same arithmetic in one pass

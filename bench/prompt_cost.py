@@ -3,7 +3,7 @@
 Every training sample re-reads its prompt: the student's forward and backward and the teacher's
 forward run over prompt + completion positions, while only the completion teaches. So the training
 FLOPs per sampled completion token scale with ``(prompt + completion) / completion`` (the ledger's
-FLOPs are parameter count x positions, methods/ledger.py). This probe measures, for each prompt
+FLOPs are parameter count x positions, training/ledger.py). This probe measures, for each prompt
 variant, the prompt's length in the student's tokens, and the untrained student's greedy accuracy,
 answer length, truncation and answer form on the same problems with the kit's evaluator and grader,
 so a shorter prompt is chosen only if it keeps the student's format and accuracy.

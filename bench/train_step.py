@@ -23,7 +23,7 @@ batch, lengths, lmbda/beta and seed:
   still trains like fp32 AdamW), and freed buffers returned to the OS as the kit's training loop
   does with that optimizer (``runtime.return_freed_memory``).
 - kit-lora: kit-bf16-teacher with the student wrapped in LoRA adapters (``gkd.lora`` at its
-  defaults: r 16, alpha 32, every linear layer; :func:`atlas_lib.methods.common.with_lora`): the
+  defaults: r 16, alpha 32, every linear layer; :func:`atlas_lib.training.common.with_lora`): the
   base weights frozen, AdamW state for the adapters only.
 - kit-heap: the kit with its evaluator's allocator setting (:mod:`atlas_lib.core.runtime`: large
   buffers from glibc's heap) left on for the whole step, to show why the kit scopes it to evaluation.
@@ -125,8 +125,8 @@ def _run_variant(args) -> dict:
     tok = models.load_tokenizer(args.student)
     student = _load(args.student, v, for_training=True)
     if v == "kit-lora":
-        from atlas_lib.core.sections import GKDConfig as Section
-        from atlas_lib.methods.common import with_lora
+        from atlas_lib.methods.gkd.config import GKDConfig as Section
+        from atlas_lib.training.common import with_lora
 
         student = with_lora(student, Section(lora={"r": 16}), "gkd")
     rows = data.load_prepared(p).train[: 4 * args.batch] if (runs_root() / "embedded/data/manifest.json").exists() \
@@ -151,8 +151,8 @@ def _run_variant(args) -> dict:
                   gradient_accumulation_steps=1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
                   report_to="none", use_cpu=device.type == "cpu", seed=0, disable_tqdm=True)
     if v != "stock":  # stock keeps TRL's defaults (bf16 autocast, gradient checkpointing)
-        from atlas_lib.core.sections import GKDConfig
-        from atlas_lib.methods.loop import optimizer_args
+        from atlas_lib.methods.gkd.config import GKDConfig
+        from atlas_lib.training.loop import optimizer_args
 
         common.update(bf16=models.resolve_dtype("auto", device) == torch.bfloat16,
                       gradient_checkpointing=v in ("kit-lowmem", "kit-8bit"),
@@ -205,7 +205,7 @@ def flop_floor(res: dict, args, prompt_tokens: int) -> tuple[float, float]:
     import torch
     from rates import matmul_flops
 
-    from atlas_lib.methods.memory import arch, n_params
+    from atlas_lib.training.memory import arch, n_params
 
     s = n_params(arch(args.student))
     seq = prompt_tokens + args.new_tokens

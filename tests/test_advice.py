@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from atlas_lib.core import advice, config
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, atomic_write_text
+from atlas_lib.core.files import RunDirError, atomic_write_json, atomic_write_text
+from atlas_lib.core.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,7 +124,7 @@ class _Tiny:
 def _preflight(monkeypatch, tmp_path, free: int) -> str:
     import shutil
 
-    from atlas_lib.methods import loop
+    from atlas_lib.training import loop
 
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
     p = _params()

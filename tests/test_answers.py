@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atlas_lib.data.answer_text import final_marker_text
 from atlas_lib.data.answers import (
     answer_form,
     extract_answer,
-    final_marker_text,
     is_correct,
     normalize_reference,
     restates_question,

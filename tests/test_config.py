@@ -7,6 +7,7 @@ import yaml
 
 from atlas_lib.core import config, notebook_params
 from atlas_lib.core.config import ParamsError
+from atlas_lib.core.paths import data_file
 
 
 @pytest.mark.parametrize("profile", ["embedded", "smoke", "paper", "study"])
@@ -138,7 +139,7 @@ def _profile_with_local_data(tmp_path, data_path: str):
 def test_a_relative_data_path_is_read_relative_to_the_params_file(tmp_path, monkeypatch):
     f = _profile_with_local_data(tmp_path, "d/good.jsonl")
     monkeypatch.chdir(tmp_path)  # not where the params file is (notebooks run from the project root)
-    assert config.data_file(config.load(f)) == tmp_path / "p" / "d" / "good.jsonl"
+    assert data_file(config.load(f)) == tmp_path / "p" / "d" / "good.jsonl"
 
 
 def test_a_relative_data_path_reads_the_same_file_from_any_directory(tmp_path, monkeypatch):
@@ -146,7 +147,7 @@ def test_a_relative_data_path_reads_the_same_file_from_any_directory(tmp_path, m
 
     f = _profile_with_local_data(tmp_path, "d/good.jsonl")
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # where atlas report runs notebooks
-    assert config.data_file(config.load(f.resolve())).read_text().startswith('{"question"')
+    assert data_file(config.load(f.resolve())).read_text().startswith('{"question"')
 
 
 def test_a_path_relative_to_the_working_directory_is_told_what_to_write(tmp_path, monkeypatch):
@@ -172,7 +173,7 @@ def test_a_data_path_typed_on_the_command_line_is_relative_to_where_it_ran(tmp_p
     _profile_with_local_data(tmp_path, "d/good.jsonl")
     monkeypatch.chdir(tmp_path / "p")
     p = config.load("params/smoke.yaml", overrides={"data.source": "local", "data.path": "d/good.jsonl"})
-    assert config.data_file(p) == tmp_path / "p" / "d" / "good.jsonl"
+    assert data_file(p) == tmp_path / "p" / "d" / "good.jsonl"
 
 
 def test_a_run_named_by_hand_takes_its_notebooks_other_arm_along():

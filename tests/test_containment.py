@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 
 from atlas_lib import cli
-from atlas_lib.core import config, paths, registry, rundir
+from atlas_lib.core import config, paths, registry
 from atlas_lib.core.config import ParamsError
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json
+from atlas_lib.core.files import RunDirError, atomic_write_json
+from atlas_lib.core.preflight import preflight, stage_dir
+from atlas_lib.core.rundir import RunDir
+from atlas_lib.report.stage_run import PipelineError, on_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "params" / "smoke.yaml")
@@ -117,7 +120,7 @@ def test_a_link_under_the_runs_root_that_leads_outside_is_refused(world, capsys)
 
 def test_a_run_may_live_in_another_profiles_folder():
     p = config.load(SMOKE, overrides={"gkd.run_name": "embedded/gkd-from-smoke"})
-    assert rundir.stage_dir(p, "gkd") == paths.runs_root().absolute() / "embedded" / "gkd-from-smoke"
+    assert stage_dir(p, "gkd") == paths.runs_root().absolute() / "embedded" / "gkd-from-smoke"
 
 
 def test_a_sweep_name_is_a_folder_name_too():
@@ -159,9 +162,9 @@ def test_a_run_of_an_older_version_resumes_only_with_resume_changed(world):
     del cfg["train_hash"]  # as written before train_hash existed
     atomic_write_json(rd.path / "config.json", cfg)
     with pytest.raises(RunDirError, match="older version of the kit"):
-        rundir.preflight(p, "gkd", resume=True)
+        preflight(p, "gkd", resume=True)
     ok = config.load(SMOKE, overrides={"gkd.resume": True, "gkd.resume_changed": True})
-    assert rundir.preflight(ok, "gkd", resume=True) is True
+    assert preflight(ok, "gkd", resume=True) is True
 
 
 def test_a_foreign_folder_is_refused_without_resume_too(world):
@@ -232,11 +235,11 @@ def test_sigterm_stops_atlas_report_releasing_its_lock(world, monkeypatch):
     from atlas_lib.report import pipeline
 
     tmp, _ = world
-    monkeypatch.setattr(pipeline, "_run_steps", lambda *a, **k: pipeline.on_sigint(signal.SIGTERM, None))
-    with pytest.raises(pipeline.PipelineError, match=r"interrupted \(SIGTERM\)"):
+    monkeypatch.setattr(pipeline, "_run_steps", lambda *a, **k: on_sigint(signal.SIGTERM, None))
+    with pytest.raises(PipelineError, match=r"interrupted \(SIGTERM\)"):
         pipeline.run_pipeline(SMOKE)
     assert not (tmp / "runs" / "smoke" / ".lock").exists()
-    assert signal.getsignal(signal.SIGTERM) is not pipeline.on_sigint  # the previous handler is back
+    assert signal.getsignal(signal.SIGTERM) is not on_sigint  # the previous handler is back
 
 
 @pytest.mark.parametrize("command", [["data"], ["baseline"], ["train", "gkd"]])

@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlas_lib.core.sections import CrossTokenizerConfig
 from atlas_lib.data.prompts import render_prompt
 from atlas_lib.methods.cross_tokenizer import alignment, objective, step, vocab_map
 from atlas_lib.methods.cross_tokenizer.alignment import align_ends, encode_with_completion, ends_from_ids
+from atlas_lib.methods.cross_tokenizer.config import CrossTokenizerConfig
 
 TEXT = "Final Answer: 1,250 apples"
 MSGS = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]

@@ -12,7 +12,7 @@ import pytest
 from atlas_lib.core import config, seeds
 from atlas_lib.core.validate import ParamsError
 from atlas_lib.evaluation import stats
-from atlas_lib.methods import ledger
+from atlas_lib.training import ledger
 
 
 # -- the ledger's FLOPs, against the closed form -------------------------------------------------

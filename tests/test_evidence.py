@@ -12,7 +12,7 @@ import torch
 
 from atlas_lib.core import config
 from atlas_lib.evaluation import stats
-from atlas_lib.methods import outcome
+from atlas_lib.training import outcome
 
 
 # -- paired statistics ---------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_validation_test_and_train_groups_are_disjoint():
 
 def test_eval_points_use_validation_and_the_reported_rows_use_test(tmp_path, monkeypatch):
     from atlas_lib.data import splits as data
-    from atlas_lib.methods import common as stages
+    from atlas_lib.training import common as stages
 
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path / "runs"))
     p = config.load("params/smoke.yaml")

@@ -56,7 +56,7 @@ def test_every_ranged_field_rejects_out_of_range(section, name, meta):
 
 def test_same_tokenizer_gkd_with_a_foreign_teacher_points_to_notebook_04(tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
-    from atlas_lib.methods.common import TokenizerMismatchError, load_pair
+    from atlas_lib.training.common import TokenizerMismatchError, load_pair
 
     p = config.load("params/smoke.yaml", overrides={"models.teacher": "tiny-llama-cross"})
     with pytest.raises(TokenizerMismatchError, match="04_cross_tokenizer"):

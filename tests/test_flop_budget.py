@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from atlas_lib.core import config
+from atlas_lib.core.preflight import train_hash
 from atlas_lib.core.validate import ParamsError
-from atlas_lib.methods import loop
+from atlas_lib.training import loop
 
 
 def _params(key: str, **over):
@@ -75,12 +76,11 @@ def test_flop_budget_is_range_checked():
 
 
 def test_the_budget_changes_the_training_hashes_and_not_the_data_stage():
-    from atlas_lib.core import rundir
 
     none, some = config.load("params/smoke.yaml"), config.load("params/smoke.yaml", overrides={"run.flop_budget": 1e12})
     assert none.stage_hash("data") == some.stage_hash("data"), "the split and baselines never train"
     assert none.stage_hash("gkd") != some.stage_hash("gkd")
-    assert rundir.train_hash(none, "grpo") != rundir.train_hash(some, "grpo"), "a changed budget is not resumed"
+    assert train_hash(none, "grpo") != train_hash(some, "grpo"), "a changed budget is not resumed"
 
 
 def test_a_budget_under_several_processes_is_refused_before_anything_runs(monkeypatch):

@@ -136,7 +136,7 @@ def test_teacher_scores_the_students_sample_not_the_reference(tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step(tiny, tmp_path):
-    from atlas_lib.methods.tracking import NonFiniteError
+    from atlas_lib.training.finite import NonFiniteError
 
     trainer = _trainer(tiny, tmp_path)
     with torch.no_grad():  # the teacher's logits become NaN; student sampling still works

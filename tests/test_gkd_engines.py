@@ -16,8 +16,8 @@ import torch
 from atlas_lib.core import config
 from atlas_lib.core.config import ParamsError
 from atlas_lib.data import splits
-from atlas_lib.methods import loop
 from atlas_lib.methods.gkd import trainer as gkd
+from atlas_lib.training import loop
 
 REL = 1e-5  # float32 on both sides; TRL projects the hidden states itself, in tiles
 

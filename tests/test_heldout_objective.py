@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from atlas_lib.core.sections import CrossTokenizerConfig
 from atlas_lib.data.prompts import render_prompt
 from atlas_lib.evaluation import evaluate as ev
-from atlas_lib.methods import outcome
 from atlas_lib.methods.cross_tokenizer import step
+from atlas_lib.methods.cross_tokenizer.config import CrossTokenizerConfig
+from atlas_lib.training import outcome
 
 MSGS = [[{"role": "user", "content": q}] for q in ("Tom has 3 apples and buys 5 more. How many?",
                                                   "What is 12 times 4?", "Add 7 and 9.")]

@@ -12,9 +12,9 @@ import torch
 from atlas_lib.core import config, models
 from atlas_lib.core.rundir import RunDir
 from atlas_lib.data import splits
-from atlas_lib.methods import loop, memory
-from atlas_lib.methods.common import with_lora
 from atlas_lib.methods.gkd import trainer as gkd
+from atlas_lib.training import loop, memory
+from atlas_lib.training.common import with_lora
 
 ROOT = Path(__file__).resolve().parent.parent
 LORA = {"r": 4, "alpha": 8}

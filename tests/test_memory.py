@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from atlas_lib import cli
 from atlas_lib.core import config
-from atlas_lib.methods import memory
+from atlas_lib.training import memory
 
 
 @pytest.mark.parametrize("name, published", [

@@ -16,8 +16,9 @@ import torch
 
 from atlas_lib.core import config
 from atlas_lib.core.config import ParamsError
-from atlas_lib.core.sections import GKDConfig, GRPOConfig
-from atlas_lib.methods.loop import optimizer_args, student_dtype
+from atlas_lib.methods.gkd.config import GKDConfig
+from atlas_lib.methods.grpo.config import GRPOConfig
+from atlas_lib.training.loop import optimizer_args, student_dtype
 
 pytest.importorskip("torchao")
 

@@ -19,8 +19,8 @@ from atlas_lib.data import splits
 from atlas_lib.data.prompts import build_messages, format_solution, render_prompt
 from atlas_lib.evaluation import pair_check as pc
 from atlas_lib.evaluation.divergence import generalized_jsd
-from atlas_lib.methods import loop
 from atlas_lib.methods.gkd import trainer as gkd
+from atlas_lib.training import loop
 
 # A teacher template that writes a system turn of its own when the conversation has none (as Qwen2.5's does).
 DEFAULT_SYSTEM = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."

@@ -10,6 +10,7 @@ import logging
 from atlas_lib.core import config
 from atlas_lib.report import pipeline
 from atlas_lib.report.progress import StageProgress, read_progress
+from atlas_lib.report.stage_run import stage_progress
 
 
 def _metrics(path, records, tail=""):
@@ -70,8 +71,8 @@ def test_each_stage_gets_its_methods_steps_or_its_cells(tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_RUNS", str(tmp_path))
     params = config.load("params/embedded.yaml")
     plan = {s.notebook: s for s in pipeline.steps(params)}
-    gkd = pipeline.stage_progress(params, plan["02_gkd"], None)
-    data = pipeline.stage_progress(params, plan["01_data"], None)
+    gkd = stage_progress(params, plan["02_gkd"], None)
+    data = stage_progress(params, plan["01_data"], None)
     assert gkd.total_steps == params.gkd.max_steps
     assert gkd.metrics == [tmp_path / "embedded" / "gkd" / "metrics.jsonl"]
     assert data.total_steps is None
@@ -83,7 +84,7 @@ def test_the_bar_reads_a_renamed_run_and_counts_sweep_variants(tmp_path, monkeyp
     params = config.load("params/smoke.yaml", overrides={"gkd.run_name": "smoke/gkd-long"})
     variants = config.sweep_variants(params, "gkd")
     step = next(s for s in pipeline.steps(params) if "gkd" in s.stages)
-    bar = pipeline.stage_progress(params, step, None)
+    bar = stage_progress(params, step, None)
     assert variants  # the smoke profile sweeps gkd, so the sweep branch is exercised
     assert bar.metrics[0] == tmp_path / "smoke" / "gkd-long" / "metrics.jsonl"
     assert tmp_path / "smoke" / "gkd-long-sweep-t0.6" / "metrics.jsonl" in bar.metrics

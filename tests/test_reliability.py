@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from atlas_lib.core import config, rundir
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, read_jsonl
+from atlas_lib.core import config
+from atlas_lib.core.files import FILE_MODE, RunDirError, atomic_write_json, read_jsonl, share_tree, unwritable
+from atlas_lib.core.rundir import RunDir
 from atlas_lib.data import splits
 from atlas_lib.report import pipeline, site
+from atlas_lib.report.stage_run import execute
 
 
 def _params(**over):
@@ -88,7 +90,7 @@ def test_only_a_torn_last_line_is_skipped(tmp_path):
 
 def test_run_files_are_readable_by_the_group(tmp_path):
     atomic_write_json(tmp_path / "x.json", {"a": 1})
-    assert (tmp_path / "x.json").stat().st_mode & 0o777 == rundir.FILE_MODE
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == FILE_MODE
 
 
 def test_a_library_written_tree_gets_the_run_file_modes_less_the_umask(tmp_path):
@@ -96,7 +98,7 @@ def test_a_library_written_tree_gets_the_run_file_modes_less_the_umask(tmp_path)
     (tmp_path / "final" / "model.safetensors").touch(mode=0o600)
     old = os.umask(0o027)
     try:
-        rundir.share_tree(tmp_path / "final")
+        share_tree(tmp_path / "final")
     finally:
         os.umask(old)
     modes = [oct(p.stat().st_mode & 0o777) for p in (tmp_path / "final", tmp_path / "final" / "model.safetensors")]
@@ -243,7 +245,7 @@ def test_a_resumed_notebook_asks_every_method_to_resume(env, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, parameters, **kw: seen.update(parameters))
-    pipeline.execute(_notebook_02(_params()), Path("params/smoke.yaml"), env / "02.ipynb", resume=True)
+    execute(_notebook_02(_params()), Path("params/smoke.yaml"), env / "02.ipynb", resume=True)
     assert {k: v for k, v in seen.items() if k != "params_file"} == {"gkd": {"resume": True},
                                                                       "off_policy": {"resume": True}}
 
@@ -381,7 +383,7 @@ def _finished_profile(p, profile: Path) -> None:
 
 
 def _cannot_lock(self, busy=None):
-    raise rundir.unwritable(self.path / ".lock", PermissionError(1, "Operation not permitted")) \
+    raise unwritable(self.path / ".lock", PermissionError(1, "Operation not permitted")) \
         from PermissionError(1, "Operation not permitted")
 
 

@@ -19,15 +19,16 @@ import pytest
 import yaml
 
 from atlas_lib.core import config, seeds
+from atlas_lib.core.files import atomic_write_json
 from atlas_lib.core.paths import project_root
 from atlas_lib.core.provenance import provenance as run_provenance
-from atlas_lib.core.rundir import RunDir, atomic_write_json
+from atlas_lib.core.rundir import RunDir
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation import stats
-from atlas_lib.methods import outcome
-from atlas_lib.methods.tracking import DeviceClock
 from atlas_lib.report import charts, collect, efficiency, findings, problems, provenance, stage, table
 from atlas_lib.report.html import render_html
+from atlas_lib.training import outcome
+from atlas_lib.training.clock import DeviceClock
 
 N = 24  # problems per validation eval point, and on the test split (ids t0..t23)
 BASE_K, TEACHER_K = 6, 18  # the untrained student's and the teacher's correct test problems
@@ -526,7 +527,7 @@ def test_notebook_pages_leave_library_warnings_to_the_log(tmp_path):
                "is deprecated\n",
                "  warnings.warn(\n",
                "[transformers] Passing `generation_config` together with generation-related arguments\n",
-               "INFO atlas_lib.methods.tracking: eval step 3: accuracy 0.5\n"]
+               "INFO atlas_lib.training.callback: eval step 3: accuracy 0.5\n"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", outputs=[
         nbformat.v4.new_output("stream", name="stderr", text=t) for t in streams])])
     src = tmp_path / "nb.ipynb"

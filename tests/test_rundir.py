@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from atlas_lib.core import config
+from atlas_lib.core.files import RunDirError, atomic_write_json, read_jsonl
 from atlas_lib.core.provenance import provenance
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, read_jsonl
+from atlas_lib.core.rundir import RunDir
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atlas_lib.core import config, rundir, seeds
+from atlas_lib.core.preflight import train_hash
 from atlas_lib.report import pipeline, seed_order
 
 ARMS = ["gkd", "grpo"]
@@ -37,7 +38,7 @@ def test_a_pass_trains_the_runs_the_full_notebook_reuses():
         full = [p, *(v for _, v in seeds.seed_variants(p, key))][:2]
         part = [cut, *(v for _, v in seeds.seed_variants(cut, key))]
         assert [q.run_name(key) for q in part] == [q.run_name(key) for q in full]
-        assert [rundir.train_hash(q, key) for q in part] == [rundir.train_hash(q, key) for q in full]
+        assert [train_hash(q, key) for q in part] == [train_hash(q, key) for q in full]
 
 
 def _record(monkeypatch) -> list[tuple]:
@@ -102,4 +103,4 @@ def test_max_seeds_at_its_default_keeps_every_runs_hash():
     p = _params()
     d = p.to_dict()
     assert "max_seeds" in d["gkd"] and "max_seeds" not in validate.hash_neutral(d, "gkd")["gkd"]
-    assert rundir.train_hash(p, "gkd") != rundir.train_hash(_params(**{"gkd.max_seeds": 2}), "gkd")
+    assert train_hash(p, "gkd") != train_hash(_params(**{"gkd.max_seeds": 2}), "gkd")

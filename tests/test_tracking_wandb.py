@@ -7,7 +7,7 @@ import sys
 import types
 
 from atlas_lib.core.rundir import RunDir
-from atlas_lib.methods import tracking
+from atlas_lib.training import callback, clock, wandb_log
 
 
 class _Table:
@@ -33,7 +33,7 @@ def _stub_wandb(monkeypatch):
 
 def test_an_eval_point_reaches_wandb_at_its_step_with_its_completions(monkeypatch, tmp_path):
     calls = _stub_wandb(monkeypatch)
-    cb = tracking.AtlasCallback(RunDir(tmp_path), tracking.DeviceClock(), lambda m: None, 1, lambda *a: None,
+    cb = callback.AtlasCallback(RunDir(tmp_path), clock.DeviceClock(), lambda m: None, 1, lambda *a: None,
                                 wandb_on=True)
     records = [{"id": "p1", "prompt": "2+2?", "completion": "Final Answer: 4", "reference": "4", "correct": True}]
     cb._log_wandb({"kind": "eval", "step": 3, "accuracy": 1.0, "n": 1}, records)
@@ -45,11 +45,11 @@ def test_an_eval_point_reaches_wandb_at_its_step_with_its_completions(monkeypatc
 
 def test_finishing_adds_the_test_row_to_the_summary(monkeypatch):
     calls = _stub_wandb(monkeypatch)
-    tracking.finish_wandb({"atlas/test/accuracy": 0.475, "atlas/test/n": 200})
+    wandb_log.finish_wandb({"atlas/test/accuracy": 0.475, "atlas/test/n": 200})
     assert calls["summary"] == {"atlas/test/accuracy": 0.475, "atlas/test/n": 200}
     assert calls["finished"] == 1
     assert calls["teardown"] == 1  # the next run in this process re-reads WANDB_DIR
-    tracking.finish_wandb()  # closing twice is a no-op
+    wandb_log.finish_wandb()  # closing twice is a no-op
     assert calls["finished"] == 1
 
 
@@ -73,7 +73,7 @@ def test_the_baselines_get_their_own_wandb_run_with_their_rows(monkeypatch, env)
     records = [{"id": "p1", "prompt": "2+2?", "completion": "Final Answer: 4", "reference": "4", "correct": True}]
     ev.save_eval(ev.EvalResult({"accuracy": 1.0, "n": 1}, records), out, "student")
     summary = {"student": {"accuracy": 1.0, "n": 1}, "teacher": {"accuracy": 0.5, "n": 1}, "student_val": None}
-    assert tracking.log_baselines(params, summary)
+    assert wandb_log.log_baselines(params, summary)
     assert inits[0]["name"] == "smoke-baseline" and inits[0]["dir"] == str(out)
     assert calls["summary"]["atlas/teacher/accuracy"] == 0.5
     assert calls["log"][0]["atlas/student/completions"].data == [["p1", "2+2?", "Final Answer: 4", "4", True]]
@@ -85,4 +85,4 @@ def test_no_baseline_run_when_tracking_is_disabled(monkeypatch, env):
 
     _stub_wandb(monkeypatch)
     params = config.load("params/smoke.yaml", overrides={"tracking.wandb": "disabled"})
-    assert not tracking.log_baselines(params, {"student": {"accuracy": 1.0}})
+    assert not wandb_log.log_baselines(params, {"student": {"accuracy": 1.0}})

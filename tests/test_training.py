@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from atlas_lib.core import config
-from atlas_lib.core.rundir import RunDirError
+from atlas_lib.core.files import RunDirError
 
 
 def _params(**over):
@@ -130,8 +130,8 @@ def test_grpo_holds_the_teacher_only_while_it_scores(env, monkeypatch):
     import weakref
 
     from atlas_lib.core import models
-    from atlas_lib.methods import tracking
     from atlas_lib.methods.grpo import trainer as grpo
+    from atlas_lib.training.callback import AtlasCallback
 
     p = _params(**{"grpo.max_steps": 2, "grpo.eval_steps": 1})
     _prepare(p)
@@ -149,7 +149,7 @@ def test_grpo_holds_the_teacher_only_while_it_scores(env, monkeypatch):
         alive_in_training.append(sum(r() is not None for r in loaded))
 
     monkeypatch.setattr(models, "load_model", spy)
-    monkeypatch.setattr(tracking.AtlasCallback, "on_step_begin", step_begin, raising=False)
+    monkeypatch.setattr(AtlasCallback, "on_step_begin", step_begin, raising=False)
     s = grpo.run_grpo(p)
     assert len(loaded) == 4  # eval points 0, 1, 2 and the rest of the final evaluation
     assert alive_in_training == [0, 0]

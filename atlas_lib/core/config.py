@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from atlas_lib.core import paths, registry, validate
-from atlas_lib.core.paths import data_file, resolve_params_path  # data_file: re-exported
+from atlas_lib.core.paths import data_file, resolve_params_path
 from atlas_lib.core.sections import CONTROL_NAMES, RENAMED, SHARED_SECTIONS, TrainSection, field_names
 from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
 

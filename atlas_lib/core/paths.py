@@ -82,25 +82,7 @@ def contained(value, field: str, *, profile: str | None = None, what: str = "pro
                 f"profile's {', '.join(STAGE_DIRS)} folder (e.g. {profile}/my-run); nothing was written")
     if not isinstance(value, str) or not value:
         raise ParamsError(f"{field} = {value!r}: {rule}")
-    segments = value.split("/")
-    why = None
-    if value.startswith("/") or value.startswith("~") or (os.sep != "/" and os.path.isabs(value)):
-        why = "an absolute path"
-    elif profile is None and len(segments) > 1:
-        why = "more than one folder"
-    elif any(not s for s in segments):
-        why = "an empty segment ('//' or a trailing '/')"
-    elif any(s.startswith(".") for s in segments):
-        why = f"segment {next(s for s in segments if s.startswith('.'))!r} starts with a dot"
-    elif any(not SEGMENT.fullmatch(s) for s in segments):
-        bad = next(s for s in segments if not SEGMENT.fullmatch(s))
-        why = f"segment {bad[:40]!r} holds {next(c for c in bad if not SEGMENT.fullmatch(c))!r}"
-    elif any(len(s) > MAX_SEGMENT for s in segments):
-        why = f"a segment of {max(len(s) for s in segments)} characters"
-    elif profile is not None and len(segments) >= 2 and segments[1] in STAGE_DIRS:
-        why = f"{'/'.join(segments[:2])} is a profile's {segments[1]} folder, not a run's"
-    elif profile is not None and value == profile:
-        why = "the profile's own folder"
+    why = _name_problem(value, profile)
     if why is None:
         path = root / value
         real_root, real = root.resolve(), path.resolve()
@@ -109,6 +91,30 @@ def contained(value, field: str, *, profile: str | None = None, what: str = "pro
         else:
             return path
     raise ParamsError(f"{field} = {value[:80] + '...' if len(value) > 80 else value!r}: {why}; {rule}")
+
+
+def _name_problem(value: str, profile: str | None) -> str | None:
+    """What makes ``value`` no name :func:`contained` accepts (its rule, before links are followed), or None."""
+    segments = value.split("/")
+    if value.startswith("/") or value.startswith("~") or (os.sep != "/" and os.path.isabs(value)):
+        return "an absolute path"
+    if profile is None and len(segments) > 1:
+        return "more than one folder"
+    if any(not s for s in segments):
+        return "an empty segment ('//' or a trailing '/')"
+    dotted = next((s for s in segments if s.startswith(".")), None)
+    if dotted is not None:
+        return f"segment {dotted!r} starts with a dot"
+    bad = next((s for s in segments if not SEGMENT.fullmatch(s)), None)
+    if bad is not None:
+        return f"segment {bad[:40]!r} holds {next(c for c in bad if not SEGMENT.fullmatch(c))!r}"
+    if any(len(s) > MAX_SEGMENT for s in segments):
+        return f"a segment of {max(len(s) for s in segments)} characters"
+    if profile is not None and len(segments) >= 2 and segments[1] in STAGE_DIRS:
+        return f"{'/'.join(segments[:2])} is a profile's {segments[1]} folder, not a run's"
+    if profile is not None and value == profile:
+        return "the profile's own folder"
+    return None
 
 
 def root_variable(path: str | os.PathLike) -> str | None:

@@ -77,7 +77,7 @@ def preflight(params: Params, stage: str, *, resume: bool = False, reuse_finishe
     """Everything :meth:`atlas_lib.core.rundir.RunDir.open` refuses, checked without writing anything, before any model loads
     (the CLI and notebooks call it first; ``open`` again). Returns whether the directory already holds a
     run (to continue, or, ``reuse_finished``, to reuse when it finished with these parameters and ``resume``
-    is set: :func:`atlas_lib.methods.common.run_seed` returns its summary then).
+    is set: :func:`atlas_lib.training.common.run_seed` returns its summary then).
 
     A resume continues only the kit's own run: the directory's ``config.json`` (stage, profile,
     train_hash) is the marker. A folder without it, or with another stage's or profile's, is refused

@@ -1,13 +1,14 @@
 """The method registry: one record per training method, which everything else iterates.
 
-config (its section), cli (``atlas train <key>``), the pipeline (which notebook runs it), the
+config (its section), the memory plan, cli (``atlas train <key>``), the pipeline (which notebook runs it), the
 report (row, label, colour, loss panel, divergence column, pairing) and the findings read a
-method from here; no other module names one. Adding a method = a section class in
-:mod:`atlas_lib.core.sections` (or anywhere), a runner ``run(params) -> summary`` in
-``atlas_lib/methods/<key>/``, a notebook, and one :func:`register` call (README, "Adding a method").
+method from here; no other module names one. Adding a method = a folder ``atlas_lib/methods/<key>/``
+(its section in ``config.py``, a :class:`atlas_lib.core.sections.TrainSection` subclass; a runner
+``run(params) -> summary``; a memory plan), a notebook, and one :func:`register` call (README,
+"Adding a method").
 
-Runners are named by ``"module:function"`` and imported only when a method runs, so this core
-module depends on nothing above it.
+A method's section, runner and memory plan are named by ``"module:name"`` strings and imported only
+when used, so this core module imports no method.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from atlas_lib.core import sections as S
-
+GJSD = "gjsd"  # Method.objective: a same-tokenizer generalized JSD at the section's beta
 SAME_TOKENIZER_KL = "mean reverse KL to the teacher (same tokenizer)"
 ALIGNED_DIVERGENCE = ("aligned span divergence to the teacher (cross-tokenizer; not comparable with "
                       "same-tokenizer reverse KL)")
@@ -28,7 +28,7 @@ class Method:
     """A training method as the whole kit sees it."""
 
     key: str  # its params section, run directory and stage name
-    section: type  # a TrainSection subclass
+    config: str | type  # its section, a TrainSection subclass: "atlas_lib.methods.gkd.config:GKDConfig", or the class
     runner: str | Callable  # "atlas_lib.methods.gkd.trainer:run_gkd", or the function itself
     notebook: str  # the notebook that runs it (several methods may share one)
     label: str  # the table row
@@ -44,17 +44,33 @@ class Method:
     # template), "none" (no teacher in training; only the evaluation's reverse-KL column reads one)
     teacher_template: str = "configurable"
     alignment: str = "same token ids"  # how student and teacher positions are matched, in words
+    # Its memory plan, ``plan(params, key) -> atlas_lib.training.memory.Stage`` ("module:function" or the
+    # function); None: the generic distillation plan (the student samples, the teacher scores)
+    memory: str | Callable | None = None
+    # Its own objective on held-out answers: "gjsd" (a same-tokenizer generalized JSD at its section's
+    # ``beta``, scored by the shared evaluator: notebook 01 scores the untrained student at that beta)
+    # or "own" (the method scores it itself, through its Parts' divergence_fn, or has none). Declared,
+    # never inferred from field names: another method's ``beta`` (a DPO or KL coefficient) is no JSD beta.
+    objective: str = "own"
+
+    @property
+    def section(self) -> type:
+        return resolve(self.config)
 
     @property
     def divergence_label(self) -> str:
         return SAME_TOKENIZER_KL if self.divergence == "reverse_kl" else ALIGNED_DIVERGENCE
 
     def run(self, params) -> dict:
-        fn = self.runner
-        if isinstance(fn, str):
-            module, _, attr = fn.partition(":")
-            fn = getattr(importlib.import_module(module), attr)
-        return fn(params)
+        return resolve(self.runner)(params)
+
+
+def resolve(ref):
+    """The object a ``"module:name"`` reference names (imported now); anything else as it is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 _METHODS: dict[str, Method] = {}
@@ -64,6 +80,8 @@ def register(method: Method) -> Method:
     """Add (or replace) a method; the report shows methods in registration order."""
     if not method.key.isidentifier():
         raise ValueError(f"method key {method.key!r}: must be a Python identifier (it is a params section)")
+    if method.objective not in (GJSD, "own"):
+        raise ValueError(f"method {method.key!r}: objective = {method.objective!r}; choose {GJSD!r} or 'own'")
     _METHODS[method.key] = method
     return method
 
@@ -84,26 +102,33 @@ def keys() -> list[str]:
     return list(_METHODS)
 
 
-register(Method("gkd", S.GKDConfig, "atlas_lib.methods.gkd.trainer:run_gkd", "02_gkd",
+M = "atlas_lib.methods."  # the methods' folders, named by string: imported only when used
+
+register(Method("gkd", M + "gkd.config:GKDConfig", M + "gkd.trainer:run_gkd", "02_gkd",
                 "GKD distilled student (on-policy)", "GKD", "C0", "GKD: generalized JSD on student samples",
-                alignment="same token ids (student's sample scored by the teacher)"))
-register(Method("off_policy", S.OffPolicyConfig, "atlas_lib.methods.gkd.trainer:run_off_policy", "02_gkd",
+                alignment="same token ids (student's sample scored by the teacher)",
+                memory=M + "gkd.memory:plan_gkd", objective=GJSD))
+register(Method("off_policy", M + "gkd.config:OffPolicyConfig", M + "gkd.trainer:run_off_policy", "02_gkd",
                 "Off-policy distilled student (teacher samples)", "Off-policy KD", "C4",
                 "Off-policy: generalized JSD on teacher samples",
-                alignment="same token ids (teacher's sample; it samples from the student's rendering)"))
-register(Method("grpo", S.GRPOConfig, "atlas_lib.methods.grpo.trainer:run_grpo", "03_grpo",
+                alignment="same token ids (teacher's sample; it samples from the student's rendering)",
+                memory=M + "gkd.memory:plan_off_policy", objective=GJSD))
+register(Method("grpo", M + "grpo.config:GRPOConfig", M + "grpo.trainer:run_grpo", "03_grpo",
                 "GRPO / RLVR baseline", "GRPO", "C1", "GRPO: policy loss", distills=False,
                 rewarded=True, teacher_template="none",
-                alignment="no teacher in training; the evaluation's reverse-KL column only"))
-register(Method("cross_tokenizer", S.CrossTokenizerConfig, "atlas_lib.methods.cross_tokenizer.train:run_cross_tokenizer",
-                "04_cross_tokenizer", "Cross-tokenizer student", "Cross-tokenizer distillation", "C2",
-                "Cross-tokenizer: aligned-span loss", divergence="aligned", own_student=True, teacher_template="own",
-                alignment="the kit's text-offset span alignment (teacher prompt in its own template)"))
-register(Method("gold", S.GOLDSection, "atlas_lib.methods.gold.trainer:run_gold", "04_cross_tokenizer",
+                alignment="no teacher in training; the evaluation's reverse-KL column only",
+                memory=M + "grpo.memory:plan_grpo"))
+register(Method("cross_tokenizer", M + "cross_tokenizer.config:CrossTokenizerConfig",
+                M + "cross_tokenizer.train:run_cross_tokenizer", "04_cross_tokenizer", "Cross-tokenizer student",
+                "Cross-tokenizer distillation", "C2", "Cross-tokenizer: aligned-span loss", divergence="aligned",
+                own_student=True, teacher_template="own",
+                alignment="the kit's text-offset span alignment (teacher prompt in its own template)",
+                memory=M + "cross_tokenizer.memory:plan_cross_tokenizer"))
+register(Method("gold", M + "gold.config:GOLDConfig", M + "gold.trainer:run_gold", "04_cross_tokenizer",
                 "GOLD student (TRL, cross-tokenizer)", "TRL GOLD", "C5", "GOLD: ULD + hybrid matched-token JSD",
                 divergence="aligned", own_student=True,
-                alignment="TRL GOLD: byte-offset ULD groups (use_extended_uld), teacher re-tokenizes the text"))
-
+                alignment="TRL GOLD: byte-offset ULD groups (use_extended_uld), teacher re-tokenizes the text",
+                memory=M + "gold.memory:plan_gold"))
 
 def notebook_lead(stage: str) -> str | None:
     """The first method of ``stage``'s notebook (the one its ``run_name`` parameter names), when that is

@@ -21,28 +21,20 @@ from pathlib import Path
 
 from atlas_lib.core import checkpoints
 from atlas_lib.core.config import Params
-from atlas_lib.core.files import (  # noqa: F401 (re-exported: run files are written through these)
-    DIR_MODE,
-    FILE_MODE,
+from atlas_lib.core.files import (
     RunDirError,
     atomic_write_json,
     atomic_write_text,
-    check_writable,
     clean_json,
-    disk_full,
-    elsewhere,
     read_jsonl,
     share_tree,
-    umask,
     unwritable,
 )
-from atlas_lib.core.preflight import (  # noqa: F401 (re-exported: the run directory's checks)
-    check_marker,
+from atlas_lib.core.preflight import (
     load_summary,
     lock_holder,
     pid_alive,
     preflight,
-    preflight_runs,
     read_marker,
     stage_dir,
     train_hash,

@@ -1,8 +1,9 @@
-"""The typed sections of a parameter set: the shared ones, :class:`TrainSection` (the fields every
-method has, written once), and one section per method that adds only its own knobs. Every field
+"""The typed sections of a parameter set: the shared ones and :class:`TrainSection` (the fields every
+method has, written once). Each method's own section (a subclass adding only its knobs) lives in its
+folder, ``atlas_lib/methods/<key>/config.py``, named by the registry. Every field
 carries its doc and range (:func:`atlas_lib.core.validate.fld`); :meth:`TrainSection.check` holds the
 checks that span fields: all a parameter set can get wrong is refused here, before any model loads.
-Defaults live here only. A method's ``max_completion_length`` (tokens sampled per training completion)
+Shared defaults live here only. A method's ``max_completion_length`` (tokens sampled per training completion)
 and ``evaluation.max_new_tokens`` (the greedy budget of every evaluation) are kept apart on purpose.
 """
 
@@ -17,7 +18,7 @@ from atlas_lib.core.validate import ParamsError, fld
 
 log = logging.getLogger(__name__)
 
-# Optimizers a training stage may use (atlas_lib.methods.loop.optimizer_args maps them onto TRL's).
+# Optimizers a training stage may use (atlas_lib.training.loop.optimizer_args maps them onto TRL's).
 OPTIMIZERS = ("adamw", "adamw_8bit_bf16")
 _OPTIMIZER_DOC = ("adamw: torch AdamW on fp32 master weights (weights, grads and two moments: 16 bytes per "
                   "parameter; exact). adamw_8bit_bf16: the student's weights and grads in bf16 and torchao's "
@@ -27,11 +28,7 @@ _OPTIMIZER_DOC = ("adamw: torch AdamW on fp32 master weights (weights, grads and
 MAX_FEW_SHOT = 2
 # LoRA (peft) settings a method's `lora` block may hold, with their defaults.
 LORA_DEFAULTS = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
-# TRL trainers the gkd section may run on (atlas_lib.methods.gkd.trainer picks one).
-GKD_ENGINES = ("gkd", "distillation")
 CONTROL_NAMES = ("step_by_step",)  # evaluation.controls' names (atlas_lib.data.prompts.CONTROLS; a test pins the two)
-# Reward names GRPO may use (atlas_lib.methods.grpo.rewards.REWARDS implements them; a test pins the two).
-REWARD_NAMES = ("exact_match", "format")
 
 
 @dataclass
@@ -210,102 +207,6 @@ def default(name: str, value, doc: str | None = None):
     if isinstance(value, (list, dict)):
         return field(default_factory=lambda v=value: type(v)(v), metadata=meta)
     return field(default=value, metadata=meta)
-
-
-@dataclass
-class GKDConfig(TrainSection):
-    """On-policy distillation (TRL's GKDTrainer, or its DistillationTrainer: ``engine``): the student
-    samples, a same-tokenizer teacher scores every token of the sample, and the student minimises
-    the generalized JSD between the two."""
-
-    lmbda: float = fld(1.0, "Fraction of batches built from student samples (1.0 = fully on-policy).",
-                       ge=0.0, le=1.0)
-    beta: float = fld(0.5, "Generalized JSD interpolation: 0 forward KL, 1 reverse KL.", ge=0.0, le=1.0)
-    seq_kd: bool = fld(False, "Sequence-level KD: non-student batches use teacher samples instead of references.")
-    loss_chunk_size: int = fld(0, "Compute the JSD over this many positions at a time (0 = all at "
-                               "once); bounds full-vocabulary logit memory. Engine gkd only: the distillation "
-                               "engine always projects and scores in tiles (TRL's chunked kernel).", ge=0)
-    engine: str = fld("gkd", "TRL trainer that runs the same objective: gkd (GKDTrainer; any lmbda, seq_kd) or "
-                      "distillation (DistillationTrainer, the stable TRL trainer: fully on-policy only, lmbda 1 "
-                      "and seq_kd false; can generate with vLLM). Both sample at `temperature` and score the JSD "
-                      "at temperature 1 over the sampled completion tokens (atlas_lib/methods/gkd/trainer.py).",
-                      choices=GKD_ENGINES)
-    use_vllm: bool = fld(False, "Generate the student's samples with vLLM (GPU; pip install vllm). Engine "
-                         "distillation only.")
-    vllm_mode: str = fld("colocate", "vLLM placement when use_vllm: colocate (in the training process) or server "
-                         "(a `trl vllm-serve` process). Engine distillation only.", choices=("colocate", "server"))
-
-    def check(self, key: str, eval_budget: int) -> None:
-        super().check(key, eval_budget)
-        if self.engine == "distillation" and (self.lmbda != 1.0 or self.seq_kd):
-            raise ParamsError(f"{key}.engine = 'distillation' is fully on-policy: it needs {key}.lmbda = 1.0 and "
-                              f"{key}.seq_kd = false (got lmbda = {self.lmbda}, seq_kd = {str(self.seq_kd).lower()}); "
-                              f"set {key}.engine: gkd for a mixed or sequence-level run")
-        if self.use_vllm and self.engine != "distillation":
-            raise ParamsError(f"{key}.use_vllm = true needs {key}.engine = 'distillation' (GKDTrainer samples "
-                              f"with transformers only); set {key}.engine: distillation or {key}.use_vllm: false")
-        if self.use_vllm and importlib.util.find_spec("vllm") is None:
-            raise ParamsError(f"{key}.use_vllm = true needs vllm (GPU): pip install vllm, or set {key}.use_vllm: false")
-
-
-@dataclass
-class OffPolicyConfig(TrainSection):
-    """Off-policy distillation, the arm on-policy distillation is compared against: the teacher samples
-    the completions and the student is trained on them (GKD with lmbda 0 and seq_kd), same loss."""
-
-    enabled: bool = default("enabled", False)
-    beta: float = fld(0.5, "Generalized JSD interpolation on the teacher's samples (0 forward KL: classic KD).",
-                      ge=0.0, le=1.0)
-    loss_chunk_size: int = fld(0, "Compute the JSD over this many positions at a time (0 = all at once).", ge=0)
-
-
-@dataclass
-class GRPOConfig(TrainSection):
-    """RLVR (TRL GRPOTrainer), no teacher: the group-relative advantage of an exact-match reward."""
-
-    learning_rate: float = default("learning_rate", 1e-6)
-    gradient_accumulation_steps: int = default("gradient_accumulation_steps", 32)
-    max_steps: int = default("max_steps", 300)
-    num_generations: int = fld(8, "Completions per prompt (the group).", ge=2)
-    loss_type: str = fld("dapo", "TRL loss aggregation (pinned: TRL changed its default).",
-                         choices=("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"))
-    beta: float = fld(0.0, "KL coefficient to the reference model (0 = no reference model).", ge=0.0)
-    scale_rewards: str = fld("group", "Reward std normalisation: group, batch or none.",
-                             choices=("group", "batch", "none"))
-    reward_funcs: list = fld(["exact_match"], f"Reward names: {', '.join(REWARD_NAMES)}.")
-    use_vllm: bool = fld(False, "Generate with vLLM (GPU only).")
-    vllm_mode: str = fld("colocate", "vLLM placement when use_vllm.", choices=("colocate", "server"))
-
-    def check(self, key: str, eval_budget: int) -> None:
-        super().check(key, eval_budget)
-        if self.sequences_per_step() % self.num_generations:
-            raise ParamsError(f"{key}: per_device_train_batch_size x gradient_accumulation_steps = {self.sequences_per_step()} "
-                              f"rollouts per step must be a multiple of {key}.num_generations = {self.num_generations}")
-        bad = [n for n in self.reward_funcs if n not in REWARD_NAMES]
-        if bad or not self.reward_funcs:
-            raise ParamsError(f"{key}.reward_funcs = {self.reward_funcs!r}: choose from {', '.join(REWARD_NAMES)}")
-
-
-@dataclass
-class CrossTokenizerConfig(TrainSection):
-    """On-policy distillation between models with different tokenizers (the kit's text-offset
-    alignment of spans, any tokenizer pair; the run records whether TRL's GOLD would accept it)."""
-
-    teacher: str = fld("qwen2.5-coder-1.5b-instruct", "Teacher (hub id, local dir or embedded name).")
-    student: str = fld("smollm2-135m-instruct", "Student with a different tokenizer.")
-    lmbda: float = fld(1.0, "Fraction of on-policy student samples.", ge=0.0, le=1.0)
-    beta: float = fld(0.5, "Generalized JSD interpolation on aligned spans.", ge=0.0, le=1.0)
-
-
-@dataclass
-class GOLDSection(CrossTokenizerConfig):
-    """TRL's GOLD (``trl.experimental.gold.GOLDTrainer``) on the same knobs: ULD over byte-offset
-    alignment groups, with ``hybrid`` a generalized JSD (``beta``) on tokens both vocabularies share.
-    ByteLevel BPE pairs only (GOLD refuses SentencePiece; the run stops with TRL's reason)."""
-
-    enabled: bool = default("enabled", False)
-    hybrid: bool = fld(True, "uld_use_hybrid_loss: JSD on same-string tokens, ULD (sorted L1) on the rest.")
-    crossentropy_weight: float = fld(0.0, "uld_crossentropy_weight: student cross-entropy on its samples.", ge=0.0)
 
 
 SHARED_SECTIONS: dict[str, type] = {

@@ -65,15 +65,11 @@ import sympy
 from math_verify import verify
 
 from atlas_lib.data.answer_math import canonical_number, first_number, parse_math, timeout
-from atlas_lib.data.answer_text import (  # noqa: F401 (re-exported: the grader's names live here)
-    Answer,
+from atlas_lib.data.answer_text import (
     after_equals,
     clean,
-    final_answer_text,
-    final_marker_text,
     read_answer,
     tokens,
-    undone_ops,
 )
 
 _PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from atlas_lib.core.config import Params, ParamsError, data_file
+from atlas_lib.core.config import Params, ParamsError
 from atlas_lib.core.errors import KitMessage
+from atlas_lib.core.paths import data_file
 from atlas_lib.core.sections import DataConfig
-from atlas_lib.data.answers import final_marker_text
+from atlas_lib.data.answer_text import final_marker_text
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _COLUMN_KEYS = ("question", "solution", "answer", "id", "group")

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from atlas_lib.core.config import Params, data_file
-from atlas_lib.core.paths import relative_to_root, runs_root
-from atlas_lib.core.rundir import atomic_write_json, atomic_write_text, move_aside
+from atlas_lib.core.config import Params
+from atlas_lib.core.files import atomic_write_json, atomic_write_text
+from atlas_lib.core.paths import data_file, relative_to_root, runs_root
+from atlas_lib.core.rundir import move_aside
 from atlas_lib.core.sections import PromptConfig
 from atlas_lib.data.answers import normalize_reference
 from atlas_lib.data.prompts import build_messages, format_solution

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from atlas_lib.core import models, registry
 from atlas_lib.core.config import Params
+from atlas_lib.core.files import atomic_write_json
 from atlas_lib.core.paths import runs_root
+from atlas_lib.core.preflight import load_summary
 from atlas_lib.core.provenance import provenance
-from atlas_lib.core.rundir import atomic_write_json, load_summary
 from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import prompts, splits
 from atlas_lib.evaluation import evaluate as ev
@@ -58,12 +59,12 @@ def baseline_metrics(params: Params) -> dict:
 
 
 def objective_betas(params: Params) -> tuple[float, ...]:
-    """The betas of the enabled same-tokenizer distilling methods: the untrained student's answers are
-    scored at each (``objective_by_beta``), so each method's own objective has its starting point
-    (keyed by beta, so a changed beta finds no value rather than a wrong one)."""
+    """The betas of the enabled methods whose objective is a same-tokenizer generalized JSD (declared in
+    the registry: ``objective == "gjsd"``): the untrained student's answers are scored at each
+    (``objective_by_beta``), so each method's own objective has its starting point (keyed by beta, so a
+    changed beta finds no value rather than a wrong one)."""
     return tuple(dict.fromkeys(float(params.section(k).beta) for k in params.enabled()
-                               if registry.get(k).distills and registry.get(k).divergence == "reverse_kl"
-                               and not registry.get(k).own_student and hasattr(params.section(k), "beta")))
+                               if registry.get(k).objective == registry.GJSD))
 
 
 def control_role(name: str) -> str:

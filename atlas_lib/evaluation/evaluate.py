@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from atlas_lib.core.rundir import atomic_write_json, atomic_write_text
+from atlas_lib.core.files import atomic_write_json, atomic_write_text
 from atlas_lib.core.runtime import heap_for_large_buffers
 from atlas_lib.data import answers
 from atlas_lib.data.prompts import build_messages, render_prompt
@@ -232,6 +232,35 @@ def heldout_objective(records: list[dict]) -> float | None:
     return sum(x * n for x, n in pairs) / units if units else None
 
 
+def _graded(ex: dict, prompt: str, msgs: list, g: dict) -> dict:
+    """One evaluation record: the completion, its graded answer and its token counts."""
+    ref = str(ex["answer"])
+    return {"id": ex["id"], "prompt": prompt, "messages": msgs, "completion": g["text"],
+            # a completion cut at the budget is graded as cut (the grader's module doc)
+            "extracted": answers.extract_answer(g["text"], g["truncated"]), "reference": ref,
+            "correct": answers.is_correct(g["text"], ref, g["truncated"]), "generated_tokens": g["n_tokens"],
+            "prompt_tokens": g["prompt_tokens"], "truncated": g["truncated"], "reverse_kl": None}
+
+
+def _add_teacher_scores(r: dict, g: dict, sc: dict | None, tokenizer, objective_beta: float | None) -> None:
+    """Put the teacher's scores of one completion on its record: the mean reverse KL, the log-ratio per
+    character, the generalized JSD at each asked beta (``objective`` at the method's own) and the
+    per-token KL."""
+    kl = None if sc is None else sc["kl"]
+    r["reverse_kl"] = None if kl is None else float(sum(kl) / len(kl))
+    if sc is None:
+        return
+    r["logratio_per_char"] = logratio.per_char(sc["logp_student"], sc["logp_teacher"], g["text"])
+    r["logratio_version"] = logratio.VERSION
+    if "objective_by_beta" in sc:
+        r["objective_by_beta"], r["objective_units"] = sc["objective_by_beta"], len(sc["kl"])
+        if objective_beta is not None:
+            r["objective"] = sc["objective_by_beta"][beta_key(objective_beta)]
+    if kl is not None:  # the per-problem page shades each token by it (report.problems)
+        r["token_kl"] = [[piece, round(x, 3)] for piece, x in
+                         zip(token_pieces(tokenizer, g["completion_ids"]), kl, strict=True)]
+
+
 def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_tokens: int, batch_size: int,
              teacher=None, teacher_tokenizer=None,
              divergence_fn: Callable[[list[dict]], list[float]] | None = None, desc: str = "eval",
@@ -252,34 +281,16 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     prompts = [render_prompt(tokenizer, m) for m in messages]
     gens = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc)
     gen_seconds = time.monotonic() - t0
-    records = []
-    for ex, prompt, msgs, g in zip(examples, prompts, messages, gens, strict=True):
-        ref = str(ex["answer"])
-        records.append({"id": ex["id"], "prompt": prompt, "messages": msgs, "completion": g["text"],
-                        # a completion cut at the budget is graded as cut (the grader's module doc)
-                        "extracted": answers.extract_answer(g["text"], g["truncated"]), "reference": ref,
-                        "correct": answers.is_correct(g["text"], ref, g["truncated"]), "generated_tokens": g["n_tokens"],
-                        "prompt_tokens": g["prompt_tokens"], "truncated": g["truncated"], "reverse_kl": None})
+    records = [_graded(ex, prompt, msgs, g) for ex, prompt, msgs, g in zip(examples, prompts, messages, gens, strict=True)]
     kl_note, t_kl = None, time.monotonic()
     if teacher is not None:
         if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
+            betas = tuple(dict.fromkeys([*objective_betas, *([] if objective_beta is None else [objective_beta])]))
             with heap_for_large_buffers():  # the teacher scores prompt + completion: prefill-sized buffers
-                betas = tuple(dict.fromkeys([*objective_betas, *([] if objective_beta is None else [objective_beta])]))
                 scored = score_completions(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
                                            vocab_size=len(tokenizer), objective_betas=betas)
             for r, g, sc in zip(records, gens, scored, strict=True):
-                kl = None if sc is None else sc["kl"]
-                r["reverse_kl"] = None if kl is None else float(sum(kl) / len(kl))
-                if sc is not None:
-                    r["logratio_per_char"] = logratio.per_char(sc["logp_student"], sc["logp_teacher"], g["text"])
-                    r["logratio_version"] = logratio.VERSION
-                    if "objective_by_beta" in sc:
-                        r["objective_by_beta"], r["objective_units"] = sc["objective_by_beta"], len(sc["kl"])
-                        if objective_beta is not None:
-                            r["objective"] = sc["objective_by_beta"][beta_key(objective_beta)]
-                if kl is not None:  # the per-problem page shades each token by it (report.problems)
-                    r["token_kl"] = [[piece, round(x, 3)] for piece, x in
-                                     zip(token_pieces(tokenizer, g["completion_ids"]), kl, strict=True)]
+                _add_teacher_scores(r, g, sc, tokenizer, objective_beta)
         else:
             kl_note = KL_UNDEFINED
     kl_seconds = time.monotonic() - t_kl

@@ -398,7 +398,7 @@ def _fmt_tok(t: dict | None) -> str:
 
 
 def write(report: dict, path: Path) -> Path:
-    from atlas_lib.core.rundir import atomic_write_json
+    from atlas_lib.core.files import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, json.loads(json.dumps(report, default=str)))

@@ -18,10 +18,12 @@ from pathlib import Path
 import pandas as pd
 
 from atlas_lib.core import config, registry, rundir, seeds
+from atlas_lib.core.files import read_jsonl
 from atlas_lib.core.paths import runs_root
+from atlas_lib.core.preflight import stage_dir
 from atlas_lib.evaluation import stats
 from atlas_lib.evaluation.audit import FormAudit, audit, hacking_suspected
-from atlas_lib.methods import outcome
+from atlas_lib.training import outcome
 
 log = logging.getLogger(__name__)
 NAN = float("nan")
@@ -105,7 +107,7 @@ def load_run(path: Path, key: str, method: str | None = None, label: str | None 
     rel = rundir_rel(path)
     notes: list[str] = []
     summary = _read_json(path / "summary.json", notes, f"{rel}/summary.json")
-    rows = rundir.read_jsonl(path / "metrics.jsonl")
+    rows = read_jsonl(path / "metrics.jsonl")
     info = RunInfo(key, rel, "not run", summary or {}, _frame([r for r in rows if r.get("kind") == "train"]),
                    _frame([r for r in rows if r.get("kind") == "eval"]), notes, method,
                    label or (spec.label if spec else key), name or label or (spec.name if spec else key),
@@ -151,14 +153,14 @@ def run_dirs(params: config.Params) -> dict[str, tuple]:
     out: dict[str, tuple] = {}
     colors = iter(_sweep_colors(len(params.sweeps)))
     for key in params.enabled():
-        out[key] = (rundir.stage_dir(params, key), key, None, None)
+        out[key] = (stage_dir(params, key), key, None, None)
         spec = registry.get(key)
         for s, variant in seeds.seed_variants(params, key):
             # one name per row: "GKD (seed 43)" in sentences, the registry's label with the seed in the table
-            out[f"{key}-seed{s}"] = (rundir.stage_dir(variant, key), key, f"{spec.label} (seed {s})", spec.color,
+            out[f"{key}-seed{s}"] = (stage_dir(variant, key), key, f"{spec.label} (seed {s})", spec.color,
                                      f"{spec.name} (seed {s})")
         for name, variant in config.sweep_variants(params, key):
-            out[f"sweep-{name}"] = (rundir.stage_dir(variant, key), key, config.sweep_label(params, name),
+            out[f"sweep-{name}"] = (stage_dir(variant, key), key, config.sweep_label(params, name),
                                     next(colors))
     return out
 
@@ -194,11 +196,11 @@ def collect(params: config.Params) -> Collected:
         if info.spec is not None and info.spec.own_student:
             paths[f"{key}_pre"] = run_dir / "eval" / "initial_full.records.jsonl"
         paths[key] = run_dir / "eval" / "final_full.records.jsonl"
-    questions = {r["id"]: r.get("question", "") for r in rundir.read_jsonl(profile / "data" / "eval.jsonl")
+    questions = {r["id"]: r.get("question", "") for r in read_jsonl(profile / "data" / "eval.jsonl")
                  if "id" in r}
     correct, audits = {}, {}
     for key, path in paths.items():
-        records = rundir.read_jsonl(path)
+        records = read_jsonl(path)
         correct[key] = {r["id"]: bool(r["correct"]) for r in records if "id" in r and "correct" in r}
         audits[key] = audit(records, questions)
     by_seed = {key: [(seeds.train_seed(params), key)] + [(s, f"{key}-seed{s}") for s, _ in seeds.seed_variants(params, key)]

@@ -51,7 +51,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from atlas_lib.core.rundir import atomic_write_text
+from atlas_lib.core.files import atomic_write_text
 from atlas_lib.report.table import (
     ALIGNED_COL,
     CUT_COL,

@@ -14,8 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from atlas_lib.core.files import atomic_write_text
 from atlas_lib.core.paths import cache_root, project_root, runs_root
-from atlas_lib.core.rundir import atomic_write_text
 from atlas_lib.core.validate import TOKEN_LIKE
 from atlas_lib.report.mathml import math_to_mathml
 

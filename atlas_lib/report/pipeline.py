@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from atlas_lib.core import config, registry, rundir, seeds
+from atlas_lib.core.files import RunDirError, atomic_write_json
 from atlas_lib.core.paths import (
     contained,
     notebooks_dir,
@@ -28,15 +29,11 @@ from atlas_lib.core.paths import (
     reports_root,
     resolve_params_path,
 )
-from atlas_lib.core.rundir import (
-    RunDir,
-    RunDirError,
-    atomic_write_json,
-    move_aside,
-)
+from atlas_lib.core.preflight import check_marker, stage_dir
+from atlas_lib.core.rundir import RunDir, move_aside
 from atlas_lib.report import seed_order
-from atlas_lib.report.site import render_site, write_table_files  # noqa: F401 (write_table_files re-exported)
-from atlas_lib.report.stage_run import (  # noqa: F401 (re-exported: the pipeline's names)
+from atlas_lib.report.site import render_site
+from atlas_lib.report.stage_run import (
     INTERRUPTED,
     PipelineError,
     Step,
@@ -147,13 +144,7 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
         marker = nb_dir / f"{step.notebook}.done.json"
         done = json.loads(marker.read_text()) if marker.exists() else {}
         skip = only is not None and not set(step.stages) & {*only, "report"}
-        missing = None if skip or force or read_only is not None or done.get("fingerprint") != fp \
-            else _incomplete(params, step, profile_dir)
-        if missing:
-            log.info("[%s] its finished run is incomplete on disk (%s): running it again", step.notebook, missing)
-        if skip or (not force and done.get("fingerprint") == fp and not missing):
-            log.info("[%s] %s", step.notebook, "skipped (--only)" if skip else
-                     "reusing the finished run (params and inputs unchanged; --force re-runs)")
+        if _reused(params, step, profile_dir, fp, done, skip=skip, force=force, read_only=read_only is not None):
             upstream += fp
             continue
         if read_only is not None:
@@ -163,34 +154,56 @@ def _run_steps(params: config.Params, path: Path, profile_dir: Path, nb_dir: Pat
                 continue
             raise RunDirError(f"{read_only} ({step.notebook} would have to run: "
                               f"{'--force' if force else 'its stage is unfinished or its inputs changed'})")
-        resume = step.notebook in seeded or (not force and resumable(params, step))
-        if resume:
-            log.info("[%s] %s", step.notebook, "every seed: reusing the seed passes' runs, training the last seed"
-                     if step.notebook in seeded else "resuming the interrupted run from its last checkpoint")
-        elif step.run_dirs and any(any(profile_dir.glob(p)) for p in step.run_dirs):
-            _move_aside(profile_dir, step, params)
         marker.unlink(missing_ok=True)
-        log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
-        t0 = time.monotonic()
-        term = None if verbose else terminal()
-        try:
-            execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
-                    log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose,
-                    progress=stage_progress(params, step, term) if term is not None else None)
-        finally:
-            if term is not None:
-                term.close()
-            if INTERRUPTED:
-                _release_stale_locks(params, step)
-        if INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
-            raise PipelineError(f"interrupted ({interruption()}) in {step.notebook}; its run keeps its last "
-                                "checkpoint: run the same command again to resume")
-        timings[step.notebook] = round(time.monotonic() - t0, 1)
+        timings[step.notebook] = _execute_step(params, step, path, profile_dir, nb_dir, force, verbose, seeded)
         fp = fingerprint(params, step, upstream, profile_dir)  # after the run: with the split it wrote
         upstream += fp
         atomic_write_json(marker, {"fingerprint": fp, "seconds": timings[step.notebook]})
         log.info("[%s] done in %.0f s", step.notebook, timings[step.notebook])
     return timings
+
+
+def _reused(params: config.Params, step: Step, profile_dir: Path, fp: str, done: dict, *, skip: bool, force: bool,
+            read_only: bool) -> bool:
+    """Whether ``step`` is left as it is: skipped by --only, or (without --force) finished with these
+    params and inputs (its marker's fingerprint) and complete on disk (not checked when read-only)."""
+    same = done.get("fingerprint") == fp
+    missing = None if skip or force or read_only or not same else _incomplete(params, step, profile_dir)
+    if missing:
+        log.info("[%s] its finished run is incomplete on disk (%s): running it again", step.notebook, missing)
+    if skip or (not force and same and not missing):
+        log.info("[%s] %s", step.notebook, "skipped (--only)" if skip else
+                 "reusing the finished run (params and inputs unchanged; --force re-runs)")
+        return True
+    return False
+
+
+def _execute_step(params: config.Params, step: Step, path: Path, profile_dir: Path, nb_dir: Path, force: bool,
+                  verbose: bool, seeded: set) -> float:
+    """Run ``step``'s notebook (resuming its interrupted run, or moving an old one aside first); the
+    seconds it took."""
+    resume = step.notebook in seeded or (not force and resumable(params, step))
+    if resume:
+        log.info("[%s] %s", step.notebook, "every seed: reusing the seed passes' runs, training the last seed"
+                 if step.notebook in seeded else "resuming the interrupted run from its last checkpoint")
+    elif step.run_dirs and any(any(profile_dir.glob(p)) for p in step.run_dirs):
+        _move_aside(profile_dir, step, params)
+    log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
+    t0 = time.monotonic()
+    term = None if verbose else terminal()
+    try:
+        execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
+                log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose,
+                progress=stage_progress(params, step, term) if term is not None else None)
+    finally:
+        if term is not None:
+            term.close()
+        if INTERRUPTED:
+            _release_stale_locks(params, step)
+    if INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C
+        raise PipelineError(f"interrupted ({interruption()}) in {step.notebook}; its run keeps its last "
+                            "checkpoint: run the same command again to resume")
+    return round(time.monotonic() - t0, 1)
 
 
 def _preflight_step(params: config.Params, step: Step, profile_dir: Path) -> None:
@@ -200,9 +213,9 @@ def _preflight_step(params: config.Params, step: Step, profile_dir: Path) -> Non
         if params.run_name(k) == f"{params.name}/{k}":
             continue  # the default names (its variants' too) are the pipeline's own folders: reused, resumed or moved aside
         for p in (params, *seeds.variants(params, k)):
-            path = rundir.stage_dir(p, k)
+            path = stage_dir(p, k)
             if not (path.parent == profile_dir and any(fnmatch.fnmatch(path.name, pat) for pat in step.run_dirs)):
-                rundir.check_marker(p, k)
+                check_marker(p, k)
 
 
 def _incomplete(params: config.Params, step: Step, profile_dir: Path) -> str | None:
@@ -226,7 +239,7 @@ def _release_stale_locks(params: config.Params, step: Step) -> None:
     SIGTERM to the report alone leaves the kernel to papermill's shutdown, which may outlive the handler)."""
     deadline = time.monotonic() + 10
     for p, k in _step_runs(params, step):
-        rd = RunDir(rundir.stage_dir(p, k))
+        rd = RunDir(stage_dir(p, k))
         while rd.holder() is not None and time.monotonic() < deadline:
             time.sleep(0.2)
         rd.clear_stale_lock()

@@ -12,7 +12,8 @@ import html
 import json
 from pathlib import Path
 
-from atlas_lib.core import config, rundir
+from atlas_lib.core import config
+from atlas_lib.core.files import atomic_write_text, read_jsonl
 from atlas_lib.core.paths import runs_root
 from atlas_lib.evaluation.baselines import baseline_dir
 from atlas_lib.report.collect import Collected
@@ -21,7 +22,7 @@ from atlas_lib.report.table import BASE_LABELS, results_table
 
 
 def _records(path: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in rundir.read_jsonl(path) if "id" in r}
+    return {r["id"]: r for r in read_jsonl(path) if "id" in r}
 
 
 def completions(params: config.Params, col: Collected) -> tuple[list[tuple[str, str]], dict[str, dict]]:
@@ -105,7 +106,7 @@ def render(params: config.Params, col: Collected, path: Path, nav: str = "", tab
     # a method trained at several seeds: its own run is the first seed's (the table's row under its key is the mean)
     names = {k: f"{k}-seed{col.seeds[k][0][0]}" if k in col.seeds else k for k, _ in rows}
     rows = [(k, table.loc[names[k], "Model / Method"] if names[k] in table.index else label) for k, label in rows]
-    data = {r["id"]: r for r in rundir.read_jsonl(runs_root() / params.name / "data" / "eval.jsonl")}
+    data = {r["id"]: r for r in read_jsonl(runs_root() / params.name / "data" / "eval.jsonl")}
     ids = list(next(iter(recs.values())))
     options = "".join(f'<option value="{i}">{html.escape(label)}</option>' for i, (_, label) in enumerate(rows))
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in rows)
@@ -158,5 +159,5 @@ document.getElementById('m').value='ab';if(!f()){{document.getElementById('m').v
 <script type="application/json" id="rows">{rows_json}</script>
 </body></html>"""
     text, _ = scrub_text(page)
-    rundir.atomic_write_text(path, text)
+    atomic_write_text(path, text)
     return path

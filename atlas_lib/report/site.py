@@ -8,7 +8,7 @@ from html import escape as html_escape
 from pathlib import Path
 
 from atlas_lib.core import config, registry
-from atlas_lib.core.rundir import atomic_write_text
+from atlas_lib.core.files import atomic_write_text
 from atlas_lib.report import findings_check, problems
 from atlas_lib.report.collect import Collected, collect
 from atlas_lib.report.findings import headline

@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 from matplotlib.figure import Figure
 
-from atlas_lib.core import rundir
+from atlas_lib.core.preflight import stage_dir
 from atlas_lib.report.charts import absent, acc_errorbar, aligned, done, figure, series
 from atlas_lib.report.collect import load_run
 
@@ -43,7 +43,7 @@ def stage_figure(info, keep_open: bool = False) -> Figure:
 
 def stage_view(params, key: str):
     """(eval points, figure) of one method's run, for the end of notebooks 02-04."""
-    info = load_run(rundir.stage_dir(params, key), key)
+    info = load_run(stage_dir(params, key), key)
     for n in info.notes:
         log.info("%s: %s", key, n)
     keep = ["step", "seconds", "device_hours", "accuracy", "ci_low", "ci_high", "n", "avg_generated_tokens",

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas_lib.core import config, registry, seeds
+from atlas_lib.core.files import RunDirError, disk_full, unwritable
 from atlas_lib.core.paths import notebooks_dir, project_root, relative_to_root
-from atlas_lib.core.rundir import RunDirError, disk_full, stage_dir, unwritable
+from atlas_lib.core.preflight import stage_dir
 from atlas_lib.report.progress import StageProgress
 
 log = logging.getLogger(__name__)

@@ -119,28 +119,36 @@ def _incremental_ends(ids: list[int], tok, window: int | None) -> tuple[list[int
     for i, tid in enumerate(ids):
         if tid in no_text:
             continue
-        # The window starts at a unit boundary, so it never begins inside a multibyte char.
-        p = 0
-        if window is not None:
-            p = unit_starts[max(bisect.bisect_right(unit_starts, first_open - window) - 1, 0)]
+        p = _window_start(unit_starts, first_open, window)
         if ref_key != (p, first_open):
             ref_key, ref = (p, first_open), dec(p, first_open)
         cur = dec(p, i + 1)
         if cur.endswith("\ufffd") or not cur.startswith(ref):
             continue  # an incomplete character: its end is the end of the token that completes it
         text += cur[len(ref):]
-        for j in range(first_open, i + 1):
-            if ids[j] not in no_text:
-                ends[j] = len(text)
+        _mark_ends(ends, ids, no_text, first_open, i + 1, len(text))
         first_open = i + 1
         unit_starts.append(first_open)
     tail = dec(unit_starts[-1], len(ids)) if first_open < len(ids) else ""
     if tail:  # the text ends inside a character: it decodes with replacement chars
         text += tail
-        for j in range(first_open, len(ids)):
-            if ids[j] not in no_text:
-                ends[j] = len(text)
+        _mark_ends(ends, ids, no_text, first_open, len(ids), len(text))
     return ends, text
+
+
+def _window_start(unit_starts: list[int], first_open: int, window: int | None) -> int:
+    """Where the decoded window starts: a unit boundary (never inside a multibyte char) at least
+    ``window`` tokens before the first open token; 0 without a window."""
+    if window is None:
+        return 0
+    return unit_starts[max(bisect.bisect_right(unit_starts, first_open - window) - 1, 0)]
+
+
+def _mark_ends(ends: list[int | None], ids: list[int], no_text: set, lo: int, hi: int, end: int) -> None:
+    """Tokens ``lo``..``hi - 1`` end at text position ``end`` (tokens without text keep None)."""
+    for j in range(lo, hi):
+        if ids[j] not in no_text:
+            ends[j] = end
 
 
 def align_ends(student_ends: list[int | None], teacher_ends: list[int | None], text: str) -> Alignment:
@@ -150,42 +158,59 @@ def align_ends(student_ends: list[int | None], teacher_ends: list[int | None], t
     i = j = start = 0
     cur_s: list[int] = []
     cur_t: list[int] = []
-
-    def emit(s, t, a, b):
-        al.student.append(s)
-        al.teacher.append(t)
-        al.chars.append((a, b))
-
     while i < len(su) or j < len(tu):
         a = su[i] if i < len(su) else None
         b = tu[j] if j < len(tu) else None
-        a_special, b_special = a is not None and a[1] is None, b is not None and b[1] is None
-        if a_special and b_special and not cur_s and not cur_t:
-            emit(a[0], b[0], start, start)  # specials at the same text position (the EOS pair)
-            i, j = i + 1, j + 1
-        elif a_special or b_special:  # a special alone, or inside the other side's token: skipped
-            if a_special:
-                emit(a[0], [], start, start)
-                i += 1
-            else:
-                emit([], b[0], start, start)
-                j += 1
-        elif a is None or b is None:  # one side ran out of text: the rest joins the last span
-            (cur_t if a is None else cur_s).extend((b or a)[0])
-            j, i = (j + 1, i) if a is None else (j, i + 1)
-        else:
-            if a[1] <= b[1]:
-                cur_s.extend(a[0])
-                i += 1
-            if b[1] <= a[1]:
-                cur_t.extend(b[0])
-                j += 1
-            if a[1] == b[1]:
-                emit(cur_s, cur_t, start, a[1])
-                start, cur_s, cur_t = a[1], [], []
+        step = _special_step(al, a, b, bool(cur_s or cur_t), start)
+        if step is None:
+            *step, start = _text_step(al, a, b, cur_s, cur_t, start)
+        i, j = i + step[0], j + step[1]
     if cur_s or cur_t:
-        emit(cur_s, cur_t, start, len(text))
+        _emit(al, cur_s, cur_t, start, len(text))
     return al
+
+
+def _emit(al: Alignment, s: list[int], t: list[int], a: int, b: int) -> None:
+    al.student.append(s)
+    al.teacher.append(t)
+    al.chars.append((a, b))
+
+
+def _special_step(al: Alignment, a, b, pending: bool, start: int) -> tuple[int, int] | None:
+    """A special token at the head of either side: emitted at ``start``; returns how far each side
+    advanced, or None when neither head is special."""
+    a_special, b_special = a is not None and a[1] is None, b is not None and b[1] is None
+    if a_special and b_special and not pending:
+        _emit(al, a[0], b[0], start, start)  # specials at the same text position (the EOS pair)
+        return 1, 1
+    if a_special:  # a special alone, or inside the other side's token: skipped
+        _emit(al, a[0], [], start, start)
+        return 1, 0
+    if b_special:
+        _emit(al, [], b[0], start, start)
+        return 0, 1
+    return None
+
+
+def _text_step(al: Alignment, a, b, cur_s: list[int], cur_t: list[int], start: int) -> tuple[int, int, int]:
+    """Merge the head unit(s) with text into the open span (``cur_s``/``cur_t``, extended in place),
+    emitting it when both sides end at the same character; returns (student step, teacher step, start)."""
+    if a is None or b is None:  # one side ran out of text: the rest joins the last span
+        (cur_t if a is None else cur_s).extend((b or a)[0])
+        return (0, 1, start) if a is None else (1, 0, start)
+    di = dj = 0
+    if a[1] <= b[1]:
+        cur_s.extend(a[0])
+        di = 1
+    if b[1] <= a[1]:
+        cur_t.extend(b[0])
+        dj = 1
+    if a[1] == b[1]:
+        _emit(al, list(cur_s), list(cur_t), start, a[1])
+        cur_s.clear()
+        cur_t.clear()
+        start = a[1]
+    return di, dj, start
 
 
 def align_one_to_one(ends: list[int | None], text: str) -> Alignment:

@@ -33,7 +33,7 @@ from atlas_lib.methods.cross_tokenizer.alignment import (
 )
 from atlas_lib.methods.cross_tokenizer.objective import aligned_divergence, aligned_loss
 from atlas_lib.methods.cross_tokenizer.vocab_map import build_vocab_map
-from atlas_lib.methods.tracking import NonFiniteError
+from atlas_lib.training.finite import NonFiniteError
 
 log = logging.getLogger(__name__)
 _CONTEXT_TOKENS = 4  # prompt tokens decoded before a completion so its first token reads in context

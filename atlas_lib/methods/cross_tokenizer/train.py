@@ -15,11 +15,11 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from atlas_lib.core.config import Params
-from atlas_lib.core.sections import CrossTokenizerConfig
 from atlas_lib.data.prompts import build_messages, render_prompt
-from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, load_pair, run_method, with_lora
 from atlas_lib.methods.cross_tokenizer import alignment, step
+from atlas_lib.methods.cross_tokenizer.config import CrossTokenizerConfig
+from atlas_lib.training import loop
+from atlas_lib.training.common import Parts, load_pair, run_method, with_lora
 
 log = logging.getLogger(__name__)
 

@@ -81,7 +81,7 @@ def prompt_rows(distill_rows: list[dict]) -> Dataset:
 
 
 def make_trainer(params: Params, student, teacher, tok, rows: list[dict]):
-    """``make(common, callbacks)`` for :class:`atlas_lib.methods.common.Parts`."""
+    """``make(common, callbacks)`` for :class:`atlas_lib.training.common.Parts`."""
 
     def make(common: dict, callbacks: list):
         return AtlasDistillationTrainer(model=student, teacher_model=teacher, args=trl_config(params, common),

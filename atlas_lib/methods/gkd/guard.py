@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from atlas_lib.methods.tracking import NonFiniteError
+from atlas_lib.training.finite import NonFiniteError
 
 
 class ScoredLoss:

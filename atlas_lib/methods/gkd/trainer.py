@@ -12,7 +12,7 @@
   experiment (:mod:`atlas_lib.methods.gkd.distillation` lists what is mapped and what still differs;
   ``tests/test_gkd_engines.py`` pins both to the same loss on the same batch).
 
-Either engine runs inside the same runner (:func:`atlas_lib.methods.common.run_method`): the same
+Either engine runs inside the same runner (:func:`atlas_lib.training.common.run_method`): the same
 run directory, evaluation points, checkpoints and resume, LoRA and report. On the gkd engine the kit
 adds three things to ``GKDTrainer``:
 
@@ -46,9 +46,9 @@ from atlas_lib.data import splits
 from atlas_lib.data.prompts import has_chat_template, render_prompt
 from atlas_lib.evaluation import pair_check
 from atlas_lib.evaluation.divergence import generalized_jsd
-from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, load_pair, run_method, with_lora
 from atlas_lib.methods.gkd.guard import ScoredLoss
+from atlas_lib.training import loop
+from atlas_lib.training.common import Parts, load_pair, run_method, with_lora
 
 log = logging.getLogger(__name__)
 

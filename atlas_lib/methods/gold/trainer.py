@@ -32,9 +32,9 @@ from atlas_lib.core.config import Params
 from atlas_lib.data.prompts import build_messages, render_prompt
 from atlas_lib.evaluation import pair_check
 from atlas_lib.evaluation.forward import eos_token_ids
-from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, TokenizerMismatchError, load_pair, run_method, with_lora
 from atlas_lib.methods.cross_tokenizer import alignment, step
+from atlas_lib.training import loop
+from atlas_lib.training.common import Parts, TokenizerMismatchError, load_pair, run_method, with_lora
 
 log = logging.getLogger(__name__)
 # Test answers GOLD's own loss is evaluated on (the first N of the test split, the same ones before and
@@ -141,7 +141,7 @@ def heldout_objective(trainer, model, tok, records: list[dict]) -> list[float | 
 
 
 def _build(params: Params, prepared, device) -> Parts:
-    from trl.experimental.gold import GOLDConfig
+    from trl.experimental.gold import GOLDConfig as TRLGOLDConfig
 
     g = params.gold
     trc = params.models.trust_remote_code
@@ -155,20 +155,13 @@ def _build(params: Params, prepared, device) -> Parts:
     rows = [{"prompt": render_prompt(s_tok, build_messages(r["question"], params.prompt)),
              "completion": r.get("solution") or f"Final Answer: {r['answer']}"} for r in prepared.train]
     gap = pair_check.require_teacher_prompt(params, "gold", s_tok, t_tok, teacher, list(prepared.val))
-    to_teacher = None
-    if pair_check.teacher_view(params, "gold") == "own":
-        to_teacher = TeacherPromptText(s_tok, t_tok)
-        for split in (prepared.train, prepared.val, prepared.eval):  # training rows and every evaluated answer
-            for r in split:
-                to_teacher.add(build_messages(r["question"], params.prompt))
-        if all(k == v for k, v in to_teacher.by_text.items()):
-            to_teacher = None  # the templates agree: nothing to replace
+    to_teacher = _teacher_prompt_text(params, prepared, s_tok, t_tok)
     train_ds = Dataset.from_list(rows)
     teacher_dir = str(teacher.config._name_or_path or g.teacher)
     holder: list = []
 
     def make(common: dict, callbacks: list):
-        args = GOLDConfig(**common, lmbda=g.lmbda, beta=g.beta, temperature=g.temperature, top_k=0, top_p=1.0,
+        args = TRLGOLDConfig(**common, lmbda=g.lmbda, beta=g.beta, temperature=g.temperature, top_k=0, top_p=1.0,
                           max_completion_length=g.max_completion_length, use_uld_loss=True, use_extended_uld=True,
                           uld_use_hybrid_loss=g.hybrid, uld_crossentropy_weight=g.crossentropy_weight,
                           teacher_tokenizer_name_or_path=teacher_dir, remove_unused_columns=False,
@@ -181,20 +174,7 @@ def _build(params: Params, prepared, device) -> Parts:
     scored_ids = {r["id"] for r in list(prepared.eval)[:OBJECTIVE_ANSWERS]}
 
     def divergence_fn(model):
-        kit = step.aligned_divergence_fn(model, s_tok, teacher, t_tok, beta=g.beta)
-
-        def fn(records: list[dict]) -> list[dict]:
-            rows = kit(records)
-            for r in rows:
-                r["aligned_objective"] = r.pop("objective", None)  # the kit's loss on the same answer, for comparison
-                r.pop("objective_units", None)
-            todo = [i for i, r in enumerate(records) if r["id"] in scored_ids]
-            if holder and todo:
-                for i, x in zip(todo, heldout_objective(holder[0], model, s_tok, [records[i] for i in todo]), strict=True):
-                    rows[i]["objective"] = x
-            return rows
-
-        return fn
+        return _divergence(model, g.beta, s_tok, teacher, t_tok, holder, scored_ids)
 
     return Parts(student, s_tok, make, divergence_fn=divergence_fn,
                  extra_summary={"student_model": g.student, "teacher_model": g.teacher,
@@ -204,6 +184,39 @@ def _build(params: Params, prepared, device) -> Parts:
                                 "teacher_prompt": "own" if to_teacher is not None else
                                 "student" if gap is not None else "same rendering",
                                 "teacher_prompt_gap": gap and gap["gap"]})
+
+
+def _teacher_prompt_text(params: Params, prepared, s_tok, t_tok) -> TeacherPromptText | None:
+    """The teacher's own rendering of every prompt (training rows and every evaluated answer) when
+    models.teacher_prompt is own and the templates differ; None otherwise."""
+    if pair_check.teacher_view(params, "gold") != "own":
+        return None
+    to_teacher = TeacherPromptText(s_tok, t_tok)
+    for split in (prepared.train, prepared.val, prepared.eval):
+        for r in split:
+            to_teacher.add(build_messages(r["question"], params.prompt))
+    if all(k == v for k, v in to_teacher.by_text.items()):
+        return None  # the templates agree: nothing to replace
+    return to_teacher
+
+
+def _divergence(model, beta: float, s_tok, teacher, t_tok, holder: list, scored_ids: set):
+    """The evaluation's per-record divergence: the kit's aligned span divergence, with GOLD's own loss
+    (TRL's compute_loss, once the trainer exists) as the ``objective`` of the scored answers."""
+    kit = step.aligned_divergence_fn(model, s_tok, teacher, t_tok, beta=beta)
+
+    def fn(records: list[dict]) -> list[dict]:
+        rows = kit(records)
+        for r in rows:
+            r["aligned_objective"] = r.pop("objective", None)  # the kit's loss on the same answer, for comparison
+            r.pop("objective_units", None)
+        todo = [i for i, r in enumerate(records) if r["id"] in scored_ids]
+        if holder and todo:
+            for i, x in zip(todo, heldout_objective(holder[0], model, s_tok, [records[i] for i in todo]), strict=True):
+                rows[i]["objective"] = x
+        return rows
+
+    return fn
 
 
 def run_gold(params: Params) -> dict:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection
 
-from atlas_lib.core.sections import REWARD_NAMES
 from atlas_lib.data import answers
-from atlas_lib.methods.tracking import NonFiniteError
+from atlas_lib.methods.grpo.config import REWARD_NAMES
+from atlas_lib.training.finite import NonFiniteError
 
 
 def _text(completion) -> str:

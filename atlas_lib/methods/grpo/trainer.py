@@ -17,9 +17,9 @@ from atlas_lib.core import models
 from atlas_lib.core.config import Params
 from atlas_lib.data import splits
 from atlas_lib.evaluation.forward import eos_token_ids
-from atlas_lib.methods import loop
-from atlas_lib.methods.common import Parts, run_method, with_lora
 from atlas_lib.methods.grpo.rewards import reward_functions
+from atlas_lib.training import loop
+from atlas_lib.training.common import Parts, run_method, with_lora
 
 
 class AtlasGRPOTrainer(GRPOTrainer):

@@ -1,5 +1,5 @@
 """The runner skeleton every method shares: seed -> prepared data -> the method's parts (models,
-dataset view, trainer) -> the bound evaluators -> the shared run loop (:mod:`atlas_lib.methods.loop`).
+dataset view, trainer) -> the bound evaluators -> the shared run loop (:mod:`atlas_lib.training.loop`).
 
 A method's runner is ``run_method(params, key, build)``, where ``build(params, prepared, device)``
 returns its :class:`Parts`; everything else (evaluation on validation and test, step-0 reuse of
@@ -18,12 +18,13 @@ import torch
 
 from atlas_lib.core import models, registry, rundir, seeds
 from atlas_lib.core.config import Params
+from atlas_lib.core.preflight import preflight
 from atlas_lib.core.runtime import seed_everything
 from atlas_lib.data import splits
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation.baselines import baseline_records, eval_examples
 from atlas_lib.evaluation.context import check_context
-from atlas_lib.methods import loop
+from atlas_lib.training import loop
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def run_seed(params: Params, key: str, build: Callable[[Params, Any, torch.devic
         log.info("%s finished with these training parameters: nothing to resume, its summary is reused",
                  params.run_name(key))
         return done
-    rundir.preflight(params, key, resume=section.resume)  # a refused run directory refuses before the models load
+    preflight(params, key, resume=section.resume)  # a refused run directory refuses before the models load
     budget = max((params.evaluation.max_new_tokens, "evaluation.max_new_tokens"),
                  (section.max_completion_length, f"{key}.max_completion_length"))
     check_context(params, prepared, [getattr(section, "student", None) or params.models.student,

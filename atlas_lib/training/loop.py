@@ -21,19 +21,17 @@ import torch
 
 from atlas_lib.core import advice, models, runtime, seeds
 from atlas_lib.core.config import Params
+from atlas_lib.core.files import RunDirError, atomic_write_json, disk_full, elsewhere
 from atlas_lib.core.paths import relative_to_root, runs_root
 from atlas_lib.core.provenance import provenance
-from atlas_lib.core.rundir import RunDir, RunDirError, atomic_write_json, disk_full, elsewhere
+from atlas_lib.core.rundir import RunDir
 from atlas_lib.core.validate import ParamsError
 from atlas_lib.evaluation import evaluate as ev
-from atlas_lib.methods import ledger, outcome
-from atlas_lib.methods.tracking import (
-    AtlasCallback,
-    DeviceClock,
-    NonFiniteError,
-    finish_wandb,
-    wandb_report_to,
-)
+from atlas_lib.training import ledger, outcome
+from atlas_lib.training.callback import AtlasCallback
+from atlas_lib.training.clock import DeviceClock
+from atlas_lib.training.finite import NonFiniteError
+from atlas_lib.training.wandb_log import finish_wandb, wandb_report_to
 
 log = logging.getLogger(__name__)
 
@@ -123,37 +121,19 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
     rd = RunDir.open(params, stage, resume=section.resume)
     report_to: list[str] = []
     try:
-        last = rd.last_checkpoint() if section.resume else None
-        offset = 0.0
-        if last is not None:
-            ckpt, state = last
-            dropped = rd.truncate_after(state["step"])
-            offset = float(state.get("seconds", 0.0))
-            log.info("resuming %s from %s (dropped %d metric points past it)", rd.path.name, ckpt.name, dropped)
-        elif section.resume and rd.metrics():
-            rd.truncate_after(-1)  # nothing to resume from: start clean, without stale points
+        last, offset = _resume_point(rd, section)
         clock = DeviceClock(offset)
         report_to = wandb_report_to(params.tracking, rd.path, params.run_name(stage))
         cb = AtlasCallback(rd, clock, eval_fn, section.eval_steps, ev.save_eval, wandb_on="wandb" in report_to)
         trainer = make_trainer(trainer_args(params, stage, rd, report_to, device), [cb])
-        cb.ledger = ledger.Ledger.for_models(trainer.model, getattr(trainer, "teacher_model", None)
-                                             or getattr(trainer, "teacher", None))
-        cb.ledger.resume(rd.metrics("ledger"))
-        cb.flop_budget = params.run.flop_budget
-        trainer.atlas_ledger = cb.ledger  # the trainers report sampling, teacher scoring and trained tokens to it
+        _attach_ledger(cb, trainer, rd, params.run.flop_budget)
         start_digest = outcome.start_digest(rd, trainer.model, resumed=last is not None)
         full = {}
         cb.initial_records = initial_records
         if initial_full_eval:
             full["initial"] = _full_eval(rd, "initial_full", final_eval_fn, trainer.model)
         t0 = time.monotonic()
-        try:
-            with _allocator(section), _disk_full_is_a_message(rd, stage, "training or writing a checkpoint"):
-                out = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
-        except NonFiniteError as e:
-            rd.write_summary({"status": "failed", "error": str(e), "method": stage,
-                              "provenance": provenance(params)})
-            raise
+        out = _train(trainer, rd, params, stage, last)
         if world > 1:
             _write_rank(rd, trainer, rank)
         moved = outcome.weights_digest(trainer.model) != start_digest
@@ -165,15 +145,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
             summary["training"]["flop_budget"] = budget_outcome(rd.metrics("ledger"), params.run.flop_budget,
                                                                 out.global_step, section.max_steps)
         full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
-        summary["training"]["eval_seconds"] = round(
-            sum(float(r.get("eval_seconds") or 0) for r in rd.metrics("eval"))
-            + sum(float(f.get("eval_seconds") or 0) for f in full.values()), 2)
-        summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
-        summary["initial"] = {**(full.get("initial") or summary.get("baseline") or {}), "step": 0}
-        if objective_beta is not None and summary["initial"].get("heldout_objective") is None:  # notebook 01's row
-            summary["initial"]["heldout_objective"] = (summary["initial"].get("heldout_objective_by_beta")
-                                                       or {}).get(ev.beta_key(objective_beta))
-        summary["distilled"] = {**full["distilled"], "step": out.global_step}
+        _finish_summary(summary, rd, full, out.global_step, objective_beta)
         summary["training"]["weights_changed"] = moved
         summary.update(extra_summary or {})
         summary["did_not_train"] = outcome.did_not_train(rd.metrics("train"), moved)
@@ -187,6 +159,54 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
         if "wandb" in report_to:
             finish_wandb()  # a run that stopped early (no-op when finished above)
         rd.release()
+
+
+def _resume_point(rd: RunDir, section) -> tuple[tuple | None, float]:
+    """The checkpoint to resume from (None: start) and the device seconds already spent; metric points
+    past it are dropped (all of them when resume finds nothing to resume from)."""
+    last = rd.last_checkpoint() if section.resume else None
+    if last is not None:
+        ckpt, state = last
+        dropped = rd.truncate_after(state["step"])
+        log.info("resuming %s from %s (dropped %d metric points past it)", rd.path.name, ckpt.name, dropped)
+        return last, float(state.get("seconds", 0.0))
+    if section.resume and rd.metrics():
+        rd.truncate_after(-1)  # nothing to resume from: start clean, without stale points
+    return None, 0.0
+
+
+def _attach_ledger(cb, trainer, rd: RunDir, flop_budget: float) -> None:
+    """The run's compute ledger, on the callback (which stops at the FLOP budget) and on the trainer
+    (which reports sampling, teacher scoring and trained tokens to it), continued on resume."""
+    cb.ledger = ledger.Ledger.for_models(trainer.model, getattr(trainer, "teacher_model", None)
+                                         or getattr(trainer, "teacher", None))
+    cb.ledger.resume(rd.metrics("ledger"))
+    cb.flop_budget = flop_budget
+    trainer.atlas_ledger = cb.ledger
+
+
+def _train(trainer, rd: RunDir, params: Params, stage: str, last):
+    """``trainer.train()``, resumed from ``last``; a non-finite loss leaves a failed summary behind."""
+    try:
+        with _allocator(getattr(params, stage)), _disk_full_is_a_message(rd, stage, "training or writing a checkpoint"):
+            return trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+    except NonFiniteError as e:
+        rd.write_summary({"status": "failed", "error": str(e), "method": stage, "provenance": provenance(params)})
+        raise
+
+
+def _finish_summary(summary: dict, rd: RunDir, full: dict, step: int, objective_beta: float | None) -> None:
+    """The summary's evaluation rows: the validation points, the test rows (the untrained start: its own
+    full evaluation, else notebook 01's baseline) and the evaluation seconds."""
+    summary["training"]["eval_seconds"] = round(
+        sum(float(r.get("eval_seconds") or 0) for r in rd.metrics("eval"))
+        + sum(float(f.get("eval_seconds") or 0) for f in full.values()), 2)
+    summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
+    summary["initial"] = {**(full.get("initial") or summary.get("baseline") or {}), "step": 0}
+    if objective_beta is not None and summary["initial"].get("heldout_objective") is None:  # notebook 01's row
+        summary["initial"]["heldout_objective"] = (summary["initial"].get("heldout_objective_by_beta")
+                                                   or {}).get(ev.beta_key(objective_beta))
+    summary["distilled"] = {**full["distilled"], "step": step}
 
 
 def budget_outcome(ledger_records: list[dict], budget: float, global_step: int, max_steps: int) -> dict:

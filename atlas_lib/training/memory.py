@@ -1,10 +1,9 @@
 """Will it fit? A memory plan per training stage of a parameter set, on one device.
 
-:func:`estimate_stages` plans every enabled stage (:func:`estimate`: the GKD stage alone), each
-with the models it trains with: GKD and off-policy (whose samples are the teacher's) the student and
-the frozen teacher; GRPO the student alone (a frozen reference copy when ``beta > 0``, none under
-LoRA, whose adapters switch off), its KV cache holding the whole generation batch; cross-tokenizer
-its own student and teacher, with both vocabularies' logits.
+:func:`estimate_stages` plans every enabled stage (:func:`estimate`: one stage), each with the
+models it trains with. The rows of a stage are its method's own plan (``memory`` in its registry
+record, in ``atlas_lib/methods/<key>/memory.py``) built from the pieces here: the trainable state,
+the frozen teacher, activations, the generation KV cache and the completion logits.
 
 Counts the usual suspects of distillation OOMs: the student's trainable state (weights, grads,
 AdamW moments, fp32 master copy under mixed precision), the frozen teacher, activations at the
@@ -22,6 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlas_lib.core import registry
 from atlas_lib.core.config import Params
 from atlas_lib.core.paths import cache_root
 
@@ -56,7 +56,7 @@ def arch(name: str) -> dict:
                         kv=c.get("num_key_value_heads", c["num_attention_heads"]),
                         tied=bool(c.get("tie_word_embeddings", False)),
                         qkv_bias=c.get("model_type") == "qwen2" or bool(c.get("attention_bias", False)))
-    raise KeyError(f"no shape known for {name!r}: add it to atlas_lib.methods.memory.KNOWN or pass a local model dir")
+    raise KeyError(f"no shape known for {name!r}: add it to atlas_lib.training.memory.KNOWN or pass a local model dir")
 
 
 def n_params(a: dict) -> int:
@@ -88,7 +88,7 @@ class Plan:
     device_gib: float
     fits: bool
     advice: list[str]
-    stage: str = "gkd"  # the training stage planned (a method key)
+    stage: str = ""  # the training stage planned (a method key)
     student: str = ""
     teacher: str | None = None  # None: the stage trains without a teacher (GRPO)
     profile: str = ""
@@ -128,75 +128,105 @@ def _activations(a: dict, seq: int, b: int, act_b: int, checkpointing: bool) -> 
     return a["layers"] * seq * b * a["hidden"] * (34 + 5 * a["heads"] * seq / a["hidden"]) * act_b / 2
 
 
-def _kv_cache(a: dict, seq: int, n: int, act_b: int) -> float:
+def kv_cache(a: dict, seq: int, n: int, act_b: int) -> float:
+    """Bytes of the generation KV cache of ``n`` sequences of ``seq`` tokens."""
     return 2 * a["layers"] * a["kv"] * (a["hidden"] // a["heads"]) * seq * n * act_b
 
 
-def _stage_models(params: Params, key: str) -> tuple[str, str | None]:
-    """(student, teacher) a stage trains with; teacher None when it trains without one."""
-    if key == "grpo":
-        return params.models.student, None
-    section = params.section(key)
-    return getattr(section, "student", params.models.student), getattr(section, "teacher", params.models.teacher)
+@dataclass
+class Shape:
+    """The quantities every stage's plan starts from: its section, the shapes of the models it trains
+    with (``t`` None without a teacher), the compute dtype's bytes, and the micro-batch's tokens."""
+
+    section: object
+    key: str
+    s: dict  # the student's shape (:func:`arch`)
+    t: dict | None  # the teacher's, or None
+    bf16: bool
+    act_b: int  # bytes per activation element
+    b: int  # sequences per micro-batch
+    seq: int  # prompt + completion tokens
+    keep: int  # positions whose logits are computed (the completion and its stop)
+
+
+def shape(params: Params, key: str, student: str, teacher: str | None) -> Shape:
+    g = params.section(key)
+    bf16 = params.run.dtype in ("auto", "bf16", "fp16")
+    prompt = 256  # typical chat prompt with the instruction (tokens)
+    return Shape(g, key, arch(student), arch(teacher) if teacher is not None else None, bf16, 2 if bf16 else 4,
+                 g.per_device_train_batch_size, prompt + g.max_completion_length,
+                 g.max_completion_length + 1)  # logits only at completion positions
+
+
+@dataclass
+class Stage:
+    """What a method's memory plan returns: the models it trains with and its rows (component, GiB,
+    note), and the GiB of frozen weights ZeRO-3 may shard beside the trainable state."""
+
+    student: str
+    teacher: str | None
+    rows: list[tuple[str, float, str]]
+    frozen: float = 0.0
+
+
+def activations_row(sh: Shape, note: str = "") -> tuple[str, float, str]:
+    g = sh.section
+    return ("activations", _activations(sh.s, sh.seq, sh.b, sh.act_b, g.gradient_checkpointing) / GiB,
+            ("checkpointed" if g.gradient_checkpointing else "no recomputation") + note)
+
+
+def teacher_row(params: Params, sh: Shape) -> tuple[tuple[str, float, str], float]:
+    """The frozen teacher's weights row and its GiB."""
+    frozen = n_params(sh.t) * _nbytes(params.models.teacher_dtype, sh.bf16) / GiB
+    dtype = params.models.teacher_dtype
+    return ("teacher weights (frozen)", frozen,
+            "no grads, no optimizer" + ("" if dtype == "auto" else f"; models.teacher_dtype: {dtype}")), frozen
+
+
+def jsd_logits(sh: Shape) -> float:
+    """Bytes of a same-vocabulary-sized generalized JSD's logits: both models' completion logits and
+    four float32 copies (log-softmaxes, mixture, grad) of ``loss_chunk_size`` rows at a time."""
+    chunk = getattr(sh.section, "loss_chunk_size", 0)
+    rows_logit = min(sh.keep * sh.b, chunk) if chunk else sh.keep * sh.b
+    return (sh.keep * sh.b * (sh.s["vocab"] + sh.t["vocab"]) * sh.act_b
+            + 4 * rows_logit * max(sh.s["vocab"], sh.t["vocab"]) * 4)
+
+
+def distill_plan(params: Params, key: str, student: str, teacher: str, *, teacher_samples: bool = False,
+                 logits=jsd_logits) -> Stage:
+    """A distillation stage: the trained student and a frozen teacher, the sampler's KV cache (the
+    teacher's with ``teacher_samples``), and ``logits(shape)`` bytes of completion logits."""
+    sh = shape(params, key, student, teacher)
+    rows = trainable_state(sh.section, key, sh.s, sh.bf16)
+    row, frozen = teacher_row(params, sh)
+    rows += [row, activations_row(sh)]
+    gen = sh.t if teacher_samples else sh.s
+    rows.append(("generation KV cache", kv_cache(gen, sh.seq, sh.b, sh.act_b) / GiB,
+                 f"{sh.b} x {sh.seq} tokens" + (" (teacher samples)" if teacher_samples else "")))
+    chunk = getattr(sh.section, "loss_chunk_size", None)
+    rows.append(("logits (completion only)", logits(sh) / GiB,
+                 f"V={sh.s['vocab']}/{sh.t['vocab']}" + (f", chunk={chunk or 'none'}" if chunk is not None else "")))
+    return Stage(student, teacher, rows, frozen)
+
+
+def default_plan(params: Params, key: str) -> Stage:
+    """The plan of a method without its own: distillation from its section's (or the shared) pair."""
+    g = params.section(key)
+    return distill_plan(params, key, getattr(g, "student", params.models.student),
+                        getattr(g, "teacher", params.models.teacher))
 
 
 def _plan(params: Params, key: str, gpu_gb: float) -> Plan:
-    """Memory of one training stage on one device, in GiB."""
-    g = params.section(key)
-    student, teacher = _stage_models(params, key)
-    s = arch(student)
-    t = arch(teacher) if teacher is not None else None
-    ps = n_params(s)
-    bf16 = params.run.dtype in ("auto", "bf16", "fp16")
-    act_b = 2 if bf16 else 4
-    b = g.per_device_train_batch_size
-    prompt = 256  # typical chat prompt with the instruction (tokens)
-    seq = prompt + g.max_completion_length
-    keep = g.max_completion_length + 1  # logits only at completion positions
-    lora = g.lora_settings(key)
-    rows = trainable_state(g, key, s, bf16)
-    frozen = 0.0  # weights ZeRO-3 may shard beside the trainable state (teacher or reference copy)
-    if t is not None:
-        frozen = n_params(t) * _nbytes(params.models.teacher_dtype, bf16) / GiB
-        dtype = params.models.teacher_dtype
-        rows.append(("teacher weights (frozen)", frozen,
-                     "no grads, no optimizer" + ("" if dtype == "auto" else f"; models.teacher_dtype: {dtype}")))
-    elif getattr(g, "beta", 0) > 0:  # GRPO's KL term: TRL copies the policy, unless LoRA can switch adapters off
-        if lora is None:
-            frozen = ps * (2 if g.optimizer == "adamw_8bit_bf16" else 4) / GiB
-            rows.append(("reference model (frozen)", frozen, f"beta={g.beta}: a copy of the student, no grads"))
-        else:
-            rows.append(("reference model (frozen)", 0.0, f"beta={g.beta}: the base with the adapters disabled"))
-    rows.append(("activations", _activations(s, seq, b, act_b, g.gradient_checkpointing) / GiB,
-                 ("checkpointed" if g.gradient_checkpointing else "no recomputation")
-                 + (f", {b} x {seq} tokens per micro-batch" if key == "grpo" else "")))
-    if key == "grpo":  # one generation batch per optimizer step (TRL: steps_per_generation = accumulation)
-        n = g.sequences_per_step()
-        rows.append(("generation KV cache", _kv_cache(s, seq, n, act_b) / GiB,
-                     f"{n} x {seq} tokens (generation batch: {b} x {g.gradient_accumulation_steps})"))
-        rows.append(("logits (completion only)", keep * b * s["vocab"] * (act_b + 2 * 4) / GiB,
-                     f"V={s['vocab']}, student only; float32 log-probs and their grad"))
-    else:
-        gen = t if key == "off_policy" else s  # off-policy trains on the teacher's samples
-        rows.append(("generation KV cache", _kv_cache(gen, seq, b, act_b) / GiB,
-                     f"{b} x {seq} tokens" + (" (teacher samples)" if gen is t else "")))
-        chunk = getattr(g, "loss_chunk_size", 0)
-        if key == "cross_tokenizer":  # both log-softmaxes in float32 (each its own vocabulary) and the student's grad
-            logits = keep * b * (s["vocab"] + t["vocab"]) * act_b + keep * b * (2 * s["vocab"] + t["vocab"]) * 4
-        else:
-            rows_logit = min(keep * b, chunk) if chunk else keep * b
-            logits = (keep * b * (s["vocab"] + t["vocab"]) * act_b  # both models' completion logits
-                      + 4 * rows_logit * max(s["vocab"], t["vocab"]) * 4)  # float32 log-softmaxes, mixture, grad
-        rows.append(("logits (completion only)", logits / GiB,
-                     f"V={s['vocab']}/{t['vocab']}" + (f", chunk={chunk or 'none'}" if hasattr(g, "loss_chunk_size")
-                                                        else "")))
-    total = sum(r[1] for r in rows)
+    """Memory of one training stage on one device, in GiB: the method's own plan (its registry
+    record's ``memory``), totalled against the device."""
+    stage = registry.resolve(registry.get(key).memory or default_plan)(params, key)
+    total = sum(r[1] for r in stage.rows)
     usable = gpu_gb * USABLE
     advice = []
     if total > usable:
-        advice = _advice(params, key, rows, frozen, ps, usable)
-    return Plan(rows, total, gpu_gb, total <= usable, advice, stage=key, student=student, teacher=teacher,
-                profile=params.name)
+        advice = _advice(params, key, stage.rows, stage.frozen, n_params(arch(stage.student)), usable)
+    return Plan(stage.rows, total, gpu_gb, total <= usable, advice, stage=key, student=stage.student,
+                teacher=stage.teacher, profile=params.name)
 
 
 def _advice(params: Params, key: str, rows: list, frozen: float, ps: int, usable: float) -> list[str]:
@@ -225,9 +255,10 @@ def _advice(params: Params, key: str, rows: list, frozen: float, ps: int, usable
     return advice
 
 
-def estimate(params: Params, gpu_gb: float = 80.0) -> Plan:
-    """Memory of the GKD stage on one device, in GiB (every enabled stage: :func:`estimate_stages`)."""
-    return _plan(params, "gkd", gpu_gb)
+def estimate(params: Params, gpu_gb: float = 80.0, key: str | None = None) -> Plan:
+    """Memory of one stage on one device, in GiB: ``key``, by default the registry's first method (GKD);
+    every enabled stage: :func:`estimate_stages`."""
+    return _plan(params, key or registry.keys()[0], gpu_gb)
 
 
 def estimate_stages(params: Params, gpu_gb: float = 80.0) -> dict[str, Plan]:

@@ -9,10 +9,11 @@ import torch
 
 from atlas_lib.core import registry
 from atlas_lib.core.config import Params
+from atlas_lib.core.files import atomic_write_json
 from atlas_lib.core.provenance import provenance
-from atlas_lib.core.rundir import RunDir, atomic_write_json
+from atlas_lib.core.rundir import RunDir
 from atlas_lib.evaluation.baselines import baseline_metrics
-from atlas_lib.methods.tracking import DeviceClock
+from atlas_lib.training.clock import DeviceClock
 
 
 def weights_digest(model) -> list[int]:

@@ -1,27 +1,18 @@
-"""Device-hours accounting, the evaluation callback shared by every trainer, and W&B set-up.
-
-"GPU hours to reach peak accuracy" is computed from the eval points written here: each carries
-the step, wall seconds since the run started (resumed runs continue the clock from their
-checkpoint) and device hours = seconds x devices / 3600. On a CPU the unit is CPU-hours (the
-whole machine counts as one device) and every record says so.
-"""
+"""The evaluation callback every trainer shares: train and eval points into the run directory (and
+W&B when on), evaluation on schedule, checkpoint marks, the NaN guard and the FLOP budget's stop."""
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import resource
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
 from atlas_lib.core.rundir import RunDir
-from atlas_lib.core.sections import TrackingConfig
+from atlas_lib.training.clock import DeviceClock, peak_memory_gb
+from atlas_lib.training.finite import check_finite
+from atlas_lib.training.wandb_log import completions_table
 
 log = logging.getLogger(__name__)
 
@@ -32,50 +23,6 @@ TRAIN_KEYS = {
     "completions/mean_length": "completion_length", "completions/clipped_ratio": "clipped_ratio",
     "kl": "kl", "entropy": "entropy", "num_tokens": "num_tokens",
 }
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or reward became NaN/inf; the run stops at that step with its metrics kept."""
-
-
-class DeviceClock:
-    """Wall seconds and device hours of one run, continuing across resumes."""
-
-    def __init__(self, offset_seconds: float = 0.0):
-        self.start = time.monotonic()
-        self.offset = offset_seconds
-        if torch.cuda.is_available():
-            self.kind, self.devices = "GPU", int(os.environ.get("WORLD_SIZE", torch.cuda.device_count() or 1))
-        else:
-            self.kind, self.devices = "CPU", 1
-
-    @property
-    def seconds(self) -> float:
-        return self.offset + time.monotonic() - self.start
-
-    @property
-    def device_hours(self) -> float:
-        return self.seconds * self.devices / 3600.0
-
-    def stamp(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "device_hours": self.device_hours,
-                "device_kind": self.kind, "devices": self.devices}
-
-
-def peak_memory_gb() -> dict:
-    """Peak resident memory of this process so far (loaded models included; a papermill kernel is
-    one stage), and on CUDA the peak memory allocated by torch."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out = {"peak_rss_gb": round(rss * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    return out
-
-
-def check_finite(name: str, value: float, step: int) -> None:
-    if value is not None and isinstance(value, (int, float)) and not math.isfinite(value):
-        raise NonFiniteError(f"{name} became {value} at step {step}; the run stopped there and kept "
-                             "its metrics and last checkpoint (lower the learning rate or check the data)")
 
 
 class AtlasCallback(TrainerCallback):
@@ -95,7 +42,7 @@ class AtlasCallback(TrainerCallback):
         self.model = None
         self.initial_records: list[dict] | None = None  # records of the untrained model, for step 0
         self.pending: int | None = None  # an eval point due at this step, taken once its loss is logged
-        self.ledger = None  # the run's compute ledger (methods.ledger), set once the trainer exists
+        self.ledger = None  # the run's compute ledger (training.ledger), set once the trainer exists
         self.flop_budget = 0.0  # run.flop_budget: stop at the first step whose cumulative training FLOPs reach it
         self._step_t0: float | None = None
 
@@ -199,82 +146,3 @@ class AtlasCallback(TrainerCallback):
         self.model = model or self.model
         self._flush()
         self.evaluate(state.global_step, self.model)
-
-
-def completions_table(records: list[dict], step: int | None = None):
-    """A W&B table of evaluation records: id, prompt, completion, reference, right or wrong (and the
-    eval point's optimizer step first, when there is one)."""
-    import wandb
-
-    columns = ["id", "prompt", "completion", "reference", "correct"]
-    data = [[r.get("id"), r.get("prompt"), r.get("completion"), r.get("reference"), bool(r.get("correct"))]
-            for r in records]
-    if step is not None:
-        columns, data = ["step", *columns], [[step, *row] for row in data]
-    return wandb.Table(columns=columns, data=data)
-
-
-def finish_wandb(summary: dict | None = None) -> None:
-    """Close the run's W&B run (adding ``summary`` to it first), if one is open."""
-    import wandb
-
-    if wandb.run is not None:
-        if summary:
-            wandb.run.summary.update(summary)
-        wandb.finish()
-        # wandb reads WANDB_DIR/NAME once per process session and then ignores changes ("Changes to
-        # your wandb environment variables will be ignored"): without this, the next run in the same
-        # notebook (a sweep variant, the off-policy arm) would write into this run's wandb/ folder
-        teardown = getattr(wandb, "teardown", None)
-        if teardown is not None:
-            teardown()
-
-
-def wandb_report_to(cfg: TrackingConfig, run_path: Path, run_name: str) -> list[str]:
-    """Configure W&B from params + environment; returns Trainer's ``report_to``.
-
-    The API key is read by wandb itself from ``WANDB_API_KEY`` (or ``wandb login``); the kit never
-    copies it into params, run directories or reports.
-    """
-    if cfg.wandb == "disabled":
-        os.environ["WANDB_MODE"] = "disabled"
-        return ["none"]
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        log.warning("wandb is not installed; tracking disabled")
-        return ["none"]
-    os.environ["WANDB_MODE"] = cfg.wandb
-    os.environ["WANDB_PROJECT"] = cfg.project
-    os.environ["WANDB_NAME"] = run_name.replace("/", "-")
-    os.environ["WANDB_DIR"] = str(run_path)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_DISABLE_CODE", "true")
-    (run_path / "wandb").mkdir(parents=True, exist_ok=True)
-    if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
-        log.warning("tracking.wandb=online but WANDB_API_KEY is not set; wandb will use `wandb login` credentials")
-    return ["wandb"]
-
-
-def log_baselines(params, summary: dict) -> bool:
-    """A W&B run ``<profile>-baseline`` (in ``runs/<profile>/baseline/wandb``) holding the rows every
-    trained run is compared with: the untrained student's and the teacher's test metrics, the
-    student's validation metrics, and a completions table per row. Returns whether one was written."""
-    from atlas_lib.evaluation.baselines import baseline_dir
-    from atlas_lib.evaluation.evaluate import load_eval
-
-    out = baseline_dir(params)
-    if "wandb" not in wandb_report_to(params.tracking, out, f"{params.name}/baseline"):
-        return False
-    import wandb
-
-    run = wandb.init(project=params.tracking.project, name=f"{params.name}-baseline", dir=str(out),
-                     config=params.to_dict(), job_type="baseline", reinit="finish_previous")
-    for role in ("student", "teacher", "student_val"):
-        metrics = summary.get(role) or {}
-        run.summary.update({f"atlas/{role}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        rows = load_eval(out, role).records if (out / f"{role}.records.jsonl").exists() else None
-        if rows:
-            run.log({f"atlas/{role}/completions": completions_table(rows)})
-    finish_wandb()
-    return True
