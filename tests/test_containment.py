@@ -22,6 +22,7 @@ from atlas_lib.core.config import ParamsError
 from atlas_lib.core.files import RunDirError, atomic_write_json
 from atlas_lib.core.preflight import preflight, stage_dir
 from atlas_lib.core.rundir import RunDir
+from atlas_lib.report import stage_run
 from atlas_lib.report.stage_run import PipelineError, on_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -358,7 +359,7 @@ def test_the_report_runs_a_done_stage_again_when_its_run_is_incomplete(world, mo
         upstream += fp
     (_finished_run(p, "grpo").path / "summary.json").unlink()  # the run marked done, its summary deleted
     ran = []
-    monkeypatch.setattr(pipeline, "execute", lambda step, *a, **k: ran.append(step.notebook))
+    monkeypatch.setattr(stage_run, "execute", lambda step, *a, **k: ran.append(step.notebook))
     monkeypatch.setattr(pipeline, "render_site", lambda *a, **k: tmp / "index.html")
     monkeypatch.setattr(site, "render_site", lambda *a, **k: tmp / "index.html")
     with caplog.at_level(logging.INFO):
@@ -406,7 +407,7 @@ def test_atlas_report_refuses_a_foreign_run_folder_before_any_notebook(world, mo
     (foreign / "metrics.jsonl").write_text("mine\n")
     before = _tree(tmp / "runs") + _outside(tmp)
     ran = []
-    monkeypatch.setattr(pipeline, "execute", lambda step, *a, **k: ran.append(step.notebook))
+    monkeypatch.setattr(stage_run, "execute", lambda step, *a, **k: ran.append(step.notebook))
     with pytest.raises(RunDirError, match="runs/foreign is not a run of the kit"):
         pipeline.run_pipeline(tmp / "p.yaml")
     assert ran == []

@@ -20,7 +20,7 @@ from atlas_lib.core import config
 from atlas_lib.core.files import FILE_MODE, RunDirError, atomic_write_json, read_jsonl, share_tree, unwritable
 from atlas_lib.core.rundir import RunDir
 from atlas_lib.data import splits
-from atlas_lib.report import pipeline, site
+from atlas_lib.report import pipeline, site, stage_run
 from atlas_lib.report.stage_run import execute
 
 
@@ -428,7 +428,7 @@ def test_a_report_keeps_the_split_atlas_data_just_prepared(env, monkeypatch):
     p = config.load("params/smoke.yaml")
     prepared = splits.prepare(p)
     profile = env / "runs" / "smoke"
-    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: None)  # the notebooks themselves are not the point
+    monkeypatch.setattr(stage_run, "execute", lambda *a, **k: None)  # the notebooks themselves are not the point
     pipeline._run_steps(p, Path("params/smoke.yaml"), profile, profile / "notebooks", force=False, only=["data"])
     assert not (profile / ".previous").exists() and (prepared.dir / "manifest.json").exists()
 
@@ -436,7 +436,7 @@ def test_a_report_keeps_the_split_atlas_data_just_prepared(env, monkeypatch):
 def test_a_report_still_moves_a_split_prepared_with_other_parameters(env, monkeypatch):
     splits.prepare(config.load("params/smoke.yaml", overrides={"run.seed": 8}))
     profile = env / "runs" / "smoke"
-    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: None)
+    monkeypatch.setattr(stage_run, "execute", lambda *a, **k: None)
     pipeline._run_steps(config.load("params/smoke.yaml"), Path("params/smoke.yaml"), profile, profile / "notebooks",
                         force=False, only=["data"])
     assert list((profile / ".previous").glob("data-*"))

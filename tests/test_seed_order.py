@@ -7,7 +7,7 @@ from pathlib import Path
 
 from atlas_lib.core import config, rundir, seeds
 from atlas_lib.core.preflight import train_hash
-from atlas_lib.report import pipeline, seed_order
+from atlas_lib.report import pipeline, seed_order, stage_run
 
 ARMS = ["gkd", "grpo"]
 
@@ -47,8 +47,8 @@ def _record(monkeypatch) -> list[tuple]:
     def record(step, *a, resume=False, **k):
         calls.append((step.notebook, step.seeds, resume))
 
-    for module in (pipeline, seed_order):  # the notebooks' own steps, and the seed passes
-        monkeypatch.setattr(module, "execute", record)
+    # the notebooks' own steps and the seed passes both run through stage_run.execute
+    monkeypatch.setattr(stage_run, "execute", record)
     return calls
 
 

@@ -38,11 +38,9 @@ from atlas_lib.report.stage_run import (
     PipelineError,
     Step,
     disk_full_is_a_message,
-    execute,
+    execute_shown,
     interruption,
     on_sigint,
-    stage_progress,
-    terminal,
 )
 
 log = logging.getLogger(__name__)
@@ -190,14 +188,10 @@ def _execute_step(params: config.Params, step: Step, path: Path, profile_dir: Pa
         _move_aside(profile_dir, step, params)
     log.info("[%s] running -> %s", step.notebook, relative_to_root(nb_dir / f"{step.notebook}.ipynb"))
     t0 = time.monotonic()
-    term = None if verbose else terminal()
     try:
-        execute(step, path, nb_dir / f"{step.notebook}.ipynb", resume=resume,
-                log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose,
-                progress=stage_progress(params, step, term) if term is not None else None)
+        execute_shown(step, path, nb_dir / f"{step.notebook}.ipynb", progress_params=params, resume=resume,
+                      log_file=profile_dir / "logs" / f"{step.notebook}.log", verbose=verbose)
     finally:
-        if term is not None:
-            term.close()
         if INTERRUPTED:
             _release_stale_locks(params, step)
     if INTERRUPTED:  # papermill's client may swallow the KeyboardInterrupt: never go on after Ctrl-C

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from atlas_lib.core import config, registry, rundir, seeds
-from atlas_lib.report.stage_run import INTERRUPTED, PipelineError, Step, execute, stage_progress, terminal
+from atlas_lib.report.stage_run import INTERRUPTED, PipelineError, Step, execute_shown
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,10 @@ def run_pass(params: config.Params, step: Step, path: Path, profile_dir: Path, n
         move_aside(profile_dir, step, params)
     seeded.add(step.notebook)
     log.info("[%s] seed-major pass: training seed %d of %s", label, step.seeds[-1], ", ".join(step.stages))
-    t0, term = time.monotonic(), None if verbose else terminal()
-    try:
-        execute(step, path, nb_dir / "seed_passes" / f"{step.notebook}.seed{step.seeds[-1]}.ipynb", resume=True,
-                log_file=profile_dir / "logs" / f"{step.notebook}.seed{step.seeds[-1]}.log", verbose=verbose,
-                progress=stage_progress(sp, step, term) if term is not None else None)
-    finally:
-        if term is not None:
-            term.close()
+    t0 = time.monotonic()
+    execute_shown(step, path, nb_dir / "seed_passes" / f"{step.notebook}.seed{step.seeds[-1]}.ipynb",
+                  progress_params=sp, resume=True, verbose=verbose,
+                  log_file=profile_dir / "logs" / f"{step.notebook}.seed{step.seeds[-1]}.log")
     if INTERRUPTED:
         raise PipelineError(f"interrupted (Ctrl-C) in {label}; its run keeps its last checkpoint: run the same "
                             "command again to resume")

@@ -96,6 +96,19 @@ def stage_progress(params: config.Params, step: Step, stream) -> StageProgress:
                          total_steps=total, stream=stream)
 
 
+def execute_shown(step: Step, params_file: Path, out_nb: Path, *, progress_params: config.Params, log_file: Path,
+                  resume: bool, verbose: bool) -> None:
+    """:func:`execute` with the terminal's live progress line (none with ``verbose``, where papermill's own
+    output shows), closed whatever happens."""
+    term = None if verbose else terminal()
+    try:
+        execute(step, params_file, out_nb, resume=resume, log_file=log_file, verbose=verbose,
+                progress=stage_progress(progress_params, step, term) if term is not None else None)
+    finally:
+        if term is not None:
+            term.close()
+
+
 def execute(step: Step, params_file: Path, out_nb: Path, resume: bool = False, log_file: Path | None = None,
             verbose: bool = False, progress: StageProgress | None = None) -> None:
     """Run one notebook with papermill. Its cell-by-cell output (every library warning and progress
