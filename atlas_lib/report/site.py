@@ -3,6 +3,7 @@ pages and the table files, every page linking to the others (:func:`atlas_lib.re
 
 from __future__ import annotations
 
+import json
 import re
 from html import escape as html_escape
 from pathlib import Path
@@ -35,6 +36,21 @@ def render_site(params: config.Params, notebooks: list[str], nb_dir: Path, out_d
     return html
 
 
+def _check_note(report: Path) -> str:
+    """What the findings checker found on that report (its ``findings_check.json``), so a reader of the
+    index learns before opening a page whether its sentences agree with its own table."""
+    try:
+        found = json.loads((report / findings_check.CHECK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return " <em>(its findings are not checked yet)</em>"
+    bad = len(found.get("mismatches", []))
+    if not bad:
+        return f" <em>(findings checked: {found.get('checked', 0)} claims agree with its table)</em>"
+    return (f' <strong>(findings checker: {bad} statement{"s disagree" if bad > 1 else " disagrees"} with its table; '
+            f'stale until re-rendered, see <a href="{report.name}/{findings_check.CHECK_FILE}">'
+            f"{findings_check.CHECK_FILE}</a>)</strong>")
+
+
 def write_reports_index(root: Path) -> Path:
     """``<reports>/index.html``: one link per report folder below ``root`` (each holding an ``index.html``),
     titled by that report's own page title, so the published reports link to each other both ways."""
@@ -43,7 +59,7 @@ def write_reports_index(root: Path) -> Path:
         found = re.search(r"<title>(.*?)</title>", page.read_text(encoding="utf-8"), re.S)
         title = found.group(1).strip() if found else page.parent.name
         entries.append(f'<li><a href="{page.parent.name}/index.html">{html_escape(page.parent.name)}</a>: '
-                       f"{title}</li>")  # the title is already HTML-escaped in its own page
+                       f"{title}{_check_note(page.parent)}</li>")  # the title is already HTML-escaped in its page
     body = "\n".join(entries) or "<li>No report rendered yet.</li>"
     text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
