@@ -165,10 +165,8 @@ def run_dirs(params: config.Params) -> dict[str, tuple]:
     return out
 
 
-def collect(params: config.Params) -> Collected:
-    """Read manifest, baselines and every enabled method's run directory of ``params``' profile."""
-    profile = runs_root() / params.name
-    notes: list[str] = []
+def _profile_files(profile: Path, notes: list[str]) -> tuple[dict | None, dict | None]:
+    """The profile's data manifest and baseline summary, each with a note where it is missing."""
     manifest = _read_json(profile / "data" / "manifest.json", notes, "data/manifest.json")
     if manifest is None:
         notes.append("data/manifest.json not found: notebook 01 (data) was not run for this profile")
@@ -176,18 +174,28 @@ def collect(params: config.Params) -> Collected:
     if baseline is None:
         notes.append("baseline/summary.json not found: the pre-distillation student and teacher were not "
                      "evaluated (notebook 01)")
-    dirs = run_dirs(params)
-    runs = {key: load_run(d, key, *rest) for key, (d, *rest) in dirs.items()}
+    return manifest, baseline
+
+
+def _unknown_dir_notes(params: config.Params, profile: Path, dirs: dict[str, tuple]) -> list[str]:
+    """A note per directory of the profile that is no enabled method or sweep (reported, not shown)."""
     known = {Path(d).resolve() for d, *_ in dirs.values()}
-    for d in sorted(p for p in profile.glob("*") if p.is_dir() and p.name not in PROFILE_DIRS):
-        if d.resolve() not in known:
-            notes.append(f"{d.name}/ is not an enabled method or sweep of this params file (methods: "
-                         f"{', '.join(params.enabled())}); not shown")
-    for key in registry.keys():
-        if key not in params.enabled():
-            notes.append(f"{registry.get(key).name} is disabled in the params ({key}.enabled: false); no row")
-    for info in runs.values():
-        notes += [f"{info.key}: {n}" for n in info.notes]
+    return [f"{d.name}/ is not an enabled method or sweep of this params file (methods: "
+            f"{', '.join(params.enabled())}); not shown"
+            for d in sorted(p for p in profile.glob("*") if p.is_dir() and p.name not in PROFILE_DIRS)
+            if d.resolve() not in known]
+
+
+def _disabled_notes(params: config.Params) -> list[str]:
+    """A note per registered method the params disable (it has no row)."""
+    return [f"{registry.get(key).name} is disabled in the params ({key}.enabled: false); no row"
+            for key in registry.keys() if key not in params.enabled()]
+
+
+def _record_paths(params: config.Params, profile: Path, runs: dict[str, RunInfo],
+                  dirs: dict[str, tuple]) -> dict[str, Path]:
+    """Table row -> its test records file: the baselines, the controls, each run's final evaluation and,
+    for a method that trains its own student, that student's evaluation before training."""
     paths = {"student": profile / "baseline" / "student.records.jsonl",
              "teacher": profile / "baseline" / "teacher.records.jsonl",
              **{f"control_{c}": profile / "baseline" / f"control_{c}.records.jsonl" for c in params.evaluation.controls}}
@@ -196,6 +204,11 @@ def collect(params: config.Params) -> Collected:
         if info.spec is not None and info.spec.own_student:
             paths[f"{key}_pre"] = run_dir / "eval" / "initial_full.records.jsonl"
         paths[key] = run_dir / "eval" / "final_full.records.jsonl"
+    return paths
+
+
+def _read_records(profile: Path, paths: dict[str, Path]) -> tuple[dict[str, dict], dict[str, FormAudit]]:
+    """Per row, {problem id: correct} and the answer-form audit of its test completions."""
     questions = {r["id"]: r.get("question", "") for r in read_jsonl(profile / "data" / "eval.jsonl")
                  if "id" in r}
     correct, audits = {}, {}
@@ -203,8 +216,28 @@ def collect(params: config.Params) -> Collected:
         records = read_jsonl(path)
         correct[key] = {r["id"]: bool(r["correct"]) for r in records if "id" in r and "correct" in r}
         audits[key] = audit(records, questions)
-    by_seed = {key: [(seeds.train_seed(params), key)] + [(s, f"{key}-seed{s}") for s, _ in seeds.seed_variants(params, key)]
-               for key in params.enabled() if seeds.seed_variants(params, key)}  # a method's max_seeds may be 1
+    return correct, audits
+
+
+def _seed_runs(params: config.Params) -> dict[str, list[tuple[int, str]]]:
+    """Per method trained at several seeds: [(seed, run key)], the first seed's run key being the method's."""
+    return {key: [(seeds.train_seed(params), key)] + [(s, f"{key}-seed{s}") for s, _ in seeds.seed_variants(params, key)]
+            for key in params.enabled() if seeds.seed_variants(params, key)}  # a method's max_seeds may be 1
+
+
+def collect(params: config.Params) -> Collected:
+    """Read manifest, baselines and every enabled method's run directory of ``params``' profile."""
+    profile = runs_root() / params.name
+    notes: list[str] = []
+    manifest, baseline = _profile_files(profile, notes)
+    dirs = run_dirs(params)
+    runs = {key: load_run(d, key, *rest) for key, (d, *rest) in dirs.items()}
+    notes += _unknown_dir_notes(params, profile, dirs)
+    notes += _disabled_notes(params)
+    for info in runs.values():
+        notes += [f"{info.key}: {n}" for n in info.notes]
+    correct, audits = _read_records(profile, _record_paths(params, profile, runs, dirs))
+    by_seed = _seed_runs(params)
     for key, pairs in by_seed.items():  # the first seed's row, under its own name too
         first = pairs[0][0]
         correct[f"{key}-seed{first}"], audits[f"{key}-seed{first}"] = correct.get(key), audits.get(key)

@@ -335,6 +335,100 @@ def signal_sentence(info: RunInfo) -> str | None:
             "groups carried no learning signal (every rollout of the group equally rewarded).")
 
 
+def _compute_sentence(col: Collected) -> str:
+    """What the compute column counts (training alone, evaluation measured apart), how compute to match is
+    read, and that every test row is the final model."""
+    n_val = efficiency.validation_n(col)
+    text = ("Compute is training compute (the ledger: sampling, teacher scoring and optimisation; evaluation "
+            "measured apart). Compute to match reads each method's validation curve (n = "
+            f"{n_val:.0f}) against the other's final validation accuracy, only where the other improved on the "
+            "untrained student by more than the validation split's 95% resolution between two eval points "
+            "(1.96 x sqrt((p0(1-p0) + p1(1-p1))/n)). " if n_val else "Compute is training "
+            "compute (sampling, teacher scoring and optimisation; evaluation measured apart). ")
+    return text + ("Every test row is the final model: no peak checkpoint is reported" + (
+        f" (the validation split, n = {n_val:.0f}, is too small to choose one)." if n_val and n_val < 100 else "."))
+
+
+def _baseline_sentence(t: pd.DataFrame) -> str:
+    """The untrained student's and the teacher's test accuracy, or that they were not evaluated."""
+    s, te = t.loc["student"], t.loc["teacher"]
+    if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
+        return f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split."
+    return "The pre-distillation student and teacher baselines were not run (notebook 01)."
+
+
+def _own_student_sentences(col: Collected, seed_runs: set[str]) -> list[str]:
+    """Each method that trains its own student, against that student untrained."""
+    return [f"{info.name} changed its own student's test accuracy by {paired_text(pr)}."
+            for k, info in col.runs.items()
+            if info.spec is not None and info.spec.own_student and k not in seed_runs
+            and (pr := paired_vs(col, k)) is not None]
+
+
+def _move_sentences(col: Collected, t: pd.DataFrame, seed_runs: set[str]) -> list[str]:
+    """Mean generated tokens and mean reverse KL, untrained student -> trained, for the methods that train
+    the shared student (same tokenizer as the teacher)."""
+    runs, s = col.runs, t.loc["student"]
+    shared = [k for k in runs if (runs[k].spec is None or not runs[k].spec.own_student) and k not in seed_runs]
+    out = []
+    moves = [f"{runs[k].name} {s['Avg Generated Tokens']:.1f} → {t.loc[k, 'Avg Generated Tokens']:.1f}"
+             for k in shared if k in t.index and _ok(s["Avg Generated Tokens"])
+             and _ok(t.loc[k, "Avg Generated Tokens"])]
+    if moves:
+        out.append("Mean generated tokens on the test split (untrained student → trained): " + "; ".join(moves) + ".")
+    kls = [f"{runs[k].name} {s['Mean Reverse KL']:.3f} → {t.loc[k, 'Mean Reverse KL']:.3f}"
+           for k in shared if k in t.index and _ok(s["Mean Reverse KL"]) and _ok(t.loc[k, "Mean Reverse KL"])]
+    if kls:
+        out.append("Mean reverse KL to the teacher on the test split (nats/token, same tokenizer): "
+                   + "; ".join(kls) + ".")
+    return out
+
+
+def _old_logratio_rule(t: pd.DataFrame, k: str) -> bool:
+    """Whether row ``k`` was scored before the stop token counted (table.OLD_LOGRATIO): never mixed in silently."""
+    rule = t.loc[k, LOGRATIO_RULE] if LOGRATIO_RULE in t.columns else 1
+    return _ok(rule) and rule < LOGRATIO_VERSION and t.loc[k, LOGRATIO_COL] != 0
+
+
+def _logratio_sentence(col: Collected, t: pd.DataFrame) -> str | None:
+    """The sequence log-ratio to the teacher, the divergence every row shares whatever its tokenizer."""
+    ratios = [f"{row_name(col, k, t.loc[k])} {t.loc[k, LOGRATIO_COL]:.3f}"
+              + (" (old rule: stop token left out)" if _old_logratio_rule(t, k) else "") for k in t.index
+              if t.loc[k, "Row kind"] != "seed" and _ok(t.loc[k, LOGRATIO_COL])]
+    if not ratios:
+        return None
+    return ("Divergence to the teacher that every row shares, whatever its tokenizer (the sequence log-ratio "
+            "log p_student(answer) - log p_teacher(answer) per character of the test answer, its stop token "
+            "counted when it finished; 0 = the teacher would write it as readily). It is one greedy answer "
+            "per problem, not an expectation, and each row is scored on its own text: "
+            + "; ".join(ratios) + ".")
+
+
+def _aligned_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
+    """Each own-student method's aligned span divergence, its untrained student -> trained."""
+    out = []
+    for k, info in col.runs.items():
+        pre = f"{k}_pre"
+        if pre in t.index and _ok(t.loc[pre, ALIGNED_COL]) and _ok(t.loc[k, ALIGNED_COL]):
+            out.append(f"{info.name}: its student's aligned span divergence went {t.loc[pre, ALIGNED_COL]:.3f} → "
+                       f"{t.loc[k, ALIGNED_COL]:.3f} (a different quantity from reverse KL; not comparable).")
+    return out
+
+
+def _objective_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
+    """What each distilling method minimised, on the test answers, before -> after training."""
+    out = []
+    for k, info in col.runs.items():
+        pre = f"{k}_pre"
+        o0 = t.loc[pre, OBJECTIVE_COL] if pre in t.index else (info.summary.get("initial") or {}).get("heldout_objective")
+        o1 = t.loc[k, OBJECTIVE_COL] if k in t.index else None
+        if _ok(o0) and _ok(o1):
+            out.append(f"{info.name}: its own objective ({info.spec.loss_title if info.spec else 'its loss'}) on the "
+                       f"test answers went {o0:.4f} → {o1:.4f}" + (" (it went up: training did not lower what it "
+                                                                   "minimises on held-out answers)." if o1 > o0 else "."))
+    return out
+
+
 def findings(col: Collected) -> str:
     """Markdown that states what the collected numbers show: the answer as one paragraph (each method
     against the untrained student, the methods against each other, the compute to match), then the
@@ -344,64 +438,18 @@ def findings(col: Collected) -> str:
     lines = _lead(col, t)
     n_answer = len(lines)  # the answer reads as one paragraph (at most three sentences); the context as a list
     lines.append(DECISION_RULE)
-    n_val = efficiency.validation_n(col)
-    lines.append("Compute is training compute (the ledger: sampling, teacher scoring and optimisation; evaluation "
-                 "measured apart). Compute to match reads each method's validation curve (n = "
-                 f"{n_val:.0f}) against the other's final validation accuracy, only where the other improved on the "
-                 "untrained student by more than the validation split's 95% resolution between two eval points "
-                 "(1.96 x sqrt((p0(1-p0) + p1(1-p1))/n)). " if n_val else "Compute is training "
-                 "compute (sampling, teacher scoring and optimisation; evaluation measured apart). ")
-    lines[-1] += ("Every test row is the final model: no peak checkpoint is reported" + (
-        f" (the validation split, n = {n_val:.0f}, is too small to choose one)." if n_val and n_val < 100 else "."))
+    lines.append(_compute_sentence(col))
     lines += [line for info in runs.values() if (line := _status_line(info))]
     lines += shared_settings(col)
-    s, te = t.loc["student"], t.loc["teacher"]
-    if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
-        lines.append(f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split.")
-    else:
-        lines.append("The pre-distillation student and teacher baselines were not run (notebook 01).")
+    lines.append(_baseline_sentence(t))
     lines += controls.control_sentences(col, t)
     seed_runs = {k for k in runs if further_seed(col, k)}  # in their method's mean row
-    for k, info in runs.items():
-        if info.spec is not None and info.spec.own_student and k not in seed_runs and (pr := paired_vs(col, k)) is not None:
-            lines.append(f"{info.name} changed its own student's test accuracy by {paired_text(pr)}.")
-    shared = [k for k in runs if (runs[k].spec is None or not runs[k].spec.own_student) and k not in seed_runs]
-    moves = [f"{runs[k].name} {s['Avg Generated Tokens']:.1f} → {t.loc[k, 'Avg Generated Tokens']:.1f}"
-             for k in shared if k in t.index and _ok(s["Avg Generated Tokens"])
-             and _ok(t.loc[k, "Avg Generated Tokens"])]
-    if moves:
-        lines.append("Mean generated tokens on the test split (untrained student → trained): " + "; ".join(moves) + ".")
-    kls = [f"{runs[k].name} {s['Mean Reverse KL']:.3f} → {t.loc[k, 'Mean Reverse KL']:.3f}"
-           for k in shared if k in t.index and _ok(s["Mean Reverse KL"]) and _ok(t.loc[k, "Mean Reverse KL"])]
-    if kls:
-        lines.append("Mean reverse KL to the teacher on the test split (nats/token, same tokenizer): "
-                     + "; ".join(kls) + ".")
-    def old_rule(k) -> bool:  # scored before the stop token counted (table.OLD_LOGRATIO): never mixed in silently
-        rule = t.loc[k, LOGRATIO_RULE] if LOGRATIO_RULE in t.columns else 1
-        return _ok(rule) and rule < LOGRATIO_VERSION and t.loc[k, LOGRATIO_COL] != 0
-
-    ratios = [f"{row_name(col, k, t.loc[k])} {t.loc[k, LOGRATIO_COL]:.3f}"
-              + (" (old rule: stop token left out)" if old_rule(k) else "") for k in t.index
-              if t.loc[k, "Row kind"] != "seed" and _ok(t.loc[k, LOGRATIO_COL])]
-    if ratios:
-        lines.append("Divergence to the teacher that every row shares, whatever its tokenizer (the sequence log-ratio "
-                     "log p_student(answer) - log p_teacher(answer) per character of the test answer, its stop token "
-                     "counted when it finished; 0 = the teacher would write it as readily). It is one greedy answer "
-                     "per problem, not an expectation, and each row is scored on its own text: "
-                     + "; ".join(ratios) + ".")
-    for k, info in runs.items():
-        pre = f"{k}_pre"
-        if pre in t.index and _ok(t.loc[pre, ALIGNED_COL]) and _ok(t.loc[k, ALIGNED_COL]):
-            lines.append(f"{info.name}: its student's aligned span divergence went {t.loc[pre, ALIGNED_COL]:.3f} → "
-                         f"{t.loc[k, ALIGNED_COL]:.3f} (a different quantity from reverse KL; not comparable).")
-    for k, info in runs.items():  # what each distilling method minimised, on the test answers
-        pre = f"{k}_pre"
-        o0 = t.loc[pre, OBJECTIVE_COL] if pre in t.index else (info.summary.get("initial") or {}).get("heldout_objective")
-        o1 = t.loc[k, OBJECTIVE_COL] if k in t.index else None
-        if _ok(o0) and _ok(o1):
-            lines.append(f"{info.name}: its own objective ({info.spec.loss_title if info.spec else 'its loss'}) on the "
-                         f"test answers went {o0:.4f} → {o1:.4f}" + (" (it went up: training did not lower what it "
-                                                                      "minimises on held-out answers)." if o1 > o0 else "."))
+    lines += _own_student_sentences(col, seed_runs)
+    lines += _move_sentences(col, t, seed_runs)
+    if (ratios := _logratio_sentence(col, t)) is not None:
+        lines.append(ratios)
+    lines += _aligned_sentences(col, t)
+    lines += _objective_sentences(col, t)
     if (a := audit_sentence(col, t)) is not None:
         lines.append(a)
     lines += [text for info in runs.values() if (text := signal_sentence(info))]

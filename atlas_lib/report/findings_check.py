@@ -169,31 +169,47 @@ def _clauses(sentence: str) -> list[str]:
 
 # --- the table --------------------------------------------------------------------------------------
 
+def _add_label_names(names: dict[str, str], table: dict[str, dict]) -> None:
+    """Each row by its table label and the label's part before ':'; the baselines as sentences say them."""
+    for k, row in table.items():
+        label = str(row.get("Model / Method") or k)
+        names.setdefault(label, k)
+        names.setdefault(label.split(":")[0].strip(), k)
+    for name, k in (("Untrained student", "student"), ("Teacher", "teacher")):
+        if k in table:
+            names.setdefault(name, k)
+
+
+def _add_method_names(names: dict[str, str], table: dict[str, dict], m) -> None:
+    """Method ``m``'s rows by its short name ("GKD", "TRL GOLD") and table.row_name's short names:
+    "GKD (seed 43)", "GKD (mean of 3 seeds)", "GKD (untrained student)"."""
+    if m.key in table:
+        names.setdefault(m.name, m.key)
+    for k in table:
+        if (seed := re.fullmatch(rf"{re.escape(m.key)}-seed(\d+)", k)) is not None:
+            names.setdefault(f"{m.name} (seed {seed.group(1)})", k)
+        if k == m.key and (n := re.search(r"mean of (\d+) seeds", str(table[k].get("Model / Method")))):
+            names.setdefault(f"{m.name} (mean of {n.group(1)} seeds)", k)
+        if k == f"{m.key}_pre":
+            names.setdefault(f"{m.name} (untrained student)", k)
+
+
+def _add_registry_names(names: dict[str, str], table: dict[str, dict]) -> None:
+    """The registered methods' names as sentences use them, where the kit's registry can be read."""
+    try:
+        from atlas_lib.core import registry
+        for m in registry.methods():
+            _add_method_names(names, table, m)
+    except Exception:  # a table read without the kit's registry still checks by label
+        log.debug("registry unavailable; rows are named by their labels only")
+
+
 class _Table:
     def __init__(self, table: dict[str, dict]):
         self.t = table
-        names: dict[str, str] = {}
-        for k, row in table.items():
-            label = str(row.get("Model / Method") or k)
-            names.setdefault(label, k)
-            names.setdefault(label.split(":")[0].strip(), k)
-        for name, k in (("Untrained student", "student"), ("Teacher", "teacher")):
-            if k in table:
-                names.setdefault(name, k)
-        try:  # the methods' short names ("GKD", "TRL GOLD") as sentences use them
-            from atlas_lib.core import registry
-            for m in registry.methods():
-                if m.key in table:
-                    names.setdefault(m.name, m.key)
-                for k in table:  # table.row_name's short names: "GKD (seed 43)", "GKD (mean of 3 seeds)", ...
-                    if (seed := re.fullmatch(rf"{re.escape(m.key)}-seed(\d+)", k)) is not None:
-                        names.setdefault(f"{m.name} (seed {seed.group(1)})", k)
-                    if k == m.key and (n := re.search(r"mean of (\d+) seeds", str(table[k].get("Model / Method")))):
-                        names.setdefault(f"{m.name} (mean of {n.group(1)} seeds)", k)
-                    if k == f"{m.key}_pre":
-                        names.setdefault(f"{m.name} (untrained student)", k)
-        except Exception:  # a table read without the kit's registry still checks by label
-            log.debug("registry unavailable; rows are named by their labels only")
+        names: dict[str, str] = {}  # the first row a name is given to keeps it
+        _add_label_names(names, table)
+        _add_registry_names(names, table)
         self.names = sorted(names.items(), key=lambda kv: -len(kv[0]))
 
     def get(self, k: str | None, col: str):
@@ -278,6 +294,16 @@ class _Checker:
 
     # whole-page claims
     def impossible(self, s: str) -> None:
+        """Sentences that cannot be true whatever the numbers (see the module docstring)."""
+        self._no_evaluation(s)
+        self._no_decisive_change(s)
+        self._zero_compute(s)
+        self._evaluation_apart(s)
+        self._the_student(s)
+        self._student_named(s)
+
+    def _no_evaluation(self, s: str) -> None:
+        """'No trained method has a test evaluation (paired ...)' beside trained rows that have one."""
         tb = self.tb
         if m := re.search(r"no trained method has a test evaluation( paired)?", s, re.I):
             self.res.checked += 1
@@ -286,33 +312,52 @@ class _Checker:
             if found:
                 self.miss(s, "no paired test evaluation" if m.group(1) else "no test evaluation", m.group(0),
                           f"{col} in the table for " + ", ".join(found))
+
+    def _no_decisive_change(self, s: str) -> None:
+        """'No method changed the student's test accuracy by more than ...' beside a decisive gain."""
+        tb = self.tb
         if re.search(r"no method changed the student's test accuracy by more than", s, re.I):
             self.res.checked += 1
             hits = [k for k in tb.trained() if tb.base(k) == "student" and tb.decisive(k)
                     and tb.get(k, "Diff vs student") > 0 and not tb.get(k, "Hacking flag")]
             if hits:
                 self.miss(s, "no decisive difference", "none", "decisive gain for " + ", ".join(hits))
+
+    def _zero_compute(self, s: str) -> None:
+        """A compute stated as zero (0.00x, 0.00e+00, 0 CPU-hours): training compute never is."""
         for m in re.finditer(r"\b0\.0+x\b|\b0(?:\.0+)?e\+0+\b|\(0 (?:\(seeds [^)]*\) )?[A-Za-z]+-hours\)", s):
             self.res.checked += 1
             self.miss(s, "compute stated as zero", m.group(0), "training compute is never zero; the comparison "
                       "is not defined where the other method's curve starts at the target")
-        low = s.lower()
-        if "evaluation measured apart" in low:  # a row without evaluation seconds ran before the ledger split them
+
+    def _evaluation_apart(self, s: str) -> None:
+        """'Evaluation measured apart' beside a trained row that recorded no evaluation seconds."""
+        tb = self.tb
+        if "evaluation measured apart" in s.lower():  # a row without evaluation seconds ran before the ledger split them
             self.res.checked += 1
             mixed = [k for k in tb.trained() if _ok(tb.get(k, "Device hours")) and not _ok(tb.get(k, "Evaluation seconds"))]
             if mixed:
                 self.miss(s, "compute excludes evaluation", "evaluation measured apart", "no evaluation seconds "
                           "recorded for " + ", ".join(mixed) + ": its device hours are the run's wall clock, "
                           "evaluation included (a run written before the compute ledger)")
+
+    def _the_student(self, s: str) -> None:
+        """'The student' with a number of its own, where no trained row trains the student row's model."""
+        tb = self.tb
         models = tb.student_models()
         smodel = tb.model("student")
         # "the student" with a number of its own (its accuracy): a sentence about the student's frozen weights
         # is about whichever student trained, and stays unflagged
-        said = re.search(r"\bthe student\b[^;]*?\d%|\bthe student's accuracy", low)
+        said = re.search(r"\bthe student\b[^;]*?\d%|\bthe student's accuracy", s.lower())
         if tb.trained() and smodel and models and smodel not in models and said:
             self.res.checked += 1
             self.miss(s, "'the student'", f"the student ({smodel})",
                       f"the trained rows train {', '.join(sorted(models))}, not {smodel}", "student")
+
+    def _student_named(self, s: str) -> None:
+        """'student <model id>' naming a model of the table that no trained row trains."""
+        tb = self.tb
+        models = tb.student_models()
         for m in re.finditer(r"\bstudent ([\w.\-]+?)(?=[,;:)]|\s|$)", s):
             if tb.trained() and models and any(m.group(1).lower() == x.lower() for x in
                                                [tb.model(k) for k in tb.t] if x):
@@ -339,62 +384,80 @@ class _Checker:
                                         if _ok(tb.get(k, "Accuracy"))), rows[0])
 
     def paired(self, s: str, c: str) -> None:
-        tb = self.tb
+        """A stated difference in points: 'A minus B: ±d points' (method against method) or a row's
+        paired difference from its untrained student, with its interval, p, n, counts and verdict."""
         pair = re.search(r" minus | − ", c)
         m = re.search(rf"(?:(improved|lowered|changed)\b[^()]*?\bby |: |accuracy change \()({NUM}) points(?: \((.*)\))?", c)
         if not m:
             return
         d, par = m.group(2), m.group(3) or ""
         if pair and pair.start() < m.start():
-            found = [k for p, k in tb.find(c) if p < m.start()]
-            if len(found) < 2:
-                return
-            a, b = found[0], found[1]
-            acc_a, acc_b = tb.get(a, "Accuracy"), tb.get(b, "Accuracy")
-            self.res.checked += 1
-            if not (_ok(acc_a) and _ok(acc_b) and abs(float(d) - 100 * (acc_a - acc_b)) <= _tol(d) + 0.051):
-                self.miss(s, f"{a} minus {b}", d, f"{100 * (acc_a - acc_b):+.2f}" if _ok(acc_a) and _ok(acc_b)
-                          else "empty", a)
-            self._counts(s, par, d, tb.get(a, "n"), seeded="seed" in par or "mean of" in str(tb.get(a, "Model / Method")))
-            pm = re.search(r"\bp (<|=) (\d\.\d+)", par)
-            said = re.search(r"[:,] a difference\b", c) or (
-                (pm := re.search(r"\bp (<|=) (\d\.\d+)", par + c[m.end():])) and "not" not in c[m.end():]
-                and (pm.group(1) == "<" or float(pm.group(2)) < ALPHA))
-            if said:
-                self.significant.append((f"{a} minus {b}", abs(float(d))))
+            self._method_pair(s, c, m, d, par)
             return
-        k = tb.named_before(c, m.start())
+        k = self.tb.named_before(c, m.start())
         if k is None or k in ("student", "teacher"):
             return
+        self._against_student(s, c, m, k, d, par)
+
+    def _method_pair(self, s: str, c: str, m: re.Match, d: str, par: str) -> None:
+        """'A minus B ...: ±d points (...)': A's accuracy less B's; noted as significant where it says so."""
+        tb = self.tb
+        found = [k for p, k in tb.find(c) if p < m.start()]
+        if len(found) < 2:
+            return
+        a, b = found[0], found[1]
+        acc_a, acc_b = tb.get(a, "Accuracy"), tb.get(b, "Accuracy")
+        self.res.checked += 1
+        if not (_ok(acc_a) and _ok(acc_b) and abs(float(d) - 100 * (acc_a - acc_b)) <= _tol(d) + 0.051):
+            self.miss(s, f"{a} minus {b}", d, f"{100 * (acc_a - acc_b):+.2f}" if _ok(acc_a) and _ok(acc_b)
+                      else "empty", a)
+        self._counts(s, par, d, tb.get(a, "n"), seeded="seed" in par or "mean of" in str(tb.get(a, "Model / Method")))
+        said = re.search(r"[:,] a difference\b", c) or (
+            (pm := re.search(r"\bp (<|=) (\d\.\d+)", par + c[m.end():])) and "not" not in c[m.end():]
+            and (pm.group(1) == "<" or float(pm.group(2)) < ALPHA))
+        if said:
+            self.significant.append((f"{a} minus {b}", abs(float(d))))
+
+    def _against_student(self, s: str, c: str, m: re.Match, k: str, d: str, par: str) -> None:
+        """Row ``k``'s paired difference from its untrained student, as stated: the difference, its interval,
+        p, n, gained / lost, the verdict, the accuracies before and after, the device hours."""
+        tb = self.tb
         self.num(s, k, "Diff vs student", d, 100, claim=f"paired difference of {k}")
         ci = re.search(rf"95% CI ({NUM}) to ({NUM})", par)
         if ci:
             self.num(s, k, "Diff CI low", ci.group(1), 100)
             self.num(s, k, "Diff CI high", ci.group(2), 100)
-        pm = re.search(r"\bp (<|=) (\d\.\d+)", par)
-        if pm:
-            self.res.checked += 1
-            p = tb.raw_p(k)
-            good = _ok(p) and (p < float(pm.group(2)) if pm.group(1) == "<" else agrees(pm.group(2), p))
-            if not good:
-                self.miss(s, f"p of {k}", pm.group(0), f"{p:.4g}" if _ok(p) else "empty", k)
+        self._paired_p(s, k, par)
         nm = re.search(r"\bn = (\d+)", par)
         if nm:
             self.num(s, k, "n", nm.group(1))
         self._counts(s, par, d, tb.get(k, "n"), seeded="seed" in par or "mean of" in str(tb.get(k, "Model / Method")))
-        verb = m.group(1)
-        diff, p = tb.get(k, "Diff vs student"), tb.p_value(k)
+        self._verdict(s, c, k, m.group(1))
+        fm = re.search(rf"from ({NUM})% to ({NUM})%", c[m.end() - len(par) - 1:] if par else c[m.end():])
+        if fm:
+            self.num(s, tb.base(k), "Accuracy", fm.group(1), 100)
+            self.num(s, k, "Accuracy", fm.group(2), 100)
+        self.hours(s, c, k)
+
+    def _paired_p(self, s: str, k: str, par: str) -> None:
+        """The stated p ('p = v' or 'p < v') against row ``k``'s paired test p."""
+        pm = re.search(r"\bp (<|=) (\d\.\d+)", par)
+        if pm:
+            self.res.checked += 1
+            p = self.tb.raw_p(k)
+            good = _ok(p) and (p < float(pm.group(2)) if pm.group(1) == "<" else agrees(pm.group(2), p))
+            if not good:
+                self.miss(s, f"p of {k}", pm.group(0), f"{p:.4g}" if _ok(p) else "empty", k)
+
+    def _verdict(self, s: str, c: str, k: str, verb: str | None) -> None:
+        """'improved' / 'lowered' only where the row's paired test is significant, in that direction."""
+        diff, p = self.tb.get(k, "Diff vs student"), self.tb.p_value(k)
         if verb in ("improved", "lowered") and "not a gain" not in c:
             self.res.checked += 1
             if not (_ok(diff) and p is not None and p < ALPHA and (diff > 0) == (verb == "improved")):
                 self.miss(s, f"{k} {verb} the accuracy", verb, f"difference {diff}, p {p}", k)
             else:
                 self.significant.append((k, abs(100 * diff)))
-        fm = re.search(rf"from ({NUM})% to ({NUM})%", c[m.end() - len(par) - 1:] if par else c[m.end():])
-        if fm:
-            self.num(s, tb.base(k), "Accuracy", fm.group(1), 100)
-            self.num(s, k, "Accuracy", fm.group(2), 100)
-        self.hours(s, c, k)
 
     def _counts(self, s, par, d, n, seeded):
         cm = re.search(r"(\d+) (?:problems? )?gained(?: on a majority of seeds)?, (\d+) lost", par)
