@@ -191,9 +191,6 @@ def test_the_kits_own_findings_agree_with_its_table(tmp_path, monkeypatch, seeds
 
 # The committed reports, rendered page + table.json (runs/ is not committed). What the checker finds today:
 STALE = {
-    "embedded": "rendered from runs written before the compute ledger: gkd and grpo record no evaluation seconds, "
-                "so their 0.12 / 0.266 CPU-hours are wall clock with evaluation in, beside 'evaluation measured "
-                "apart'; re-render pending (the coordinator's fresh-clone make report)",
     "study": "rendered before compute to match was defined only where the target is above the start and before "
              "the power sentence was read against the page: 0.00e+00 / 0.00x / 0 CPU-hours compute to match; power "
              "18.3 points beside significant +6.2 and +15.3; re-render pending",
