@@ -212,6 +212,13 @@ class _DropPlaceholderWarning(logging.Filter):
         return not str(record.msg).startswith("Alternative text is missing")
 
 
+def page_document(title: str, body: str, *, style: str = PAGE_CSS, head_extra: str = "") -> str:
+    """One HTML page of a report site: the shared head (charset, viewport, ``title``, already escaped, and
+    ``style``) around ``body``."""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{VIEWPORT}'
+            f"<title>{title}</title><style>{style}</style>{head_extra}</head>\n<body>\n{body}\n</body></html>\n")
+
+
 def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool, nav: str = "",
                 title: str | None = None) -> Path:
     """Render an executed notebook to ``out_html`` (atomically); ``with_code=False`` shows outputs
@@ -262,9 +269,7 @@ def render_html(executed_notebook: Path, out_html: Path, *, with_code: bool, nav
     else:
         log.info("scrubbed %s: no absolute paths or secret values found", out_html.name)
     title = html.escape(title or executed_notebook.stem.replace("_", " "))
-    atomic_write_text(out_html, f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{VIEWPORT}'
-                                f"<title>{title}</title><style>{PAGE_CSS}</style>{PRINT_SCRIPT}</head>\n<body>\n"
-                                f"{nav}\n{body}\n</body></html>\n")
+    atomic_write_text(out_html, page_document(title, f"{nav}\n{body}", head_extra=PRINT_SCRIPT))
     umask = os.umask(0)
     os.umask(umask)
     out_html.chmod(0o666 & ~umask)  # a report is for sharing: not the temp file's private 0600

@@ -13,7 +13,7 @@ from atlas_lib.core.files import atomic_write_text
 from atlas_lib.report import findings_check, problems
 from atlas_lib.report.collect import Collected, collect
 from atlas_lib.report.findings import headline
-from atlas_lib.report.html import PAGE_CSS, render_html, site_nav
+from atlas_lib.report.html import page_document, render_html, site_nav
 from atlas_lib.report.table import results_table
 
 
@@ -61,12 +61,9 @@ def write_reports_index(root: Path) -> Path:
         entries.append(f'<li><a href="{page.parent.name}/index.html">{html_escape(page.parent.name)}</a>: '
                        f"{title}{_check_note(page.parent)}</li>")  # the title is already HTML-escaped in its page
     body = "\n".join(entries) or "<li>No report rendered yet.</li>"
-    text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>atlas-distill-kit reports</title><style>{PAGE_CSS}</style></head>\n<body>\n"
-            "<h1>atlas-distill-kit reports</h1>\n<p>Each report is one profile's run (<code>atlas report "
-            "--params params/PROFILE.yaml</code>); its page says which models, problems and code made it.</p>\n"
-            f"<ul>\n{body}\n</ul>\n</body></html>\n")
+    text = page_document("atlas-distill-kit reports", "<h1>atlas-distill-kit reports</h1>\n<p>Each report is one "
+                         "profile's run (<code>atlas report --params params/PROFILE.yaml</code>); its page says which "
+                         f"models, problems and code made it.</p>\n<ul>\n{body}\n</ul>")
     out = root / "index.html"
     atomic_write_text(out, text)
     return out
