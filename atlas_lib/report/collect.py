@@ -259,6 +259,14 @@ def further_seed(col: Collected, key: str) -> bool:
     return info is not None and info.method in col.seeds and key != info.method
 
 
+def shared_student_runs(col: Collected, *, methods_only: bool = False) -> list[str]:
+    """Runs that train the shared student (paired with its untrained row), that finished and trained; a
+    further seed is part of its method's row. ``methods_only``: the methods themselves, sweep variants left out."""
+    return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
+            and i.status == "complete" and not i.summary.get("did_not_train") and not further_seed(col, k)
+            and (not methods_only or i.key == i.method)]
+
+
 def seed_correct(col: Collected, key: str) -> list[dict]:
     """A row's test outcomes per training seed (one entry for a single-seed row)."""
     if key in col.seeds:

@@ -11,18 +11,12 @@ from collections.abc import Callable
 import pandas as pd
 
 from atlas_lib.evaluation import stats
-from atlas_lib.report.collect import Collected, paired_vs
+from atlas_lib.report.collect import Collected, paired_vs, shared_student_runs
 
 
 def _diff(pr: stats.Paired) -> str:
     return (f"{100 * pr.diff:+.1f} points (95% CI {100 * pr.ci_low:+.1f} to {100 * pr.ci_high:+.1f}, {pr.test} "
             f"p = {pr.p_value:.2g})")
-
-
-def _methods(col: Collected) -> list[str]:
-    """The methods trained on the shared student that finished and trained (a seed's run is its method's)."""
-    return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student and i.key == i.method
-            and i.status == "complete" and not i.summary.get("did_not_train")]
 
 
 def control_rows(baseline: dict | None, make_row: Callable) -> dict[str, dict]:
@@ -45,7 +39,7 @@ def control_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
         if (pc := paired_vs(col, c, "student")) is None:
             continue
         parts = []
-        for k in _methods(col):
+        for k in shared_student_runs(col, methods_only=True):
             if (pm := paired_vs(col, k, "student")) is None:
                 continue
             name, gain = col.runs[k].name, f"{100 * pm.diff:+.1f} points"

@@ -27,6 +27,7 @@ from atlas_lib.report.collect import (
     hacking_flag,
     paired_vs,
     primary_tests,
+    shared_student_runs,
     untrained_row,
 )
 from atlas_lib.report.table import (
@@ -107,13 +108,6 @@ def _status_line(info: RunInfo) -> str | None:
     return None
 
 
-def _shared_student(col: Collected) -> list[str]:
-    """Runs that train the shared student (paired with its untrained row), that finished and trained."""
-    return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
-            and i.status == "complete" and not i.summary.get("did_not_train")
-            and not further_seed(col, k)]  # a further seed is part of its method's row
-
-
 def short_paired(pr: stats.Paired) -> str:
     """'+4.0 points (p = 0.012; 12 gained, 4 lost)': a paired difference in a sentence that lists several
     (with seeds: the sign test over problems, problems gained / lost on a majority of seeds)."""
@@ -149,7 +143,7 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     """The answer in at most three sentences: the method that changed the student's test accuracy
     most (or that none did), the other methods against the untrained student in one sentence, the
     methods against each other in one sentence; every comparison paired on the same test problems."""
-    results = [(k, pr) for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
+    results = [(k, pr) for k in shared_student_runs(col) if (pr := paired_vs(col, k, "student")) is not None]
     if not results:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
     hacked = {k for k, _ in results if hacking_flag(col, k)}  # its accuracy is not presented as a gain
@@ -197,7 +191,7 @@ def _answer_pair(col: Collected) -> tuple[str, str, stats.Paired, float, bool] |
     for (a, b), (pr, p) in primary.items():
         if b != untrained_row(col, a) and a in col.runs and b in col.runs:
             return a, b, pr, p, _decisive(col, primary, a, b, pr)
-    methods = [k for k in _shared_student(col) if col.runs[k].key == col.runs[k].method]
+    methods = shared_student_runs(col, methods_only=True)
     for a, b in itertools.combinations(methods, 2):
         if (pr := paired_vs(col, a, b)) is not None:
             return a, b, pr, pr.p_value, _decisive(col, primary, a, b, pr)
@@ -287,7 +281,7 @@ def mde_sentence(col: Collected) -> str | None:
     if not base:
         return None
     n = len(base)
-    found = [pr for k in _shared_student(col) if (pr := paired_vs(col, k, "student")) is not None]
+    found = [pr for k in shared_student_runs(col) if (pr := paired_vs(col, k, "student")) is not None]
     discord = [pr.discordance for pr in found if math.isfinite(pr.discordance)]
     if discord and max(discord) > 0:
         q = max(discord)
