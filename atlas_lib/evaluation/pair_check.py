@@ -24,7 +24,6 @@ tokenizer and generation config. :func:`require_teacher_prompt` is the trainers'
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -401,7 +400,7 @@ def write(report: dict, path: Path) -> Path:
     from atlas_lib.core.files import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, json.loads(json.dumps(report, default=str)))
+    atomic_write_json(path, report)  # NaN as a string, anything else unknown as its str()
     return path
 
 

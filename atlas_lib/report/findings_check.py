@@ -51,7 +51,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from atlas_lib.core.files import atomic_write_text
+from atlas_lib.core.files import atomic_write_json
 from atlas_lib.report.table import (
     ALIGNED_COL,
     CUT_COL,
@@ -629,5 +629,5 @@ def write_check(index_html: Path) -> Result | None:
         return None
     for m in result.mismatches:
         log.warning("findings check: %s states %s, table %s (%s)", m.claim, m.stated, m.table, m.sentence[:120])
-    atomic_write_text(index_html.parent / CHECK_FILE, json.dumps(result.as_dict(), indent=1) + "\n")
+    atomic_write_json(index_html.parent / CHECK_FILE, result.as_dict())
     return result
