@@ -3,10 +3,17 @@ in the report is the training loss itself on those answers, not a neighbouring d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
+from atlas_lib.core import config, registry
+from atlas_lib.core.sections import TrainSection
+from atlas_lib.core.validate import fld
 from atlas_lib.data.prompts import render_prompt
 from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.evaluation.baselines import objectives
+from atlas_lib.evaluation.divergence import Objective, gjsd_objective
 from atlas_lib.methods.cross_tokenizer import step
 from atlas_lib.methods.cross_tokenizer.config import CrossTokenizerConfig
 from atlas_lib.training import outcome
@@ -133,6 +140,8 @@ def test_gkd_heldout_objective_is_the_trainers_loss_on_a_fixed_batch(tiny, tmp_p
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.gkd import GKDConfig
 
+    from atlas_lib.methods.gkd.config import GKDConfig as GKDSection
+    from atlas_lib.methods.gkd.objective import objective
     from atlas_lib.methods.gkd.trainer import AtlasGKDTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny["student"])
@@ -159,8 +168,9 @@ def test_gkd_heldout_objective_is_the_trainers_loss_on_a_fixed_batch(tiny, tmp_p
     with torch.no_grad():
         loss = float(tr.compute_loss(student, dict(inputs)))
     gens = [{"prompt_ids": prompt, "completion_ids": a, "truncated": i == 1} for i, a in enumerate(answers)]
-    scored = ev.score_completions(student, teacher, gens, batch_size=2, vocab_size=len(tok), objective_betas=(beta,))
-    recs = [{"objective": sc["objective_by_beta"][ev.beta_key(beta)], "objective_units": len(sc["kl"])}
+    obj = objective(GKDSection(beta=beta))  # the gkd section's own objective, at the trainer's beta
+    scored = ev.score_completions(student, teacher, gens, batch_size=2, vocab_size=len(tok), objectives=(obj,))
+    recs = [{"objective": sc["objective_by_beta"][obj.key], "objective_units": len(sc["kl"])}
             for sc in scored]
     assert [r["objective_units"] for r in recs] == [len(a) for a in answers]
     assert ev.heldout_objective(recs) == pytest.approx(loss, rel=1e-4)
@@ -168,12 +178,60 @@ def test_gkd_heldout_objective_is_the_trainers_loss_on_a_fixed_batch(tiny, tmp_p
         assert recs[1]["objective"] == pytest.approx(sum(scored[1]["kl"]) / len(scored[1]["kl"]), rel=1e-4)
 
 
-def test_the_baseline_scores_the_betas_of_the_enabled_same_tokenizer_distillers():
-    from atlas_lib.core import config
-    from atlas_lib.evaluation.baselines import objective_betas
-
+def test_the_baseline_scores_the_objectives_of_the_enabled_same_tokenizer_distillers():
     p = config.load("params/smoke.yaml", overrides={"gkd.beta": 0.25, "off_policy.enabled": True,
                                                      "off_policy.beta": 0.75})
-    assert objective_betas(p) == (0.25, 0.75)  # not GRPO's KL coefficient, not the cross-tokenizer arms'
+    # not GRPO's KL coefficient, not the cross-tokenizer arms' betas
+    assert objectives(p) == (gjsd_objective(0.25), gjsd_objective(0.75))
+
+
+def test_the_baseline_scores_nothing_without_a_same_tokenizer_distiller():
     off = {"gkd.enabled": False, "off_policy.enabled": False}
-    assert objective_betas(config.load("params/smoke.yaml", overrides=off)) == ()
+    assert objectives(config.load("params/smoke.yaml", overrides=off)) == ()
+
+
+def test_two_methods_at_one_beta_are_scored_once():
+    p = config.load("params/smoke.yaml", overrides={"gkd.beta": 0.5, "off_policy.enabled": True,
+                                                     "off_policy.beta": 0.5})
+    assert [o.key for o in objectives(p)] == ["0.5"]
+
+
+@dataclass
+class DPOLikeConfig(TrainSection):
+    """A section with a ``beta`` that is a preference temperature, not a generalized-JSD beta."""
+
+    beta: float = fld(0.1, "DPO's preference temperature (not a JSD beta).", gt=0.0)
+
+
+def _kl_objective(section) -> Objective:
+    """A method's own same-tokenizer objective that is not a generalized JSD: a scaled reverse KL."""
+    def terms(s_B_T_V, t_B_T_V, mask_B_T):
+        return section.beta * (s_B_T_V.exp() * (s_B_T_V - t_B_T_V)).sum(-1) * mask_B_T
+    return Objective("scaled reverse KL", f"rkl x {section.beta:g}", terms)
+
+
+@pytest.fixture
+def dpo_like():
+    def register(objective=None):
+        return registry.register(registry.Method("dpo_like", DPOLikeConfig, lambda params: {}, "02_gkd", "DPO-like",
+                                                 "DPO-like", "C7", "DPO-like: preference loss", objective=objective))
+    yield register
+    registry.unregister("dpo_like")
+
+
+def _smoke_with(**overrides):
+    return config.load("params/smoke.yaml", overrides={"dpo_like.beta": 0.25, "gkd.beta": 0.5, **overrides})
+
+
+def test_a_method_with_a_beta_that_declares_no_objective_is_not_scored_at_it(dpo_like):
+    """Its beta (0.25) is no JSD beta: the baseline scores only gkd's declared objective (beta 0.5)."""
+    dpo_like()
+    p = _smoke_with()
+    assert "dpo_like" in p.enabled()
+    assert [o.key for o in objectives(p)] == ["0.5"]
+
+
+def test_a_method_that_declares_its_own_objective_is_scored_under_it(dpo_like):
+    dpo_like(objective=_kl_objective)
+    p = _smoke_with(**{"gkd.enabled": False, "off_policy.enabled": False})
+    assert [o.key for o in objectives(p)] == ["rkl x 0.25"]

@@ -15,7 +15,7 @@ import torch
 
 from atlas_lib.core import config, registry
 from atlas_lib.data import splits
-from atlas_lib.evaluation.baselines import evaluate_baselines, objective_betas
+from atlas_lib.evaluation.baselines import evaluate_baselines, objectives
 from atlas_lib.report import collect, findings, site, table
 from atlas_lib.training import memory
 
@@ -61,9 +61,11 @@ def test_the_arms_fields_are_range_checked_by_name(tinker, tmp_path):
 
 
 def test_the_arms_beta_is_not_scored_as_a_jsd_beta(tinker, tmp_path):
-    """Its beta (0.25) is a KL coefficient: only the methods declaring a generalized-JSD objective are
-    scored at theirs (gkd and off_policy at 0.5 in the smoke profile)."""
-    assert objective_betas(_params(tmp_path)) == (0.5,)
+    """Its beta (0.25) is a KL coefficient and it declares no objective: only the methods declaring one
+    are scored under theirs (gkd's generalized JSD at 0.5 in the smoke profile)."""
+    p = _params(tmp_path)
+    assert "tinker" in p.enabled()
+    assert [o.key for o in objectives(p)] == ["0.5"]
 
 
 def test_the_arms_objective_pushes_down_tokens_the_student_overrates(tinker):

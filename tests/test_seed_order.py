@@ -104,3 +104,31 @@ def test_max_seeds_at_its_default_keeps_every_runs_hash():
     d = p.to_dict()
     assert "max_seeds" in d["gkd"] and "max_seeds" not in validate.hash_neutral(d, "gkd")["gkd"]
     assert train_hash(p, "gkd") != train_hash(_params(**{"gkd.max_seeds": 2}), "gkd")
+
+
+def test_kl_seeds_scores_the_first_seeds_test_answers_only():
+    p = _params(**{"evaluation.kl_seeds": 1})
+    assert [v.evaluation.reverse_kl for _, v in seeds.seed_variants(p, "gkd")] == [False, False]
+
+
+def test_kl_seeds_leaves_the_first_seed_scored():
+    assert _params(**{"evaluation.kl_seeds": 1}).evaluation.reverse_kl
+
+
+def test_kl_seeds_at_two_scores_the_second_seed_too():
+    p = _params(**{"evaluation.kl_seeds": 2})
+    assert [v.evaluation.reverse_kl for _, v in seeds.seed_variants(p, "gkd")] == [True, False]
+
+
+def test_kl_seeds_at_its_default_keeps_every_runs_hash():
+    from atlas_lib.core import validate
+
+    d = _params().to_dict()
+    assert "kl_seeds" not in validate.hash_neutral(d, "gkd")["evaluation"]
+
+
+def test_kl_seeds_without_reverse_kl_is_refused():
+    import pytest
+
+    with pytest.raises(config.ParamsError, match="evaluation.kl_seeds"):
+        _params(**{"evaluation.kl_seeds": 1, "evaluation.reverse_kl": False})

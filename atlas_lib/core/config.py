@@ -179,6 +179,9 @@ def from_dict(raw: dict, source_path: str | None = None, base_dir: str | None = 
     if e.during_training_limit > d.val_limit:
         raise ParamsError(f"evaluation.during_training_limit = {e.during_training_limit}: must be "
                           f"<= data.val_limit = {d.val_limit} (eval points use the validation split)")
+    if e.kl_seeds and not e.reverse_kl and len(params.run.seeds) > 1:  # a seed variant turns reverse_kl off itself
+        raise ParamsError(f"evaluation.kl_seeds = {e.kl_seeds}: needs evaluation.reverse_kl: true (set kl_seeds: 0 "
+                          "or turn reverse_kl on)")
     validate.check_runs_fields(params.run.seeds, e.comparisons, registry.keys(), e.controls, CONTROL_NAMES)
     for key, section in methods.items():  # a disabled method may still be run by hand (atlas train <key>)
         section.check(key, e.max_new_tokens)

@@ -21,15 +21,19 @@ def seed_variants(params: Params, method: str) -> list[tuple[int, Params]]:
     """Each further training seed of ``run.seeds`` as a full Params for ``method``: the same split and
     problems, ``run.seeds`` = [that seed], the run in ``<run name>-seed<N>``. The first seed is
     ``params`` itself (its run keeps the plain name), so a single-seed file runs as before. A method with
-    ``max_seeds`` N trains the first N seeds only."""
+    ``max_seeds`` N trains the first N seeds only; with ``evaluation.kl_seeds`` N, seeds after the
+    first N are evaluated without the teacher's scoring (``reverse_kl`` off in their Params)."""
     if len(params.run.seeds) < 2:
         return []
     base = params.to_dict()
     name = params.run_name(method)
     out = []
-    for s in params.run.seeds[1:getattr(params.section(method), "max_seeds", 0) or None]:
+    kl_seeds = params.evaluation.kl_seeds
+    for i, s in enumerate(params.run.seeds[1:getattr(params.section(method), "max_seeds", 0) or None], start=1):
         raw = dict(base)
         raw["run"] = {**base["run"], "seeds": [s]}
+        if kl_seeds and i >= kl_seeds:  # the teacher scores the first kl_seeds seeds' test answers only
+            raw["evaluation"] = {**base["evaluation"], "reverse_kl": False}
         raw[method] = {**raw[method], "run_name": f"{name}-seed{s}"}
         raw["sweeps"] = []
         out.append((s, from_dict(raw, params.source_path, params.base_dir)))

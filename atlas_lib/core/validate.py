@@ -183,6 +183,8 @@ def hash_neutral(d: dict, stage: str) -> dict:
         d["run"] = {k: v for k, v in run.items() if k != "flop_budget"}
     if stage != "data" or not ev.get("controls"):
         d["evaluation"] = {k: v for k, v in ev.items() if k != "controls"}
+    if stage == "data" or not ev.get("kl_seeds"):  # test rows' scoring only; at 0 (every seed) as before the field
+        d["evaluation"] = {k: v for k, v in (d.get("evaluation") or {}).items() if k != "kl_seeds"}
     if isinstance(d.get(stage), dict) and not d[stage].get("max_seeds"):
         d[stage] = {k: v for k, v in d[stage].items() if k != "max_seeds"}
     # models.teacher_prompt(_max_gap) (issue 42): nothing in the data stage reads them, and at their defaults

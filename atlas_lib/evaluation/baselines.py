@@ -17,6 +17,7 @@ from atlas_lib.data import prompts, splits
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation import logratio, pair_check
 from atlas_lib.evaluation.context import check_context
+from atlas_lib.evaluation.divergence import Objective
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,14 @@ def baseline_metrics(params: Params) -> dict:
     return {"baseline": s.get("student"), "teacher": s.get("teacher")}
 
 
-def objective_betas(params: Params) -> tuple[float, ...]:
-    """The betas of the enabled methods whose objective is a same-tokenizer generalized JSD (declared in
-    the registry: ``objective == "gjsd"``): the untrained student's answers are scored at each
-    (``objective_by_beta``), so each method's own objective has its starting point (keyed by beta, so a
-    changed beta finds no value rather than a wrong one)."""
-    return tuple(dict.fromkeys(float(params.section(k).beta) for k in params.enabled()
-                               if registry.get(k).objective == registry.GJSD))
+def objectives(params: Params) -> tuple[Objective, ...]:
+    """The objectives the enabled methods declare in the registry (``Method.objective``, built from each
+    one's section), one per key: the untrained student's answers are scored under each
+    (``objective_by_beta``), so each method's own objective has its starting point (keyed by its
+    parameters, so a changed beta finds no value rather than a wrong one). A method that declares none is
+    not scored, whatever its section's fields are called."""
+    built = (registry.get(k).objective_for(params.section(k)) for k in params.enabled())
+    return tuple({o.key: o for o in built if o is not None}.values())
 
 
 def control_role(name: str) -> str:
@@ -113,7 +115,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
         log.info("pair check (%s):\n%s", out_dir / "pair_check.json", pair_check.format_text(check))
     except Exception as e:  # noqa: BLE001 - a diagnostic: the baselines go on, the report says it is missing
         log.warning("the pair check failed (%s: %s); `atlas check --params ...` shows it alone", type(e).__name__, e)
-    betas = objective_betas(params)
+    asked = objectives(params)
     results = {}
     for role in which:
         if role == "teacher":
@@ -123,7 +125,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
                                            trust_remote_code=params.models.trust_remote_code)
         res = ev.evaluate(model, tok, examples, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
                           batch_size=e.batch_size, teacher=teacher if (e.reverse_kl and role == "student") else None,
-                          teacher_tokenizer=t_tok, desc=f"eval {role}", objective_betas=betas if role == "student" else ())
+                          teacher_tokenizer=t_tok, desc=f"eval {role}", objectives=asked if role == "student" else ())
         if role == "teacher":
             res.metrics["mean_reverse_kl"] = 0.0  # the teacher against itself, by definition
             res.metrics["mean_logratio_per_char"] = 0.0
@@ -134,7 +136,7 @@ def evaluate_baselines(params: Params, which: tuple[str, ...] = ("student", "tea
             val = ev.evaluate(model, tok, eval_examples(params, prepared, during_training=True),
                               prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
                               teacher=teacher if e.reverse_kl and e.during_training_kl else None, teacher_tokenizer=t_tok,
-                              desc="eval student (validation)", objective_betas=betas)
+                              desc="eval student (validation)", objectives=asked)
             ev.save_eval(val, out_dir, "student_val")
             results["student_val"] = val.metrics
             if e.controls:

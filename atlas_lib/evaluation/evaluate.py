@@ -24,7 +24,7 @@ from atlas_lib.core.runtime import heap_for_large_buffers
 from atlas_lib.data import answers
 from atlas_lib.data.prompts import build_messages, render_prompt
 from atlas_lib.evaluation import logratio
-from atlas_lib.evaluation.divergence import generalized_jsd
+from atlas_lib.evaluation.divergence import Objective
 from atlas_lib.evaluation.forward import (
     batch_inputs,
     eval_mode,
@@ -114,15 +114,15 @@ def reverse_kl_tokens(student, teacher, generations: list[dict], *, batch_size: 
 
 @torch.inference_mode()
 def score_completions(student, teacher, generations: list[dict], *, batch_size: int,
-                      vocab_size: int | None = None, objective_betas: Sequence[float] = ()) -> list[dict | None]:
+                      vocab_size: int | None = None, objectives: Sequence[Objective] = ()) -> list[dict | None]:
     """Per example: ``kl``, the reverse KL ``KL(p_student || p_teacher)`` at every position that predicts
     a generated token (the last included), with the teacher scoring exactly the student's ids
     (``prompt_ids + completion_ids``): the per-token quantity GKD minimises at ``beta`` = 1; and
     ``logp_student`` / ``logp_teacher``, each model's log-probability of the completion's tokens,
-    the stop token included when the completion stopped (:mod:`atlas_lib.evaluation.logratio`); with ``objective_betas``,
-    ``objective_by_beta``: per beta, the generalized JSD a same-tokenizer distilling method minimises
-    (:func:`atlas_lib.evaluation.divergence.generalized_jsd`, the GKD trainer's call) averaged over the
-    same positions, i.e. that trainer's loss on this answer.
+    the stop token included when the completion stopped (:mod:`atlas_lib.evaluation.logratio`); with ``objectives``,
+    ``objective_by_beta``: per objective's ``key``, a same-tokenizer distilling method's own loss
+    (:class:`atlas_lib.evaluation.divergence.Objective`) averaged over the same positions, i.e. that
+    method's training loss on this answer.
 
     Batches are laid out as in generation (shared prefix cached, left padding, positions from the
     mask), so all completions end in the same column and only the last ``max completion + 1``
@@ -163,17 +163,11 @@ def score_completions(student, teacher, generations: list[dict], *, batch_size: 
                 lp_s, lp_t = (float(logratio.sequence_logprob_B(x[r:r + 1, sl], ids_1_C, text_1_C, vocab_size)[0])
                               for x in (s_B_C_V, t_B_C_V))
                 out[i] = {"kl": [float(x) for x in kl_1_C[0]], "logp_student": lp_s, "logp_teacher": lp_t}
-                if objective_betas:
+                if objectives:
                     v = vocab_size or min(s_B_C_V.shape[-1], t_B_C_V.shape[-1])
                     s_C_V, t_C_V = s_B_C_V[r, sl, :v], t_B_C_V[r, sl, :v].to(s_B_C_V.device)
-                    out[i]["objective_by_beta"] = {beta_key(b): float(generalized_jsd(s_C_V, t_C_V, b)) / c
-                                                   for b in objective_betas}
+                    out[i]["objective_by_beta"] = {o.key: o.per_answer(s_C_V, t_C_V) for o in objectives}
     return out
-
-
-def beta_key(beta: float) -> str:
-    """How a beta names its objective in ``objective_by_beta`` (records and metrics are JSON)."""
-    return f"{float(beta):g}"
 
 
 def same_tokenizer(tok_a, tok_b) -> bool:
@@ -242,10 +236,9 @@ def _graded(ex: dict, prompt: str, msgs: list, g: dict) -> dict:
             "prompt_tokens": g["prompt_tokens"], "truncated": g["truncated"], "reverse_kl": None}
 
 
-def _add_teacher_scores(r: dict, g: dict, sc: dict | None, tokenizer, objective_beta: float | None) -> None:
+def _add_teacher_scores(r: dict, g: dict, sc: dict | None, tokenizer, objective: Objective | None) -> None:
     """Put the teacher's scores of one completion on its record: the mean reverse KL, the log-ratio per
-    character, the generalized JSD at each asked beta (``objective`` at the method's own) and the
-    per-token KL."""
+    character, each asked objective's score (``objective``: the method's own) and the per-token KL."""
     kl = None if sc is None else sc["kl"]
     r["reverse_kl"] = None if kl is None else float(sum(kl) / len(kl))
     if sc is None:
@@ -254,8 +247,8 @@ def _add_teacher_scores(r: dict, g: dict, sc: dict | None, tokenizer, objective_
     r["logratio_version"] = logratio.VERSION
     if "objective_by_beta" in sc:
         r["objective_by_beta"], r["objective_units"] = sc["objective_by_beta"], len(sc["kl"])
-        if objective_beta is not None:
-            r["objective"] = sc["objective_by_beta"][beta_key(objective_beta)]
+        if objective is not None:
+            r["objective"] = sc["objective_by_beta"][objective.key]
     if kl is not None:  # the per-problem page shades each token by it (report.problems)
         r["token_kl"] = [[piece, round(x, 3)] for piece, x in
                          zip(token_pieces(tokenizer, g["completion_ids"]), kl, strict=True)]
@@ -264,15 +257,15 @@ def _add_teacher_scores(r: dict, g: dict, sc: dict | None, tokenizer, objective_
 def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_tokens: int, batch_size: int,
              teacher=None, teacher_tokenizer=None,
              divergence_fn: Callable[[list[dict]], list[float]] | None = None, desc: str = "eval",
-             objective_betas: Sequence[float] = (), objective_beta: float | None = None) -> EvalResult:
+             objectives: Sequence[Objective] = (), objective: Objective | None = None) -> EvalResult:
     """Greedy-evaluate ``model`` on ``examples`` (records with ``id``, ``question``, ``answer``).
 
     ``teacher`` adds the per-example reverse KL when it shares the student's tokenizer
     (``teacher_tokenizer`` defaults to the student's); otherwise ``kl_note`` says why there is none.
     ``divergence_fn(records) -> list[float]`` adds ``aligned_divergence`` (cross-tokenizer stage).
-    With the teacher, ``objective_betas`` adds each answer's generalized JSD at those betas
-    (``objective_by_beta``) and ``objective_beta`` makes one of them the record's ``objective``: the
-    evaluated method's own loss on its answer.
+    With the teacher, ``objectives`` adds each answer's score under each (``objective_by_beta``, by
+    key) and ``objective`` (scored too) makes its score the record's ``objective``: the evaluated
+    method's own loss on its answer.
     """
     if not examples:
         raise ValueError("evaluate: no examples; check evaluation.limit and the prepared eval split")
@@ -285,12 +278,12 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_cfg, max_new_toke
     kl_note, t_kl = None, time.monotonic()
     if teacher is not None:
         if same_tokenizer(tokenizer, teacher_tokenizer if teacher_tokenizer is not None else tokenizer):
-            betas = tuple(dict.fromkeys([*objective_betas, *([] if objective_beta is None else [objective_beta])]))
+            asked = tuple({o.key: o for o in [*objectives, *([] if objective is None else [objective])]}.values())
             with heap_for_large_buffers():  # the teacher scores prompt + completion: prefill-sized buffers
                 scored = score_completions(model, teacher, gens, batch_size=min(batch_size, KL_MAX_BATCH),
-                                           vocab_size=len(tokenizer), objective_betas=betas)
+                                           vocab_size=len(tokenizer), objectives=asked)
             for r, g, sc in zip(records, gens, scored, strict=True):
-                _add_teacher_scores(r, g, sc, tokenizer, objective_beta)
+                _add_teacher_scores(r, g, sc, tokenizer, objective)
         else:
             kl_note = KL_UNDEFINED
     kl_seconds = time.monotonic() - t_kl

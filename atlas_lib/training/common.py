@@ -24,6 +24,7 @@ from atlas_lib.data import splits
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation.baselines import baseline_records, eval_examples
 from atlas_lib.evaluation.context import check_context
+from atlas_lib.evaluation.divergence import Objective
 from atlas_lib.training import loop
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Parts:
     teacher_tokenizer: Any = None
     teacher_loader: Callable | None = None  # or: load the teacher only while an evaluation needs it
     divergence_fn: Callable | None = None  # model -> per-record divergence (cross-tokenizer)
-    objective_beta: float | None = None  # same-tokenizer distillation: its loss's beta, scored on held-out answers
+    objective: Objective | None = None  # same-tokenizer distillation: its own loss, scored on held-out answers
     extra_summary: dict = field(default_factory=dict)
 
 
@@ -89,12 +90,13 @@ def load_pair(params: Params, *, require_same_tokenizer: bool = False, student: 
 
 def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_tok=None, divergence_fn=None,
                   during_training: bool = True, teacher_loader: Callable | None = None,
-                  objective_beta: float | None = None):
+                  objective: Objective | None = None):
     """The shared evaluator bound to the held-out subset: ``eval_fn(model) -> EvalResult``.
 
     ``teacher_loader() -> model``: load the teacher only while an evaluation scores against it and
     free it afterwards (GRPO needs the teacher for the reverse-KL column only, not in training).
-    ``objective_beta``: the method's own loss (generalized JSD at that beta) on each scored answer.
+    ``objective``: the method's own loss (:class:`atlas_lib.evaluation.divergence.Objective`) on each
+    scored answer.
     """
     examples = eval_examples(params, prepared, during_training)
     e = params.evaluation
@@ -109,22 +111,23 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
                 reuse = None
             else:
                 todo = examples[len(ids):]
-                if objective_beta is not None:  # notebook 01 scored the untrained student at this beta too
-                    reuse = [{**r, "objective": (r.get("objective_by_beta") or {}).get(ev.beta_key(objective_beta))}
-                             for r in reuse]
+                if objective is not None:  # notebook 01 scored the untrained student under this objective too
+                    reuse = [{**r, "objective": (r.get("objective_by_beta") or {}).get(objective.key)} for r in reuse]
         if reuse and not todo:  # every problem already evaluated on this model
             return ev.EvalResult({**ev.aggregate(reuse), "reused_records": len(reuse)}, reuse)
         t_model = teacher_loader() if teacher_loader is not None and kl else teacher
         res = ev.evaluate(model, tokenizer, todo, prompt_cfg=params.prompt, max_new_tokens=e.max_new_tokens,
                           batch_size=e.batch_size, teacher=t_model if kl else None,
                           teacher_tokenizer=teacher_tok, divergence_fn=divergence_fn(model) if divergence_fn else None,
-                          objective_beta=objective_beta)
+                          objective=objective)
         if teacher_loader is not None:
             del t_model
             gc.collect()  # hand the teacher's memory back before training resumes
         if reuse:
             records = list(reuse) + res.records
             res = ev.EvalResult({**res.metrics, **ev.aggregate(records), "reused_records": len(reuse)}, records)
+        if e.kl_seeds and not e.reverse_kl and not during_training:  # a further seed (core/seeds.seed_variants)
+            res.metrics["kl_note"] = f"not scored on this seed: evaluation.kl_seeds scores the first {e.kl_seeds} only"
         return res
 
     return eval_fn
@@ -164,12 +167,12 @@ def run_seed(params: Params, key: str, build: Callable[[Params, Any, torch.devic
     device = models.resolve_device(params.run.device)
     parts = build(params, prepared, device)
     kw = dict(teacher=parts.teacher, teacher_tok=parts.teacher_tokenizer, teacher_loader=parts.teacher_loader,
-              divergence_fn=parts.divergence_fn, objective_beta=parts.objective_beta)
+              divergence_fn=parts.divergence_fn, objective=parts.objective)
     return loop.run(params, key, parts.make_trainer, device=device,
                     eval_fn=build_eval_fn(params, prepared, parts.tokenizer, **kw),
                     final_eval_fn=build_eval_fn(params, prepared, parts.tokenizer, during_training=False, **kw),
                     initial_full_eval=method.own_student,
                     initial_records=None if method.own_student else baseline_records(params),
-                    model=parts.student, objective_beta=parts.objective_beta,
+                    model=parts.student, objective=parts.objective,
                     dataset_sizes={"train": len(prepared.train), "eval": len(prepared.eval)},
                     extra_summary={"divergence_label": method.divergence_label, **parts.extra_summary})

@@ -27,6 +27,7 @@ from atlas_lib.core.provenance import provenance
 from atlas_lib.core.rundir import RunDir
 from atlas_lib.core.validate import ParamsError
 from atlas_lib.evaluation import evaluate as ev
+from atlas_lib.evaluation.divergence import Objective
 from atlas_lib.training import ledger, outcome
 from atlas_lib.training.callback import AtlasCallback
 from atlas_lib.training.clock import DeviceClock
@@ -94,7 +95,7 @@ def trainer_args(params: Params, stage: str, rd: RunDir, report_to: list[str], d
 def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *, eval_fn: Callable,
         final_eval_fn: Callable, device: torch.device, dataset_sizes: dict, extra_summary: dict | None = None,
         initial_full_eval: bool = False, initial_records: list[dict] | None = None, model=None,
-        objective_beta: float | None = None) -> dict:
+        objective: Objective | None = None) -> dict:
     """Train one stage end to end and return its summary (also written to ``summary.json``).
 
     ``make_trainer(args_kwargs, callbacks)`` builds the TRL trainer; ``eval_fn(model)`` runs the
@@ -145,7 +146,7 @@ def run(params: Params, stage: str, make_trainer: Callable[[dict, list], Any], *
             summary["training"]["flop_budget"] = budget_outcome(rd.metrics("ledger"), params.run.flop_budget,
                                                                 out.global_step, section.max_steps)
         full["distilled"] = _full_eval(rd, "final_full", final_eval_fn, trainer.model)
-        _finish_summary(summary, rd, full, out.global_step, objective_beta)
+        _finish_summary(summary, rd, full, out.global_step, objective)
         summary["training"]["weights_changed"] = moved
         summary.update(extra_summary or {})
         summary["did_not_train"] = outcome.did_not_train(rd.metrics("train"), moved)
@@ -195,7 +196,7 @@ def _train(trainer, rd: RunDir, params: Params, stage: str, last):
         raise
 
 
-def _finish_summary(summary: dict, rd: RunDir, full: dict, step: int, objective_beta: float | None) -> None:
+def _finish_summary(summary: dict, rd: RunDir, full: dict, step: int, objective: Objective | None) -> None:
     """The summary's evaluation rows: the validation points, the test rows (the untrained start: its own
     full evaluation, else notebook 01's baseline) and the evaluation seconds."""
     summary["training"]["eval_seconds"] = round(
@@ -203,9 +204,9 @@ def _finish_summary(summary: dict, rd: RunDir, full: dict, step: int, objective_
         + sum(float(f.get("eval_seconds") or 0) for f in full.values()), 2)
     summary["validation"] = {"initial": summary.pop("initial"), "final": summary.pop("distilled")}
     summary["initial"] = {**(full.get("initial") or summary.get("baseline") or {}), "step": 0}
-    if objective_beta is not None and summary["initial"].get("heldout_objective") is None:  # notebook 01's row
+    if objective is not None and summary["initial"].get("heldout_objective") is None:  # notebook 01's row
         summary["initial"]["heldout_objective"] = (summary["initial"].get("heldout_objective_by_beta")
-                                                   or {}).get(ev.beta_key(objective_beta))
+                                                   or {}).get(objective.key)
     summary["distilled"] = {**full["distilled"], "step": step}
 
 

@@ -47,6 +47,7 @@ from atlas_lib.data.prompts import has_chat_template, render_prompt
 from atlas_lib.evaluation import pair_check
 from atlas_lib.evaluation.divergence import generalized_jsd
 from atlas_lib.methods.gkd.guard import ScoredLoss
+from atlas_lib.methods.gkd.objective import objective
 from atlas_lib.training import loop
 from atlas_lib.training.common import Parts, load_pair, run_method, with_lora
 
@@ -202,7 +203,7 @@ def _build(key: str):
                                        loss_chunk_size=section.loss_chunk_size, teacher_prompts=prompts)
 
         return Parts(student, tok, make, teacher=teacher, teacher_tokenizer=teacher_tok,
-                     objective_beta=section.beta,
+                     objective=objective(section),
                      extra_summary={"engine": engine, "teacher_prompt": pair_check.teacher_view(params, key)
                                     if prompts is not None or gap is not None else "same rendering",
                                     "teacher_prompt_gap": gap and gap["gap"]})

@@ -1,0 +1,53 @@
+"""The one generalized JSD as an evaluator objective: its per-token terms against an independent
+float64 closed form, and the per-answer score against the GKD trainer's call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_gkd import jsd_float64  # the independent closed form (probabilities, float64, TRL's mixture)
+
+from atlas_lib.evaluation.divergence import Objective, generalized_jsd, gjsd_objective
+
+
+def _logits(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 11, generator=g) * 3, torch.randn(2, 3, 11, generator=g) * 3  # [B, T, V]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_per_token_terms_are_the_closed_form_generalized_jsd(beta):
+    s_B_T_V, t_B_T_V = _logits()
+    got_B_T = gjsd_objective(beta).terms(F.log_softmax(s_B_T_V, -1), F.log_softmax(t_B_T_V, -1),
+                                         torch.ones(2, 3, dtype=torch.bool))
+    want_B_T = torch.tensor([[float(jsd_float64(s_B_T_V[b, t], t_B_T_V[b, t], beta)) for t in range(3)]
+                             for b in range(2)], dtype=torch.float64)
+    assert torch.allclose(got_B_T.double(), want_B_T, rtol=1e-4, atol=1e-6)
+
+
+def test_masked_positions_score_zero_even_when_their_logits_are_not_finite():
+    s_B_T_V, t_B_T_V = _logits()
+    s_B_T_V[1, 2] = float("nan")  # a padded column
+    mask_B_T = torch.tensor([[True, True, True], [True, True, False]])
+    got_B_T = gjsd_objective(0.5).terms(F.log_softmax(s_B_T_V, -1), F.log_softmax(t_B_T_V, -1), mask_B_T)
+    assert got_B_T[1, 2] == 0
+    assert torch.isfinite(got_B_T).all()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_the_per_answer_score_is_the_trainers_loss_per_token(beta):
+    s_B_T_V, t_B_T_V = _logits(1)
+    want = float(generalized_jsd(s_B_T_V[0], t_B_T_V[0], beta)) / 3  # the GKD trainer's call, per token
+    assert gjsd_objective(beta).per_answer(s_B_T_V[0], t_B_T_V[0]) == pytest.approx(want, rel=1e-6)
+
+
+def test_the_key_is_the_stored_beta_string():
+    """Committed records keep their scores under ``objective_by_beta["0.5"]``: the key must not change."""
+    assert [gjsd_objective(b).key for b in (0, 0.5, 1.0, 0.25)] == ["0", "0.5", "1", "0.25"]
+
+
+def test_objectives_with_one_key_are_one_objective():
+    assert gjsd_objective(0.5) == gjsd_objective(0.5)
+    assert gjsd_objective(0.5) != gjsd_objective(0.25)
+    assert Objective("a", "k", lambda *a: None) == Objective("a", "k", lambda *a: None)
