@@ -46,6 +46,8 @@ class RunInfo:
     label: str = ""  # table row
     name: str = ""  # sentences and legends
     color: str = "C9"
+    # Each validation eval point's outcomes on disk, {step: {problem id: correct}} (report/plateau.py)
+    val_outcomes: dict[int, dict] = field(default_factory=dict)
 
     @property
     def spec(self) -> registry.Method | None:
@@ -112,6 +114,7 @@ def load_run(path: Path, key: str, method: str | None = None, label: str | None 
                    _frame([r for r in rows if r.get("kind") == "eval"]), notes, method,
                    label or (spec.label if spec else key), name or label or (spec.name if spec else key),
                    color or (spec.color if spec else "C9"))
+    info.val_outcomes = _val_outcomes(path, info.evals)
     if summary is not None:
         # the flags as this version computes them (a summary written by an older one may lack a newer check)
         info.summary["flags"] = list(dict.fromkeys([*(summary.get("flags") or []), *outcome.flags(summary)]))
@@ -132,6 +135,17 @@ def load_run(path: Path, key: str, method: str | None = None, label: str | None 
         nb = spec.notebook if spec else "?"
         notes.append(f"not run: no {rel}/summary.json or metrics.jsonl (run notebook {nb})")
     return info
+
+
+def _val_outcomes(path: Path, evals: pd.DataFrame) -> dict[int, dict]:
+    """{step: {problem id: correct}} for each eval point whose per-problem records are on disk
+    (``eval/step_<n>.records.jsonl``)."""
+    out = {}
+    for step in sorted({int(s) for s in evals["step"].dropna()}) if "step" in evals else []:
+        rows = read_jsonl(path / "eval" / f"step_{step}.records.jsonl")
+        if rows and all("id" in r and "correct" in r for r in rows):
+            out[step] = {str(r["id"]): bool(r["correct"]) for r in rows}
+    return out
 
 
 def rundir_rel(path: Path) -> str:

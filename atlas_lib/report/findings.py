@@ -19,7 +19,7 @@ import pandas as pd
 
 from atlas_lib.evaluation import stats
 from atlas_lib.evaluation.logratio import VERSION as LOGRATIO_VERSION
-from atlas_lib.report import controls, efficiency
+from atlas_lib.report import controls, efficiency, plateau
 from atlas_lib.report.collect import (
     Collected,
     RunInfo,
@@ -181,6 +181,8 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
               if (m := efficiency.compute_to_match(col, a, b)) is not None]
     if pairs:
         out.append("; ".join(pairs) + ".")
+    if flat := plateau.plateau_sentences(col, methods):  # whether each curve flattened, said either way
+        out.append(" ".join(f"{x}." for x in flat))
     return out
 
 

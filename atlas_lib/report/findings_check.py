@@ -35,7 +35,8 @@ The grammar is generic rather than sentence by sentence, so rewording a sentence
 
 Not read back: a method-vs-method comparison's interval and p (the table holds each row against its
 untrained student only; its difference is checked as A's accuracy less B's), and the compute-to-match
-amounts (validation curves are not in the table; only a zero compute is refused).
+amounts and each curve's change over its last eval interval (report/plateau.py): validation curves are
+not in the table; only a zero compute is refused.
 
 Numbers the grammar does not cover (LoRA ranks, GRPO's signal counts from the training logs, the
 validation split's n) are counted as unchecked, not as mismatches; the JSON gives both counts.
