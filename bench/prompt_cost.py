@@ -41,11 +41,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="problems (the generator's first n at run.seed + 1)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--variants", nargs="*", default=None, help="names of VARIANTS to run (default: all)")
+    ap.add_argument("--model", choices=("student", "teacher"), default="student",
+                    help="whose accuracy and format under each prompt (the teacher's decides what GKD teaches)")
     a = ap.parse_args()
     p = config.load(a.params)
     p.data.size = a.n
     rows = reasoning_gym_rows(p.data, p.run.seed + 1)[: a.n]  # another seed than the split's own draw
-    student, tok = models.load_model(p.models.student, dtype=torch.float32, device=models.resolve_device("cpu"))
+    student, tok = models.load_model(getattr(p.models, a.model), dtype=torch.float32,
+                                     device=models.resolve_device("cpu"))
     print("| prompt | prompt tokens | accuracy | mean completion tokens | truncated | (P + C) / C | vs params | gen s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = None
