@@ -1,12 +1,16 @@
-"""The notebooks' parameters cells, from one source, and what papermill put into a notebook's globals.
+"""The notebooks' parameters cells and method leads, from one source, and what papermill put into a
+notebook's globals.
 
 The ``parameters`` cell of every notebook is written by :func:`write` (``python -m
 atlas_lib.core.notebook_params --write``) from :data:`FLAT_PARAMETERS` (a notebook's own ``-p``
 knobs) and the sections (the shared ones, then each registered method's): papermill needs
-literals there, so the cell is generated text, and ``--check`` (a test runs it) fails when a
-notebook drifts from it or one of its cells assigns a name papermill injects. At run time
-:func:`injected_sections` returns the sections ``papermill -f params.yaml`` injected and refuses any
-name the notebook does not declare."""
+literals there, so the cell is generated text. So is each method's lead, the Markdown cell tagged
+``method-lead`` (its ``metadata.method`` the method's key) that explains the method: its text lives in
+the method's folder (``methods/<key>/lead.md``, the registry's ``lead_md``), one cell per method the
+notebook runs, in registration order, where the first lead cell stands (after the notebook's title
+cell when there is none yet). ``--check`` (a test runs it) fails when a notebook drifts from either,
+or one of its cells assigns a name papermill injects. At run time :func:`injected_sections` returns
+the sections ``papermill -f params.yaml`` injected and refuses any name the notebook does not declare."""
 
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ FLAT_PARAMETERS: dict[str, tuple[tuple[str, object, str], ...]] = {
 }
 NOTEBOOK_ONLY = frozenset({"params_file", "run_baselines"})
 _SECTIONS_COMMENT = "# whole sections that `papermill -f params/<file>.yaml` injects (None: from params_file)"
+LEAD_TAG = "method-lead"  # the Markdown cell written from a method's lead.md; metadata.method names the method
 
 # What IPython itself puts in a kernel's globals (names starting with "_" are skipped as well).
 _KERNEL_GLOBALS = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
@@ -154,15 +159,50 @@ def _assigned_names(source: str) -> set[str]:
     return out
 
 
+def leads(notebook: str) -> list[tuple[str, str]]:
+    """(method key, Markdown) of each registered method the notebook runs that has a lead, in registration
+    order: the text its ``method-lead`` cell must hold."""
+    out = []
+    for m in registry.methods():
+        if m.notebook != notebook or m.lead_md is None:
+            continue
+        try:
+            text = m.lead_text()
+        except (OSError, ImportError) as e:
+            raise ParamsError(f"method {m.key!r}: its lead {m.lead_md!r} cannot be read ({type(e).__name__}: {e}); "
+                              "write that file in the method's folder, or fix lead_md in its registry record") from e
+        out.append((m.key, text.rstrip("\n")))  # a file ends with a newline, a Jupyter cell's source does not
+    return out
+
+
+def _is_lead(cell: dict) -> bool:
+    return cell["cell_type"] == "markdown" and LEAD_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def lead_drift(notebook: str, nb: dict, path: Path) -> list[str]:
+    """What is wrong with the notebook's lead cells: missing, extra, out of order, or text that is not
+    the method's lead.md."""
+    found = [(c["metadata"].get("method"), "".join(c["source"])) for c in nb["cells"] if _is_lead(c)]
+    expected = leads(notebook)
+    if [k for k, _ in found] != [k for k, _ in expected]:
+        return [f"{path}: its {LEAD_TAG} cells are for {[k for k, _ in found]}, the methods it runs that have "
+                f"a lead are {[k for k, _ in expected]}"]
+    refs = {m.key: m.lead_md for m in registry.methods()}
+    return [f"{path}: the {LEAD_TAG} cell of {key!r} is not {refs[key]} (edit that file, not the notebook)"
+            for (key, text), (_, want) in zip(found, expected, strict=True) if text != want]
+
+
 def drift(notebook: str, directory: Path | None = None) -> list[str]:
-    """What is wrong with the notebook's parameters: a cell that is not the generated one, or a
-    later cell that rebinds a parameter (papermill's value, or an injected section, would be lost)."""
+    """What is wrong with the notebook's generated cells: a parameters or lead cell that is not the
+    generated one, or a later cell that rebinds a parameter (papermill's value, or an injected section,
+    would be lost)."""
     path = _path(notebook, directory)
     nb = json.loads(path.read_text(encoding="utf-8"))
     cell = _parameters_cell(nb, path)
     out = []
     if "".join(cell["source"]) != parameters_source(notebook):
         out.append(f"{path}: its parameters cell is not the generated one")
+    out += lead_drift(notebook, nb, path)
     declared = {name for name, _, _ in flat_parameters(notebook)} | set(section_names())
     for i, c in enumerate(nb["cells"]):
         if c is not cell and c["cell_type"] == "code":
@@ -171,15 +211,35 @@ def drift(notebook: str, directory: Path | None = None) -> list[str]:
     return out
 
 
+def _write_leads(notebook: str, nb: dict) -> None:
+    """Put one lead cell per method (registration order) where the first lead cell stands, or after the
+    notebook's first cell (its title) when it is Markdown; a kept cell keeps its id and other metadata."""
+    cells = nb["cells"]
+    title = 1 if cells and cells[0]["cell_type"] == "markdown" else 0
+    at = next((i for i, c in enumerate(cells) if _is_lead(c)), title)
+    old = {c["metadata"].get("method"): c for c in cells if _is_lead(c)}
+    rest = [c for c in cells if not _is_lead(c)]
+    new = []
+    for key, text in leads(notebook):
+        # keys in Jupyter's own (sorted) order, so saving the notebook in Jupyter leaves the file as written
+        cell = old.get(key) or {"cell_type": "markdown", "id": f"lead-{key}",
+                                "metadata": {"method": key, "tags": [LEAD_TAG]}}
+        cell["source"] = text.splitlines(keepends=True)
+        new.append(cell)
+    nb["cells"] = rest[:at] + new + rest[at:]
+
+
 def write(notebook: str, directory: Path | None = None) -> bool:
-    """Rewrite the notebook's parameters cell from the one source; True when it changed. Only that
-    cell is touched (and kept without outputs); the file keeps Jupyter's own JSON layout."""
+    """Rewrite the notebook's parameters and lead cells from the one source; True when it changed. Only
+    those cells are touched (the parameters cell kept without outputs); the file keeps Jupyter's own
+    JSON layout."""
     path = _path(notebook, directory)
     text = path.read_text(encoding="utf-8")
     nb = json.loads(text)
     cell = _parameters_cell(nb, path)
     source = parameters_source(notebook)
     cell.update(source=source.splitlines(keepends=True), outputs=[], execution_count=None)
+    _write_leads(notebook, nb)
     new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
     if new == text:
         return False
@@ -189,15 +249,17 @@ def write(notebook: str, directory: Path | None = None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atlas_lib.core.notebook_params",
-                                 description="Write (or check) the notebooks' parameters cells from one source.")
-    ap.add_argument("--write", action="store_true", help="rewrite the parameters cells (default: only check)")
+                                 description="Write (or check) the notebooks' parameters cells and method leads "
+                                             "from one source.")
+    ap.add_argument("--write", action="store_true",
+                    help="rewrite the parameters and lead cells (default: only check)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.write:
             for nb in notebooks():
                 if write(nb):
-                    log.info("wrote the parameters cell of notebooks/%s.ipynb", nb)
+                    log.info("wrote the parameters and lead cells of notebooks/%s.ipynb", nb)
         problems = [p for nb in notebooks() for p in drift(nb)]
     except ParamsError as e:
         log.error("%s", e)
