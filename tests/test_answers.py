@@ -221,6 +221,9 @@ def test_answer_form(completion, form):
     ("Calculate 26 * 96.", "Final Answer: 2496", False),
     ("Calculate 26 * 96.", "26 * 96 = 2496\nFinal Answer: 2496", False),
     ("Calculate 26 * 96.", "Final Answer: 26 * 95", False),  # undone, but not the question's numbers
+    # only the undone arithmetic after the last "=" counts, or the whole answer when nothing there has a digit
+    ("Calculate 26 * 96.", "Final Answer: 2 + 24 = 26 * 96", True),
+    ("Calculate 26 * 96.", "Final Answer: 26 * 96 = x", True),
 ])
 def test_restates_question(question, completion, expected):
     assert restates_question(completion, question) is expected
@@ -231,6 +234,34 @@ def test_restates_question(question, completion, expected):
 def test_no_answer_is_wrong_never_an_exception(completion):
     assert extract_answer(completion) is None
     assert is_correct(completion, "3") is False
+
+
+# A chat-format completion (a list of messages) is not text: it must not reach the cached reader
+@pytest.mark.parametrize("completion", ["", None, 42, [{"role": "assistant", "content": "Final Answer: 4"}]])
+def test_no_text_is_no_answer_for_every_entry_point(completion):
+    assert extract_answer(completion) is None
+    assert is_correct(completion, "4") is False
+    assert answer_form(completion) == "none"
+    assert restates_question(completion, "Calculate 2 + 2.") is False
+
+
+def test_extract_answer_reads_a_cut_completion_as_the_grader_does():
+    """The evaluator's ``extracted`` field: a completion cut at the budget has no last-line reading."""
+    assert extract_answer("So the total is 16", truncated=True) is None
+
+
+def test_a_closed_form_that_is_not_rational_is_never_credited():
+    assert is_correct("Final Answer: \\pi/2", "2") is False
+
+
+def test_the_grader_bounds_math_verify_with_the_guard_timeout(monkeypatch):
+    """Without it one pathological comparison could stall an evaluation on the main thread."""
+    from atlas_lib.data import answer_math, answers
+
+    seen = []
+    monkeypatch.setattr(answers, "verify", lambda gold, pred, timeout_seconds: seen.append(timeout_seconds) or True)
+    is_correct("Final Answer: 4", "4")
+    assert seen == [answer_math.timeout()]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

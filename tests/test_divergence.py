@@ -42,6 +42,32 @@ def test_the_per_answer_score_is_the_trainers_loss_per_token(beta):
     assert gjsd_objective(beta).per_answer(s_B_T_V[0], t_B_T_V[0]) == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_the_temperature_divides_both_models_logits(beta):
+    s_B_T_V, t_B_T_V = _logits(2)
+    got = generalized_jsd(s_B_T_V[0], t_B_T_V[0], beta, temperature=2.0)
+    want = sum(float(jsd_float64(s_B_T_V[0, t] / 2, t_B_T_V[0, t] / 2, beta)) for t in range(3))
+    assert float(got) == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_every_position_is_summed_when_there_are_more_positions_than_vocabulary_entries(chunk_size):
+    g = torch.Generator().manual_seed(3)
+    s_N_V, t_N_V = torch.randn(20, 5, generator=g) * 3, torch.randn(20, 5, generator=g) * 3
+    got = generalized_jsd(s_N_V, t_N_V, 0.5, chunk_size=chunk_size)
+    assert float(got) == pytest.approx(float(jsd_float64(s_N_V, t_N_V, 0.5)), rel=1e-4)
+
+
+def test_a_one_token_answer_scores_its_one_position():
+    s_B_T_V, t_B_T_V = _logits(4)
+    want = float(generalized_jsd(s_B_T_V[0, :1], t_B_T_V[0, :1], 0.5))
+    assert gjsd_objective(0.5).per_answer(s_B_T_V[0, :1], t_B_T_V[0, :1]) == pytest.approx(want, rel=1e-6)
+
+
+def test_the_objective_names_its_beta_in_words():
+    assert gjsd_objective(0.25).name == "generalized JSD (beta 0.25)"
+
+
 def test_the_key_is_the_stored_beta_string():
     """Committed records keep their scores under ``objective_by_beta["0.5"]``: the key must not change."""
     assert [gjsd_objective(b).key for b in (0, 0.5, 1.0, 0.25)] == ["0", "0.5", "1", "0.25"]

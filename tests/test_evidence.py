@@ -53,6 +53,16 @@ def test_min_detectable_difference_closed_form():
                                                                       rel=1e-5)
 
 
+def test_min_detectable_difference_of_one_problem_is_defined_and_of_none_is_not():
+    assert stats.min_detectable_difference(1, 0.25) == pytest.approx((1.959964 + 0.841621) * 0.5, rel=1e-5)
+    assert math.isnan(stats.min_detectable_difference(0, 0.25))
+
+
+def test_a_negative_count_is_refused_naming_the_counts():
+    with pytest.raises(ValueError, match="counts must be >= 0, got -1, 1"):
+        stats.mcnemar_exact(-1, 1)
+
+
 # -- splits --------------------------------------------------------------------------------------
 def _grouped(n_groups: int, per: int) -> list[dict]:
     return [{"id": f"g{g}-{i}", "question": f"q {g} {i}", "answer": "1", "group": f"g{g}"}

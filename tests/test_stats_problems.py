@@ -95,6 +95,55 @@ def test_each_seed_keeps_its_own_mcnemar_test():
     assert pr.seed_p_values == [stats.mcnemar_exact(10, 0), stats.mcnemar_exact(2, 0)]
 
 
+def test_the_interval_is_the_middle_95_percent_of_10000_resampled_problem_means():
+    a, b = _rng_outcomes(5, 0.6), _rng_outcomes(6, 0.5)
+    d_n = np.array([a[k] - b[k] for k in sorted(a)], dtype=float)
+    idx_R_n = np.random.default_rng(0).integers(0, d_n.size, size=(10_000, d_n.size))  # every problem drawable
+    means_R = d_n[idx_R_n].mean(axis=1)
+    assert stats.bootstrap_ci(d_n) == (np.quantile(means_R, 0.025), np.quantile(means_R, 0.975))
+
+
+def test_the_bootstrap_seed_and_resamples_reach_the_interval():
+    # these outcomes give a different interval under seed 1 (and 200 resamples) than under the default seed 0
+    a, b = _rng_outcomes(5, 0.6), _rng_outcomes(6, 0.5)
+    d_n = np.array([a[k] - b[k] for k in sorted(a)], dtype=float)
+    one = stats.paired(a, b)
+    assert (one.ci_low, one.ci_high) == stats.bootstrap_ci(d_n)
+    seeded = stats.paired(a, b, seed=1)
+    assert (seeded.ci_low, seeded.ci_high) == stats.bootstrap_ci(d_n, seed=1)
+    assert (seeded.ci_low, seeded.ci_high) != (one.ci_low, one.ci_high)
+    few = stats.paired(a, b, resamples=200, seed=1)
+    assert (few.ci_low, few.ci_high) == stats.bootstrap_ci(d_n, 200, seed=1)
+
+
+def test_one_problem_has_a_point_interval():
+    assert stats.bootstrap_ci(np.array([1.0])) == (1.0, 1.0)
+
+
+def test_with_two_seeds_a_tie_is_not_a_majority():
+    """Two seeds per side: p7, p8 lost on both seeds, p9 lost and p10 gained on one seed only."""
+    base = _outcomes(set(range(10)))
+    seeds = [_outcomes(set(range(7)) | {10}), _outcomes(set(range(7)) | {9})]
+    pr = stats.paired_seeds(seeds, [base, base])
+    assert pr.a_only == 0
+    assert pr.b_only == 2
+    assert (pr.sign_a, pr.sign_b) == (1, 3)
+    assert pr.seed_discordant == [4, 2]  # gains plus losses in each seed pair
+    assert pr.seeds == 2
+    assert (pr.acc_a, pr.acc_b) == (pytest.approx(8 / 40), pytest.approx(10 / 40))
+
+
+def test_seed_lists_that_cannot_be_paired_are_refused_naming_the_counts():
+    a = _outcomes(set(range(10)))
+    with pytest.raises(ValueError, match="2 and 3 seeds cannot be paired"):
+        stats.paired_seeds([a, a], [a, a, a])
+
+
+def test_evaluations_with_no_common_problem_are_refused_saying_so():
+    with pytest.raises(ValueError, match="share no problem ids"):
+        stats.paired({"p1": True}, {"p2": False})
+
+
 # -- compute to match, only where it is defined --------------------------------------------------
 def _run(key: str, accs: list[float], n: int = 100, flops_per_step: float = 1e12) -> RunInfo:
     steps = [4 * i for i in range(len(accs))]
