@@ -92,6 +92,12 @@ STATED = [  # (final answer, reference): credited
     ("Final Answer: \\text{42 marbles}", "42"),
     ("Final Answer: 2\\sqrt{4}", "4"),  # a closed form math_verify evaluates
     ("Adding up, she has 18 apples left.", "18"),  # no marker: the last stated number
+    ("Final Answer: 5! = 120", "120"),  # the factorial done: only what follows the last "=" counts
+    # look-alikes of the expressions below that do state their number
+    ("Final Answer: 12 inches", "12"),  # not the imaginary unit
+    ("Final Answer: 12 - a dozen eggs", "12"),  # an article after a dash, not a variable
+    ("The answer is **16**", "16"),  # markdown bold after a space, not Python's power
+    ("Final Answer: 5 i.e. five", "5"),
 ]
 UNSTATED = [  # (final answer, reference it evaluates to): never credited, whatever it evaluates to
     ("Final Answer: 26 * 96", "2496"),
@@ -120,6 +126,16 @@ UNSTATED = [  # (final answer, reference it evaluates to): never credited, whate
     # cut at the budget with no final-answer marker: the last line is an expression
     ("= -(-23 - -65 / 65) = -(-23 - -65 / 65) = -(-23 - -65 / 65) = ...", "22"),
     ("Let me compute -(-23 - -65 / 65)", "22"),
+    # an operation on plain numbers left undone, whatever it evaluates to
+    ("Final Answer: 5!", "120"),
+    ("So the number of pairs is \\binom{5}{2}", "10"),
+    ("The answer is $\\dbinom{5}{2}$", "10"),
+    ("Final Answer: {5 \\choose 2}", "10"),
+    ("Final Answer: 2**3", "8"),  # Python's power, not 23
+    ("Final Answer: 10 % 3", "1"),  # modulo, not a percentage
+    ("Final Answer: 17 \\pmod{5}", "2"),
+    ("Final Answer: 17 mod 5", "2"),
+    ("Final Answer: 1e3", "1000"),  # math_verify reads 1e3 as 1 * e * 3 (Euler's e), never 1000
 ]
 
 
@@ -148,6 +164,43 @@ def test_unevaluated_arithmetic_has_no_extracted_value(completion, reference):
     assert extract_answer(completion) is None
 
 
+# A number that is only part of a larger expression is not the answer its digits spell (the mutation
+# pass credited the first four: a factorial, a binomial's last argument, an exponent, an imaginary part)
+PART_OF_EXPRESSION = [  # (completion, the number its last digits spell)
+    ("Final Answer: 5!", "5"),
+    ("Final Answer: 5 !", "5"),
+    ("So the number of pairs is \\binom{5}{2}", "2"),
+    ("Final Answer: 1e3", "3"),
+    ("Final Answer: 2.5E-4", "-4"),
+    ("Final Answer: 2i", "2"),
+    ("Final Answer: 2j", "2"),
+    ("Final Answer: 2\\mathrm{i}", "2"),
+    ("Final Answer: 3 + 4i", "4"),
+    ("Final Answer: \\sqrt{-4}", "2"),  # a closed form that is not real
+    ("Final Answer: {5 \\choose 2}", "2"),
+    ("Final Answer: \\frac{x}{5}", "5"),
+    ("Final Answer: \\frac{5}{x}", "5"),
+    ("Final Answer: 5 + x", "5"),
+    ("Final Answer: y + 5", "5"),
+    ("Final Answer: 2 + i", "2"),
+    ("Final Answer: 2^n", "2"),
+    ("Final Answer: 2**3", "23"),
+    ("Final Answer: 2**3", "3"),
+    ("Final Answer: 10 % 3", "3"),
+    ("Final Answer: 17 \\pmod{5}", "5"),
+]
+
+
+@pytest.mark.parametrize(("completion", "reference"), PART_OF_EXPRESSION)
+def test_a_number_inside_an_expression_is_not_credited(completion, reference):
+    assert is_correct(completion, reference) is False
+
+
+@pytest.mark.parametrize(("completion", "reference"), PART_OF_EXPRESSION)
+def test_a_number_inside_an_expression_has_no_extracted_value(completion, reference):
+    assert extract_answer(completion) is None
+
+
 # -- a completion cut mid-expression, or at the token budget (issue 40) --------------------------
 CUT = [  # (completion, truncated, reference, expected)
     # the study's two: cut at the budget mid-expression, and an open box after an earlier value
@@ -172,6 +225,8 @@ CUT = [  # (completion, truncated, reference, expected)
     ("She had 5 pens and bought 7, so she has 12.", False, "12", True),
     ("Final Answer: 16\n\n---", False, "16", True),  # a markdown rule is no operator
     ("Final Answer: **16**", False, "16", True),
+    ("Final Answer: 16 + ...", False, "16", False),  # an ellipsis after an operator: still cut
+    ("Final Answer: 16 + \\ldots", False, "16", False),
 ]
 
 
@@ -208,6 +263,8 @@ def test_reward_functions_pass_the_stop_ids():
     ("Final Answer: 2496", "value"), ("Final Answer: 26 * 96", "expression"),
     ("Final Answer: \\pi/2", "closed_form"), ("Final Answer: 3\\sqrt{2}/2", "closed_form"),
     ("I do not know.", "none"), ("Final Answer: none", "none"),
+    ("Final Answer: 5!", "expression"), ("Final Answer: \\binom{5}{2}", "expression"),  # undone
+    ("Final Answer: 1e3", "none"), ("Final Answer: 2i", "none"),  # no number this grader reads
 ])
 def test_answer_form(completion, form):
     assert answer_form(completion) == form
@@ -224,6 +281,7 @@ def test_answer_form(completion, form):
     # only the undone arithmetic after the last "=" counts, or the whole answer when nothing there has a digit
     ("Calculate 26 * 96.", "Final Answer: 2 + 24 = 26 * 96", True),
     ("Calculate 26 * 96.", "Final Answer: 26 * 96 = x", True),
+    ("Calculate 5!.", "Final Answer: 5!", True),
 ])
 def test_restates_question(question, completion, expected):
     assert restates_question(completion, question) is expected

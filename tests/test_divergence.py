@@ -77,3 +77,14 @@ def test_objectives_with_one_key_are_one_objective():
     assert gjsd_objective(0.5) == gjsd_objective(0.5)
     assert gjsd_objective(0.5) != gjsd_objective(0.25)
     assert Objective("a", "k", lambda *a: None) == Objective("a", "k", lambda *a: None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_per_answer_score_on_cuda_logits_is_the_cpu_score():
+    """The evaluator scores answers on the GPU: a mask or buffer made on the CPU would fail there, and
+    only there (a CPU run of the other tests cannot see the device)."""
+    s_B_T_V, t_B_T_V = _logits(5)
+    want = gjsd_objective(0.5).per_answer(s_B_T_V[0], t_B_T_V[0])
+    got = gjsd_objective(0.5).per_answer(s_B_T_V[0].cuda(), t_B_T_V[0].cuda())
+    assert got == pytest.approx(want, rel=1e-5)

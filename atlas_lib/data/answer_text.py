@@ -29,7 +29,10 @@ MARKER = re.compile(
 _RUN_ON = re.compile(r"\n\s*Question\s*:")  # start of a new problem in the plain-text prompt format
 _CURRENCY = re.compile(r"\\?\$(?=\s*-?\s*\.?\d)")  # $12, \$12, $ -3 (not $\frac..$ LaTeX)
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_PERCENT = re.compile(r"(?<=\d)\s*(?:\\?%|percent\b)", re.IGNORECASE)
+_PERCENT = re.compile(r"(?<=\d)\s*(?:\\?%|percent\b)(?!\s*\d)", re.IGNORECASE)  # ``10 % 3`` is modulo
+# Python's power ``2**3`` or ``2 ** 3`` (read as ``2^3``), told from markdown bold (``**16** (**3**``) by a
+# number or bracket on each side, glued on both or spaced on both (bold is glued on one side only)
+_PY_POWER = re.compile(r"(?<=[\d)\]}])(?:\*\*(?=[-+\d(\[{])|\s+\*\*(?=\s+[-+\d(\[{]))")
 _SENTENCE_END = re.compile(r"\.(?=\s+[A-Z(])|\n")
 EQUALS = re.compile(r"=|\\approx|≈|\\simeq")
 # Wrappers around a value: dropped before reading it (their content stays)
@@ -38,11 +41,15 @@ _WRAPPERS = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf|operatorname|displ
 # A unit with an exponent (``cm^2``, ``m²``): the exponent is not the answer
 _UNIT_POWER = re.compile(r"(?<=[A-Za-z])\s*(?:\^\s*\{?\s*\d+\s*\}?|[²³])")
 _TOKEN = re.compile(
-    r"(?P<frac>\\[dt]?frac\s*\{(?P<fn>[^{}]*)\}\s*\{(?P<fd>[^{}]*)\})"
+    r"(?P<frac>\\(?P<fop>[dt]?frac|[dt]?binom)\s*\{(?P<fn>[^{}]*)\}\s*\{(?P<fd>[^{}]*)\})"
+    # a number in a notation this grader does not read as that number: scientific (``1e3``: math_verify
+    # reads ``1 e 3``, Euler's e) or imaginary (``2i``, ``4j``, ``2\mathrm{i}``); an operand all the same
+    r"|(?P<unread>(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+|\s?\{?[ij]\}?(?![A-Za-z]|\.[A-Za-z])))"
     r"|(?P<num>\d+(?:\.\d+)?|\.\d+)"
     r"|(?P<sym>\\sqrt|\\pi|π|√|\\ln|\\log|\\exp|\\sin|\\cos|\\tan|\\infty|\\e\b)"
-    r"|(?P<op>\\times|\\cdot|\\div|\\ast|[+\-*/×÷^·]|(?<![A-Za-z])[xX](?![A-Za-z])"
-    r"|\b(?:plus|minus|times|multiplied\s+by|divided\s+by)\b|(?<=\s)\.(?=\s))"
+    r"|(?P<op>\\times|\\cdot|\\div|\\ast|\\choose|\\[bp]?mod|\\%|[+\-*/×÷^·%]|(?<![A-Za-z])[xX](?![A-Za-z])"
+    r"|\b(?:plus|minus|times|multiplied\s+by|divided\s+by|mod)\b|(?<=\s)\.(?=\s)"
+    r"|(?<=[\d)\]}])\s*!(?!=))"  # ``5!``: a factorial, postfix
     r"|(?P<lp>[(\[{])|(?P<rp>[)\]}])"
     r"|(?P<word>\\?[A-Za-z]+)"
     r"|(?P<other>\S)"
@@ -51,7 +58,7 @@ _OPERAND = ("num", "frac", "sym")
 # The end of text cut mid-expression: an operator, ``=`` or an opening bracket or brace (``16 -``,
 # ``\boxed{``, ``= (``), once closing wrappers (``**``, ``$``, ``\)``) at the very end are set aside
 _DANGLING = re.compile(r"(?:[+\-*/×÷^·=≈]|\\(?:times|cdot|div|ast|approx|frac|dfrac|sqrt|boxed)|[(\[{]|\\\(|\\\[)$")
-_TRAILING_WRAPPERS = re.compile(r"(?:\*\*|\$|\\\)|\\\]|\s)+$")
+_TRAILING_WRAPPERS = re.compile(r"(?:\*\*|\$|\\\)|\\\]|\\[lc]?dots|\.|\s)+$")  # ``16 + ...`` is cut too
 _RULE_LINE = re.compile(r"\s*(?:[-*_=]\s*){3,}")  # a markdown horizontal rule (``---``): no expression
 
 
@@ -64,7 +71,7 @@ class _Tok:
 
 def clean(text: str) -> str:
     text = text.replace("\u2212", "-").replace("\u2013", "-")
-    text = _CURRENCY.sub("", text)
+    text = _PY_POWER.sub("^", _CURRENCY.sub("", text))
     text = _THOUSANDS.sub("", text)
     return _PERCENT.sub("", text)
 
@@ -152,31 +159,33 @@ def _int_or_none(text: str) -> int | None:
 
 def tokens(text: str) -> list[_Tok]:
     """The answer as tokens; ``\\frac{a}{b}`` of integers in lowest terms is one value, any other
-    ``\\frac`` becomes ``(a) / (b)`` so the operator checks see the division."""
+    ``\\frac`` becomes ``(a) / (b)`` so the operator checks see the division (``\\binom{a}{b}``
+    likewise ``(a) \\binom (b)``: an operation left undone, never its last argument)."""
     text = _UNIT_POWER.sub("", _WRAPPERS.sub(" ", text))
     out: list[_Tok] = []
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup
         if m.group("frac") is not None:
             num, den = _int_or_none(m.group("fn")), _int_or_none(m.group("fd"))
-            if num is not None and den is not None and den > 1 and math.gcd(num, den) == 1:
+            op = "/" if m.group("fop").endswith("frac") else "\\binom"
+            if op == "/" and num is not None and den is not None and den > 1 and math.gcd(num, den) == 1:
                 out.append(_Tok("frac", m.group(0), Fraction(num, den)))
             else:
-                out += [_Tok("lp", "("), *tokens(m.group("fn")), _Tok("rp", ")"), _Tok("op", "/"),
+                out += [_Tok("lp", "("), *tokens(m.group("fn")), _Tok("rp", ")"), _Tok("op", op),
                         _Tok("lp", "("), *tokens(m.group("fd")), _Tok("rp", ")")]
         elif kind == "num":
             out.append(_Tok("num", m.group(0), Fraction(Decimal(m.group(0)))))
         else:
-            out.append(_Tok(kind, m.group(0)))
+            out.append(_Tok(kind, m.group(0).strip()))  # `` !``: a factorial after a space
     return out
 
 
 def _is_binary(toks: list[_Tok], i: int) -> bool:
     """Whether the operator at ``i`` joins two things (a ``+``/``-`` after nothing, a bracket, a word
-    or another operator is a sign)."""
+    or another operator is a sign; after a variable it is not: ``x + 5``)."""
     if toks[i].text not in "+-":
         return True
-    return i > 0 and toks[i - 1].kind in ("num", "frac", "sym", "rp")
+    return i > 0 and (toks[i - 1].kind in ("num", "frac", "sym", "unread", "rp") or _variable(toks, i - 1))
 
 
 def _match(toks: list[_Tok], i: int, step: int) -> int:
@@ -189,14 +198,28 @@ def _match(toks: list[_Tok], i: int, step: int) -> int:
     return -1 if step < 0 else len(toks)
 
 
+def _variable(toks: list[_Tok], j: int) -> bool:
+    """Whether ``toks[j]`` is a single letter standing for a quantity (``5 + x``, ``2 + i``), not an
+    article before a word (``12 - a dozen``)."""
+    t = toks[j]
+    if not ((t.kind == "word" and len(t.text) == 1) or (t.kind == "op" and t.text in ("x", "X"))):
+        return False
+    return j + 1 == len(toks) or toks[j + 1].kind != "word"
+
+
 def _group_kind(toks: list[_Tok]) -> str | None:
     kinds = {t.kind for t in toks}
-    return "sym" if "sym" in kinds else "num" if kinds & {"num", "frac"} else None
+    if kinds & {"sym", "unread"}:
+        return "sym"
+    if kinds & {"num", "frac"}:
+        return "num"
+    return "var" if any(_variable(toks, j) for j in range(len(toks))) else None
 
 
 def _operand(toks: list[_Tok], i: int, step: int) -> str | None:
     """What stands beside the operator at ``i`` (``step`` -1: left, +1: right): "num" for plain
-    numbers (or a bracket of them), "sym" for a closed form, else None."""
+    numbers (or a bracket of them), "sym" for a closed form or a number this grader does not read
+    (``1e3``, ``2i``), "var" for a variable (``x``), else None."""
     j = i + step
     if step > 0:
         while j < len(toks) and toks[j].kind == "op" and toks[j].text in "+-":
@@ -206,8 +229,10 @@ def _operand(toks: list[_Tok], i: int, step: int) -> str | None:
     t = toks[j]
     if t.kind == "num" or t.kind == "frac":
         return "num"
-    if t.kind == "sym":
+    if t.kind in ("sym", "unread"):
         return "sym"
+    if _variable(toks, j):
+        return "var"
     if (t.kind == "rp" and step < 0) or (t.kind == "lp" and step > 0):
         k = _match(toks, j, step)
         lo, hi = sorted((j, k))
@@ -218,9 +243,10 @@ def _operand(toks: list[_Tok], i: int, step: int) -> str | None:
 
 
 def undone_ops(toks: list[_Tok]) -> list[int]:
-    """Indices of operators with a plain number on each side: arithmetic left for the reader."""
+    """Indices of operators with a plain number on each side (a factorial: on its left): arithmetic
+    left for the reader."""
     return [i for i, t in enumerate(toks) if t.kind == "op" and _is_binary(toks, i)
-            and _operand(toks, i, -1) == "num" and _operand(toks, i, +1) == "num"]
+            and _operand(toks, i, -1) == "num" and (t.text == "!" or _operand(toks, i, +1) == "num")]
 
 
 def after_equals(text: str) -> str:
@@ -230,8 +256,8 @@ def after_equals(text: str) -> str:
 
 def _numeric_value(toks: list[_Tok]) -> tuple[str, Fraction] | None:
     """The last number of a symbol-free answer with its sign, when no arithmetic touches it."""
-    idx = [i for i, t in enumerate(toks) if t.kind in ("num", "frac")]
-    if not idx:
+    idx = [i for i, t in enumerate(toks) if t.kind in ("num", "frac", "unread")]
+    if not idx or toks[idx[-1]].kind == "unread":  # ``1e3``, ``2i``: not the value its digits spell
         return None
     hi = lo = idx[-1]
     value = toks[hi].value
@@ -273,7 +299,7 @@ def _touches_op(toks: list[_Tok], lo: int, hi: int) -> bool:
     k = hi + 1
     while k < len(toks) and toks[k].kind == "rp":
         k += 1
-    return k < len(toks) and toks[k].kind == "op" and _operand(toks, k, +1) is not None
+    return k < len(toks) and toks[k].kind == "op" and (toks[k].text == "!" or _operand(toks, k, +1) is not None)
 
 
 @dataclass(frozen=True)
@@ -304,7 +330,7 @@ def read_answer(completion: str, truncated: bool = False) -> Answer:
         if undone_ops(toks):
             return Answer(text, "expression", None)
         value = first_number(parse_math("$" + _WRAPPERS.sub(" ", region).strip() + "$"))
-        if value is None:
+        if value is None or not value.is_real:  # ``\sqrt{-4}`` is ``2i``: no real value stated
             return Answer(text, "none", None)
         return Answer(text, "closed_form", canonical_number(value))
     got = _numeric_value(toks)

@@ -17,7 +17,8 @@ one counts: ``26 * 96 = 2496`` states 2496; ``= -(-23 - -65 / 65) = ...`` states
 operator (``+ - * / ^ =``, ``\\times`` ...) or an open bracket or brace (``(``, ``\\boxed{``,
 ``\\(``), no earlier line speaks for it: ``... Subtract the result from 0: 16 -`` and
 ``Therefore, the final answer is \\(\\boxed{`` are credited nothing, whatever an earlier line held
-(form ``unfinished``); so is an answer that itself ends so (``Final Answer: 16 -``).
+(form ``unfinished``); so is an answer that itself ends so (``Final Answer: 16 -``, or ``16 + ...``:
+an ellipsis or a period after the operator changes nothing).
 
 **A completion that stopped at the token budget** (``truncated``: it never emitted its stop token)
 is credited only from a complete final-answer marker: its *last* marker, holding a digit, with the
@@ -34,14 +35,18 @@ stop token at the end), so the two still share this one function.
 - tolerated around it: ``\\boxed{}``, ``$...$``, ``\\(...\\)``, ``\\text{}``, markdown ``**``,
   currency (``$12.50``), thousands separators, ``%``, units and words (``12 apples``, ``5 cm^2``),
   a trailing period;
-- for symbolic answers, a closed form math_verify parses to a number, with no operator between two
-  plain numbers: ``2\\sqrt{3}``, ``\\pi/2``, ``3\\sqrt{2}/2``.
+- for symbolic answers, a closed form math_verify parses to a real number, with no operator between
+  two plain numbers: ``2\\sqrt{3}``, ``\\pi/2``, ``3\\sqrt{2}/2``.
 
 **What does not:** a number that is an operand of arithmetic left undone -- ``+ - * / x × · ÷ ^``,
-``\\times \\cdot \\div``, the words ``plus minus times`` -- whatever it evaluates to: ``26 * 96``,
-``-87 + 59 - 82``, ``6 + (-5 * 6)``, ``2^10``, ``\\frac{26}{1} \\times 3``, ``2496 (26 * 96)``; an
-unreduced fraction (``84/7``, ``6/8``: a division left undone); an answer with no number after its
-last ``=``.
+``\\times \\cdot \\div``, the words ``plus minus times``, Python's ``**`` and ``%``, ``mod``, a
+factorial ``!``, a binomial ``\\binom{5}{2}`` or ``{5 \\choose 2}`` -- whatever it evaluates to:
+``26 * 96``, ``-87 + 59 - 82``, ``6 + (-5 * 6)``, ``2^10``, ``2**3``, ``5!`` (not 5, nor 120),
+``\\frac{26}{1} \\times 3``, ``2496 (26 * 96)``; a number beside an operator with a variable across it
+(``5 + x``, ``\\frac{x}{5}``, ``2^n``); an unreduced fraction (``84/7``, ``6/8``: a division left
+undone); a number in a notation this grader does not read -- scientific ``1e3`` (math_verify reads
+``1 e 3``, Euler's e: neither 3 nor 1000) or imaginary ``2i``, ``3 + 4i``, ``\\sqrt{-4}`` (no real
+value); an answer with no number after its last ``=``.
 
 The value is then compared with the reference by ``math_verify.verify`` (numeric tolerance: ``0.5``
 equals ``1/2``), both sides parsed the same way.
