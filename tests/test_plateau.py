@@ -22,7 +22,9 @@ def _run(key: str, before: int, after: int, steps=(18, 24)) -> RunInfo:
 
 
 def _col(*runs: RunInfo, seeds: dict | None = None) -> Collected:
-    return Collected("p", None, None, {r.key: r for r in runs}, seeds=seeds or {})
+    # each run finished with a test row (only finished seeds are read)
+    return Collected("p", None, None, {r.key: r for r in runs}, seeds=seeds or {},
+                     correct={r.key: _outcomes(10) for r in runs})
 
 
 def test_a_curve_gaining_30_points_at_its_end_is_still_rising():
@@ -59,16 +61,28 @@ def test_seeds_that_agree_give_the_one_seed_interval():
     assert (three.diff, three.ci_low, three.ci_high) == (one.diff, one.ci_low, one.ci_high)
 
 
-def test_a_seed_with_one_kept_eval_point_gives_no_reading():
-    short = RunInfo("gkd-seed43", "x", "complete", method="gkd", name="GKD", val_outcomes={6: _outcomes(3)})
-    col = _col(_run("gkd", 30, 45), short, seeds={"gkd": [(42, "gkd"), (43, "gkd-seed43")]})
-    assert plateau.last_change(col, "gkd") is None
+def test_a_run_with_one_kept_eval_point_gives_no_reading():
+    short = RunInfo("gkd", "x", "complete", method="gkd", name="GKD", val_outcomes={6: _outcomes(3)})
+    assert plateau.last_change(_col(short), "gkd") is None
 
 
 def test_seeds_stopped_at_different_steps_are_named_by_seed():
     runs = [_run("gkd", 30, 45), _run("gkd-seed43", 30, 45, steps=(18, 25))]
     col = _col(*runs, seeds={"gkd": [(42, "gkd"), (43, "gkd-seed43")]})
-    assert "18 -> 24, 18 -> 25 (by seed)" in plateau.change_text(col, plateau.last_change(col, "gkd"))
+    assert "18 -> 24 (seed 42), 18 -> 25 (seed 43)" in plateau.change_text(col, plateau.last_change(col, "gkd"))
+
+
+def test_a_seed_not_yet_finished_is_left_out_and_counted():
+    running = RunInfo("gkd-seed43", "x", "incomplete", method="gkd", name="GKD",
+                      val_outcomes={0: _outcomes(30), 6: _outcomes(35)})
+    col = _col(_run("gkd", 30, 45), running, seeds={"gkd": [(42, "gkd"), (43, "gkd-seed43")]})
+    assert "1 of 2 seeds finished" in plateau.change_text(col, plateau.last_change(col, "gkd"))
+
+
+def test_a_seed_without_a_test_row_is_left_out():
+    col = _col(_run("gkd", 30, 45), _run("gkd-seed43", 30, 45), seeds={"gkd": [(42, "gkd"), (43, "gkd-seed43")]})
+    col.correct.pop("gkd-seed43")
+    assert plateau.last_change(col, "gkd").paired.seeds == 1
 
 
 def test_the_findings_checker_does_not_read_the_change_as_a_test_difference():
@@ -96,3 +110,32 @@ def test_a_budget_stop_one_step_after_a_point_is_read_over_a_full_interval():
 
 def test_a_regular_schedule_is_read_over_its_last_two_points():
     assert plateau.end_points([0, 6, 12, 18, 24]) == (18, 24)
+
+
+def test_a_budget_stop_most_of_an_interval_after_a_point_is_read_from_that_point():
+    assert plateau.end_points([0, 6, 12, 18, 24, 30, 35]) == (30, 35)
+
+
+def test_two_eval_points_are_read_as_they_are():
+    assert plateau.end_points([0, 12]) == (0, 12)
+
+
+def test_a_kl_scored_on_the_first_seed_only_says_so_in_the_findings():
+    import pandas as pd
+
+    from atlas_lib.report import findings
+
+    t = pd.DataFrame({"Mean Reverse KL": [0.2, 0.2, float("nan"), float("nan")]},
+                     index=["gkd", "gkd-seed42", "gkd-seed43", "gkd-seed44"])
+    col = _col(_run("gkd", 1, 1), seeds={"gkd": [(42, "gkd"), (43, "gkd-seed43"), (44, "gkd-seed44")]})
+    assert findings._kl_seeds(col, t, "gkd") == " (seed 42 only)"
+
+
+def test_a_kl_scored_on_every_seed_adds_nothing():
+    import pandas as pd
+
+    from atlas_lib.report import findings
+
+    t = pd.DataFrame({"Mean Reverse KL": [0.2, 0.2, 0.3]}, index=["gkd", "gkd-seed42", "gkd-seed43"])
+    col = _col(_run("gkd", 1, 1), seeds={"gkd": [(42, "gkd"), (43, "gkd-seed43")]})
+    assert findings._kl_seeds(col, t, "gkd") == ""

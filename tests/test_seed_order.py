@@ -127,6 +127,18 @@ def test_kl_seeds_at_its_default_keeps_every_runs_hash():
     assert "kl_seeds" not in validate.hash_neutral(d, "gkd")["evaluation"]
 
 
+def test_changing_kl_seeds_keeps_the_first_seeds_training_hash():
+    assert train_hash(_params(**{"evaluation.kl_seeds": 1}), "gkd") == train_hash(_params(**{"evaluation.kl_seeds": 2}),
+                                                                                  "gkd")
+
+
+def test_a_pass_gives_each_seed_the_kl_scoring_the_full_study_gives_it():
+    p = _params(**{"evaluation.kl_seeds": 1})
+    cut = seed_order.pass_params(p, seed_order.seed_passes(p, pipeline.steps(p))[-1])  # seeds 42, 43
+    full = [train_hash(v, "gkd") for _, v in seeds.seed_variants(p, "gkd")][:1]
+    assert [train_hash(v, "gkd") for _, v in seeds.seed_variants(cut, "gkd")] == full
+
+
 def test_kl_seeds_without_reverse_kl_is_refused():
     import pytest
 

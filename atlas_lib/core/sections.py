@@ -119,8 +119,10 @@ class EvalConfig:
     reverse_kl: bool = fld(True, "Score the student's completions with the teacher (mean reverse KL).")
     during_training_kl: bool = fld(True, "With reverse_kl: score the validation eval points too (the KL curve); "
                                    "false: only the test rows (saves the teacher's forward at every eval point).")
-    kl_seeds: int = fld(0, "With reverse_kl and several run.seeds: only the first kl_seeds seeds' test rows are "
-                        "scored by the teacher (the mean row's KL is theirs); 0: every seed.", ge=0)
+    kl_seeds: int = fld(0, "With reverse_kl and several run.seeds: only the first kl_seeds seeds are scored by the "
+                        "teacher; the others run with reverse_kl off (no KL, log-ratio or own objective on their "
+                        "test rows or curves), and the mean row's values are those seeds' (its note says so). "
+                        "0: every seed.", ge=0)
     controls: list = fld([], "Prompt controls, each a table row evaluated in notebook 01: the untrained student, same "
                          "test problems, grader and decoding, another prompt (step_by_step: one arithmetic operation "
                          "per line; data/prompts.py CONTROLS). Empty: none.")

@@ -176,15 +176,17 @@ def check_runs_fields(seeds: list, comparisons: list, method_keys, controls: lis
 
 def hash_neutral(d: dict, stage: str) -> dict:
     """``d`` (a params dict) without what cannot change ``stage``'s result: the FLOP budget for the data
-    stage, the prompt controls for training stages, and any of them (a method's max_seeds too) at its
-    default, so runs and stages from before these fields existed keep their hashes."""
+    stage, the prompt controls for training stages, ``evaluation.kl_seeds`` always, and any of them (a
+    method's max_seeds too) at its default, so runs and stages from before these fields existed keep their
+    hashes."""
     run, ev = d.get("run") or {}, d.get("evaluation") or {}
     if stage == "data" or not run.get("flop_budget"):
         d["run"] = {k: v for k, v in run.items() if k != "flop_budget"}
     if stage != "data" or not ev.get("controls"):
         d["evaluation"] = {k: v for k, v in ev.items() if k != "controls"}
-    if stage == "data" or not ev.get("kl_seeds"):  # test rows' scoring only; at 0 (every seed) as before the field
-        d["evaluation"] = {k: v for k, v in (d.get("evaluation") or {}).items() if k != "kl_seeds"}
+    # evaluation.kl_seeds never enters a hash: a further seed it leaves unscored carries reverse_kl: false in its
+    # own params (core/seeds.py), so changing it re-runs only the runs it changes
+    d["evaluation"] = {k: v for k, v in (d.get("evaluation") or {}).items() if k != "kl_seeds"}
     if isinstance(d.get(stage), dict) and not d[stage].get("max_seeds"):
         d[stage] = {k: v for k, v in d[stage].items() if k != "max_seeds"}
     # models.teacher_prompt(_max_gap) (issue 42): nothing in the data stage reads them, and at their defaults

@@ -1,8 +1,9 @@
 """The generalized Jensen-Shannon divergence GKD minimises (GKD paper, eq. 1), as a pure function.
 
 It lives with the evaluator because the evaluator reports it too: a same-tokenizer distilling
-method's own objective on held-out answers (``evaluate.score_completions``) is this function on the
-two models' logits of those answers, the same call the GKD trainer's loss makes. The cross-tokenizer
+method's own objective on held-out answers (``evaluate.score_completions``) is :meth:`Objective.per_answer`
+on the two models' logits of those answers, and the GKD trainer's loss is :func:`generalized_jsd`; both are
+the per-token mean of :func:`gjsd_terms` over the same positions (tested equal). The cross-tokenizer
 objective compares distributions it builds itself (outcome buckets, {span, not span}) as log-probs,
 so the three branches live in :func:`gjsd_terms`, which both entry points call.
 

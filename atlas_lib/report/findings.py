@@ -140,9 +140,10 @@ def _decisive(col: Collected, primary: dict, key: str, base: str, pr: stats.Pair
 
 
 def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
-    """The answer in at most three sentences: the method that changed the student's test accuracy
-    most (or that none did), the other methods against the untrained student in one sentence, the
-    methods against each other in one sentence; every comparison paired on the same test problems."""
+    """The answer: the method that changed the student's test accuracy most (or that none did), the other
+    methods against the untrained student in one sentence, the methods against each other (and compute to
+    match) in one sentence, every comparison paired on the same test problems; then one sentence per
+    method on whether its validation curve flattened (report/plateau.py)."""
     results = [(k, pr) for k in shared_student_runs(col) if (pr := paired_vs(col, k, "student")) is not None]
     if not results:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
@@ -361,6 +362,13 @@ def _own_student_sentences(col: Collected, seed_runs: set[str]) -> list[str]:
             and (pr := paired_vs(col, k)) is not None]
 
 
+def _kl_seeds(col: Collected, t: pd.DataFrame, key: str) -> str:
+    """" (seed 42 only)" where the teacher scored some of a method's seeds only (evaluation.kl_seeds)."""
+    rows = [(s, f"{key}-seed{s}") for s, _ in col.seeds.get(key, [])]
+    scored = [s for s, r in rows if r in t.index and _ok(t.loc[r, "Mean Reverse KL"])]
+    return f" (seed {', '.join(map(str, scored))} only)" if scored and len(scored) < len(rows) else ""
+
+
 def _move_sentences(col: Collected, t: pd.DataFrame, seed_runs: set[str]) -> list[str]:
     """Mean generated tokens and mean reverse KL, untrained student -> trained, for the methods that train
     the shared student (same tokenizer as the teacher)."""
@@ -372,7 +380,7 @@ def _move_sentences(col: Collected, t: pd.DataFrame, seed_runs: set[str]) -> lis
              and _ok(t.loc[k, "Avg Generated Tokens"])]
     if moves:
         out.append("Mean generated tokens on the test split (untrained student → trained): " + "; ".join(moves) + ".")
-    kls = [f"{runs[k].name} {s['Mean Reverse KL']:.3f} → {t.loc[k, 'Mean Reverse KL']:.3f}"
+    kls = [f"{runs[k].name} {s['Mean Reverse KL']:.3f} → {t.loc[k, 'Mean Reverse KL']:.3f}{_kl_seeds(col, t, k)}"
            for k in shared if k in t.index and _ok(s["Mean Reverse KL"]) and _ok(t.loc[k, "Mean Reverse KL"])]
     if kls:
         out.append("Mean reverse KL to the teacher on the test split (nats/token, same tokenizer): "
@@ -432,7 +440,7 @@ def findings(col: Collected) -> str:
     t = results_table(col)
     runs = col.runs
     lines = _lead(col, t)
-    n_answer = len(lines)  # the answer reads as one paragraph (at most three sentences); the context as a list
+    n_answer = len(lines)  # the answer reads as one paragraph (_lead's sentences); the context as a list
     lines.append(DECISION_RULE)
     lines.append(_compute_sentence(col))
     lines += [line for info in runs.values() if (line := _status_line(info))]

@@ -1,7 +1,7 @@
 """Whether a validation curve has flattened: the change over its last eval interval, with its interval.
 
 A curve that is still rising answers nothing about efficiency: compute to match read off it would move
-with a longer budget. So for each trained method the report gives the change in validation accuracy
+with a longer budget. So for each method that trains the shared student the report gives the change in validation accuracy
 from the eval point one full eval interval before the last to the last (:func:`end_points`: a run
 stopped by its FLOP budget one step after a scheduled point is read 18 -> 25, not 24 -> 25), paired on
 the same validation problems (each run keeps its eval points' per-problem records), with the 95% interval of :func:`atlas_lib.evaluation.stats.paired_seeds`:
@@ -24,11 +24,12 @@ from atlas_lib.report.collect import Collected
 
 @dataclass
 class Change:
-    """The last eval interval of one method (all its seeds), paired over validation problems."""
+    """The last eval interval of one method (its finished seeds), paired over validation problems."""
 
     key: str
-    steps: list[tuple[int, int]]  # (before, after) per seed
+    steps: list[tuple[int | None, int, int]]  # (seed, before, after) per finished seed
     paired: stats.Paired
+    seeds_total: int = 1  # seeds the method trains (some may not have finished)
 
     @property
     def verdict(self) -> str:
@@ -40,39 +41,46 @@ class Change:
 
 
 def end_points(steps: list[int]) -> tuple[int, int]:
-    """The last eval step and the latest one at least the widest eval spacing before it (the schedule's
-    interval; a budget stop adds a shorter last gap)."""
+    """The last eval step and the one before it, or the one before that when the last gap is under half
+    the schedule's interval (a budget stop one step after a scheduled point: 18 -> 25, not 24 -> 25)."""
     steps = sorted(steps)
-    last, spacing = steps[-1], max(b - a for a, b in zip(steps, steps[1:], strict=False))
-    return max(s for s in steps[:-1] if last - s >= spacing), last
+    if len(steps) < 3:
+        return steps[-2], steps[-1]
+    spacing = max(b - a for a, b in zip(steps[:-2], steps[1:-1], strict=True))
+    before = steps[-2] if 2 * (steps[-1] - steps[-2]) >= spacing else steps[-3]
+    return before, steps[-1]
 
 
 def last_change(col: Collected, key: str) -> Change | None:
-    """``key``'s change over its last eval interval (None: a seed kept fewer than two eval points)."""
-    runs = [col.runs[k] for _, k in col.seeds.get(key, [(None, key)]) if k in col.runs]
-    if not runs or any(len(r.val_outcomes) < 2 for r in runs):
+    """``key``'s change over its last eval interval, over the seeds that finished (status complete, a test
+    row, two or more eval points); None when none did. A seed still running or not started is left out, so
+    an interrupted study reads its finished seeds rather than a curve cut mid-budget."""
+    pairs = col.seeds.get(key, [(None, key)])
+    done = [(s, col.runs[k]) for s, k in pairs if k in col.runs and col.runs[k].status == "complete"
+            and col.correct.get(k) and len(col.runs[k].val_outcomes) >= 2]
+    if not done:
         return None
-    steps = [end_points(list(r.val_outcomes)) for r in runs]
-    after = [r.val_outcomes[b] for r, (_, b) in zip(runs, steps, strict=True)]
-    before = [r.val_outcomes[a] for r, (a, _) in zip(runs, steps, strict=True)]
+    steps = [(s, *end_points(list(r.val_outcomes))) for s, r in done]
+    after = [r.val_outcomes[b] for (_, r), (_, _, b) in zip(done, steps, strict=True)]
+    before = [r.val_outcomes[a] for (_, r), (_, a, _) in zip(done, steps, strict=True)]
     try:
         paired = stats.paired_seeds(after, before)
     except ValueError:  # the two points share no validation problem
         return None
-    return Change(key, steps, paired)
+    return Change(key, steps, paired, len(pairs))
 
 
-def _steps_text(steps: list[tuple[int, int]]) -> str:
-    pairs = sorted(set(steps))
-    if len(pairs) == 1:
-        return f"steps {pairs[0][0]} -> {pairs[0][1]}"
-    return "steps " + ", ".join(f"{a} -> {b}" for a, b in pairs) + " (by seed)"
+def _steps_text(steps: list[tuple[int | None, int, int]]) -> str:
+    if len({(a, b) for _, a, b in steps}) == 1:
+        return f"steps {steps[0][1]} -> {steps[0][2]}"
+    return "steps " + ", ".join(f"{a} -> {b} (seed {s})" for s, a, b in steps)
 
 
 def change_text(col: Collected, ch: Change) -> str:
     """One sentence: the change, its interval, its verdict and what follows for the efficiency reading."""
     p, name = ch.paired, col.runs[ch.key].name
-    seeds = f", mean of {p.seeds} seeds" if p.seeds > 1 else ""
+    seeds = (f", mean of {p.seeds} seeds" if p.seeds > 1 else "") + (
+        f"; {p.seeds} of {ch.seeds_total} seeds finished" if p.seeds < ch.seeds_total else "")
     head = (f"{name}'s validation accuracy moved {100 * p.diff:+.1f} points over its last eval interval "
             f"({_steps_text(ch.steps)}; 95% interval [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}], "
             f"n = {p.n}{seeds}): ")
@@ -85,5 +93,6 @@ def change_text(col: Collected, ch: Change) -> str:
 
 
 def plateau_sentences(col: Collected, methods: list[str]) -> list[str]:
-    """One sentence per method whose seeds each kept at least two eval points."""
+    """One sentence per method with a finished seed (the findings pass the methods that train the shared
+    student: cross-tokenizer arms train their own and get none)."""
     return [change_text(col, ch) for k in methods if (ch := last_change(col, k)) is not None]

@@ -227,6 +227,10 @@ def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
     mean["Note"] = ("mean of seeds " + ", ".join(str(s) for s, _ in col.seeds[key]) + "; intervals resample problems "
                     "with all their seeds; p: exact sign test over problems on each problem's mean over seeds (each "
                     "seed's row: its own McNemar p)")
+    scored = [s for (s, _), v in zip(col.seeds[key], vals, strict=True) if not pd.isna(v["Mean Reverse KL"])]
+    if scored and len(scored) < len(vals):  # evaluation.kl_seeds: the teacher scored some seeds only
+        mean["Note"] += (f"; Mean Reverse KL, log-ratio and own objective: seed {', '.join(map(str, scored))} only "
+                         "(evaluation.kl_seeds)")
     mean[LOGRATIO_RULE] = min((v[LOGRATIO_RULE] for v in vals if not pd.isna(v[LOGRATIO_RULE])), default=NAN)
     if mean[LOGRATIO_RULE] < logratio.VERSION and mean[LOGRATIO_COL] != 0:  # never a silent mix of rules
         mean["Note"] += "; " + OLD_LOGRATIO
