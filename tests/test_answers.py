@@ -127,7 +127,9 @@ UNSTATED = [  # (final answer, reference it evaluates to): never credited, whate
     ("= -(-23 - -65 / 65) = -(-23 - -65 / 65) = -(-23 - -65 / 65) = ...", "22"),
     ("Let me compute -(-23 - -65 / 65)", "22"),
     # an operation on plain numbers left undone, whatever it evaluates to
-    ("Final Answer: 5!", "120"),
+    ("Final Answer: $5!$", "120"),  # a factorial inside a math span (``Final Answer: 5!`` is an exclamation)
+    ("Final Answer: 5! + 1", "121"),  # arithmetic goes on after the "!": a factorial
+    ("Final Answer: 5! * 2", "240"),
     ("So the number of pairs is \\binom{5}{2}", "10"),
     ("The answer is $\\dbinom{5}{2}$", "10"),
     ("Final Answer: {5 \\choose 2}", "10"),
@@ -165,10 +167,15 @@ def test_unevaluated_arithmetic_has_no_extracted_value(completion, reference):
 
 
 # A number that is only part of a larger expression is not the answer its digits spell (the mutation
-# pass credited the first four: a factorial, a binomial's last argument, an exponent, an imaginary part)
+# pass credited the first four: a factorial, a binomial's last argument, an exponent, an imaginary part;
+# a "!" that ends the answer is an exclamation mark, not a factorial: EXCLAIMED below)
 PART_OF_EXPRESSION = [  # (completion, the number its last digits spell)
-    ("Final Answer: 5!", "5"),
-    ("Final Answer: 5 !", "5"),
+    ("Final Answer: $5!$", "5"),
+    ("Final Answer: \\boxed{5!}", "5"),
+    ("Final Answer: 5! + 1", "1"),
+    ("Final Answer: 5! * 2", "2"),  # credited 2 by both graders before GRADER_VERSION 2
+    ("Final Answer: 5!2", "2"),
+    ("Final Answer: (3!)^2", "2"),
     ("So the number of pairs is \\binom{5}{2}", "2"),
     ("Final Answer: 1e3", "3"),
     ("Final Answer: 2.5E-4", "-4"),
@@ -199,6 +206,62 @@ def test_a_number_inside_an_expression_is_not_credited(completion, reference):
 @pytest.mark.parametrize(("completion", "reference"), PART_OF_EXPRESSION)
 def test_a_number_inside_an_expression_has_no_extracted_value(completion, reference):
     assert extract_answer(completion) is None
+
+
+# An exclamation mark is punctuation at the end of an answer, not a factorial: "!" is a factorial only
+# where arithmetic goes on after it or inside a math span (above). Each of these was credited before
+# f45e1c4 and refused by it (GRADER_VERSION 2 credits them again)
+EXCLAIMED = [  # (completion, the value it states)
+    ("The answer is 7!", "7"),
+    ("Final Answer: 42!", "42"),
+    ("**Final Answer: 7!**", "7"),
+    ("The final answer is: 7!", "7"),
+    ("Thus, the final answer is $7$!", "7"),
+    ("The answer is 16 - 2 = 14!", "14"),
+    ("Answer: 14! That is it.", "14"),
+    ("Final Answer: 7 !!", "7"),
+    ("Final Answer: 5!", "5"),  # an exclamation, not 5! = 120
+    ("Final Answer: 5 !", "5"),
+    ("Final Answer: 5!\nThat was fun.", "5"),
+    ("Final Answer: 7!, I think", "7"),
+    ("So she has 18!", "18"),  # no marker: the last stated number
+]
+
+
+@pytest.mark.parametrize(("completion", "reference"), EXCLAIMED)
+def test_an_exclamation_mark_at_the_end_of_an_answer_is_punctuation(completion, reference):
+    assert is_correct(completion, reference) is True
+
+
+@pytest.mark.parametrize(("completion", "reference"), EXCLAIMED)
+def test_an_exclamation_mark_states_the_number_before_it(completion, reference):
+    assert extract_answer(completion) == reference
+
+
+def test_an_exclamation_mark_is_not_a_factorial_done():
+    assert is_correct("Final Answer: 5!", "120") is False
+
+
+# Prose after a number, not a variable nor an imaginary unit: the article "a", the pronoun "I", a
+# spaced "i"/"j" before a word or at the end (each credited before f45e1c4 and refused by it)
+PROSE_AROUND_A_NUMBER = [  # (completion, the value it states)
+    ("So we get a -3.", "-3"),  # "a -3": the article, then a signed number
+    ("The answer is a -3 change", "-3"),
+    ("The total is a +5", "5"),
+    ("Final Answer: 42 - I'm sure", "42"),
+    ("Final Answer: 4 i think", "4"),
+    ("Final Answer: 7 j", "7"),
+]
+
+
+@pytest.mark.parametrize(("completion", "reference"), PROSE_AROUND_A_NUMBER)
+def test_prose_around_a_number_is_credited(completion, reference):
+    assert is_correct(completion, reference) is True
+
+
+@pytest.mark.parametrize(("completion", "reference"), PROSE_AROUND_A_NUMBER)
+def test_prose_around_a_number_states_the_number(completion, reference):
+    assert extract_answer(completion) == reference
 
 
 # -- a completion cut mid-expression, or at the token budget (issue 40) --------------------------
@@ -263,7 +326,8 @@ def test_reward_functions_pass_the_stop_ids():
     ("Final Answer: 2496", "value"), ("Final Answer: 26 * 96", "expression"),
     ("Final Answer: \\pi/2", "closed_form"), ("Final Answer: 3\\sqrt{2}/2", "closed_form"),
     ("I do not know.", "none"), ("Final Answer: none", "none"),
-    ("Final Answer: 5!", "expression"), ("Final Answer: \\binom{5}{2}", "expression"),  # undone
+    ("Final Answer: $5!$", "expression"), ("Final Answer: \\binom{5}{2}", "expression"),  # undone
+    ("Final Answer: 5!", "value"),  # an exclamation mark
     ("Final Answer: 1e3", "none"), ("Final Answer: 2i", "none"),  # no number this grader reads
 ])
 def test_answer_form(completion, form):
@@ -281,7 +345,8 @@ def test_answer_form(completion, form):
     # only the undone arithmetic after the last "=" counts, or the whole answer when nothing there has a digit
     ("Calculate 26 * 96.", "Final Answer: 2 + 24 = 26 * 96", True),
     ("Calculate 26 * 96.", "Final Answer: 26 * 96 = x", True),
-    ("Calculate 5!.", "Final Answer: 5!", True),
+    ("Calculate 5!.", "Final Answer: $5!$", True),
+    ("Calculate 5! + 1.", "Final Answer: 5! + 1", True),
 ])
 def test_restates_question(question, completion, expected):
     assert restates_question(completion, question) is expected
@@ -402,3 +467,27 @@ def test_property_rendered_number_is_correct(x, fmt, dollar, commas, period, dis
     completion = render(x, fmt, dollar, commas, period, distractor)
     assert is_correct(completion, str(x)), completion
     assert Fraction(extract_answer(completion)) == Fraction(normalize_reference(str(x))), completion
+
+
+# -- the grader's version (answers.GRADER_VERSION) enters every stage's hash ---------------------
+@pytest.mark.parametrize("stage", ["data", "gkd", "grpo"])
+def test_a_new_grader_version_changes_the_stage_hash(monkeypatch, stage):
+    """Rows graded by two graders are never paired: a grader change re-runs baselines and training on resume."""
+    from atlas_lib.core import config
+    from atlas_lib.data import answers
+
+    params = config.load("params/smoke.yaml")
+    before = params.stage_hash(stage)
+    monkeypatch.setattr(answers, "GRADER_VERSION", answers.GRADER_VERSION + 1)
+    assert params.stage_hash(stage) != before
+
+
+def test_a_new_grader_version_changes_the_training_hash(monkeypatch):
+    from atlas_lib.core import config
+    from atlas_lib.core.preflight import train_hash
+    from atlas_lib.data import answers
+
+    p = config.load("params/smoke.yaml")
+    before = train_hash(p, "grpo")
+    monkeypatch.setattr(answers, "GRADER_VERSION", answers.GRADER_VERSION + 1)
+    assert train_hash(p, "grpo") != before

@@ -81,11 +81,15 @@ class Params:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_hash(self, stage: str) -> str:
-        """Hash of what a stage's result depends on (its section plus the shared sections)."""
+        """Hash of what a stage's result depends on (its section plus the shared sections, and the grader's
+        version, :data:`atlas_lib.data.answers.GRADER_VERSION`)."""
         d = self.to_dict()
         if stage == "data" or not d["run"]["seeds"]:  # the split and baselines do not depend on training seeds;
             d["run"].pop("seeds", None)  # a single-seed file hashes as it did before run.seeds existed
         keep = validate.hash_neutral({k: d[k] for k in (*SHARED_SECTIONS, stage) if k in d}, stage)
+        from atlas_lib.data.answers import GRADER_VERSION  # here: the grader loads sympy, params need not
+
+        keep["grader"] = GRADER_VERSION  # every stage's accuracy is graded: a new grader re-runs it on resume
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def run_name(self, stage: str) -> str:

@@ -44,7 +44,7 @@ def lock_holder(lock: Path) -> int | None:
 
 def train_hash(params: Params, stage: str) -> str:
     """What a run's training depends on: its section and the shared ones (without the resume switches
-    and run name), and the prepared split's content."""
+    and run name), the grader's version, and the prepared split's content."""
     d = params.to_dict()
     section = {k: v for k, v in (d.get(stage) or {}).items() if k not in ("resume", "resume_changed", "run_name")}
     run = {k: v for k, v in d["run"].items() if k != "seeds"}  # a single-seed run hashes as before run.seeds existed
@@ -52,6 +52,9 @@ def train_hash(params: Params, stage: str) -> str:
         run["seeds"] = params.run.seeds[:1]  # this run's own seed, not the list
     keep = {**{k: d[k] for k in ("models", "data", "prompt", "evaluation")}, "run": run, stage: section}
     keep = validate.hash_neutral(keep, stage)  # fields at their defaults hash as before they existed
+    from atlas_lib.data.answers import GRADER_VERSION  # here: the grader loads sympy, params need not
+
+    keep["grader"] = GRADER_VERSION  # the reward and every eval point are graded: a new grader is a new run
     manifest = runs_root() / params.name / "data" / "manifest.json"
     if manifest.exists():  # the split's content too: a re-prepared split is not the run's split
         keep["split"] = json.loads(manifest.read_text()).get("sha256")

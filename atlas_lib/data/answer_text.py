@@ -30,6 +30,13 @@ _RUN_ON = re.compile(r"\n\s*Question\s*:")  # start of a new problem in the plai
 _CURRENCY = re.compile(r"\\?\$(?=\s*-?\s*\.?\d)")  # $12, \$12, $ -3 (not $\frac..$ LaTeX)
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _PERCENT = re.compile(r"(?<=\d)\s*(?:\\?%|percent\b)(?!\s*\d)", re.IGNORECASE)  # ``10 % 3`` is modulo
+# ``!`` after a number is a factorial only where arithmetic goes on after it (``5! = 120``, ``5! + 1``,
+# ``5!2``, ``(3!)^2``) or inside a math span (``$5!$``, ``\(5!\)``, ``\boxed{5!}``); anywhere else it
+# is an exclamation mark (``Final Answer: 7!``, ``$7$!``, ``14! That is it.``, ``7 !!``, ``**7!**``),
+# dropped before the answer is read: read as a factorial, it refused answers the grader credited before
+_ARITHMETIC_ON = r"\s*(?:[-\u2212\u2013+/×÷^·%=<>\d]|\*(?!\*)|\\(?:times|cdot|div|ast|choose|[bp]?mod)\b)"  # ``**``: bold
+_EXCLAMATION = re.compile(
+    r"(?<=[\d)\]}$])\s*!+(?!!)(?!" + _ARITHMETIC_ON + r"|\$|\\[)\]]|\}|[)\]]+" + _ARITHMETIC_ON + ")")
 # Python's power ``2**3`` or ``2 ** 3`` (read as ``2^3``), told from markdown bold (``**16** (**3**``) by a
 # number or bracket on each side, glued on both or spaced on both (bold is glued on one side only)
 _PY_POWER = re.compile(r"(?<=[\d)\]}])(?:\*\*(?=[-+\d(\[{])|\s+\*\*(?=\s+[-+\d(\[{]))")
@@ -44,12 +51,13 @@ _TOKEN = re.compile(
     r"(?P<frac>\\(?P<fop>[dt]?frac|[dt]?binom)\s*\{(?P<fn>[^{}]*)\}\s*\{(?P<fd>[^{}]*)\})"
     # a number in a notation this grader does not read as that number: scientific (``1e3``: math_verify
     # reads ``1 e 3``, Euler's e) or imaginary (``2i``, ``4j``, ``2\mathrm{i}``); an operand all the same
-    r"|(?P<unread>(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+|\s?\{?[ij]\}?(?![A-Za-z]|\.[A-Za-z])))"
+    # (a spaced bare ``4 i think``, ``7 j`` is prose: only the glued ``2i`` or a braced ``2 {i}`` is the unit)
+    r"|(?P<unread>(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+|[ij](?![A-Za-z]|\.[A-Za-z])|\s?\{[ij]\}))"
     r"|(?P<num>\d+(?:\.\d+)?|\.\d+)"
     r"|(?P<sym>\\sqrt|\\pi|π|√|\\ln|\\log|\\exp|\\sin|\\cos|\\tan|\\infty|\\e\b)"
     r"|(?P<op>\\times|\\cdot|\\div|\\ast|\\choose|\\[bp]?mod|\\%|[+\-*/×÷^·%]|(?<![A-Za-z])[xX](?![A-Za-z])"
     r"|\b(?:plus|minus|times|multiplied\s+by|divided\s+by|mod)\b|(?<=\s)\.(?=\s)"
-    r"|(?<=[\d)\]}])\s*!(?!=))"  # ``5!``: a factorial, postfix
+    r"|(?<=[\d)\]}])\s*!(?!=))"  # ``5!``: a factorial, postfix (an exclamation mark is gone: _EXCLAMATION)
     r"|(?P<lp>[(\[{])|(?P<rp>[)\]}])"
     r"|(?P<word>\\?[A-Za-z]+)"
     r"|(?P<other>\S)"
@@ -125,7 +133,7 @@ def locate_answer(text: str, truncated: bool = False) -> tuple[str | None, bool]
     if not text or not isinstance(text, str):
         return None, False
     run_on = _RUN_ON.search(text, 1)
-    text = clean(text[: run_on.start()] if run_on else text)
+    text = clean(_EXCLAMATION.sub("", text[: run_on.start()] if run_on else text))  # ``5!**2``: a power
     if dangling(last_line(text)):  # cut mid-expression: no earlier line speaks for it
         return None, True
     markers = list(MARKER.finditer(text))
@@ -182,10 +190,11 @@ def tokens(text: str) -> list[_Tok]:
 
 def _is_binary(toks: list[_Tok], i: int) -> bool:
     """Whether the operator at ``i`` joins two things (a ``+``/``-`` after nothing, a bracket, a word
-    or another operator is a sign; after a variable it is not: ``x + 5``)."""
+    or another operator is a sign; after a variable or a factorial it is not: ``x + 5``, ``5! - 1``)."""
     if toks[i].text not in "+-":
         return True
-    return i > 0 and (toks[i - 1].kind in ("num", "frac", "sym", "unread", "rp") or _variable(toks, i - 1))
+    return i > 0 and (toks[i - 1].kind in ("num", "frac", "sym", "unread", "rp") or _variable(toks, i - 1)
+                      or _factorial(toks[i - 1]))
 
 
 def _match(toks: list[_Tok], i: int, step: int) -> int:
@@ -198,11 +207,20 @@ def _match(toks: list[_Tok], i: int, step: int) -> int:
     return -1 if step < 0 else len(toks)
 
 
+def _factorial(t: _Tok) -> bool:
+    return t.kind == "op" and t.text == "!"
+
+
+# The article and the pronoun, never a variable: ``So we get a -3.``, ``a +5``, ``42 - I'm sure``
+_PROSE_LETTERS = ("a", "A", "I")
+
+
 def _variable(toks: list[_Tok], j: int) -> bool:
     """Whether ``toks[j]`` is a single letter standing for a quantity (``5 + x``, ``2 + i``), not an
-    article before a word (``12 - a dozen``)."""
+    article or a pronoun (``a -3``, ``I'm``) nor a letter before a word (``12 - b dozen``, ``4 i think``)."""
     t = toks[j]
-    if not ((t.kind == "word" and len(t.text) == 1) or (t.kind == "op" and t.text in ("x", "X"))):
+    letter = t.kind == "word" and len(t.text) == 1 and t.text not in _PROSE_LETTERS
+    if not (letter or (t.kind == "op" and t.text in ("x", "X"))):
         return False
     return j + 1 == len(toks) or toks[j + 1].kind != "word"
 
@@ -227,6 +245,8 @@ def _operand(toks: list[_Tok], i: int, step: int) -> str | None:
     if not 0 <= j < len(toks):
         return None
     t = toks[j]
+    if _factorial(t) and step < 0:
+        return _operand(toks, j, -1)  # ``5! * 2``: the factorial's operand stands on the left
     if t.kind == "num" or t.kind == "frac":
         return "num"
     if t.kind in ("sym", "unread"):

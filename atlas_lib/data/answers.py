@@ -41,12 +41,21 @@ stop token at the end), so the two still share this one function.
 **What does not:** a number that is an operand of arithmetic left undone -- ``+ - * / x × · ÷ ^``,
 ``\\times \\cdot \\div``, the words ``plus minus times``, Python's ``**`` and ``%``, ``mod``, a
 factorial ``!``, a binomial ``\\binom{5}{2}`` or ``{5 \\choose 2}`` -- whatever it evaluates to:
-``26 * 96``, ``-87 + 59 - 82``, ``6 + (-5 * 6)``, ``2^10``, ``2**3``, ``5!`` (not 5, nor 120),
-``\\frac{26}{1} \\times 3``, ``2496 (26 * 96)``; a number beside an operator with a variable across it
-(``5 + x``, ``\\frac{x}{5}``, ``2^n``); an unreduced fraction (``84/7``, ``6/8``: a division left
-undone); a number in a notation this grader does not read -- scientific ``1e3`` (math_verify reads
-``1 e 3``, Euler's e: neither 3 nor 1000) or imaginary ``2i``, ``3 + 4i``, ``\\sqrt{-4}`` (no real
-value); an answer with no number after its last ``=``.
+``26 * 96``, ``-87 + 59 - 82``, ``6 + (-5 * 6)``, ``2^10``, ``2**3``, ``$5!$`` (not 5, nor 120),
+``5! + 1``, ``\\frac{26}{1} \\times 3``, ``2496 (26 * 96)``; a number beside an operator with a
+variable across it (``5 + x``, ``\\frac{x}{5}``, ``2^n``); an unreduced fraction (``84/7``, ``6/8``: a
+division left undone); a number in a notation this grader does not read -- scientific ``1e3``
+(math_verify reads ``1 e 3``, Euler's e: neither 3 nor 1000) or imaginary ``2i``, ``3 + 4i``,
+``\\sqrt{-4}`` (no real value); an answer with no number after its last ``=``.
+
+**Prose is not math:** ``!`` is a factorial only where arithmetic goes on after it (``5! + 1``,
+``5! = 120``) or inside a math span (``$5!$``, ``\\boxed{5!}``); elsewhere it is an exclamation mark
+(``Final Answer: 5!``, ``The answer is 7!``, ``$7$!`` state 5 and 7). The article ``a``/``A`` and the
+pronoun ``I`` are never variables (``So we get a -3.`` states -3, ``42 - I'm sure`` states 42), nor is
+a letter before a word (``12 - a dozen``); a spaced ``i``/``j`` is prose (``4 i think``, ``7 j`` state
+4 and 7), only a glued ``2i`` or a braced ``2\\mathrm{i}`` is the imaginary unit.
+
+The rules carry a version, :data:`GRADER_VERSION`, hashed into every stage's parameters.
 
 The value is then compared with the reference by ``math_verify.verify`` (numeric tolerance: ``0.5``
 equals ``1/2``), both sides parsed the same way.
@@ -76,6 +85,14 @@ from atlas_lib.data.answer_text import (
     read_answer,
     tokens,
 )
+
+# The grader's rules (module doc), part of every stage's hash (``config.Params.stage_hash``): a grader
+# change re-runs the baselines and the training stages on resume instead of pairing rows graded by two
+# graders. 1: the stated-value grader up to cbf9dfb (undone arithmetic refused, but ``5!``,
+# ``\binom{5}{2}``, ``1e3``, ``2i``, ``5 + x``, ``2**3`` credited as 5, 2, 3, 2, 5, 23 and ``\sqrt{-4}``
+# as 2; stage hashes then held no grader version). 2: f45e1c4's stricter reading of expressions, with its
+# prose fixed (an exclamation mark, the article ``a``, the pronoun ``I``, a spaced ``i``/``j``).
+GRADER_VERSION = 2
 
 _PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 
