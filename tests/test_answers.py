@@ -469,25 +469,23 @@ def test_property_rendered_number_is_correct(x, fmt, dollar, commas, period, dis
     assert Fraction(extract_answer(completion)) == Fraction(normalize_reference(str(x))), completion
 
 
-# -- the grader's version (answers.GRADER_VERSION) enters every stage's hash ---------------------
+# -- the grader's version (core.versions.GRADER_VERSION) enters every stage's hash ---------------------
 @pytest.mark.parametrize("stage", ["data", "gkd", "grpo"])
 def test_a_new_grader_version_changes_the_stage_hash(monkeypatch, stage):
     """Rows graded by two graders are never paired: a grader change re-runs baselines and training on resume."""
-    from atlas_lib.core import config
-    from atlas_lib.data import answers
+    from atlas_lib.core import config, versions
 
     params = config.load("params/smoke.yaml")
     before = params.stage_hash(stage)
-    monkeypatch.setattr(answers, "GRADER_VERSION", answers.GRADER_VERSION + 1)
+    monkeypatch.setattr(versions, "GRADER_VERSION", versions.GRADER_VERSION + 1)
     assert params.stage_hash(stage) != before
 
 
 def test_a_new_grader_version_changes_the_training_hash(monkeypatch):
-    from atlas_lib.core import config
+    from atlas_lib.core import config, versions
     from atlas_lib.core.preflight import train_hash
-    from atlas_lib.data import answers
 
     p = config.load("params/smoke.yaml")
     before = train_hash(p, "grpo")
-    monkeypatch.setattr(answers, "GRADER_VERSION", answers.GRADER_VERSION + 1)
+    monkeypatch.setattr(versions, "GRADER_VERSION", versions.GRADER_VERSION + 1)
     assert train_hash(p, "grpo") != before

@@ -269,7 +269,7 @@ def test_teacher_prompt_at_its_defaults_keeps_every_stage_hash():
     d["models"] = {k: v for k, v in d["models"].items() if not k.startswith("teacher_prompt")}
     d["run"].pop("seeds")  # as stage_hash does for a single-seed file
     from atlas_lib.core import validate
-    from atlas_lib.data.answers import GRADER_VERSION
+    from atlas_lib.core.versions import GRADER_VERSION
 
     old = validate.hash_neutral({k: d[k] for k in (*SHARED_SECTIONS, "gkd")}, "gkd")
     old["grader"] = GRADER_VERSION  # the grader's version, in every stage hash since GRADER_VERSION 2

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from atlas_lib.core import paths, registry, validate
+from atlas_lib.core import paths, registry, validate, versions
 from atlas_lib.core.paths import data_file, resolve_params_path
 from atlas_lib.core.sections import CONTROL_NAMES, RENAMED, SHARED_SECTIONS, TrainSection, field_names
 from atlas_lib.core.validate import ParamsError, check_field, fld, load_yaml, unknown_key
@@ -82,14 +82,12 @@ class Params:
 
     def stage_hash(self, stage: str) -> str:
         """Hash of what a stage's result depends on (its section plus the shared sections, and the grader's
-        version, :data:`atlas_lib.data.answers.GRADER_VERSION`)."""
+        version, :data:`atlas_lib.core.versions.GRADER_VERSION`)."""
         d = self.to_dict()
         if stage == "data" or not d["run"]["seeds"]:  # the split and baselines do not depend on training seeds;
             d["run"].pop("seeds", None)  # a single-seed file hashes as it did before run.seeds existed
         keep = validate.hash_neutral({k: d[k] for k in (*SHARED_SECTIONS, stage) if k in d}, stage)
-        from atlas_lib.data.answers import GRADER_VERSION  # here: the grader loads sympy, params need not
-
-        keep["grader"] = GRADER_VERSION  # every stage's accuracy is graded: a new grader re-runs it on resume
+        keep["grader"] = versions.GRADER_VERSION  # every stage's accuracy is graded: a new grader re-runs it on resume
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def run_name(self, stage: str) -> str:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from atlas_lib.core import advice, validate
+from atlas_lib.core import advice, validate, versions
 from atlas_lib.core.config import Params
 from atlas_lib.core.files import RunDirError
 from atlas_lib.core.paths import contained, runs_root
@@ -52,9 +52,7 @@ def train_hash(params: Params, stage: str) -> str:
         run["seeds"] = params.run.seeds[:1]  # this run's own seed, not the list
     keep = {**{k: d[k] for k in ("models", "data", "prompt", "evaluation")}, "run": run, stage: section}
     keep = validate.hash_neutral(keep, stage)  # fields at their defaults hash as before they existed
-    from atlas_lib.data.answers import GRADER_VERSION  # here: the grader loads sympy, params need not
-
-    keep["grader"] = GRADER_VERSION  # the reward and every eval point are graded: a new grader is a new run
+    keep["grader"] = versions.GRADER_VERSION  # the reward and every eval point are graded: a new grader is a new run
     manifest = runs_root() / params.name / "data" / "manifest.json"
     if manifest.exists():  # the split's content too: a re-prepared split is not the run's split
         keep["split"] = json.loads(manifest.read_text()).get("sha256")

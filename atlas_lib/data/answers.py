@@ -55,7 +55,8 @@ pronoun ``I`` are never variables (``So we get a -3.`` states -3, ``42 - I'm sur
 a letter before a word (``12 - a dozen``); a spaced ``i``/``j`` is prose (``4 i think``, ``7 j`` state
 4 and 7), only a glued ``2i`` or a braced ``2\\mathrm{i}`` is the imaginary unit.
 
-The rules carry a version, :data:`GRADER_VERSION`, hashed into every stage's parameters.
+The rules carry a version, :data:`atlas_lib.core.versions.GRADER_VERSION` (bump it with any change
+here or in ``answer_text``), hashed into every stage's parameters.
 
 The value is then compared with the reference by ``math_verify.verify`` (numeric tolerance: ``0.5``
 equals ``1/2``), both sides parsed the same way.
@@ -85,14 +86,6 @@ from atlas_lib.data.answer_text import (
     read_answer,
     tokens,
 )
-
-# The grader's rules (module doc), part of every stage's hash (``config.Params.stage_hash``): a grader
-# change re-runs the baselines and the training stages on resume instead of pairing rows graded by two
-# graders. 1: the stated-value grader up to cbf9dfb (undone arithmetic refused, but ``5!``,
-# ``\binom{5}{2}``, ``1e3``, ``2i``, ``5 + x``, ``2**3`` credited as 5, 2, 3, 2, 5, 23 and ``\sqrt{-4}``
-# as 2; stage hashes then held no grader version). 2: f45e1c4's stricter reading of expressions, with its
-# prose fixed (an exclamation mark, the article ``a``, the pronoun ``I``, a spaced ``i``/``j``).
-GRADER_VERSION = 2
 
 _PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 
