@@ -144,3 +144,11 @@ def test_kl_seeds_without_reverse_kl_is_refused():
 
     with pytest.raises(config.ParamsError, match="evaluation.kl_seeds"):
         _params(**{"evaluation.kl_seeds": 1, "evaluation.reverse_kl": False})
+
+
+def test_every_seed_variant_is_a_further_seed():
+    assert [seeds.is_further_seed(v) for _, v in seeds.seed_variants(_params(), "gkd")] == [True, True]
+
+
+def test_the_first_seeds_params_are_not_a_further_seed():
+    assert not seeds.is_further_seed(_params())

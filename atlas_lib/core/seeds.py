@@ -17,6 +17,12 @@ def train_seed(params: Params) -> int:
     return params.run.seeds[0] if params.run.seeds else params.run.seed
 
 
+def is_further_seed(params: Params) -> bool:
+    """Whether ``params`` is one of :func:`seed_variants` (a seed after the first): its ``run.seeds`` holds
+    its own seed alone, which is not the split's ``run.seed``."""
+    return len(params.run.seeds) == 1 and params.run.seeds[0] != params.run.seed
+
+
 def seed_variants(params: Params, method: str) -> list[tuple[int, Params]]:
     """Each further training seed of ``run.seeds`` as a full Params for ``method``: the same split and
     problems, ``run.seeds`` = [that seed], the run in ``<run name>-seed<N>``. The first seed is

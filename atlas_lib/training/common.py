@@ -126,8 +126,8 @@ def build_eval_fn(params: Params, prepared, tokenizer, *, teacher=None, teacher_
         if reuse:
             records = list(reuse) + res.records
             res = ev.EvalResult({**res.metrics, **ev.aggregate(records), "reused_records": len(reuse)}, records)
-        further_seed = len(params.run.seeds) == 1 and params.run.seeds[0] != params.run.seed  # core/seeds.py
-        if e.kl_seeds and not e.reverse_kl and further_seed and not during_training and not res.metrics.get("kl_note"):
+        if (e.kl_seeds and not e.reverse_kl and seeds.is_further_seed(params) and not during_training
+                and not res.metrics.get("kl_note")):
             res.metrics["kl_note"] = f"not scored on this seed: evaluation.kl_seeds scores the first {e.kl_seeds} only"
         return res
 
