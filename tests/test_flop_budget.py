@@ -62,6 +62,43 @@ def test_a_run_stops_at_the_first_step_whose_cumulative_flops_reach_the_budget(e
     assert (run / "final" / "model.safetensors").exists() and s["distilled"]["step"] == stop
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_run_interrupted_after_its_budget_stop_resumes_without_another_step(env, monkeypatch):
+    """Killed in its test-row evaluation after it stopped on the budget (its checkpoint at the stop on
+    disk), the resumed run takes no further step: HF Trainer alone would train one more."""
+    from atlas_lib.data import splits
+
+    ref = _params("gkd", **{"gkd.run_name": "reference"})
+    splits.prepare(ref)
+    _train("gkd", ref)
+    cum = [r["cum_flops"] for r in sorted(_rows(env / "runs" / "reference", "ledger"), key=lambda r: r["step"])]
+    budget = (cum[0] + cum[1]) / 2
+    real = loop._full_eval
+
+    def interrupted_in_the_test_row(rd, name, *a, **kw):
+        if name == "final_full":
+            raise _Interrupted
+        return real(rd, name, *a, **kw)
+
+    monkeypatch.setattr(loop, "_full_eval", interrupted_in_the_test_row)
+    with pytest.raises(_Interrupted):
+        _train("gkd", _params("gkd", **{"run.flop_budget": budget}))
+    run = env / "runs" / "smoke" / "gkd"
+    assert (run / "checkpoints" / "checkpoint-2").is_dir() and not (run / "summary.json").exists()
+    monkeypatch.setattr(loop, "_full_eval", real)
+    s = _train("gkd", _params("gkd", **{"run.flop_budget": budget, "gkd.resume": True}))
+    ledger = sorted(r["step"] for r in _rows(run, "ledger"))
+    evals = [r["step"] for r in _rows(run, "eval")]
+    assert ledger == [1, 2], "no step past the budget's stop"
+    assert s["training"]["global_step"] == 2
+    assert s["training"]["flop_budget"]["stopped_on_budget"] is True
+    assert len(evals) == len(set(evals)) and 2 in evals, "one final evaluation point at the stop"
+    assert s["distilled"]["step"] == 2
+
+
 def test_budget_outcome_of_a_run_that_reached_max_steps_first():
     recs = [{"step": 1, "cum_flops": 10.0}, {"step": 2, "cum_flops": 20.0}]
     out = loop.budget_outcome(recs, 50.0, 2, 2)

@@ -139,3 +139,21 @@ def test_a_kl_scored_on_every_seed_adds_nothing():
     t = pd.DataFrame({"Mean Reverse KL": [0.2, 0.2, 0.3]}, index=["gkd", "gkd-seed42", "gkd-seed43"])
     col = _col(_run("gkd", 1, 1), seeds={"gkd": [(42, "gkd"), (43, "gkd-seed43")]})
     assert findings._kl_seeds(col, t, "gkd") == ""
+
+
+def test_kl_scored_seeds_names_the_scored_seeds_when_some_are_not():
+    from atlas_lib.report.table import kl_scored_seeds
+
+    assert kl_scored_seeds([42, 43, 44], [0.2, float("nan"), float("nan")]) == [42]
+
+
+def test_kl_scored_seeds_is_empty_when_no_seed_was_scored():
+    from atlas_lib.report.table import kl_scored_seeds
+
+    assert kl_scored_seeds([42, 43], [float("nan"), float("nan")]) == []
+
+
+def test_kl_scored_seeds_is_empty_when_every_seed_was_scored():
+    from atlas_lib.report.table import kl_scored_seeds
+
+    assert kl_scored_seeds([42, 43], [0.2, 0.3]) == []

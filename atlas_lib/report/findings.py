@@ -38,6 +38,7 @@ from atlas_lib.report.table import (
     OBJECTIVE_COL,
     PLAIN_COL,
     RESTATE_COL,
+    kl_scored_seeds,
     lora_text,
     pct,
     results_table,
@@ -364,9 +365,10 @@ def _own_student_sentences(col: Collected, seed_runs: set[str]) -> list[str]:
 
 def _kl_seeds(col: Collected, t: pd.DataFrame, key: str) -> str:
     """" (seed 42 only)" where the teacher scored some of a method's seeds only (evaluation.kl_seeds)."""
-    rows = [(s, f"{key}-seed{s}") for s, _ in col.seeds.get(key, [])]
-    scored = [s for s, r in rows if r in t.index and _ok(t.loc[r, "Mean Reverse KL"])]
-    return f" (seed {', '.join(map(str, scored))} only)" if scored and len(scored) < len(rows) else ""
+    seeds = [s for s, _ in col.seeds.get(key, [])]
+    kls = [t.loc[r, "Mean Reverse KL"] if (r := f"{key}-seed{s}") in t.index else float("nan") for s in seeds]
+    scored = kl_scored_seeds(seeds, kls)
+    return f" (seed {', '.join(map(str, scored))} only)" if scored else ""
 
 
 def _move_sentences(col: Collected, t: pd.DataFrame, seed_runs: set[str]) -> list[str]:

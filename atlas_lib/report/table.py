@@ -227,14 +227,22 @@ def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
     mean["Note"] = ("mean of seeds " + ", ".join(str(s) for s, _ in col.seeds[key]) + "; intervals resample problems "
                     "with all their seeds; p: exact sign test over problems on each problem's mean over seeds (each "
                     "seed's row: its own McNemar p)")
-    scored = [s for (s, _), v in zip(col.seeds[key], vals, strict=True) if not pd.isna(v["Mean Reverse KL"])]
-    if scored and len(scored) < len(vals):  # evaluation.kl_seeds: the teacher scored some seeds only
+    scored = kl_scored_seeds([s for s, _ in col.seeds[key]], [v["Mean Reverse KL"] for v in vals])
+    if scored:
         mean["Note"] += (f"; Mean Reverse KL, log-ratio and own objective: seed {', '.join(map(str, scored))} only "
                          "(evaluation.kl_seeds)")
     mean[LOGRATIO_RULE] = min((v[LOGRATIO_RULE] for v in vals if not pd.isna(v[LOGRATIO_RULE])), default=NAN)
     if mean[LOGRATIO_RULE] < logratio.VERSION and mean[LOGRATIO_COL] != 0:  # never a silent mix of rules
         mean["Note"] += "; " + OLD_LOGRATIO
     return {key: mean, **seed_rows}
+
+
+def kl_scored_seeds(seeds: list[int], kls: list) -> list[int]:
+    """The seeds whose test answers the teacher scored (a Mean Reverse KL), where that is some of a method's
+    seeds but not all (evaluation.kl_seeds); [] when it scored every seed or none. One rule for the table's
+    note and the findings' "(seed 42 only)"."""
+    scored = [s for s, kl in zip(seeds, kls, strict=True) if not pd.isna(kl)]
+    return scored if len(scored) < len(seeds) else []
 
 
 def _applies(r: pd.Series, col: str) -> bool:

@@ -25,6 +25,12 @@ TRAIN_KEYS = {
 }
 
 
+class BudgetSpent(Exception):  # noqa: N818 (a stop, not an error: training.loop catches it)
+    """Raised before a resumed run's first step when its checkpoint's ledger had already reached
+    run.flop_budget (the run stopped on its budget and was interrupted after, e.g. in its final
+    evaluation): HF Trainer offers no way to end a resumed run before it takes a step."""
+
+
 class AtlasCallback(TrainerCallback):
     """Writes train/eval points to the run directory, evaluates on schedule, marks checkpoints.
 
@@ -113,6 +119,9 @@ class AtlasCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kw):
         if self._step_t0 is None:  # the first micro-batch of an optimizer step
+            spent = self.ledger.totals.get("flops", 0.0) if self.ledger is not None else 0.0
+            if self.flop_budget and spent >= self.flop_budget:
+                raise BudgetSpent(state.global_step)
             self._step_t0 = time.monotonic()
 
     def on_step_end(self, args, state, control, model=None, **kw):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from transformers.trainer_utils import TrainOutput
 
 from atlas_lib.core import advice, models, runtime, seeds
 from atlas_lib.core.config import Params
@@ -29,7 +30,7 @@ from atlas_lib.core.validate import ParamsError
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation.divergence import Objective
 from atlas_lib.training import ledger, outcome
-from atlas_lib.training.callback import AtlasCallback
+from atlas_lib.training.callback import AtlasCallback, BudgetSpent
 from atlas_lib.training.clock import DeviceClock
 from atlas_lib.training.finite import NonFiniteError
 from atlas_lib.training.wandb_log import finish_wandb, wandb_report_to
@@ -191,6 +192,12 @@ def _train(trainer, rd: RunDir, params: Params, stage: str, last):
     try:
         with _allocator(getattr(params, stage)), _disk_full_is_a_message(rd, stage, "training or writing a checkpoint"):
             return trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+    except BudgetSpent:  # resumed at a checkpoint that had reached run.flop_budget: its weights are loaded
+        log.info("%s had reached run.flop_budget at step %d before it stopped: no further step, its final "
+                 "evaluation only", rd.path.name, trainer.state.global_step)
+        trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+        losses = [r["loss"] for r in rd.metrics("train") if r.get("loss") is not None]
+        return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else 0.0, {})
     except NonFiniteError as e:
         rd.write_summary({"status": "failed", "error": str(e), "method": stage, "provenance": provenance(params)})
         raise
