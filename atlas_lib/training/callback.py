@@ -119,8 +119,7 @@ class AtlasCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kw):
         if self._step_t0 is None:  # the first micro-batch of an optimizer step
-            spent = self.ledger.totals.get("flops", 0.0) if self.ledger is not None else 0.0
-            if self.flop_budget and spent >= self.flop_budget:
+            if self.ledger is not None and self._budget_reached(self.ledger.totals.get("flops", 0.0)):
                 raise BudgetSpent(state.global_step)
             self._step_t0 = time.monotonic()
 
@@ -129,13 +128,18 @@ class AtlasCallback(TrainerCallback):
         if self._step_t0 is not None and self.ledger is not None:
             rec = self.ledger.close_step(time.monotonic() - self._step_t0)
             self.rd.append({"kind": "ledger", "step": state.global_step, **rec})
-            if self.flop_budget and rec["cum_flops"] >= self.flop_budget:
+            if self._budget_reached(rec["cum_flops"]):
                 self._stop_on_budget(args, state, control, rec["cum_flops"])
         self._step_t0 = None
         self.model = model or self.model
         self._flush()  # a point left pending by a step that logged nothing
         if state.global_step % self.eval_steps == 0:
             self.pending = state.global_step
+
+    def _budget_reached(self, cum_flops: float) -> bool:
+        """run.flop_budget is set and the ledger's cumulative training FLOPs reached it: one rule for the
+        stop after a step and for a resumed run that has no step left (:class:`BudgetSpent`)."""
+        return bool(self.flop_budget) and cum_flops >= self.flop_budget
 
     def _stop_on_budget(self, args, state, control, spent: float) -> None:
         """End training after this step, as HF Trainer ends it at max_steps: a checkpoint at this step
