@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from html import escape
 from types import SimpleNamespace
 
@@ -25,7 +26,17 @@ from atlas_lib.core.provenance import provenance as run_provenance
 from atlas_lib.core.rundir import RunDir
 from atlas_lib.evaluation import evaluate as ev
 from atlas_lib.evaluation import stats
-from atlas_lib.report import charts, collect, efficiency, findings, problems, provenance, stage, table
+from atlas_lib.report import (
+    charts,
+    collect,
+    efficiency,
+    findings,
+    findings_check,
+    problems,
+    provenance,
+    stage,
+    table,
+)
 from atlas_lib.report.html import render_html
 from atlas_lib.training import outcome
 from atlas_lib.training.clock import DeviceClock
@@ -680,6 +691,41 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
     q = max(pr.discordance for k in ("gkd", "grpo") if (pr := collect.paired_vs(col, k, "student")) is not None)
     assert f"the discordance one seed shows here ({100 * q:.0f}% of problems, the mean over seeds)" in text
     assert f"about {100 * stats.min_detectable_difference(N, q):.1f} points" in text
+
+
+def _part_way(tmp_path, monkeypatch):
+    """A seed-major study interrupted before its third seed: seeds 42 and 43 of each arm finished, 44 not run."""
+    params = build_runs(tmp_path, monkeypatch, gkd=(6, 6, 20), grpo=(6, 7, 8),
+                        more_seeds={43: ((6, 8, 18), (6, 6, 7)), 44: ((6, 10, 19), (6, 7, 9))})
+    for run in ("gkd-seed44", "grpo-seed44"):
+        shutil.rmtree(tmp_path / "runs" / "synth" / run)
+    return collect.collect(params)
+
+
+def test_a_study_part_way_names_the_mean_of_the_seeds_that_finished(tmp_path, monkeypatch):
+    col = _part_way(tmp_path, monkeypatch)
+    t = table.results_table(col)
+    assert t.loc["gkd", "Model / Method"].endswith(", mean of 2 of 3 seeds")
+    assert t.loc["gkd", "Accuracy"] == pytest.approx((20 + 18) / 2 / N)
+    assert t.loc["gkd", "Note"].startswith("mean of seeds 42, 43 (44 not finished);")
+    assert "GKD (mean of 2 of 3 seeds)" in list(table.key_frame(t, col)["Method"])
+
+
+def test_a_study_part_way_still_reads_compute_to_match_on_its_finished_seeds(tmp_path, monkeypatch):
+    col = _part_way(tmp_path, monkeypatch)
+    m = efficiency.compute_to_match(col, "grpo", "gkd")
+    assert [s.seed for s in m.seeds] == [42, 43]
+    text = efficiency.match_text(col, m, "CPU-hours")
+    assert "(seeds 42, 43: 2 of 3)" in text
+    assert text.endswith("; 1 of 3 seed pairs not finished, so not read")
+
+
+def test_the_findings_of_a_study_part_way_check_against_its_table(tmp_path, monkeypatch):
+    col = _part_way(tmp_path, monkeypatch)
+    tab = json.loads(table.results_table(col).to_json(orient="index"))
+    text = "\n\n".join([findings.first_screen(col), findings.findings(col)])
+    result = findings_check.check_markdown(text, tab)
+    assert result.mismatches == [], findings_check.format_text(result)
 
 
 def test_each_distilling_row_shows_its_own_objective_and_the_findings_say_where_it_went(complete):

@@ -104,6 +104,7 @@ class Match:
     a: str
     b: str
     seeds: list[SeedMatch] = field(default_factory=list)
+    pairs: int = 0  # the seed pairs the params ask for; a pair with a seed not finished has no entry in seeds
 
     @property
     def ratios(self) -> list[float]:
@@ -131,11 +132,11 @@ def compute_to_match(col: Collected, a: str, b: str) -> Match | None:
         ra = ra * len(rb)
     if len(rb) == 1:
         rb = rb * len(ra)
-    m = Match(a, b)
+    m = Match(a, b, pairs=min(len(ra), len(rb)))
     for (sa, ia), (sb, ib) in zip(ra, rb, strict=False):
         da, db = curve(ia), curve(ib)
-        if da is None or db is None:
-            return None
+        if da is None or db is None:  # a seed not run yet (a study part-way): the finished pairs still read
+            continue
         last = db.iloc[-1]
         target = float(last["accuracy"])
         start = max(float(db.iloc[0]["accuracy"]), float(da.iloc[0]["accuracy"]))
@@ -154,7 +155,7 @@ def compute_to_match(col: Collected, a: str, b: str) -> Match | None:
             sm.flops, sm.hours = reach(da, target, "train_flops"), reach(da, target, "train_device_hours")
             sm.spacing = float(br[1]["train_flops"] - br[0]["train_flops"])
         m.seeds.append(sm)
-    return m
+    return m if m.seeds else None
 
 
 def _range(xs: list[float], fmt) -> str:
@@ -178,7 +179,7 @@ def match_text(col: Collected, m: Match, unit: str) -> str:
     between eval points 4.0e+14 training FLOPs apart)'; 'GRPO did not improve on the untrained student's
     validation accuracy (38.0% -> 38.0%), so no compute to match it is defined'."""
     name_a, name_b = col.runs[m.a].name, col.runs[m.b].name
-    k = len(m.seeds)
+    k = max(m.pairs, len(m.seeds))
 
     def tag(group: list[SeedMatch]) -> str:
         if k == 1:
@@ -215,6 +216,8 @@ def match_text(col: Collected, m: Match, unit: str) -> str:
                      f"{_range([s.target for s in g], _pct)}) is within what the validation split (n = {n}) can tell "
                      f"apart (95% resolution {_range([100 * s.resolution for s in g], lambda x: f'{x:.1f}')} points), "
                      f"so no compute-to-match ratio of {name_a} against it is given{tag(g)}")
+    if len(m.seeds) < k:
+        parts.append(f"{k - len(m.seeds)} of {k} seed pairs not finished, so not read")
     return "; ".join(parts)
 
 

@@ -189,8 +189,8 @@ def _add_method_names(names: dict[str, str], table: dict[str, dict], m) -> None:
     for k in table:
         if (seed := re.fullmatch(rf"{re.escape(m.key)}-seed(\d+)", k)) is not None:
             names.setdefault(f"{m.name} (seed {seed.group(1)})", k)
-        if k == m.key and (n := re.search(r"mean of (\d+) seeds", str(table[k].get("Model / Method")))):
-            names.setdefault(f"{m.name} (mean of {n.group(1)} seeds)", k)
+        if k == m.key and (n := re.search(r"(?:mean of )?\d+ (?:of \d+ )?seeds$", str(table[k].get("Model / Method")))):
+            names.setdefault(f"{m.name} ({n.group(0)})", k)
         if k == f"{m.key}_pre":
             names.setdefault(f"{m.name} (untrained student)", k)
 
@@ -412,7 +412,7 @@ class _Checker:
         if not (_ok(acc_a) and _ok(acc_b) and abs(float(d) - 100 * (acc_a - acc_b)) <= _tol(d) + 0.051):
             self.miss(s, f"{a} minus {b}", d, f"{100 * (acc_a - acc_b):+.2f}" if _ok(acc_a) and _ok(acc_b)
                       else "empty", a)
-        self._counts(s, par, d, tb.get(a, "n"), seeded="seed" in par or "mean of" in str(tb.get(a, "Model / Method")))
+        self._counts(s, par, d, tb.get(a, "n"), seeded="seed" in par or "seeds" in str(tb.get(a, "Model / Method")))
         said = re.search(r"[:,] a difference\b", c) or (
             (pm := re.search(r"\bp (<|=) (\d\.\d+)", par + c[m.end():])) and "not" not in c[m.end():]
             and (pm.group(1) == "<" or float(pm.group(2)) < ALPHA))
@@ -432,7 +432,7 @@ class _Checker:
         nm = re.search(r"\bn = (\d+)", par)
         if nm:
             self.num(s, k, "n", nm.group(1))
-        self._counts(s, par, d, tb.get(k, "n"), seeded="seed" in par or "mean of" in str(tb.get(k, "Model / Method")))
+        self._counts(s, par, d, tb.get(k, "n"), seeded="seed" in par or "seeds" in str(tb.get(k, "Model / Method")))
         self._verdict(s, c, k, m.group(1))
         fm = re.search(rf"from ({NUM})% to ({NUM})%", c[m.end() - len(par) - 1:] if par else c[m.end():])
         if fm:

@@ -223,8 +223,12 @@ def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
         mean["CI low"], mean["CI high"], mean["n"] = acc.ci_low, acc.ci_high, acc.n
     statuses = sorted({v["Status"] for v in vals})
     mean["Status"] = statuses[0] if len(statuses) == 1 else "; ".join(f"{v['Model / Method']}: {v['Status']}" for v in vals)
-    mean["Model / Method"] = f"{first['Model / Method']}, mean of {len(vals)} seeds"
-    mean["Note"] = ("mean of seeds " + ", ".join(str(s) for s, _ in col.seeds[key]) + "; intervals resample problems "
+    mean["Model / Method"] = f"{first['Model / Method']}, {seeds_label(col, key)}"
+    done = finished_seeds(col, key)
+    waiting = [s for s, _ in col.seeds[key] if s not in done]
+    mean["Note"] = ("mean of seeds " + ", ".join(map(str, done)) + (f" ({', '.join(map(str, waiting))} not finished)"
+                                                                    if waiting else "")
+                    + "; intervals resample problems "
                     "with all their seeds; p: exact sign test over problems on each problem's mean over seeds (each "
                     "seed's row: its own McNemar p)")
     scored = kl_scored_seeds([s for s, _ in col.seeds[key]], [v["Mean Reverse KL"] for v in vals])
@@ -235,6 +239,20 @@ def _seed_rows(col: Collected, key: str, first: dict) -> dict[str, dict]:
     if mean[LOGRATIO_RULE] < logratio.VERSION and mean[LOGRATIO_COL] != 0:  # never a silent mix of rules
         mean["Note"] += "; " + OLD_LOGRATIO
     return {key: mean, **seed_rows}
+
+
+def finished_seeds(col: Collected, key: str) -> list[int]:
+    """The seeds of a multi-seed method whose runs finished (the ones its mean row averages)."""
+    return [s for s, k in col.seeds.get(key, ()) if k in col.runs and col.runs[k].status == "complete"]
+
+
+def seeds_label(col: Collected, key: str) -> str:
+    """What a multi-seed method's mean row holds: "mean of 3 seeds"; while a study is part-way (seed-major,
+    resumable) "mean of 2 of 3 seeds" or "1 of 3 seeds", never a mean of seeds that were not run."""
+    n, done = len(col.seeds.get(key, ())), len(finished_seeds(col, key))
+    if done == n:
+        return f"mean of {n} seeds"
+    return f"mean of {done} of {n} seeds" if done > 1 else f"{done} of {n} seeds"
 
 
 def kl_scored_seeds(seeds: list[int], kls: list) -> list[int]:
@@ -365,7 +383,7 @@ def row_name(col: Collected, key: str, r: pd.Series) -> str:
         return f"{col.runs[key[:-4]].name} (untrained student)"
     if key in col.runs:
         n = len(col.seeds.get(key, ()))
-        return col.runs[key].name + (f" (mean of {n} seeds)" if n > 1 else "")
+        return col.runs[key].name + (f" ({seeds_label(col, key)})" if n > 1 else "")
     return str(r["Model / Method"]).split(" (control")[0].split(":")[0]
 
 
