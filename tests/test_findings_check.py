@@ -191,9 +191,6 @@ def test_the_kits_own_findings_agree_with_its_table(tmp_path, monkeypatch, seeds
 
 # The committed reports, rendered page + table.json (runs/ is not committed). What the checker finds today:
 STALE = {
-    "study": "rendered before compute to match was defined only where the target is above the start and before "
-             "the power sentence was read against the page: 0.00e+00 / 0.00x / 0 CPU-hours compute to match; power "
-             "18.3 points beside significant +6.2 and +15.3; re-render pending",
     "study_cross": "rendered before the own-student pairing reached the lead: title and 'the student' name "
                    "qwen2.5-coder-0.5b-instruct (the rows train smollm2-135m-instruct); 'No trained method has a "
                    "test evaluation paired' beside two paired results; re-render pending",

@@ -693,6 +693,11 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
     assert f"about {100 * stats.min_detectable_difference(N, q):.1f} points" in text
 
 
+def test_one_accuracy_reached_by_two_sums_prints_one_way():
+    # a mean of seeds, 253/400, from the table's mean of accuracies and from the paired test's mean of outcomes
+    assert {table.pct(x) for x in (0.6325, 0.6325 + 1e-15, 0.6325 - 1e-15, (0.64 + 0.625) / 2)} == {"63.2%"}
+
+
 def _part_way(tmp_path, monkeypatch):
     """A seed-major study interrupted before its third seed: seeds 42 and 43 of each arm finished, 44 not run."""
     params = build_runs(tmp_path, monkeypatch, gkd=(6, 6, 20), grpo=(6, 7, 8),
@@ -718,6 +723,12 @@ def test_a_study_part_way_still_reads_compute_to_match_on_its_finished_seeds(tmp
     text = efficiency.match_text(col, m, "CPU-hours")
     assert "(seeds 42, 43: 2 of 3)" in text
     assert text.endswith("; 1 of 3 seed pairs not finished, so not read")
+
+
+def test_a_sentence_about_the_first_seed_alone_names_its_seed(tmp_path, monkeypatch):
+    text = findings.findings(_part_way(tmp_path, monkeypatch))  # "GRPO" alone is the table's mean row
+    assert "GRPO (seed 42): 0 of 2 logged steps" in text
+    assert "GRPO: 0 of 2 logged steps" not in text
 
 
 def test_the_findings_of_a_study_part_way_check_against_its_table(tmp_path, monkeypatch):

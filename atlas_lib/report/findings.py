@@ -320,8 +320,19 @@ def audit_sentence(col: Collected, t: pd.DataFrame) -> str | None:
             "final answer restates the question's arithmetic): " + "; ".join(parts) + ".")
 
 
-def signal_sentence(info: RunInfo) -> str | None:
-    """How many GRPO steps and groups carried a learning signal (reward variance within the group)."""
+def run_name(col: Collected, key: str) -> str:
+    """One run's own name in a sentence about that run alone: the first seed of a method trained at several
+    seeds keeps the method's key and plain name (which the table gives its mean row), so it is named
+    with its seed here, like the others ("GRPO (seed 42)")."""
+    name = col.runs[key].name
+    pairs = col.seeds.get(key, ())
+    first = [s for s, k in pairs if k == key]
+    return f"{name} (seed {first[0]})" if len(pairs) > 1 and first else name
+
+
+def signal_sentence(info: RunInfo, name: str | None = None) -> str | None:
+    """How many GRPO steps and groups carried a learning signal (reward variance within the group); ``name``:
+    the run's name where it differs from ``info.name`` (the first seed of several, see :func:`run_name`)."""
     tr = info.train
     if info.status != "complete" or not len(tr) or "frac_zero_std" not in tr:
         return None
@@ -329,7 +340,7 @@ def signal_sentence(info: RunInfo) -> str | None:
     if not len(z):
         return None
     dead = int((z >= 1.0).sum())
-    return (f"{info.name}: {dead} of {len(z)} logged steps ({100 * dead / len(z):.0f}%) and {100 * z.mean():.0f}% of "
+    return (f"{name or info.name}: {dead} of {len(z)} logged steps ({100 * dead / len(z):.0f}%) and {100 * z.mean():.0f}% of "
             "groups carried no learning signal (every rollout of the group equally rewarded).")
 
 
@@ -458,7 +469,7 @@ def findings(col: Collected) -> str:
     lines += _objective_sentences(col, t)
     if (a := audit_sentence(col, t)) is not None:
         lines.append(a)
-    lines += [text for info in runs.values() if (text := signal_sentence(info))]
+    lines += [text for key, info in runs.items() if (text := signal_sentence(info, run_name(col, key)))]
     if (m := mde_sentence(col)) is not None:
         lines.append(m)
     lines.append("Table rows are the test split; training curves are the validation split and end at the trained "

@@ -71,7 +71,8 @@ def _mean(xs: list[float]) -> float:
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    # rounded first: the same mean reached by two sums (63.2499.. and 63.2500..) prints one way
+    return f"{round(100 * x, 6):.1f}%"
 
 
 def _short(model: str | None) -> str:
