@@ -332,14 +332,13 @@ def test_findings_lead_with_the_paired_difference(tmp_path, monkeypatch, gkd_k, 
     assert "smallest paired difference detectable" in text
 
 
-def test_findings_give_the_answer_as_a_paragraph_and_the_context_as_a_list(tmp_path, monkeypatch):
+def test_findings_give_the_answer_as_paragraphs_and_the_context_as_a_list(tmp_path, monkeypatch):
     params = build_runs(tmp_path, monkeypatch, gkd=(6, 12), grpo=(6, 8))
-    answer, _, context = findings.findings(collect.collect(params)).partition("\n\n")
-    items = context.split("\n")
-    assert "GKD minus GRPO on the same test problems" in answer
-    assert "\n" not in answer
-    assert all(item.startswith("- ") for item in items)
-    assert any(item.startswith("- Before training, the student scored") for item in items)
+    answer, items = findings.split_findings(findings.findings(collect.collect(params)))
+    paragraphs = answer.split("\n\n")
+    assert "GKD minus GRPO on the same test problems" in paragraphs[1]  # the verdicts first, then the comparison
+    assert not any(line.startswith("- ") for line in answer.split("\n"))
+    assert any(item.startswith("Before training, the student scored") for item in items)
     assert any("smallest paired difference detectable" in item for item in items)
 
 
@@ -354,7 +353,7 @@ def test_findings_state_the_compute_to_match_the_other_method(tmp_path, monkeypa
     # GKD's gain (6/24 -> 20/24) is resolved, and GRPO's curve (best 8/24) never reaches it
     assert (f"GRPO's validation curve never reached GKD's final validation accuracy ({100 * 20 / N:.1f}%; its best "
             f"{100 * 8 / N:.1f}%) within its {8 * 20.0 * 1e12:.2e} training FLOPs, so the curves never cross") in text
-    answer = text.partition("\n\n")[0]
+    answer = findings.split_findings(text)[0]
     assert "never cross" in answer  # compute to match is part of the answer, not the context list
     assert "0.00x" not in text and "0.00e+00" not in text
     assert f"validation curve (n = {N})" in text and f"the validation split, n = {N}, is too small" in text
@@ -684,7 +683,7 @@ def test_a_method_trained_at_several_seeds_shows_the_mean_and_every_seed(tmp_pat
     assert "(on-policy) (seed 42)</th>" in head and "(on-policy) (seed 43)</th>" in head
     assert col.runs["gkd-seed43"].name == "GKD (seed 43)"  # one short name per seed in sentences
     text = findings.findings(col)
-    assert "(seed 43)" not in text.partition("\n\n")[0]  # the answer speaks of the method, not a seed
+    assert "(seed 43)" not in findings.split_findings(text)[0]  # the answer speaks of the method, not a seed
     assert "of 3)" in text  # compute to match, seed by seed
     assert "problems gained on a majority of seeds" in text and "per-seed McNemar p" in text
     # the power sentence: one seed pair's discordance (the mean over seeds) at one seed's n

@@ -172,17 +172,19 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
             continue
         verdict = "improved it by" if (k, pr) in sig else "lowered it by" if (k, pr) in worse else "changed it by"
         others.append(f"{name} {verdict} {short_paired(pr)} at {_hours(t.loc[k])}")
-    if others:
-        out.append("; ".join(others) + ".")
+    if others:  # the verdicts read as one paragraph
+        out[0] += " " + "; ".join(others) + "."
     methods = [k for k, _ in results if col.runs[k].key == col.runs[k].method]
     pairs = [f"{col.runs[a].name} minus {col.runs[b].name} on the same test problems: {short_paired(pr)}"
              + ("" if _decisive(col, primary, a, b, pr) else ", not distinguishable")
              for a, b in itertools.combinations(methods, 2) if (pr := paired_vs(col, a, b)) is not None]
     unit = _unit(t.loc[methods[0]]) if methods else "device-hours"
-    pairs += [efficiency.match_text(col, m, unit) for a, b in itertools.permutations(methods, 2)
-              if (m := efficiency.compute_to_match(col, a, b)) is not None]
+    matches = [efficiency.match_text(col, m, unit) for a, b in itertools.permutations(methods, 2)
+               if (m := efficiency.compute_to_match(col, a, b)) is not None]
     if pairs:
         out.append("; ".join(pairs) + ".")
+    if matches:  # a paragraph of its own, one sentence per ordered pair of methods
+        out.append("Compute to match: " + " ".join(f"{x[0].upper()}{x[1:]}." for x in matches))
     if flat := plateau.plateau_sentences(col, methods):  # whether each curve flattened, said either way
         out.append(" ".join(f"{x}." for x in flat))
     return out
@@ -446,6 +448,12 @@ def _objective_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
     return out
 
 
+def split_findings(md: str) -> tuple[str, list[str]]:
+    """:func:`findings`' Markdown as (the answer's paragraphs, the context list's items)."""
+    answer, _, context = md.partition("\n\n- ")
+    return answer, [x.removeprefix("- ") for x in ("- " + context).split("\n")] if context else []
+
+
 def findings(col: Collected) -> str:
     """Markdown that states what the collected numbers show: the answer as one paragraph (each method
     against the untrained student, the methods against each other, the compute to match), then the
@@ -474,4 +482,5 @@ def findings(col: Collected) -> str:
         lines.append(m)
     lines.append("Table rows are the test split; training curves are the validation split and end at the trained "
                  "model's test point.")
-    return " ".join(lines[:n_answer]) + "\n\n" + "\n".join(f"- {line}" for line in lines[n_answer:])
+    # the answer: a paragraph each for the verdicts, the methods against each other, compute to match and the curves
+    return "\n\n".join(lines[:n_answer]) + "\n\n" + "\n".join(f"- {line}" for line in lines[n_answer:])
