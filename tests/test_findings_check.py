@@ -304,3 +304,22 @@ def test_a_wrong_trained_objective_is_caught():
     tab = {**SHARED, "gkd": {**SHARED["gkd"], table.OBJECTIVE_COL: 0.004}}
     text = "- GKD: its own objective (GKD: generalized JSD) on the test answers went 0.0050 → 0.0030."
     assert f"{table.OBJECTIVE_COL} of gkd" in _claims(text, tab)
+
+
+SEEDED = {**SHARED, "grpo": {**SHARED["grpo"], "Steps": 34.5},
+          "grpo-seed42": _row("GRPO / RLVR baseline (seed 42)", "seed", 0.35, **{"Steps": 37.0}),
+          "grpo-seed43": _row("GRPO / RLVR baseline (seed 43)", "seed", 0.55, **{"Steps": 32.0})}
+
+
+@pytest.mark.parametrize("stated, ok", [("32-37", True), ("32-38", False), ("34", True)])
+def test_a_mean_rows_range_of_steps_is_read_against_its_seeds(stated, ok):
+    text = f"GRPO improved it by +6.2 points (p < 0.001) at 0.0589 CPU-hours over {stated} steps."
+    assert (_claims(text, SEEDED) == []) is ok
+
+
+def test_a_mean_of_seeds_states_the_range_of_its_seeds_steps():
+    import pandas as pd
+    t = pd.DataFrame({"Steps": [34.5, 37.0, 32.0, float("nan"), 24.0]},
+                     index=["grpo", "grpo-seed42", "grpo-seed43", "grpo-seed44", "off_policy"])
+    assert findings.steps_text(t, "grpo") == "32-37"  # a mean of 34.5 steps is no run's count
+    assert findings.steps_text(t, "off_policy") == "24"

@@ -88,8 +88,19 @@ def _unit(r: pd.Series) -> str:
     return f"{r['Device kind']}-hours" if isinstance(r["Device kind"], str) else "device-hours"
 
 
-def _hours(r: pd.Series) -> str:
-    steps = f" over {r['Steps']:.0f} steps" if _ok(r["Steps"]) else ""
+def steps_text(t: pd.DataFrame, key: str) -> str | None:
+    """A row's optimizer steps as a sentence states them: one run's count, or for a method's mean of seeds the
+    seeds' range ("32-37"; a mean of 34.5 steps is no run's count); None when not recorded."""
+    seeds = [v for k in t.index if k.startswith(f"{key}-seed") and _ok(v := t.loc[k, "Steps"])]
+    if len(seeds) > 1 and min(seeds) != max(seeds):
+        return f"{min(seeds):.0f}-{max(seeds):.0f}"
+    value = seeds[0] if seeds else t.loc[key, "Steps"] if key in t.index else None
+    return f"{value:.0f}" if _ok(value) else None
+
+
+def _hours(t: pd.DataFrame, key: str) -> str:
+    r = t.loc[key]
+    steps = f" over {n} steps" if (n := steps_text(t, key)) else ""
     return f"{r['Device hours']:.3g} {_unit(r)}{steps}" if _ok(r["Device hours"]) else "device time not recorded"
 
 
@@ -157,7 +168,7 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     if lead is not None:
         pr = dict(results)[lead]
         out.append(f"**{col.runs[lead].name} improved the student's test accuracy by {paired_text(pr)}**, from "
-                   f"{pct(pr.acc_b)} to {pct(pr.acc_a)}, at {_hours(t.loc[lead])}.")
+                   f"{pct(pr.acc_b)} to {pct(pr.acc_a)}, at {_hours(t, lead)}.")
     else:
         out.append("**No method changed the student's test accuracy by more than this run can distinguish "
                    f"from noise** (paired, exact McNemar p >= {ALPHA}).")
@@ -171,7 +182,7 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
                           "is not a gain")
             continue
         verdict = "improved it by" if (k, pr) in sig else "lowered it by" if (k, pr) in worse else "changed it by"
-        others.append(f"{name} {verdict} {short_paired(pr)} at {_hours(t.loc[k])}")
+        others.append(f"{name} {verdict} {short_paired(pr)} at {_hours(t, k)}")
     if others:  # the verdicts read as one paragraph
         out[0] += " " + "; ".join(others) + "."
     methods = [k for k, _ in results if col.runs[k].key == col.runs[k].method]
@@ -264,8 +275,8 @@ def headline(col: Collected, params, subtitle: bool = True) -> str:
     names = [i.name for k, i in col.runs.items() if i.key == i.method and i.status != "not run"]
     what = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "No method")
     task = params.data.task if params.data.source == "reasoning_gym" else params.data.source
-    steps = "; ".join(f"{i.name} {t.loc[k, 'Steps']:.0f} steps" for k, i in col.runs.items()
-                      if k in t.index and _ok(t.loc[k, "Steps"]) and i.key == i.method)
+    steps = "; ".join(f"{i.name} {n} steps" for k, i in col.runs.items()
+                      if k in t.index and i.key == i.method and (n := steps_text(t, k)))
     n = t.loc["student", "n"] if "student" in t.index and _ok(t.loc["student", "n"]) else None
     sub = [f"{n:.0f} held-out test problems" if n else None, steps or None,
            f"device: {t['Device kind'].dropna().iloc[0]}" if t["Device kind"].notna().any() else None]

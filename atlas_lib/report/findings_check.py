@@ -469,11 +469,21 @@ class _Checker:
                 self.miss(s, "gained minus lost", cm.group(0), f"{net:+.1f} points at n = {n:.0f}, stated {d}")
 
     def hours(self, s, c, k):
-        hm = re.search(rf"\bat ({NUM}) [A-Za-z]+-hours(?: over (\d+) steps)?", c)
+        hm = re.search(rf"\bat ({NUM}) [A-Za-z]+-hours(?: over (\d+)(?:-(\d+))? steps)?", c)
         if hm:
             self.num(s, k, "Device hours", hm.group(1))
             if hm.group(2):
-                self.num(s, k, "Steps", hm.group(2))
+                self.steps(s, k, hm.group(2), hm.group(3))
+
+    def steps(self, s, k, lo, hi=None):
+        """"32 steps" is the row's count; "32-37 steps" the range of a mean row's seeds."""
+        if hi is None:
+            self.num(s, k, "Steps", lo)
+            return
+        seeds = [r.get("Steps") for key, r in self.tb.t.items() if key.startswith(f"{k}-seed") and _ok(r.get("Steps"))]
+        self.res.checked += 1
+        if not seeds or (float(lo), float(hi)) != (min(seeds), max(seeds)):
+            self.miss(s, f"Steps of {k}'s seeds", f"{lo}-{hi}", f"{min(seeds):.0f}-{max(seeds):.0f}" if seeds else "empty", k)
 
     def arrows(self, s: str, c: str) -> None:
         low = s.lower()
@@ -523,10 +533,10 @@ class _Checker:
         m = re.search(r"(\d+) held-out test problems", s)
         if m:
             self.num(s, "student", "n", m.group(1))
-        for m in re.finditer(r"(?:^|[:;] )([^:;]+?) (\d+) steps", s):
+        for m in re.finditer(r"(?:^|[:;] )([^:;]+?) (\d+)(?:-(\d+))? steps", s):
             k = next((k for name, k in self.tb.names if name == m.group(1).strip()), None)
             if k is not None:
-                self.num(s, k, "Steps", m.group(2))
+                self.steps(s, k, m.group(2), m.group(3))
 
     def power(self, s: str) -> None:
         from atlas_lib.evaluation import stats
