@@ -466,9 +466,10 @@ def split_findings(md: str) -> tuple[str, list[str]]:
 
 
 def findings(col: Collected) -> str:
-    """Markdown that states what the collected numbers show: the answer as one paragraph (each method
-    against the untrained student, the methods against each other, the compute to match), then the
-    context as a list (what did not train, baselines, tokens, KL, power, which split is which)."""
+    """Markdown that states what the collected numbers show: the answer as paragraphs (each method against
+    the untrained student, the methods against each other, the compute to match, whether the curves
+    flattened), then the context as a list (what did not train, baselines, tokens, KL, power, which split
+    is which); :func:`split_findings` separates the two."""
     t = results_table(col)
     runs = col.runs
     lines = _lead(col, t)
