@@ -70,6 +70,9 @@ class Collected:
     # Per method trained at several seeds: [(seed, run key)], the first seed's run key being the method's own
     seeds: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     comparisons: list[str] = field(default_factory=list)  # evaluation.comparisons: the primary ones
+    # Per table row, (test answers its own objective was computed on, test answers): GOLD's costs seconds an
+    # answer, so it scores a first part only (methods/gold/trainer.py OBJECTIVE_ANSWERS)
+    objective_n: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _read_json(path: Path, notes: list[str], what: str) -> dict | None:
@@ -221,16 +224,19 @@ def _record_paths(params: config.Params, profile: Path, runs: dict[str, RunInfo]
     return paths
 
 
-def _read_records(profile: Path, paths: dict[str, Path]) -> tuple[dict[str, dict], dict[str, FormAudit]]:
-    """Per row, {problem id: correct} and the answer-form audit of its test completions."""
+def _read_records(profile: Path, paths: dict[str, Path]) -> tuple[dict[str, dict], dict[str, FormAudit],
+                                                                  dict[str, tuple[int, int]]]:
+    """Per row, {problem id: correct}, the answer-form audit of its test completions and (answers with their
+    own objective, answers)."""
     questions = {r["id"]: r.get("question", "") for r in read_jsonl(profile / "data" / "eval.jsonl")
                  if "id" in r}
-    correct, audits = {}, {}
+    correct, audits, objective_n = {}, {}, {}
     for key, path in paths.items():
         records = read_jsonl(path)
         correct[key] = {r["id"]: bool(r["correct"]) for r in records if "id" in r and "correct" in r}
         audits[key] = audit(records, questions)
-    return correct, audits
+        objective_n[key] = (sum(isinstance(r.get("objective"), (int, float)) for r in records), len(records))
+    return correct, audits, objective_n
 
 
 def _seed_runs(params: config.Params) -> dict[str, list[tuple[int, str]]]:
@@ -250,13 +256,14 @@ def collect(params: config.Params) -> Collected:
     notes += _disabled_notes(params)
     for info in runs.values():
         notes += [f"{info.key}: {n}" for n in info.notes]
-    correct, audits = _read_records(profile, _record_paths(params, profile, runs, dirs))
+    correct, audits, objective_n = _read_records(profile, _record_paths(params, profile, runs, dirs))
     by_seed = _seed_runs(params)
     for key, pairs in by_seed.items():  # the first seed's row, under its own name too
         first = pairs[0][0]
         correct[f"{key}-seed{first}"], audits[f"{key}-seed{first}"] = correct.get(key), audits.get(key)
     return Collected(params.name, manifest, baseline, runs, notes, {k: v for k, v in correct.items() if v},
-                     {k: v for k, v in audits.items() if v is not None}, by_seed, list(params.evaluation.comparisons))
+                     {k: v for k, v in audits.items() if v is not None}, by_seed, list(params.evaluation.comparisons),
+                     {k: v for k, v in objective_n.items() if v[0]})
 
 
 def untrained_row(col: Collected, key: str) -> str:
@@ -279,6 +286,13 @@ def shared_student_runs(col: Collected, *, methods_only: bool = False) -> list[s
     return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
             and i.status == "complete" and not i.summary.get("did_not_train") and not further_seed(col, k)
             and (not methods_only or i.key == i.method)]
+
+
+def own_student_runs(col: Collected) -> list[str]:
+    """Runs that train their own student (paired with their own untrained row, ``<key>_pre``), that finished
+    and trained; a further seed is part of its method's row."""
+    return [k for k, i in col.runs.items() if i.spec is not None and i.spec.own_student
+            and i.status == "complete" and not i.summary.get("did_not_train") and not further_seed(col, k)]
 
 
 def seed_correct(col: Collected, key: str) -> list[dict]:

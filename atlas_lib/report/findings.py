@@ -25,6 +25,7 @@ from atlas_lib.report.collect import (
     RunInfo,
     further_seed,
     hacking_flag,
+    own_student_runs,
     paired_vs,
     primary_tests,
     shared_student_runs,
@@ -40,6 +41,7 @@ from atlas_lib.report.table import (
     RESTATE_COL,
     kl_scored_seeds,
     lora_text,
+    own_model,
     pct,
     results_table,
     row_name,
@@ -151,14 +153,47 @@ def _decisive(col: Collected, primary: dict, key: str, base: str, pr: stats.Pair
     return p < ALPHA and (not seeded or pr.ci_low > 0 or pr.ci_high < 0)
 
 
+def answer_runs(col: Collected) -> tuple[list[str], bool]:
+    """The runs the answer is about, and whether they train their own student: those that train the shared
+    student, where any has a test result paired with it; else (every method that trained brings its own
+    student, as params/study_cross.yaml's two cross-tokenizer arms do) those, each against its own untrained
+    row. The title, the lead, the baseline sentence and the power sentence all name this student."""
+    shared = [k for k in shared_student_runs(col) if paired_vs(col, k, "student") is not None]
+    if shared:
+        return shared, False
+    own = [k for k in own_student_runs(col) if paired_vs(col, k) is not None]
+    return own, bool(own)
+
+
+def own_students(col: Collected, keys: list[str], role: str = "student") -> list[str]:
+    """The distinct models (``role``: student or teacher) the runs ``keys`` train with their own student."""
+    return list(dict.fromkeys(m for k in keys if (m := own_model(col.runs[k], role))))
+
+
+def _whose(col: Collected, runs: list[str], own: bool) -> str:
+    """Whose test accuracy the lead is about: the shared student, or the one model the methods train."""
+    if not own:
+        return "the student's"
+    models = own_students(col, runs)
+    return f"{models[0]}'s" if len(models) == 1 else "its own student's"
+
+
+def _ordered(primary: dict, a: str, b: str) -> tuple[str, str]:
+    """A pair of methods in the order the params declare it (evaluation.comparisons; ``primary`` is
+    :func:`primary_tests`), else as given."""
+    return (b, a) if (b, a) in primary and (a, b) not in primary else (a, b)
+
+
 def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     """The answer: the method that changed the student's test accuracy most (or that none did), the other
     methods against the untrained student in one sentence, the methods against each other (and compute to
     match) in one sentence, every comparison paired on the same test problems; then one sentence per
     method on whether its validation curve flattened (report/plateau.py)."""
-    results = [(k, pr) for k in shared_student_runs(col) if (pr := paired_vs(col, k, "student")) is not None]
+    runs, own = answer_runs(col)
+    results = [(k, pr) for k in runs if (pr := paired_vs(col, k)) is not None]
     if not results:
         return ["No trained method has a test evaluation paired with the untrained student's yet."]
+    whose = _whose(col, runs, own)
     hacked = {k for k, _ in results if hacking_flag(col, k)}  # its accuracy is not presented as a gain
     primary = primary_tests(col)
     sig = [(k, pr) for k, pr in results if _decisive(col, primary, k, "student", pr) and pr.diff > 0 and k not in hacked]
@@ -167,10 +202,10 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     out = []
     if lead is not None:
         pr = dict(results)[lead]
-        out.append(f"**{col.runs[lead].name} improved the student's test accuracy by {paired_text(pr)}**, from "
+        out.append(f"**{col.runs[lead].name} improved {whose} test accuracy by {paired_text(pr)}**, from "
                    f"{pct(pr.acc_b)} to {pct(pr.acc_a)}, at {_hours(t, lead)}.")
     else:
-        out.append("**No method changed the student's test accuracy by more than this run can distinguish "
+        out.append(f"**No method changed {whose} test accuracy by more than this run can distinguish "
                    f"from noise** (paired, exact McNemar p >= {ALPHA}).")
     others = []
     for k, pr in results:
@@ -188,7 +223,8 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     methods = [k for k, _ in results if col.runs[k].key == col.runs[k].method]
     pairs = [f"{col.runs[a].name} minus {col.runs[b].name} on the same test problems: {short_paired(pr)}"
              + ("" if _decisive(col, primary, a, b, pr) else ", not distinguishable")
-             for a, b in itertools.combinations(methods, 2) if (pr := paired_vs(col, a, b)) is not None]
+             for a, b in (_ordered(primary, *ab) for ab in itertools.combinations(methods, 2))
+             if (pr := paired_vs(col, a, b)) is not None]
     unit = _unit(t.loc[methods[0]]) if methods else "device-hours"
     matches = [efficiency.match_text(col, m, unit) for a, b in itertools.permutations(methods, 2)
                if (m := efficiency.compute_to_match(col, a, b)) is not None]
@@ -280,7 +316,10 @@ def headline(col: Collected, params, subtitle: bool = True) -> str:
     n = t.loc["student", "n"] if "student" in t.index and _ok(t.loc["student", "n"]) else None
     sub = [f"{n:.0f} held-out test problems" if n else None, steps or None,
            f"device: {t['Device kind'].dropna().iloc[0]}" if t["Device kind"].notna().any() else None]
-    title = f"# {what}: student {params.models.student}, teacher {params.models.teacher}"
+    runs, own = answer_runs(col)
+    student = ", ".join(own_students(col, runs)) if own else params.models.student
+    teacher = ", ".join(own_students(col, runs, "teacher")) if own else params.models.teacher
+    title = f"# {what}: student {student}, teacher {teacher or params.models.teacher}"
     return title + (f"\n\n*Task {task}, profile `{params.name}`: " + "; ".join(x for x in sub if x) + ".*"
                     if subtitle else "")
 
@@ -294,11 +333,12 @@ def mde_sentence(col: Collected) -> str | None:
     """The smallest paired difference this run's n can detect (80% power, two-sided 5%), from one seed's
     discordance (a seed pair's discordant share of problems, the mean over seeds: pooling the seeds would
     count a problem once per seed) at one seed's n."""
-    base = col.correct.get("student")
+    runs, own = answer_runs(col)
+    base = col.correct.get(untrained_row(col, runs[0]) if own else "student")
     if not base:
         return None
     n = len(base)
-    found = [pr for k in shared_student_runs(col) if (pr := paired_vs(col, k, "student")) is not None]
+    found = [pr for k in runs if (pr := paired_vs(col, k)) is not None]
     discord = [pr.discordance for pr in found if math.isfinite(pr.discordance)]
     if discord and max(discord) > 0:
         q = max(discord)
@@ -308,7 +348,8 @@ def mde_sentence(col: Collected) -> str | None:
     else:
         acc = sum(base.values()) / n
         q = 2 * acc * (1 - acc)
-        how = "independent errors at the student's accuracy"
+        how = ("independent errors at the untrained accuracy of " + ", ".join(own_students(col, runs)) if own
+               else "independent errors at the student's accuracy")
     mde = stats.min_detectable_difference(n, q)
     # 80% power is not the significance threshold: a smaller observed difference can reach p < 0.05, so the
     # sentence says what is usually missed, not what cannot be significant
@@ -371,9 +412,29 @@ def _compute_sentence(col: Collected) -> str:
         f" (the validation split, n = {n_val:.0f}, is too small to choose one)." if n_val and n_val < 100 else "."))
 
 
-def _baseline_sentence(t: pd.DataFrame) -> str:
-    """The untrained student's and the teacher's test accuracy, or that they were not evaluated."""
+def _baseline_sentence(col: Collected, t: pd.DataFrame) -> str:
+    """The untrained student's and the teacher's test accuracy, or that they were not evaluated. Where the
+    methods train their own student (:func:`answer_runs`), that student is named with its untrained row, and
+    the shared student row is said to be a reference that no method trains."""
     s, te = t.loc["student"], t.loc["teacher"]
+    runs, own = answer_runs(col)
+    if own and _ok(te["Accuracy"]):
+        firsts: dict[str, str] = {}  # one untrained row per model the methods train
+        for k in runs:
+            firsts.setdefault(own_model(col.runs[k]), k)
+        parts = []
+        for model, k in firsts.items():
+            pre = untrained_row(col, k)
+            also = [col.runs[r].name for r in runs if r != k and own_model(col.runs[r]) == model]
+            if pre in t.index and _ok(t.loc[pre, "Accuracy"]):
+                parts.append(f"{row_name(col, pre, t.loc[pre])}, {model or 'its own student'}"
+                             + (f" (also {' and '.join(also)}'s student)" if also else "")
+                             + f", scored {_acc(t.loc[pre])}")
+        shared = str(s["Model / Method"]).split(": ", 1)[-1]
+        ref = (f" The untrained student row ({shared}, {_acc(s)}) is the shared student, which no method here "
+               "trains." if _ok(s["Accuracy"]) else "")
+        return (f"Before training, the teacher scored {_acc(te)}" + "".join(f"; {x}" for x in parts)
+                + ", all on the test split." + ref)
     if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
         return f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split."
     return "The pre-distillation student and teacher baselines were not run (notebook 01)."
@@ -445,6 +506,13 @@ def _aligned_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
     return out
 
 
+def _objective_answers(col: Collected, key: str) -> str:
+    """'first 50 of 200 ' where a row's own objective was computed on part of its test answers (GOLD's, whose
+    held-out scoring runs TRL's loss an answer at a time), else ''."""
+    scored, n = col.objective_n.get(key, (0, 0))
+    return f"first {scored} of {n} " if 0 < scored < n else ""
+
+
 def _objective_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
     """What each distilling method minimised, on the test answers, before -> after training."""
     out = []
@@ -454,8 +522,9 @@ def _objective_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
         o1 = t.loc[k, OBJECTIVE_COL] if k in t.index else None
         if _ok(o0) and _ok(o1):
             out.append(f"{info.name}: its own objective ({info.spec.loss_title if info.spec else 'its loss'}) on the "
-                       f"test answers went {o0:.4f} → {o1:.4f}" + (" (it went up: training did not lower what it "
-                                                                   "minimises on held-out answers)." if o1 > o0 else "."))
+                       f"{_objective_answers(col, k)}test answers went {o0:.4f} → {o1:.4f}"
+                       + (" (it went up: training did not lower what it minimises on held-out answers)." if o1 > o0
+                          else "."))
     return out
 
 
@@ -478,10 +547,11 @@ def findings(col: Collected) -> str:
     lines.append(_compute_sentence(col))
     lines += [line for info in runs.values() if (line := _status_line(info))]
     lines += shared_settings(col)
-    lines.append(_baseline_sentence(t))
+    lines.append(_baseline_sentence(col, t))
     lines += controls.control_sentences(col, t)
     seed_runs = {k for k in runs if further_seed(col, k)}  # in their method's mean row
-    lines += _own_student_sentences(col, seed_runs)
+    if not answer_runs(col)[1]:  # where the answer is about the methods' own student, it holds these
+        lines += _own_student_sentences(col, seed_runs)
     lines += _move_sentences(col, t, seed_runs)
     if (ratios := _logratio_sentence(col, t)) is not None:
         lines.append(ratios)

@@ -79,6 +79,13 @@ def _short(model: str | None) -> str:
     return Path(str(model)).name if model else ""
 
 
+def own_model(info, role: str = "student") -> str:
+    """The student (or teacher) a method that trains its own student names in its summary, short ("" if none):
+    the model its ``<key>_pre`` and trained rows are labelled with."""
+    s = info.summary or {}
+    return _short(s.get(f"{role}_model") or (s.get("config") or {}).get(info.method or info.key, {}).get(role))
+
+
 def _row(label: str, status: str, m: dict | None, *, aligned: bool = False, training: dict | None = None,
          divergence: str = SAME_TOK_DIV, notes: list[str] | None = None, kind: str = "baseline") -> dict:
     m, t, notes = m or {}, training or {}, list(notes or [])
@@ -158,7 +165,7 @@ def _run_rows(key: str, info: RunInfo) -> dict[str, dict]:
     if spec is None or not spec.own_student:
         return {key: _row(info.label, status, final, training=training, notes=notes, divergence=div, kind="trained",
                           aligned=aligned) | distills}
-    student = _short(s.get("student_model") or (s.get("config") or {}).get(key, {}).get("student"))
+    student = own_model(info)
     suffix = f": {student}" if student else ""
     pre_notes = notes + ([] if s.get("initial") or not first else ["values from the first eval point"])
     return {f"{key}_pre": _row(f"{info.label} (pre){suffix}", info.status, s.get("initial") or first,
