@@ -98,3 +98,27 @@ def test_an_objective_on_every_answer_says_no_count(own_only):
     col = collect.collect(own_only)
     line = next(x for x in findings.split_findings(findings.findings(col))[1] if "own objective" in x)
     assert "on the test answers went" in line
+
+
+def _gain(params, key: str, right: int) -> None:
+    """The run's final test answers right on problems t0..t{right-1} (its untrained student had t0 alone)."""
+    path = collect.runs_root() / params.name / key / "eval" / "final_full.records.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    for i, r in enumerate(recs):
+        r["correct"] = i < right
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_an_own_student_gain_the_test_finds_is_called_one(own_only):
+    _gain(own_only, "cross_tokenizer", 8)  # 7 gained, 0 lost: McNemar p = 0.016
+    answer, _ = findings.split_findings(findings.findings(collect.collect(own_only)))
+    assert answer.startswith("**Cross-tokenizer distillation improved smollm2-135m-instruct's test accuracy")
+
+
+def test_an_own_student_gain_is_judged_by_its_holm_p(own_only, monkeypatch):
+    _gain(own_only, "cross_tokenizer", 8)
+    col = collect.collect(own_only)
+    pr = collect.paired_vs(col, "cross_tokenizer")
+    monkeypatch.setattr(findings, "primary_tests", lambda c: {("cross_tokenizer", "cross_tokenizer_pre"): (pr, 0.5)})
+    answer, _ = findings.split_findings(findings.findings(col))
+    assert answer.startswith("**No method changed smollm2-135m-instruct's test accuracy")

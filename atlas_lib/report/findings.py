@@ -196,8 +196,9 @@ def _lead(col: Collected, t: pd.DataFrame) -> list[str]:
     whose = _whose(col, runs, own)
     hacked = {k for k, _ in results if hacking_flag(col, k)}  # its accuracy is not presented as a gain
     primary = primary_tests(col)
-    sig = [(k, pr) for k, pr in results if _decisive(col, primary, k, "student", pr) and pr.diff > 0 and k not in hacked]
-    worse = [(k, pr) for k, pr in results if _decisive(col, primary, k, "student", pr) and pr.diff < 0]
+    decisive = {k for k, pr in results if _decisive(col, primary, k, untrained_row(col, k), pr)}  # own row's Holm p
+    sig = [(k, pr) for k, pr in results if k in decisive and pr.diff > 0 and k not in hacked]
+    worse = [(k, pr) for k, pr in results if k in decisive and pr.diff < 0]
     lead = max(sig, key=lambda kp: kp[1].diff)[0] if sig else None
     out = []
     if lead is not None:
