@@ -122,3 +122,21 @@ def test_an_own_student_gain_is_judged_by_its_holm_p(own_only, monkeypatch):
     monkeypatch.setattr(findings, "primary_tests", lambda c: {("cross_tokenizer", "cross_tokenizer_pre"): (pr, 0.5)})
     answer, _ = findings.split_findings(findings.findings(col))
     assert answer.startswith("**No method changed smollm2-135m-instruct's test accuracy")
+
+
+def test_the_key_table_leaves_out_a_shared_student_no_method_trains(own_only):
+    col = collect.collect(own_only)
+    names = list(table.key_frame(table.results_table(col), col)["Method"])
+    assert "Untrained student" not in names
+
+
+def test_the_key_table_keeps_the_methods_own_untrained_row(own_only):
+    col = collect.collect(own_only)
+    names = list(table.key_frame(table.results_table(col), col)["Method"])
+    assert "Cross-tokenizer distillation (untrained student)" in names
+
+
+def test_the_key_table_keeps_the_shared_student_a_method_trains(tmp_path, monkeypatch):
+    col = collect.collect(build_runs(tmp_path, monkeypatch))
+    names = list(table.key_frame(table.results_table(col), col)["Method"])
+    assert "Untrained student" in names

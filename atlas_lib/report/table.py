@@ -400,8 +400,12 @@ def key_frame(table: pd.DataFrame, col: Collected) -> pd.DataFrame:
     table): accuracy with its interval, the paired difference from the row's own untrained student with
     its interval and p, and training compute, all without scientific notation."""
     out = []
+    paired = [k for k, r in table.iterrows() if r["Row kind"] in ("trained", "control") and r["Status"] != "not run"]
+    # a shared student no row is paired with (every method here trains its own, as in study_cross) is
+    # left to the full table: beside the methods' own untrained rows it would read as theirs
+    unused = {"student"} if paired and all(untrained_row(col, k) != "student" for k in paired) else set()
     for k, r in table.iterrows():
-        if r["Row kind"] == "seed":
+        if r["Row kind"] == "seed" or k in unused:
             continue
         ok = r["Status"] != "not run" and not pd.isna(r["Accuracy"])
         acc = (f"{pct(r['Accuracy'])} [{100 * r['CI low']:.1f}–{100 * r['CI high']:.1f}]"
