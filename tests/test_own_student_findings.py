@@ -78,13 +78,18 @@ def test_with_a_shared_student_method_the_answer_stays_about_the_shared_student(
     assert own is False and "cross_tokenizer" not in runs
 
 
-def _score_part(params, key: str, scored: int) -> None:
-    """Keep the own objective on the first ``scored`` of a run's final test answers, as GOLD records it."""
+def _rewrite(params, key: str, change) -> None:
+    """Apply ``change(i, record)`` to each of a run's final test records, in place on disk."""
     path = collect.runs_root() / params.name / key / "eval" / "final_full.records.jsonl"
     recs = [json.loads(x) for x in path.read_text().splitlines()]
     for i, r in enumerate(recs):
-        r["objective"] = r["objective"] if i < scored else None
+        change(i, r)
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _score_part(params, key: str, scored: int) -> None:
+    """Keep the own objective on the first ``scored`` of a run's final test answers, as GOLD records it."""
+    _rewrite(params, key, lambda i, r: r.update(objective=r["objective"] if i < scored else None))
 
 
 def test_an_objective_on_part_of_the_answers_says_on_how_many(own_only):
@@ -102,11 +107,7 @@ def test_an_objective_on_every_answer_says_no_count(own_only):
 
 def _gain(params, key: str, right: int) -> None:
     """The run's final test answers right on problems t0..t{right-1} (its untrained student had t0 alone)."""
-    path = collect.runs_root() / params.name / key / "eval" / "final_full.records.jsonl"
-    recs = [json.loads(x) for x in path.read_text().splitlines()]
-    for i, r in enumerate(recs):
-        r["correct"] = i < right
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    _rewrite(params, key, lambda i, r: r.update(correct=i < right))
 
 
 def test_an_own_student_gain_the_test_finds_is_called_one(own_only):
