@@ -45,6 +45,11 @@ def test_the_title_does_not_name_the_shared_student(own_only):
 
 
 def test_the_lead_pairs_each_method_with_its_own_untrained_row(own_only):
+    answer, _ = findings.split_findings(_texts(own_only)[2])
+    assert "Cross-tokenizer distillation changed it by +12.5 points" in answer
+
+
+def test_the_lead_does_not_deny_the_paired_results(own_only):
     _, _, text = _texts(own_only)
     assert "No trained method has a test evaluation paired" not in text
 
@@ -55,8 +60,32 @@ def test_the_lead_names_whose_accuracy_changed(own_only):
 
 
 def test_the_own_student_sentence_is_not_repeated_below_the_lead(own_only):
-    _, context = findings.split_findings(_texts(own_only)[2])
-    assert not [x for x in context if "changed its own student's test accuracy" in x]
+    answer, context = findings.split_findings(_texts(own_only)[2])
+    assert "changed it by +12.5 points" in answer and not [x for x in context if "changed its own student's" in x]
+
+
+def test_the_power_sentence_reads_the_methods_own_student(own_only):
+    col = collect.collect(own_only)
+    assert findings.mde_sentence(col).startswith(f"Power: with n = {len(col.correct['cross_tokenizer_pre'])} test")
+
+
+def test_a_failed_shared_student_method_keeps_the_page_about_the_shared_student(tmp_path, monkeypatch):
+    params = build_runs(tmp_path, monkeypatch, with_grpo=False)
+    (collect.runs_root() / params.name / "gkd" / "eval" / "final_full.records.jsonl").unlink()  # no test result
+    for d in (collect.runs_root() / params.name).glob("sweep*"):
+        shutil.rmtree(d)
+    col = collect.collect(params)
+    assert findings.answer_runs(col) == ([], False)
+    assert f"student {params.models.student}," in findings.headline(col, params)
+
+
+def test_a_denied_own_student_gain_is_caught(own_only):
+    _gain(own_only, "cross_tokenizer", 8)
+    col = collect.collect(own_only)
+    tab = json.loads(table.results_table(col).to_json(orient="index"))
+    text = ("**No method changed smollm2-135m-instruct's test accuracy by more than this run can distinguish from "
+            "noise** (paired, exact McNemar p >= 0.05).")
+    assert [m.claim for m in findings_check.check_markdown(text, tab).mismatches] == ["no decisive difference"]
 
 
 def test_the_baseline_sentence_says_the_shared_student_trains_in_no_method(own_only):
@@ -96,7 +125,13 @@ def test_an_objective_on_part_of_the_answers_says_on_how_many(own_only):
     _score_part(own_only, "cross_tokenizer", 5)
     col = collect.collect(own_only)
     line = next(x for x in findings.split_findings(findings.findings(col))[1] if "own objective" in x)
-    assert f"on the first 5 of {col.objective_n['cross_tokenizer'][1]} test answers" in line
+    assert "on 5 of the 24 test answers went" in line
+
+
+def test_an_objective_that_is_not_a_number_is_not_counted(own_only):
+    _score_part(own_only, "cross_tokenizer", 5)
+    _rewrite(own_only, "cross_tokenizer", lambda i, r: r.update(objective=float("nan")) if i == 0 else None)
+    assert collect.collect(own_only).objective_n["cross_tokenizer"] == (4, 24)
 
 
 def test_an_objective_on_every_answer_says_no_count(own_only):

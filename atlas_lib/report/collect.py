@@ -235,7 +235,8 @@ def _read_records(profile: Path, paths: dict[str, Path]) -> tuple[dict[str, dict
         records = read_jsonl(path)
         correct[key] = {r["id"]: bool(r["correct"]) for r in records if "id" in r and "correct" in r}
         audits[key] = audit(records, questions)
-        objective_n[key] = (sum(isinstance(r.get("objective"), (int, float)) for r in records), len(records))
+        objective_n[key] = (sum(isinstance(x := r.get("objective"), (int, float)) and math.isfinite(x)
+                                for r in records), len(records))  # the answers heldout_objective averages
     return correct, audits, objective_n
 
 
@@ -286,6 +287,12 @@ def shared_student_runs(col: Collected, *, methods_only: bool = False) -> list[s
     return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
             and i.status == "complete" and not i.summary.get("did_not_train") and not further_seed(col, k)
             and (not methods_only or i.key == i.method)]
+
+
+def shared_student_ran(col: Collected) -> bool:
+    """Whether any method that trains the shared student ran (finished, failed or part-way): then the page is
+    about the shared student, whatever became of its runs, and the methods with their own are beside it."""
+    return any(i.spec is not None and not i.spec.own_student and i.status != "not run" for i in col.runs.values())
 
 
 def own_student_runs(col: Collected) -> list[str]:

@@ -28,6 +28,7 @@ from atlas_lib.report.collect import (
     own_student_runs,
     paired_vs,
     primary_tests,
+    shared_student_ran,
     shared_student_runs,
     untrained_row,
 )
@@ -157,10 +158,10 @@ def answer_runs(col: Collected) -> tuple[list[str], bool]:
     """The runs the answer is about, and whether they train their own student: those that train the shared
     student, where any has a test result paired with it; else (every method that trained brings its own
     student, as params/study_cross.yaml's two cross-tokenizer arms do) those, each against its own untrained
-    row. The title, the lead, the baseline sentence and the power sentence all name this student."""
-    shared = [k for k in shared_student_runs(col) if paired_vs(col, k, "student") is not None]
-    if shared:
-        return shared, False
+    row. The title, the lead, the baseline sentence and the power sentence all name this student. A profile
+    where a shared-student method ran stays about the shared student even if that run failed."""
+    if shared_student_ran(col) or not own_student_runs(col):
+        return [k for k in shared_student_runs(col) if paired_vs(col, k, "student") is not None], False
     own = [k for k in own_student_runs(col) if paired_vs(col, k) is not None]
     return own, bool(own)
 
@@ -318,7 +319,7 @@ def headline(col: Collected, params, subtitle: bool = True) -> str:
     sub = [f"{n:.0f} held-out test problems" if n else None, steps or None,
            f"device: {t['Device kind'].dropna().iloc[0]}" if t["Device kind"].notna().any() else None]
     runs, own = answer_runs(col)
-    student = ", ".join(own_students(col, runs)) if own else params.models.student
+    student = (", ".join(own_students(col, runs)) or "each method's own") if own else params.models.student
     teacher = ", ".join(own_students(col, runs, "teacher")) if own else params.models.teacher
     title = f"# {what}: student {student}, teacher {teacher or params.models.teacher}"
     return title + (f"\n\n*Task {task}, profile `{params.name}`: " + "; ".join(x for x in sub if x) + ".*"
@@ -349,8 +350,8 @@ def mde_sentence(col: Collected) -> str | None:
     else:
         acc = sum(base.values()) / n
         q = 2 * acc * (1 - acc)
-        how = ("independent errors at the untrained accuracy of " + ", ".join(own_students(col, runs)) if own
-               else "independent errors at the student's accuracy")
+        how = (f"independent errors at the untrained accuracy of {own_model(col.runs[runs[0]]) or 'its student'}"
+               if own else "independent errors at the student's accuracy")
     mde = stats.min_detectable_difference(n, q)
     # 80% power is not the significance threshold: a smaller observed difference can reach p < 0.05, so the
     # sentence says what is usually missed, not what cannot be significant
@@ -419,23 +420,24 @@ def _baseline_sentence(col: Collected, t: pd.DataFrame) -> str:
     the shared student row is said to be a reference that no method trains."""
     s, te = t.loc["student"], t.loc["teacher"]
     runs, own = answer_runs(col)
-    if own and _ok(te["Accuracy"]):
-        firsts: dict[str, str] = {}  # one untrained row per model the methods train
+    if own:
+        groups: dict[tuple, list[str]] = {}  # runs whose untrained rows are one model at one accuracy share a clause
         for k in runs:
-            firsts.setdefault(own_model(col.runs[k]), k)
-        parts = []
-        for model, k in firsts.items():
             pre = untrained_row(col, k)
-            also = [col.runs[r].name for r in runs if r != k and own_model(col.runs[r]) == model]
             if pre in t.index and _ok(t.loc[pre, "Accuracy"]):
-                parts.append(f"{row_name(col, pre, t.loc[pre])}, {model or 'its own student'}"
-                             + (f" (also {' and '.join(also)}'s student)" if also else "")
-                             + f", scored {_acc(t.loc[pre])}")
+                groups.setdefault((own_model(col.runs[k]), t.loc[pre, "Accuracy"], t.loc[pre, "n"]), []).append(k)
+        parts = []
+        for (model, _, _), (k, *also) in groups.items():
+            pre = untrained_row(col, k)
+            parts.append(f"{row_name(col, pre, t.loc[pre])}, {model or 'its own student'}"
+                         + (f" (also {' and '.join(col.runs[r].name for r in also)}'s student)" if also else "")
+                         + f", scored {_acc(t.loc[pre])}")
+        if _ok(te["Accuracy"]):
+            parts.insert(0, f"the teacher scored {_acc(te)}")
         shared = str(s["Model / Method"]).split(": ", 1)[-1]
         ref = (f" The untrained student row ({shared}, {_acc(s)}) is the shared student, which no method here "
                "trains." if _ok(s["Accuracy"]) else "")
-        return (f"Before training, the teacher scored {_acc(te)}" + "".join(f"; {x}" for x in parts)
-                + ", all on the test split." + ref)
+        return "Before training, " + "; ".join(parts) + ", all on the test split." + ref
     if _ok(s["Accuracy"]) and _ok(te["Accuracy"]):
         return f"Before training, the student scored {_acc(s)} and the teacher {_acc(te)} on the test split."
     return "The pre-distillation student and teacher baselines were not run (notebook 01)."
@@ -508,10 +510,10 @@ def _aligned_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
 
 
 def _objective_answers(col: Collected, key: str) -> str:
-    """'first 50 of 200 ' where a row's own objective was computed on part of its test answers (GOLD's, whose
-    held-out scoring runs TRL's loss an answer at a time), else ''."""
+    """'50 of the 200 ' where a row's own objective was computed on part of its test answers (GOLD's, whose
+    held-out scoring runs TRL's loss an answer at a time), else 'the '."""
     scored, n = col.objective_n.get(key, (0, 0))
-    return f"first {scored} of {n} " if 0 < scored < n else ""
+    return f"{scored} of the {n} " if 0 < scored < n else "the "
 
 
 def _objective_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
@@ -522,7 +524,7 @@ def _objective_sentences(col: Collected, t: pd.DataFrame) -> list[str]:
         o0 = t.loc[pre, OBJECTIVE_COL] if pre in t.index else (info.summary.get("initial") or {}).get("heldout_objective")
         o1 = t.loc[k, OBJECTIVE_COL] if k in t.index else None
         if _ok(o0) and _ok(o1):
-            out.append(f"{info.name}: its own objective ({info.spec.loss_title if info.spec else 'its loss'}) on the "
+            out.append(f"{info.name}: its own objective ({info.spec.loss_title if info.spec else 'its loss'}) on "
                        f"{_objective_answers(col, k)}test answers went {o0:.4f} → {o1:.4f}"
                        + (" (it went up: training did not lower what it minimises on held-out answers)." if o1 > o0
                           else "."))

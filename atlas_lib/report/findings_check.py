@@ -315,11 +315,14 @@ class _Checker:
                           f"{col} in the table for " + ", ".join(found))
 
     def _no_decisive_change(self, s: str) -> None:
-        """'No method changed the student's test accuracy by more than ...' beside a decisive gain."""
+        """'No method changed the student's test accuracy by more than ...' (or '<model>'s', where every method
+        trains its own student) beside a decisive gain."""
         tb = self.tb
-        if re.search(r"no method changed the student's test accuracy by more than", s, re.I):
+        if m := re.search(r"no method changed (the student's|[\w.\-]+'s|its own student's) test accuracy by more than",
+                          s, re.I):
             self.res.checked += 1
-            hits = [k for k in tb.trained() if tb.base(k) == "student" and tb.decisive(k)
+            shared = m.group(1).lower() == "the student's"
+            hits = [k for k in tb.trained() if (tb.base(k) == "student") == shared and tb.decisive(k)
                     and tb.get(k, "Diff vs student") > 0 and not tb.get(k, "Hacking flag")]
             if hits:
                 self.miss(s, "no decisive difference", "none", "decisive gain for " + ", ".join(hits))

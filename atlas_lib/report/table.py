@@ -23,9 +23,11 @@ from atlas_lib.report.collect import (
     RunInfo,
     further_seed,
     hacking_flag,
+    own_student_runs,
     paired_vs,
     primary_tests,
     seed_correct,
+    shared_student_ran,
     untrained_row,
 )
 
@@ -400,10 +402,9 @@ def key_frame(table: pd.DataFrame, col: Collected) -> pd.DataFrame:
     table): accuracy with its interval, the paired difference from the row's own untrained student with
     its interval and p, and training compute, all without scientific notation."""
     out = []
-    paired = [k for k, r in table.iterrows() if r["Row kind"] in ("trained", "control") and r["Status"] != "not run"]
-    # a shared student no row is paired with (every method here trains its own, as in study_cross) is
-    # left to the full table: beside the methods' own untrained rows it would read as theirs
-    unused = {"student"} if paired and all(untrained_row(col, k) != "student" for k in paired) else set()
+    # a shared student no method trains (every method here brings its own, as in study_cross) is left to the
+    # full table: beside the methods' own untrained rows it would read as theirs
+    unused = {"student"} if own_student_runs(col) and not shared_student_ran(col) else set()
     for k, r in table.iterrows():
         if r["Row kind"] == "seed" or k in unused:
             continue
