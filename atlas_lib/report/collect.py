@@ -281,25 +281,33 @@ def further_seed(col: Collected, key: str) -> bool:
     return info is not None and info.method in col.seeds and key != info.method
 
 
+def _trained_runs(col: Collected, *, own: bool) -> list[str]:
+    """Runs that train their own student (``own``) or the shared one, that finished and trained; a further
+    seed is part of its method's row."""
+    return [k for k, i in col.runs.items() if i.spec is not None and i.spec.own_student == own
+            and i.status == "complete" and not i.summary.get("did_not_train") and not further_seed(col, k)]
+
+
 def shared_student_runs(col: Collected, *, methods_only: bool = False) -> list[str]:
     """Runs that train the shared student (paired with its untrained row), that finished and trained; a
     further seed is part of its method's row. ``methods_only``: the methods themselves, sweep variants left out."""
-    return [k for k, i in col.runs.items() if i.spec is not None and not i.spec.own_student
-            and i.status == "complete" and not i.summary.get("did_not_train") and not further_seed(col, k)
-            and (not methods_only or i.key == i.method)]
-
-
-def shared_student_ran(col: Collected) -> bool:
-    """Whether any method that trains the shared student ran (finished, failed or part-way): then the page is
-    about the shared student, whatever became of its runs, and the methods with their own are beside it."""
-    return any(i.spec is not None and not i.spec.own_student and i.status != "not run" for i in col.runs.values())
+    return [k for k in _trained_runs(col, own=False) if not methods_only or col.runs[k].key == col.runs[k].method]
 
 
 def own_student_runs(col: Collected) -> list[str]:
     """Runs that train their own student (paired with their own untrained row, ``<key>_pre``), that finished
     and trained; a further seed is part of its method's row."""
-    return [k for k, i in col.runs.items() if i.spec is not None and i.spec.own_student
-            and i.status == "complete" and not i.summary.get("did_not_train") and not further_seed(col, k)]
+    return _trained_runs(col, own=True)
+
+
+def own_student_page(col: Collected) -> bool:
+    """Whether the page is about the methods' own students: some method trained its own and no method that
+    trains the shared student ran (finished, failed or part-way: a failed GKD keeps the embedded page about
+    the shared student, with the methods that bring their own beside it). One rule for the findings' text
+    (findings.answer_runs) and the key table."""
+    shared_ran = any(i.spec is not None and not i.spec.own_student and i.status != "not run"
+                     for i in col.runs.values())
+    return bool(own_student_runs(col)) and not shared_ran
 
 
 def seed_correct(col: Collected, key: str) -> list[dict]:

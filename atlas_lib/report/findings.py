@@ -25,10 +25,10 @@ from atlas_lib.report.collect import (
     RunInfo,
     further_seed,
     hacking_flag,
+    own_student_page,
     own_student_runs,
     paired_vs,
     primary_tests,
-    shared_student_ran,
     shared_student_runs,
     untrained_row,
 )
@@ -160,10 +160,9 @@ def answer_runs(col: Collected) -> tuple[list[str], bool]:
     student, as params/study_cross.yaml's two cross-tokenizer arms do) those, each against its own untrained
     row. The title, the lead, the baseline sentence and the power sentence all name this student. A profile
     where a shared-student method ran stays about the shared student even if that run failed."""
-    if shared_student_ran(col) or not own_student_runs(col):
-        return [k for k in shared_student_runs(col) if paired_vs(col, k, "student") is not None], False
-    own = [k for k in own_student_runs(col) if paired_vs(col, k) is not None]
-    return own, bool(own)
+    own = own_student_page(col)
+    runs = [k for k in (own_student_runs(col) if own else shared_student_runs(col)) if paired_vs(col, k) is not None]
+    return runs, own and bool(runs)
 
 
 def own_students(col: Collected, keys: list[str], role: str = "student") -> list[str]:
@@ -553,7 +552,7 @@ def findings(col: Collected) -> str:
     lines.append(_baseline_sentence(col, t))
     lines += controls.control_sentences(col, t)
     seed_runs = {k for k in runs if further_seed(col, k)}  # in their method's mean row
-    if not answer_runs(col)[1]:  # where the answer is about the methods' own student, it holds these
+    if not own_student_page(col):  # where the answer is about the methods' own student, it holds these
         lines += _own_student_sentences(col, seed_runs)
     lines += _move_sentences(col, t, seed_runs)
     if (ratios := _logratio_sentence(col, t)) is not None:

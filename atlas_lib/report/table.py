@@ -23,11 +23,10 @@ from atlas_lib.report.collect import (
     RunInfo,
     further_seed,
     hacking_flag,
-    own_student_runs,
+    own_student_page,
     paired_vs,
     primary_tests,
     seed_correct,
-    shared_student_ran,
     untrained_row,
 )
 
@@ -404,7 +403,7 @@ def key_frame(table: pd.DataFrame, col: Collected) -> pd.DataFrame:
     out = []
     # a shared student no method trains (every method here brings its own, as in study_cross) is left to the
     # full table: beside the methods' own untrained rows it would read as theirs
-    unused = {"student"} if own_student_runs(col) and not shared_student_ran(col) else set()
+    unused = {"student"} if own_student_page(col) else set()
     for k, r in table.iterrows():
         if r["Row kind"] == "seed" or k in unused:
             continue
